@@ -1,0 +1,42 @@
+# The two commands that do all the set-up: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEV_CONFIG := dev/pillarbox.toml
+
+.PHONY: serve test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(DEV_CONFIG): | $(STAMP)
+	$(BIN)/pillarbox init --dir dev --domain example.test --hostname mx.example.test
+
+serve: $(STAMP) $(DEV_CONFIG)
+	@echo
+	@echo "pillarbox dev server: SMTP 127.0.0.1:2525, submission 127.0.0.1:5870, submissions 127.0.0.1:4650"
+	@echo "  add a user:    $(BIN)/pillarbox -c $(DEV_CONFIG) user add alice@example.test"
+	@echo "  send a test:   swaks --server 127.0.0.1:2525 --to alice@example.test"
+	@echo "  read it:       ls dev/var/mail/example.test/alice/new/"
+	@echo
+	$(BIN)/pillarbox -c $(DEV_CONFIG) serve
+
+test: $(STAMP)
+	scripts/ensure-system-packages
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -n 2 tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/smtp_load.py --write-docs
+
+clean:
+	rm -rf $(VENV) dev build src/*.egg-info
