@@ -1,0 +1,3 @@
+"""pillarbox: a mail server."""
+
+__version__ = "0.1.0"

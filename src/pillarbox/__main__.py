@@ -1,0 +1,3 @@
+from pillarbox.cli import main
+
+raise SystemExit(main())

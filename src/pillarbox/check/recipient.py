@@ -1,0 +1,24 @@
+"""RCPT check for local domains: the address exists, is enabled, has room."""
+
+from __future__ import annotations
+
+from pillarbox.check import Reply
+from pillarbox.directory.aliases import Aliases
+
+
+def check(aliases: Aliases, rcpt: str) -> Reply | None:
+    user = aliases.users.get(rcpt)
+    if user is not None and not aliases.targets(rcpt):
+        if not user.enabled:
+            return Reply(550, f"5.2.1 <{rcpt}>: mailbox disabled")
+        if user.over_quota:
+            return Reply(452, f"4.2.2 <{rcpt}>: mailbox full, try again later")
+        return None
+    x = aliases.expand(rcpt)
+    if not x.empty:
+        return None
+    if x.disabled:
+        return Reply(550, f"5.2.1 <{rcpt}>: mailbox disabled")
+    if x.loop:
+        return Reply(550, f"5.4.6 <{rcpt}>: alias loop, tell the postmaster")
+    return Reply(550, f"5.1.1 <{rcpt}>: no such user here")

@@ -1,0 +1,483 @@
+"""The `pillarbox` command line. Every error prints `error: ...` and exits 1."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import pwd
+import sys
+import time
+from email.utils import formatdate, getaddresses, make_msgid
+from pathlib import Path
+
+from pillarbox import address as addr
+from pillarbox import config as configmod
+from pillarbox import control
+from pillarbox.check import recipient
+from pillarbox.config import Config, ConfigError
+from pillarbox.directory.users import DirectoryError
+
+
+class CLIError(Exception):
+    pass
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return configmod.load(configmod.find_config_path(args.config))
+
+
+def _human(n: int) -> str:
+    for unit in ("", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise CLIError("no terminal to ask for a password; use --password-stdin")
+        pw = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != pw:
+            raise CLIError("the passwords differ")
+    if not pw:
+        raise CLIError("the password must not be empty")
+    return pw
+
+
+# -- init / check / serve ---------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pillarbox import tls
+
+    try:
+        domain = addr.normalize_domain(args.domain)
+    except addr.AddressError as e:
+        raise CLIError(f"--domain: {e}") from None
+    hostname = (args.hostname or f"mx.{domain}").lower()
+    d = Path(args.dir)
+    cfg_path = d / "pillarbox.toml"
+    if cfg_path.exists():
+        raise CLIError(f"{cfg_path} already exists; remove it or choose another --dir")
+    d.mkdir(parents=True, exist_ok=True)
+    text = configmod.TEMPLATE.format(hostname=hostname, domain=domain)
+    configmod.from_dict(__import__("tomllib").loads(text), cfg_path)  # the template is valid
+    cfg_path.write_text(text)
+    cfg = configmod.load(cfg_path)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    tls.make_self_signed(cfg.cert_path, cfg.key_path, hostname)
+    from pillarbox.server import open_directory
+
+    open_directory(cfg)
+    print(f"wrote {cfg_path} (hostname {hostname}, domain {domain})")
+    print(f"data directory {cfg.data_dir}, self-signed TLS pair in {cfg.cert_path.parent}")
+    print(f"next: pillarbox -c {cfg_path} user add postmaster@{domain}")
+    print(f"      pillarbox -c {cfg_path} serve")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    print(f"config ok: {cfg.path} (hostname {cfg.hostname}, domains {', '.join(cfg.domains)})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pillarbox import logs
+    from pillarbox.server import ServeError, serve
+
+    cfg = _load(args)
+    logs.setup(cfg.log_level)
+    try:
+        serve(cfg)
+    except ServeError as e:
+        raise CLIError(str(e)) from None
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# -- users and aliases --------------------------------------------------------
+
+def _directory(args: argparse.Namespace):
+    from pillarbox.server import open_directory
+
+    cfg = _load(args)
+    _, users, aliases = open_directory(cfg)
+    return cfg, users, aliases
+
+
+def _local_address(cfg: Config, address: str) -> str:
+    a = addr.normalize(address)
+    if not cfg.is_local_domain(addr.domain_of(a)):
+        raise CLIError(f"{a} is not in a local domain ({', '.join(cfg.domains)}); "
+                       "add the domain to `domains` in the config first")
+    return a
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    cfg, users, _ = _directory(args)
+    if args.action == "list":
+        for u in users.list():
+            quota = _human(u.quota) if u.quota else "unlimited"
+            state = "enabled" if u.enabled else "disabled"
+            print(f"{u.address}\t{state}\tused {_human(u.used)} of {quota}")
+        return 0
+    if args.action == "add":
+        a = _local_address(cfg, args.address)
+        quota = configmod.parse_size(args.quota, "--quota") if args.quota else 0
+        if users.get(a):
+            raise CLIError(f"user {a} already exists")
+        users.add(a, _read_password(args), quota)
+        print(f"added {a}")
+    elif args.action == "del":
+        users.delete(args.address)
+        print(f"deleted {addr.normalize(args.address)} (its Maildir is kept)")
+    elif args.action == "passwd":
+        a = addr.normalize(args.address)
+        if not users.get(a):
+            raise CLIError(f"no such user {a}; see `pillarbox user list`")
+        users.set_password(a, _read_password(args))
+        print(f"password changed for {a}")
+    elif args.action in ("disable", "enable"):
+        users.set_enabled(args.address, args.action == "enable")
+        print(f"{args.action}d {addr.normalize(args.address)}")
+    elif args.action == "quota":
+        users.set_quota(args.address, configmod.parse_size(args.quota or "0", "--quota"))
+        print(f"quota set for {addr.normalize(args.address)}")
+    return 0
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    cfg, _, aliases = _directory(args)
+    if args.action == "list":
+        for alias, targets in aliases.list().items():
+            print(f"{alias}\t{', '.join(targets)}")
+        return 0
+    if args.action == "add":
+        if not args.targets:
+            raise CLIError("alias add needs at least one TARGET")
+        alias = args.alias.strip()
+        dom = alias[1:] if alias.startswith("@") else addr.domain_of(addr.normalize(alias))
+        if not cfg.is_local_domain(addr.normalize_domain(dom)):
+            raise CLIError(f"{alias} is not in a local domain ({', '.join(cfg.domains)})")
+        aliases.add(alias, args.targets)
+        print(f"alias {alias} -> {', '.join(args.targets)}")
+    elif args.action == "del":
+        aliases.delete(args.alias)
+        print(f"deleted alias {args.alias}")
+    return 0
+
+
+# -- queue --------------------------------------------------------------------
+
+def _spool(cfg: Config):
+    from pillarbox.queue.spool import Spool
+
+    return Spool(cfg.data_dir / "queue")
+
+
+def _entries(spool) -> list[dict]:
+    out = []
+    now = time.time()
+    for where, ids in (("queue", spool.ids()), ("maildrop", _maildrop_ids(spool))):
+        for msg_id in ids:
+            try:
+                if where == "queue":
+                    env = spool.read_envelope(msg_id)
+                    state = spool.read_state(msg_id)
+                else:
+                    from pillarbox.queue.spool import Envelope
+
+                    with open(spool.maildrop / msg_id, "rb") as f:
+                        env = Envelope.from_json(f.readline())
+                    state = None
+            except (FileNotFoundError, ValueError):
+                continue  # delivered or removed while we looked
+            if state and state.deliveries:
+                rcpts = [{"addr": d.to, "rcpt": d.rcpt, "kind": d.kind, "state": d.state,
+                          "attempts": d.attempts, "next_attempt": d.next_attempt,
+                          "last_error": d.last_error} for d in state.deliveries]
+            else:
+                rcpts = [{"addr": r, "rcpt": r, "kind": "", "state": "pending", "attempts": 0,
+                          "next_attempt": 0.0, "last_error": ""} for r in env.rcpts]
+            out.append({"id": msg_id, "mail_from": env.mail_from, "rcpts": rcpts,
+                        "size": env.size, "age": round(now - env.received, 1),
+                        "received": env.received, "where": where})
+    return out
+
+
+def _maildrop_ids(spool) -> list[str]:
+    return sorted(e.name for e in os.scandir(spool.maildrop) if "." not in e.name)
+
+
+def _age(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n:
+            return f"{int(seconds // n)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    spool = _spool(cfg)
+    if args.action == "list":
+        entries = _entries(spool)
+        if args.json:
+            print(json.dumps(entries, indent=1))
+            return 0
+        now = time.time()
+        for e in entries:
+            print(f"{e['id']}  {_age(e['age']):>4}  {_human(e['size']):>6}  "
+                  f"<{e['mail_from']}>")
+            for r in e["rcpts"]:
+                extra = ""
+                if r["state"] == "deferred":
+                    extra = f"  next in {_age(max(0, r['next_attempt'] - now))}"
+                err = f"  ({r['last_error']})" if r["last_error"] else ""
+                print(f"    {r['state']:<8} {r['addr']}{extra}{err}")
+        total = sum(e["size"] for e in entries)
+        print(f"{len(entries)} message(s) in the queue, {_human(total)} in all")
+        return 0
+    if args.action == "show":
+        if not args.id:
+            raise CLIError("queue show needs a message ID; see `pillarbox queue list`")
+        match = [e for e in _entries(spool) if e["id"] == args.id]
+        if not match:
+            raise CLIError(f"no such message {args.id} in the queue")
+        print(json.dumps(match[0], indent=1))
+        path = spool.path(args.id) if match[0]["where"] == "queue" else spool.maildrop / args.id
+        with open(path, "rb") as f:
+            f.readline()
+            head = f.read(64 * 1024).split(b"\r\n\r\n", 1)[0]
+        print(head.decode("utf-8", "replace"))
+        return 0
+    if args.action == "retry":
+        reply = control.request(cfg.data_dir, f"retry {args.id or ''}".strip())
+        if reply is None:
+            n = _retry_offline(spool, args.id)
+            print(f"{n} message(s) due now; they go out when the server starts")
+        elif reply.startswith("ok"):
+            n = int(reply.split()[1])
+            if args.id and n == 0:
+                raise CLIError(f"no such message {args.id} in the queue")
+            print(f"{n} message(s) scheduled for immediate delivery")
+        else:
+            raise CLIError(reply.removeprefix("error "))
+        return 0
+    if args.action == "delete":
+        if not args.id:
+            raise CLIError("queue delete needs a message ID; see `pillarbox queue list`")
+        reply = control.request(cfg.data_dir, f"delete {args.id}")
+        if reply is None:
+            if not spool.path(args.id).exists():
+                raise CLIError(f"no such message {args.id} in the queue")
+            spool.remove(args.id)
+        elif not reply.startswith("ok"):
+            raise CLIError(reply.removeprefix("error "))
+        print(f"deleted {args.id}")
+        return 0
+    return 0
+
+
+def _retry_offline(spool, msg_id: str | None) -> int:
+    ids = [msg_id] if msg_id else spool.ids()
+    n = 0
+    for i in ids:
+        if not spool.path(i).exists():
+            if msg_id:
+                raise CLIError(f"no such message {msg_id} in the queue")
+            continue
+        state = spool.read_state(i)
+        if state:
+            for d in state.deliveries:
+                if d.state == "deferred":
+                    d.next_attempt = 0.0
+            spool.write_state(i, state)
+        n += 1
+    return n
+
+
+# -- sendmail -----------------------------------------------------------------
+
+def cmd_sendmail(args: argparse.Namespace) -> int:
+    from pillarbox.queue.spool import Envelope, SpoolFull, new_id
+    from pillarbox.server import open_directory
+
+    cfg = _load(args)
+    raw = sys.stdin.buffer.read()
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")
+    if not args.ignore_dots:
+        for i, line in enumerate(lines):
+            if line == b".":
+                lines = lines[:i]
+                break
+    if lines and lines[-1] == b"":
+        lines.pop()
+    body = b"\r\n".join(lines) + b"\r\n"
+    head_end = body.find(b"\r\n\r\n")
+    head = body[: head_end + 2] if head_end >= 0 else body
+    rest = body[head_end + 2:] if head_end >= 0 else b""
+
+    import email.parser
+    import email.policy
+
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    rcpts = list(args.recipients)
+    if args.t:
+        for field in ("To", "Cc", "Bcc"):
+            rcpts += [a for _, a in getaddresses(headers.get_all(field, [])) if a]
+        if headers.get("Bcc") is not None:
+            head = b"".join(
+                ln + b"\r\n" for ln in _drop_header(head.split(b"\r\n"), b"bcc") if ln
+            )
+    if not rcpts:
+        raise CLIError("no recipients: name them as arguments or use -t to read To/Cc/Bcc")
+    login = pwd.getpwuid(os.getuid()).pw_name
+    sender = args.f if args.f is not None else f"{login}@{cfg.domains[0]}"
+    try:
+        norm_rcpts = list(dict.fromkeys(addr.normalize(r) for r in rcpts))
+        if sender:
+            sender = addr.normalize(sender)
+    except addr.AddressError as e:
+        raise CLIError(str(e)) from None
+    _, _, aliases = open_directory(cfg)
+    for r in norm_rcpts:
+        if cfg.is_local_domain(addr.domain_of(r)):
+            refused = recipient.check(aliases, r)
+            if refused and refused.code >= 500:
+                raise CLIError(f"{refused.text[6:]}")
+    extra = b""
+    if headers.get("From") is None:
+        extra += f"From: <{sender or login}>\r\n".encode()
+    if headers.get("Message-ID") is None:
+        extra += f"Message-ID: {make_msgid(domain=cfg.hostname)}\r\n".encode()
+    if headers.get("Date") is None:
+        extra += f"Date: {formatdate(localtime=False, usegmt=True)}\r\n".encode()
+    msg_id = new_id()
+    received = (f"Received: by {cfg.hostname} (pillarbox sendmail, uid {os.getuid()})"
+                f" id {msg_id}; {formatdate(localtime=False, usegmt=True)}\r\n").encode()
+    data = received + extra + head + rest
+    env = Envelope(id=msg_id, mail_from=sender, rcpts=norm_rcpts, received=time.time(),
+                   size=len(data), auth=None, source="sendmail")
+    spool = _spool(cfg)
+    try:
+        spool.write(env, [data], into=spool.maildrop)
+    except SpoolFull:
+        raise CLIError("not enough free disk space for the queue; nothing was sent") from None
+    control.request(cfg.data_dir, "pickup")
+    return 0
+
+
+def _drop_header(lines: list[bytes], name: bytes) -> list[bytes]:
+    out, skipping = [], False
+    for ln in lines:
+        if ln[:1] in (b" ", b"\t"):
+            if not skipping:
+                out.append(ln)
+            continue
+        skipping = ln.split(b":", 1)[0].strip().lower() == name
+        if not skipping:
+            out.append(ln)
+    return out
+
+
+# -- parser ---------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 1 with our prefix, not argparse's 2
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pillarbox", description="pillarbox mail server")
+    p.add_argument("-c", "--config", help="config file (default: $PILLARBOX_CONFIG, "
+                                          "else ./pillarbox.toml)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("init", help="write a commented config, TLS pair and data directory")
+    s.add_argument("--dir", required=True)
+    s.add_argument("--domain", required=True)
+    s.add_argument("--hostname")
+    s.set_defaults(func=cmd_init)
+
+    sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
+    sub.add_parser("check", help="validate the config").set_defaults(func=cmd_check)
+
+    s = sub.add_parser("user", help="manage users")
+    s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",
+                                      "quota"])
+    s.add_argument("address", nargs="?")
+    s.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin")
+    s.add_argument("--quota", help="mailbox size limit, e.g. 1G (default: unlimited)")
+    s.set_defaults(func=cmd_user)
+
+    s = sub.add_parser("alias", help="manage aliases")
+    s.add_argument("action", choices=["add", "del", "list"])
+    s.add_argument("alias", nargs="?")
+    s.add_argument("targets", nargs="*")
+    s.set_defaults(func=cmd_alias)
+
+    s = sub.add_parser("queue", help="inspect and steer the mail queue")
+    s.add_argument("action", choices=["list", "show", "retry", "delete"])
+    s.add_argument("id", nargs="?")
+    s.add_argument("--json", action="store_true", help="machine-readable list")
+    s.set_defaults(func=cmd_queue)
+
+    s = sub.add_parser("sendmail", help="sendmail-compatible submission from stdin")
+    s.add_argument("-t", action="store_true", help="take recipients from To/Cc/Bcc")
+    s.add_argument("-i", "-oi", dest="ignore_dots", action="store_true",
+                   help="a line with a single dot does not end the message")
+    s.add_argument("-f", "-r", dest="f", help="envelope sender")
+    s.add_argument("-F", dest="fullname", help="ignored (full name)")
+    s.add_argument("recipients", nargs="*")
+    s.set_defaults(func=cmd_sendmail)
+    return p
+
+
+_NEEDS_ADDRESS = {("user", a) for a in ("add", "del", "passwd", "disable", "enable", "quota")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] != "sendmail" and Path(sys.argv[0]).name == "sendmail":
+        argv = ["sendmail", *argv]
+    argv = _sendmail_compat(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if (args.command, getattr(args, "action", None)) in _NEEDS_ADDRESS and not args.address:
+            raise CLIError(f"{args.command} {args.action} needs an ADDRESS")
+        if args.command == "alias" and args.action in ("add", "del") and not args.alias:
+            raise CLIError(f"alias {args.action} needs an ALIAS")
+        return args.func(args)
+    except (CLIError, ConfigError, DirectoryError, addr.AddressError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def _sendmail_compat(argv: list[str]) -> list[str]:
+    """Accept sendmail's habits: -oi, -odi, -oem and friends are harmless."""
+    if "sendmail" not in argv:
+        return argv
+    i = argv.index("sendmail")
+    rest = []
+    for a in argv[i + 1:]:
+        if a == "-oi":
+            rest.append("-i")
+        elif a.startswith("-o") or a in ("-bm", "-U") or a.startswith("-B"):
+            continue
+        else:
+            rest.append(a)
+    return argv[: i + 1] + rest

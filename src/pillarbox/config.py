@@ -1,0 +1,336 @@
+"""Load, validate and write the TOML config.
+
+Every key has a safe default; `load` returns a fully resolved `Config` or
+raises `ConfigError` naming the key at fault, so `check` and `serve` can print
+one clear line and exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pillarbox.address import AddressError, normalize_domain
+
+
+class ConfigError(Exception):
+    """A config problem, with the dotted key it concerns."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}" if key else reason)
+        self.key = key
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$", re.I)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_size(value: object, key: str = "") -> int:
+    """'25M' -> bytes; plain integers are bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a size like '25M', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(key, "must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    raise ConfigError(key, f"expected a size like '25M' or '512K', got {value!r}")
+
+
+def parse_duration(value: object, key: str = "") -> float:
+    """'5m' -> 300.0 seconds; plain numbers are seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a duration like '5m', got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(key, "must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(m.group(1)) * _DURATION_UNITS[unit]
+    raise ConfigError(key, f"expected a duration like '30s', '5m', '4h' or '5d', got {value!r}")
+
+
+def parse_hostport(value: object, key: str) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(key, f"expected \"host:port\", got {value!r}")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"expected \"host:port\" with a port 1-65535, got {value!r}")
+    return host, int(port)
+
+
+LISTEN_KINDS = ("smtp", "submission", "submissions", "imap", "imaps", "lmtp", "http")
+
+
+@dataclass
+class Limits:
+    max_message_size: int = 25 * 1024**2
+    max_recipients: int = 100
+    max_connections: int = 1000
+    command_timeout: float = 300.0
+
+
+@dataclass
+class QueueSettings:
+    min_free_space: int = 100 * 1024**2
+    retry_schedule: list[float] = field(
+        default_factory=lambda: [60.0, 300.0, 900.0, 3600.0, 14400.0]
+    )
+    max_lifetime: float = 5 * 86400.0
+    workers: int = 4
+
+
+@dataclass
+class Config:
+    path: Path
+    hostname: str
+    domains: list[str]
+    data_dir: Path
+    mode: str = "standard"
+    log_level: str = "warning"
+    listen: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    storage_url: str = ""
+    nameservers: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.tls_cert or self.data_dir / "tls" / "cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.tls_key or self.data_dir / "tls" / "key.pem"
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self.domains
+
+
+_TOP_KEYS = {"hostname", "domains", "data_dir", "mode", "log_level", "listen", "tls",
+             "storage", "dns", "limits", "queue", "route"}
+_SECTION_KEYS = {
+    "listen": set(LISTEN_KINDS),
+    "tls": {"cert", "key"},
+    "storage": {"url"},
+    "dns": {"nameservers"},
+    "limits": {"max_message_size", "max_recipients", "max_connections", "command_timeout"},
+    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
+}
+
+
+def find_config_path(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("PILLARBOX_CONFIG")
+    if env:
+        return Path(env)
+    return Path("pillarbox.toml")
+
+
+def load(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "", f"config file {path} not found; create one with "
+            "`pillarbox init --dir DIR --domain DOMAIN` or pass -c FILE"
+        ) from None
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"{path} is not valid TOML: {e}") from None
+    return from_dict(data, path)
+
+
+def _section(data: dict, name: str) -> dict:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(name, "must be a table ([" + name + "])")
+    unknown = set(value) - _SECTION_KEYS[name]
+    if unknown:
+        raise ConfigError(f"{name}.{sorted(unknown)[0]}", "unknown key")
+    return value
+
+
+def _str(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    return value
+
+
+def _int(value: object, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def from_dict(data: dict, path: Path) -> Config:
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown key")
+    hostname = _str(data.get("hostname", ""), "hostname").strip().lower()
+    if not hostname or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", hostname):
+        raise ConfigError("hostname", f"expected a host name like mx.example.org, got {hostname!r}")
+    domains_raw = data.get("domains", [])
+    if not isinstance(domains_raw, list) or not domains_raw:
+        raise ConfigError("domains", "expected a non-empty list of domains")
+    domains = []
+    for d in domains_raw:
+        try:
+            domains.append(normalize_domain(_str(d, "domains")))
+        except AddressError as e:
+            raise ConfigError("domains", str(e)) from None
+    base = path.resolve().parent
+    data_dir = base / _str(data.get("data_dir", "var"), "data_dir")
+    mode = _str(data.get("mode", "standard"), "mode")
+    if mode not in ("standard", "chatmail"):
+        raise ConfigError("mode", f"expected \"standard\" or \"chatmail\", got {mode!r}")
+    log_level = _str(data.get("log_level", "warning"), "log_level").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level", f"expected debug, info, warning or error, got {log_level!r}")
+
+    listen: dict[str, list[tuple[str, int]]] = {}
+    for kind, addrs in _section(data, "listen").items():
+        key = f"listen.{kind}"
+        if not isinstance(addrs, list):
+            raise ConfigError(key, "expected a list of \"host:port\" strings")
+        listen[kind] = [parse_hostport(a, key) for a in addrs]
+    for kind in LISTEN_KINDS:
+        listen.setdefault(kind, [])
+
+    tls = _section(data, "tls")
+    cert = _str(tls.get("cert", ""), "tls.cert")
+    key = _str(tls.get("key", ""), "tls.key")
+    if bool(cert) != bool(key):
+        raise ConfigError("tls.cert" if not cert else "tls.key",
+                          "set both tls.cert and tls.key, or neither for a self-signed pair")
+    cfg_cert = base / cert if cert else None
+    cfg_key = base / key if key else None
+    for k, p in (("tls.cert", cfg_cert), ("tls.key", cfg_key)):
+        if p is not None and not os.access(p, os.R_OK):
+            raise ConfigError(k, f"cannot read {p}")
+
+    storage = _section(data, "storage")
+    url = _str(storage.get("url", ""), "storage.url")
+    if url and not url.startswith(("postgresql://", "sqlite:")):
+        raise ConfigError("storage.url", "expected empty (SQLite in data_dir) or postgresql://...")
+    if url.startswith("postgresql://"):
+        raise ConfigError("storage.url", "PostgreSQL storage is not available yet; leave empty")
+
+    dns = _section(data, "dns")
+    ns = dns.get("nameservers", [])
+    if not isinstance(ns, list) or not all(isinstance(n, str) for n in ns):
+        raise ConfigError("dns.nameservers", "expected a list of \"host\" or \"host:port\"")
+
+    lim = _section(data, "limits")
+    limits = Limits()
+    if "max_message_size" in lim:
+        limits.max_message_size = parse_size(lim["max_message_size"], "limits.max_message_size")
+    if "max_recipients" in lim:
+        limits.max_recipients = _int(lim["max_recipients"], "limits.max_recipients", 1)
+    if "max_connections" in lim:
+        limits.max_connections = _int(lim["max_connections"], "limits.max_connections", 1)
+    if "command_timeout" in lim:
+        limits.command_timeout = parse_duration(lim["command_timeout"], "limits.command_timeout")
+
+    q = _section(data, "queue")
+    queue = QueueSettings()
+    if "min_free_space" in q:
+        queue.min_free_space = parse_size(q["min_free_space"], "queue.min_free_space")
+    if "retry_schedule" in q:
+        sched = q["retry_schedule"]
+        if not isinstance(sched, list) or not sched:
+            raise ConfigError("queue.retry_schedule",
+                              "expected a non-empty list like [\"1m\", \"5m\"]")
+        queue.retry_schedule = [parse_duration(s, "queue.retry_schedule") for s in sched]
+    if "max_lifetime" in q:
+        queue.max_lifetime = parse_duration(q["max_lifetime"], "queue.max_lifetime")
+    if "workers" in q:
+        queue.workers = _int(q["workers"], "queue.workers", 1)
+
+    routes = data.get("route", [])
+    if not isinstance(routes, list):
+        raise ConfigError("route", "expected [[route]] tables")
+
+    return Config(
+        path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir, mode=mode,
+        log_level=log_level, listen=listen, tls_cert=cfg_cert, tls_key=cfg_key,
+        storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
+    )
+
+
+TEMPLATE = """\
+# pillarbox configuration. Every key is optional except hostname and domains;
+# the value shown is the default. Sizes take K/M/G, durations s/m/h/d.
+
+# The name this server gives itself in the SMTP banner, EHLO and Received
+# headers. Publish it as the MX host of your domains (`pillarbox dns`).
+hostname = "{hostname}"
+
+# The domains this server receives mail for. Mail to any other domain is
+# relayed only for authenticated users.
+domains = ["{domain}"]
+
+# Where mailboxes, the queue, the database and the TLS pair live; relative
+# paths are relative to this file.
+data_dir = "var"
+
+# "standard", or "chatmail": the end-to-end-encryption-only relay profile.
+mode = "standard"
+
+# debug | info | warning | error. Logs go to stderr as key=value lines.
+log_level = "warning"
+
+[listen]
+# Each is a list of "host:port"; [] turns the endpoint off.
+smtp        = ["127.0.0.1:2525"]   # MX: mail from the internet (25 in production)
+submission  = ["127.0.0.1:5870"]   # STARTTLS + AUTH for your users (587 in production)
+submissions = ["127.0.0.1:4650"]   # implicit TLS + AUTH (465 in production)
+imap        = []                   # 143 in production (not yet available)
+imaps       = []                   # 993 in production (not yet available)
+lmtp        = []                   # not yet available
+http        = []                   # not yet available
+
+[tls]
+# PEM certificate chain and private key. Empty: a self-signed pair is made in
+# data_dir/tls/ (fine for testing; use a real certificate in production).
+cert = ""
+key  = ""
+
+[storage]
+# Empty: SQLite + files in data_dir.
+url = ""
+
+[dns]
+# Resolvers as "host" or "host:port"; empty: the system resolver.
+nameservers = []
+
+[limits]
+max_message_size = "25M"   # larger messages get 552 5.3.4; advertised in SIZE
+max_recipients   = 100     # recipients per message; more get 452 4.5.3
+max_connections  = 1000    # concurrent SMTP connections; more get 421
+command_timeout  = "5m"    # idle time allowed between client commands
+
+[queue]
+min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1
+# waits between delivery attempts; the last one repeats until max_lifetime
+retry_schedule = ["1m", "5m", "15m", "1h", "4h"]
+max_lifetime   = "5d"      # after this a message that still fails is bounced
+workers        = 4         # concurrent deliveries
+"""

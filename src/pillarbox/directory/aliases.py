@@ -1,0 +1,135 @@
+"""Aliases: an address maps to users, remote addresses, other aliases or `|command`.
+
+`expand` follows aliases recursively (cascading) with loop detection, and
+falls back to the domain's catch-all (`@domain`) for unknown local addresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pillarbox.address import AddressError, domain_of, normalize, normalize_domain
+from pillarbox.directory.users import DirectoryError, Users
+from pillarbox.store.sqlite import Database
+
+MAX_DEPTH = 20
+
+
+@dataclass
+class Expansion:
+    local: list[str] = field(default_factory=list)  # canonical user addresses
+    remote: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # local addresses with no user/alias
+    disabled: list[str] = field(default_factory=list)
+    loop: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.local or self.remote or self.commands)
+
+
+def normalize_alias(alias: str) -> str:
+    alias = alias.strip()
+    if alias.startswith("@"):
+        return "@" + normalize_domain(alias[1:])
+    return normalize(alias)
+
+
+def normalize_target(target: str) -> str:
+    target = target.strip()
+    if target.startswith("|"):
+        if not target[1:].strip():
+            raise DirectoryError("a |command target needs a command after the |")
+        return target
+    return normalize(target)
+
+
+class Aliases:
+    def __init__(self, db: Database, users: Users, local_domains: list[str]) -> None:
+        self.db = db
+        self.users = users
+        self.local_domains = set(local_domains)
+
+    def targets(self, alias: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT target FROM aliases WHERE alias = ? ORDER BY rowid", (alias.lower(),)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def add(self, alias: str, targets: list[str]) -> None:
+        try:
+            alias = normalize_alias(alias)
+            norm = [normalize_target(t) for t in targets]
+        except AddressError as e:
+            raise DirectoryError(str(e)) from None
+        if not norm:
+            raise DirectoryError("an alias needs at least one target")
+        for t in norm:
+            self.db.execute(
+                "INSERT OR IGNORE INTO aliases (alias, target) VALUES (?, ?)", (alias, t)
+            )
+
+    def delete(self, alias: str) -> None:
+        try:
+            alias = normalize_alias(alias)
+        except AddressError as e:
+            raise DirectoryError(str(e)) from None
+        cur = self.db.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
+        if cur.rowcount == 0:
+            raise DirectoryError(f"no such alias {alias}; see `pillarbox alias list`")
+
+    def list(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for alias, target in self.db.execute(
+            "SELECT alias, target FROM aliases ORDER BY alias, rowid"
+        ):
+            out.setdefault(alias, []).append(target)
+        return out
+
+    def owners(self, alias: str) -> set[str]:
+        """Local users an alias delivers to (used to let them send as the alias)."""
+        return set(self.expand(alias).local)
+
+    def expand(self, address: str) -> Expansion:
+        result = Expansion()
+        self._expand(address.lower(), result, (), 0)
+        # One user reached through several paths gets one copy.
+        result.local = list(dict.fromkeys(result.local))
+        result.remote = list(dict.fromkeys(result.remote))
+        result.commands = list(dict.fromkeys(result.commands))
+        return result
+
+    def _expand(self, addr: str, out: Expansion, path: tuple[str, ...], depth: int) -> None:
+        if addr in path or depth > MAX_DEPTH:
+            out.loop = True
+            return
+        path = path + (addr,)
+        targets = self.targets(addr)
+        domain = domain_of(addr)
+        if not targets and domain in self.local_domains:
+            user = self.users.get(addr)
+            if user:
+                (out.local if user.enabled else out.disabled).append(user.address)
+                return
+            targets = self.targets("@" + domain)  # catch-all
+            if not targets:
+                out.unknown.append(addr)
+                return
+            if ("@" + domain) in path:
+                out.loop = True
+                return
+            path = path + ("@" + domain,)
+        elif not targets:
+            out.remote.append(addr)
+            return
+        for t in targets:
+            if t.startswith("|"):
+                out.commands.append(t[1:].strip())
+            elif t == addr:
+                # An alias that includes itself means "keep a copy here".
+                user = self.users.get(t)
+                if user:
+                    (out.local if user.enabled else out.disabled).append(user.address)
+            else:
+                self._expand(t, out, path, depth + 1)

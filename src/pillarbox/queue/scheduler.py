@@ -1,0 +1,237 @@
+"""Queue workers: replay each queued message through routing into its targets.
+
+A message leaves the queue only when every delivery of it is done or has
+failed for good. Deferred deliveries wait on a timer heap, so an idle queue
+costs no CPU however many messages it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Iterable
+
+from pillarbox import route
+from pillarbox.config import Config
+from pillarbox.directory.aliases import Aliases
+from pillarbox.directory.users import Users
+from pillarbox.queue.spool import Delivery, Envelope, Spool, State, new_id
+from pillarbox.target import mailbox, pipe
+
+log = logging.getLogger("pillarbox.queue")
+
+REMOTE_PENDING = "4.4.0 remote delivery is not available yet; kept in the queue"
+
+
+class Queue:
+    def __init__(self, config: Config, spool: Spool, users: Users, aliases: Aliases) -> None:
+        self.config = config
+        self.spool = spool
+        self.users = users
+        self.aliases = aliases
+        self.mail_root = config.data_dir / "mail"
+        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._timers: list[tuple[float, str]] = []
+        self._timer_wakeup = asyncio.Event()
+        self._active: set[str] = set()
+        self._queued: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._idle = asyncio.Event()
+
+    # -- intake -----------------------------------------------------------
+
+    async def enqueue(self, mail_from: str, rcpts: list[str], chunks: Iterable[bytes], size: int,
+                      auth: str | None = None, source: str = "smtp",
+                      msg_id: str | None = None) -> str:
+        """Store durably (fsync'd) and schedule; return the queue id.
+
+        Raises SpoolFull when the disk is too full; nothing is stored then.
+        """
+        env = Envelope(id=msg_id or new_id(), mail_from=mail_from, rcpts=rcpts,
+                       received=time.time(), size=size, auth=auth, source=source)
+        await asyncio.to_thread(self.spool.write, env, chunks)
+        self._schedule_now(env.id)
+        return env.id
+
+    def _schedule_now(self, msg_id: str) -> None:
+        if msg_id not in self._queued:
+            self._queued.add(msg_id)
+            self._ready.put_nowait(msg_id)
+
+    def _schedule_at(self, when: float, msg_id: str) -> None:
+        heapq.heappush(self._timers, (when, msg_id))
+        self._timer_wakeup.set()
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.spool.clean_tmp)
+        ids = await asyncio.to_thread(self.spool.ids)
+        now = time.time()
+        for msg_id in ids:
+            state = await asyncio.to_thread(self.spool.read_state, msg_id)
+            due = _next_due(state) if state else now
+            if due is None or due <= now:
+                self._schedule_now(msg_id)
+            else:
+                self._schedule_at(due, msg_id)
+        await self.pickup()
+        self._tasks.append(asyncio.create_task(self._timer_loop(), name="queue-timers"))
+        for i in range(self.config.queue.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"queue-worker-{i}"))
+        if ids:
+            log.info("queue loaded messages=%d", len(ids))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def pickup(self) -> int:
+        """Take messages that `pillarbox sendmail` dropped into maildrop/."""
+        ids = await asyncio.to_thread(self.spool.pickup)
+        for msg_id in ids:
+            self._schedule_now(msg_id)
+        return len(ids)
+
+    async def retry(self, msg_id: str | None = None) -> int:
+        """Make deferred deliveries due now (one message, or all)."""
+        ids = [msg_id] if msg_id else await asyncio.to_thread(self.spool.ids)
+        n = 0
+        for i in ids:
+            state = await asyncio.to_thread(self.spool.read_state, i)
+            if state is None and not self.spool.path(i).exists():
+                continue
+            if state:
+                for d in state.deliveries:
+                    if d.state == "deferred":
+                        d.next_attempt = 0.0
+                await asyncio.to_thread(self.spool.write_state, i, state)
+            self._schedule_now(i)
+            n += 1
+        return n
+
+    async def delete(self, msg_id: str) -> bool:
+        if not self.spool.path(msg_id).exists():
+            return False
+        while msg_id in self._active:
+            await asyncio.sleep(0.05)  # let a running attempt finish writing its state
+        await asyncio.to_thread(self.spool.remove, msg_id)
+        return True
+
+    # -- workers ----------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = time.time()
+            while self._timers and self._timers[0][0] <= now:
+                _, msg_id = heapq.heappop(self._timers)
+                self._schedule_now(msg_id)
+            timeout = self._timers[0][0] - now if self._timers else None
+            self._timer_wakeup.clear()
+            try:
+                await asyncio.wait_for(self._timer_wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _worker(self) -> None:
+        while True:
+            msg_id = await self._ready.get()
+            self._queued.discard(msg_id)
+            if msg_id in self._active:
+                self._schedule_at(time.time() + 1, msg_id)
+                continue
+            self._active.add(msg_id)
+            try:
+                await self._process(msg_id)
+            except FileNotFoundError:
+                pass  # deleted by `queue delete` meanwhile
+            except Exception:
+                log.exception("queue attempt failed id=%s", msg_id)
+                self._schedule_at(time.time() + self.config.queue.retry_schedule[0], msg_id)
+            finally:
+                self._active.discard(msg_id)
+
+    async def _process(self, msg_id: str) -> None:
+        env = await asyncio.to_thread(self.spool.read_envelope, msg_id)
+        state = await asyncio.to_thread(self.spool.read_state, msg_id)
+        if state is None:
+            state = State(deliveries=route.expand(self.aliases, env.rcpts), expanded=True)
+        now = time.time()
+        expired = now - env.received > self.config.queue.max_lifetime
+        for d in state.deliveries:
+            if d.state in ("done", "failed") or d.next_attempt > now:
+                continue
+            d.attempts += 1
+            try:
+                error = await self._attempt(env, d)
+            except Exception as e:  # a target fault is a temporary failure
+                log.warning("delivery error id=%s to=%s error=%r", msg_id, d.to, e)
+                error = f"4.3.0 {type(e).__name__}: {e}"
+            if error is None:
+                d.state, d.last_error = "done", ""
+                log.info("delivered id=%s kind=%s to=%s", msg_id, d.kind, d.to)
+            elif error.startswith("5") or expired:
+                d.state, d.last_error = "failed", error
+                log.warning("delivery failed id=%s to=%s error=%r", msg_id, d.to, error)
+            else:
+                d.state, d.last_error = "deferred", error
+                d.next_attempt = now + self._backoff(d)
+                log.info("delivery deferred id=%s to=%s error=%r", msg_id, d.to, error)
+        if all(d.state in ("done", "failed") for d in state.deliveries):
+            # Bounces for failed deliveries come with the remote-delivery work (DSN).
+            await asyncio.to_thread(self.spool.remove, msg_id)
+            return
+        await asyncio.to_thread(self.spool.write_state, msg_id, state)
+        due = _next_due(state)
+        if due is not None:
+            self._schedule_at(due, msg_id)
+
+    def _backoff(self, d: Delivery) -> float:
+        if d.kind == "remote":
+            return self.config.queue.retry_schedule[-1]
+        sched = self.config.queue.retry_schedule
+        return sched[min(d.attempts - 1, len(sched) - 1)]
+
+    async def _attempt(self, env: Envelope, d: Delivery) -> str | None:
+        """Deliver one; None on success, else an error starting with its status."""
+        sender = env.mail_from
+        if d.kind == "local":
+            user = self.users.get(d.to)
+            if user is None:
+                return "5.1.1 no such user"
+            if not user.enabled:
+                return "5.2.1 mailbox disabled"
+            if user.over_quota:
+                return "4.2.2 mailbox full"
+            prefix = f"Return-Path: <{sender}>\r\nDelivered-To: {d.to}\r\n".encode()
+            path = mailbox.maildir_path(self.mail_root, d.to)
+
+            def write() -> int:
+                with self.spool.open_message(env.id) as f:
+                    return mailbox.deliver(path, prefix, f)
+
+            size = await asyncio.to_thread(write)
+            self.users.add_used(d.to, size)
+            return None
+        if d.kind == "pipe":
+            prefix = f"Return-Path: <{sender}>\r\nDelivered-To: {d.rcpt}\r\n".encode()
+            f = await asyncio.to_thread(self.spool.open_message, env.id)
+            try:
+                await pipe.deliver(d.to, prefix, f, sender, d.rcpt)
+            except pipe.PipeFailed as e:
+                return f"4.3.0 {e}"
+            finally:
+                f.close()
+            return None
+        return REMOTE_PENDING
+
+
+def _next_due(state: State) -> float | None:
+    times = [d.next_attempt for d in state.deliveries if d.state in ("pending", "deferred")]
+    return min(times) if times else None
+
+
+__all__ = ["Queue", "new_id"]

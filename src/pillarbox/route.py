@@ -1,0 +1,39 @@
+"""Routing: turn each envelope recipient into final deliveries.
+
+Aliases expand here (cascading, lists, catch-all, `|command`), once per
+message; the result is saved with the queue state so a retry never expands
+differently and never repeats a finished delivery.
+"""
+
+from __future__ import annotations
+
+from pillarbox.directory.aliases import Aliases
+from pillarbox.queue.spool import Delivery
+
+
+def expand(aliases: Aliases, rcpts: list[str]) -> list[Delivery]:
+    out: list[Delivery] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(kind: str, to: str, rcpt: str, state: str = "pending", error: str = "") -> None:
+        if (kind, to) in seen:
+            return
+        seen.add((kind, to))
+        out.append(Delivery(kind=kind, to=to, rcpt=rcpt, state=state, last_error=error))
+
+    for rcpt in rcpts:
+        x = aliases.expand(rcpt)
+        for user in x.local:
+            add("local", user, rcpt)
+        for cmd in x.commands:
+            add("pipe", cmd, rcpt)
+        for addr in x.remote:
+            add("remote", addr, rcpt)
+        if x.empty:
+            if x.disabled:
+                add("local", x.disabled[0], rcpt, "failed", "550 5.2.1 mailbox disabled")
+            elif x.loop:
+                add("local", rcpt, rcpt, "failed", "550 5.4.6 alias loop")
+            else:
+                add("local", rcpt, rcpt, "failed", "550 5.1.1 no such user")
+    return out

@@ -1,0 +1,115 @@
+"""Wiring: build the modules a config names, listen, run, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import signal
+
+from pillarbox import control, tls
+from pillarbox.config import Config
+from pillarbox.directory.aliases import Aliases
+from pillarbox.directory.users import Users
+from pillarbox.endpoint import smtp
+from pillarbox.queue.scheduler import Queue
+from pillarbox.queue.spool import Spool
+from pillarbox.store.sqlite import Database
+
+log = logging.getLogger("pillarbox.server")
+
+
+class ServeError(Exception):
+    """The server cannot start; the message is the one-line reason."""
+
+
+def open_directory(config: Config) -> tuple[Database, Users, Aliases]:
+    db = Database(config.data_dir / "pillarbox.db")
+    users = Users(db)
+    return db, users, Aliases(db, users, config.domains)
+
+
+def ensure_tls(config: Config) -> None:
+    if config.tls_cert is None and not config.cert_path.exists():
+        tls.make_self_signed(config.cert_path, config.key_path, config.hostname)
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stop = asyncio.Event()
+
+    async def _listen(self, kind: str, handler, ssl_ctx=None) -> None:
+        for host, port in self.config.listen.get(kind, []):
+            try:
+                srv = await asyncio.start_server(handler, host, port, ssl=ssl_ctx,
+                                                 reuse_address=True, backlog=1024,
+                                                 limit=1 << 20)
+            except OSError as e:
+                reason = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+                raise ServeError(f"listen.{kind}: cannot listen on {host}:{port}: {reason}"
+                                 ) from None
+            self._servers.append(srv)
+            log.info("listening endpoint=%s address=%s:%d", kind, host, port)
+
+    async def run(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_exceptions)
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            ensure_tls(cfg)
+            tls_ctx = tls.server_context(cfg.cert_path, cfg.key_path)
+        except (OSError, ValueError) as e:
+            raise ServeError(f"tls: cannot load the certificate: {e}") from None
+        _, users, aliases = open_directory(cfg)
+        spool = Spool(cfg.data_dir / "queue", cfg.queue.min_free_space)
+        self.queue = queue = Queue(cfg, spool, users, aliases)
+        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx)
+        try:
+            for kind in ("smtp", "submission", "submissions"):
+                handler = functools.partial(smtp.serve_session, ctx, kind)
+                await self._listen(kind, handler, tls_ctx if kind == "submissions" else None)
+            for kind in ("imap", "imaps", "lmtp", "http"):
+                if cfg.listen.get(kind):
+                    log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
+            self._servers.append(await control.serve(cfg.data_dir, self._control))
+        except BaseException:
+            for s in self._servers:
+                s.close()
+            raise
+        await queue.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
+                    ",".join(cfg.domains))
+        await self._stop.wait()
+        log.warning("pillarbox stopping")
+        for s in self._servers:
+            s.close()
+        await queue.stop()
+        control.socket_path(cfg.data_dir).unlink(missing_ok=True)
+
+    async def _control(self, cmd: str, arg: str) -> str:
+        if cmd == "pickup":
+            return f"ok {await self.queue.pickup()}"
+        if cmd == "retry":
+            return f"ok {await self.queue.retry(arg or None)}"
+        if cmd == "delete":
+            return "ok 1" if await self.queue.delete(arg) else f"error no such message {arg}"
+        return f"error unknown command {cmd}"
+
+
+def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    exc = context.get("exception")
+    # A client that vanishes mid-handshake is not our error.
+    if isinstance(exc, ConnectionError | TimeoutError) or "SSL" in type(exc).__name__:
+        log.debug("asyncio: %s %r", context.get("message"), exc)
+        return
+    log.error("asyncio: %s %r", context.get("message"), exc)
+
+
+def serve(config: Config) -> None:
+    asyncio.run(Server(config).run())

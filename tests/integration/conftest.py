@@ -1,0 +1,58 @@
+"""Fixtures: a real pillarbox server per test, on free ports of 127.0.0.1.
+
+    def test_x(server):                       # default config, already serving
+        server.add_user("alice@example.test")
+        with server.smtp() as s: ...
+        server.wait_for_messages("alice@example.test", 1)
+
+    def test_y(make_server):                  # overrides, or not started at all
+        srv = make_server(limits__max_recipients=3)
+        srv = make_server({"queue.min_free_space": "100000000M"})
+        srv = make_server(start=False, extra_toml="bogus = 1")
+
+Teardown stops every server with SIGTERM and fails the test if its stderr
+holds a Traceback or an ERROR/CRITICAL line (a client's mistake must never be
+logged at ERROR, and nothing may crash).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .support import Server, run_pillarbox
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    servers: list[Server] = []
+
+    def factory(overrides: dict | None = None, *, start: bool = True, extra_toml: str = "",
+                **kw) -> Server:
+        merged = dict(overrides or {})
+        merged.update(kw)
+        srv = Server(tmp_path / f"server{len(servers)}", merged, extra_toml=extra_toml)
+        servers.append(srv)
+        if start:
+            srv.start()
+        return srv
+
+    yield factory
+
+    problems = []
+    for srv in servers:
+        problems += srv.shutdown_and_check()
+        if srv.logs:
+            print(f"--- {srv.root} stderr (tail) ---\n{srv.log_tail(80)}")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def server(make_server) -> Server:
+    return make_server()
+
+
+@pytest.fixture
+def pillarbox():
+    """Run `python -m pillarbox ARGS` with no implied -c (for config-lookup tests)."""
+    return run_pillarbox

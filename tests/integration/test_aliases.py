@@ -1,0 +1,177 @@
+"""Aliases: fan-out, cascade, loops, catch-all and |command targets."""
+
+from __future__ import annotations
+
+import smtplib
+import stat
+from pathlib import Path
+
+from .support import assert_reply, make_message, parse, token, wait_until
+
+SENDER = "sender@remote.test"
+
+
+def _send(server, rcpts, subject, body=None):
+    if isinstance(rcpts, str):
+        rcpts = [rcpts]
+    kw = {} if body is None else {"body": body}
+    with server.smtp() as s:
+        refused = s.sendmail(SENDER, rcpts, make_message(SENDER, rcpts, subject, **kw))
+    assert refused == {}, refused
+
+
+def test_alias_fans_out_to_several_users(server):
+    users = ["ann@example.test", "ben@example.test", "cat@example.test"]
+    for u in users:
+        server.add_user(u)
+    server.add_alias("team@example.test", *users)
+    assert "team@example.test" in server.cli_ok("alias", "list").stdout
+    tok = token()
+    _send(server, "team@example.test", tok)
+    for u in users:
+        msgs = server.wait_for_messages(u, 1)
+        assert [parse(m)["Subject"] for m in msgs] == [tok], u
+
+
+def test_alias_cascade_alias_to_alias_to_user(server):
+    server.add_user("dave@example.test")
+    server.add_alias("first@example.test", "second@example.test")
+    server.add_alias("second@example.test", "third@example.test")
+    server.add_alias("third@example.test", "dave@example.test")
+    tok = token()
+    _send(server, "first@example.test", tok)
+    (raw,) = server.wait_for_messages("dave@example.test", 1)
+    assert parse(raw)["Subject"] == tok
+
+
+def test_alias_fan_out_and_cascade_reach_each_user_once(server):
+    server.add_user("eve@example.test")
+    server.add_user("fay@example.test")
+    server.add_alias("all@example.test", "devs@example.test", "eve@example.test")
+    server.add_alias("devs@example.test", "eve@example.test", "fay@example.test")
+    tok = token()
+    _send(server, "all@example.test", tok)
+    server.wait_for_messages("fay@example.test", 1)
+    server.wait_for_messages("eve@example.test", 1)
+    wait_until(lambda: server.queue_list() == [], 10, "the queue to drain")
+    assert len(server.messages("eve@example.test")) == 1, "eve reached twice via two paths"
+
+
+def test_alias_loop_is_detected_not_a_hang(server):
+    server.add_user("gus@example.test")
+    server.add_alias("loop-a@example.test", "loop-b@example.test")
+    p = server.cli("alias", "add", "loop-b@example.test", "loop-a@example.test", timeout=20)
+    if p.returncode != 0:
+        # refused when created: a clear error naming the loop
+        assert p.returncode == 1 and p.stderr.startswith("error:"), p
+        assert "loop" in p.stderr.lower(), p.stderr
+    else:
+        with server.smtp(timeout=10) as s:
+            assert_reply(s.mail(SENDER), 250)
+            r = s.rcpt("loop-a@example.test")
+            assert 550 <= r[0] <= 559, f"RCPT to an alias loop: {r}"
+    # the server still works, and other mail is unaffected
+    tok = token()
+    _send(server, "gus@example.test", tok)
+    server.wait_for_messages("gus@example.test", 1)
+
+
+def test_catch_all_takes_unknown_local_parts(server):
+    server.add_user("catch@example.test")
+    server.add_user("alice@example.test")
+    server.add_alias("@example.test", "catch@example.test")
+    tok1, tok2 = token(), token()
+    _send(server, "whoever-xyz@example.test", tok1)
+    _send(server, "alice@example.test", tok2)
+    (raw,) = server.wait_for_messages("catch@example.test", 1)
+    assert parse(raw)["Subject"] == tok1
+    (raw,) = server.wait_for_messages("alice@example.test", 1)
+    assert parse(raw)["Subject"] == tok2, "an existing user's mail went to the catch-all"
+    wait_until(lambda: server.queue_list() == [], 10, "the queue to drain")
+    assert len(server.messages("catch@example.test")) == 1
+
+
+def _pipe_script(tmp: Path) -> tuple[Path, Path]:
+    out = tmp / "pipe-out"
+    out.mkdir()
+    script = tmp / "pipe.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"d='{out}'\n"
+        'if [ -e "$d/broken" ]; then cat >/dev/null; echo "broken on purpose" >&2; exit 1; fi\n'
+        'cat > "$d/.part.$$" && mv "$d/.part.$$" "$d/msg.$$"\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return script, out
+
+
+def _outputs(out: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(out.glob("msg.*"))]
+
+
+def test_pipe_target_gets_the_message_on_stdin(server, tmp_path):
+    script, out = _pipe_script(tmp_path)
+    server.add_alias("hook@example.test", f"|{script}")
+    tok = token()
+    _send(server, "hook@example.test", tok, body=f"pipe body {tok}\r\n")
+    (data,) = wait_until(lambda: _outputs(out), 10, "the pipe command's output")
+    msg = parse(data)
+    assert msg["Subject"] == tok
+    assert f"pipe body {tok}".encode() in data
+    assert msg.get_all("Received"), "piped message lacks the Received header"
+
+
+def test_failing_pipe_stays_deferred_then_delivered_after_retry(server, tmp_path):
+    script, out = _pipe_script(tmp_path)
+    (out / "broken").touch()
+    server.add_alias("hook@example.test", f"|{script}")
+    tok = token()
+    sender = f"pipe-{tok}@remote.test"
+    with server.smtp() as s:
+        s.sendmail(sender, ["hook@example.test"],
+                   make_message(sender, "hook@example.test", tok))
+
+    def deferred_entry():
+        for e in server.queue_list():
+            if e.get("mail_from") == sender and any(
+                r.get("state") == "deferred" and r.get("attempts", 0) >= 1 for r in e["rcpts"]
+            ):
+                return e
+        return None
+
+    entry = wait_until(deferred_entry, 15, "the message to show as deferred in `queue list`")
+    assert _outputs(out) == []
+    rcpt = next(r for r in entry["rcpts"] if r["state"] == "deferred")
+    assert rcpt["last_error"], f"deferred without last_error: {entry}"
+    assert entry["id"] in server.cli_ok("queue", "list").stdout
+
+    (out / "broken").unlink()
+    server.cli_ok("queue", "retry")
+    (data,) = wait_until(lambda: _outputs(out), 15, "delivery after `queue retry`")
+    assert parse(data)["Subject"] == tok
+    wait_until(lambda: not any(e.get("mail_from") == sender for e in server.queue_list()),
+               10, "the delivered message to leave the queue")
+
+
+def test_pipe_alias_and_user_in_one_fan_out(server, tmp_path):
+    script, out = _pipe_script(tmp_path)
+    server.add_user("hal@example.test")
+    server.add_alias("both@example.test", "hal@example.test", f"|{script}")
+    tok = token()
+    _send(server, "both@example.test", tok)
+    (raw,) = server.wait_for_messages("hal@example.test", 1)
+    assert parse(raw)["Subject"] == tok
+    (data,) = wait_until(lambda: _outputs(out), 10, "the pipe command's output")
+    assert parse(data)["Subject"] == tok
+
+
+def test_unknown_alias_target_domain_user_is_refused_at_rcpt(server):
+    """Sanity: with no catch-all, an unknown local part is still 550 5.1.1."""
+    server.add_user("ivy@example.test")
+    with server.smtp() as s:
+        assert_reply(s.mail(SENDER), 250)
+        assert_reply(s.rcpt("not-an-alias@example.test"), 550, "5.1.1")
+        try:
+            s.quit()
+        except smtplib.SMTPServerDisconnected:
+            pass

@@ -1,0 +1,89 @@
+"""The durable queue: remote mail waits in it, visible and manageable by the CLI."""
+
+from __future__ import annotations
+
+from .support import free_ports, make_message, token, wait_until
+
+ALICE = "alice@example.test"
+CAROL = "carol@remote.test"
+
+
+def _no_dns(make_server):
+    # A resolver on a closed local port: any lookup fails fast and temporarily,
+    # so remote mail is deferred (never bounced, never sent to the internet).
+    (port,) = free_ports(1)
+    return make_server(dns__nameservers=[f"127.0.0.1:{port}"])
+
+
+def _entry_for(server, rcpt):
+    for e in server.queue_list():
+        if any(r.get("addr") == rcpt for r in e.get("rcpts", [])):
+            return e
+    return None
+
+
+def test_remote_recipient_from_authenticated_user_waits_in_queue(make_server):
+    server = _no_dns(make_server)
+    server.add_user(ALICE)
+    tok = token()
+    with server.submission(user=ALICE) as s:
+        refused = s.sendmail(ALICE, [CAROL], make_message(ALICE, CAROL, tok))
+    assert refused == {}
+    entry = wait_until(lambda: _entry_for(server, CAROL), 10, f"{CAROL} in `queue list --json`")
+    for key in ("id", "mail_from", "rcpts", "size", "age"):
+        assert key in entry, f"queue entry lacks {key!r}: {entry}"
+    assert entry["mail_from"] == ALICE
+    assert isinstance(entry["size"], int) and entry["size"] > 0, entry
+    (rcpt,) = entry["rcpts"]
+    for key in ("addr", "state", "attempts", "next_attempt", "last_error"):
+        assert key in rcpt, f"queue rcpt lacks {key!r}: {rcpt}"
+    assert rcpt["state"] not in ("delivered", "failed", "bounced"), rcpt
+
+    listing = server.cli_ok("queue", "list").stdout
+    assert entry["id"] in listing and CAROL in listing, listing
+    shown = server.cli_ok("queue", "show", entry["id"]).stdout
+    assert tok in shown, f"`queue show` does not show the message: {shown[:1000]}"
+
+    # still there after a restart (it is on disk, not in memory)
+    server.restart()
+    again = wait_until(lambda: _entry_for(server, CAROL), 10, "the entry after restart")
+    assert again["id"] == entry["id"]
+
+    server.cli_ok("queue", "delete", entry["id"])
+    assert _entry_for(server, CAROL) is None, "`queue delete` left the entry"
+    p = server.cli("queue", "show", entry["id"])
+    assert p.returncode == 1 and p.stderr.startswith("error:"), p
+
+
+def test_mixed_local_and_remote_recipients(make_server):
+    server = _no_dns(make_server)
+    server.add_user(ALICE)
+    server.add_user("bob@example.test")
+    tok = token()
+    with server.submission(user=ALICE) as s:
+        s.sendmail(ALICE, ["bob@example.test", CAROL],
+                   make_message(ALICE, ["bob@example.test", CAROL], tok))
+    server.wait_for_messages("bob@example.test", 1)
+    entry = wait_until(lambda: _entry_for(server, CAROL), 10, f"{CAROL} in the queue")
+    assert [r["addr"] for r in entry["rcpts"]] == [CAROL], (
+        f"local recipient done, only the remote one should remain: {entry}"
+    )
+
+
+def test_forward_alias_to_remote_address_is_queued(make_server):
+    server = _no_dns(make_server)
+    server.add_alias("fwd@example.test", CAROL)
+    tok = token()
+    with server.smtp() as s:
+        refused = s.sendmail("x@remote.test", ["fwd@example.test"],
+                             make_message("x@remote.test", "fwd@example.test", tok))
+    assert refused == {}
+    wait_until(lambda: _entry_for(server, CAROL), 10, f"{CAROL} (via alias) in the queue")
+
+
+def test_queue_retry_with_unknown_id_is_an_error(server):
+    for args in (("queue", "retry", "no-such-id"), ("queue", "delete", "no-such-id"),
+                 ("queue", "show", "no-such-id")):
+        p = server.cli(*args)
+        assert p.returncode == 1, (args, p)
+        assert p.stderr.startswith("error:"), (args, p.stderr)
