@@ -29,11 +29,10 @@ def expand(aliases: Aliases, rcpts: list[str]) -> list[Delivery]:
             add("pipe", cmd, rcpt)
         for addr in x.remote:
             add("remote", addr, rcpt)
-        if x.empty:
-            if x.disabled:
-                add("local", x.disabled[0], rcpt, "failed", "550 5.2.1 mailbox disabled")
-            elif x.loop:
-                add("local", rcpt, rcpt, "failed", "550 5.4.6 alias loop")
-            else:
-                add("local", rcpt, rcpt, "failed", "550 5.1.1 no such user")
+        for user in x.unknown:
+            add("local", user, rcpt, "failed", "5.1.1 no such user")
+        for user in x.disabled:
+            add("local", user, rcpt, "failed", "5.2.1 mailbox disabled")
+        if x.empty and x.loop and not (x.unknown or x.disabled):
+            add("local", rcpt, rcpt, "failed", "5.4.6 alias loop")
     return out

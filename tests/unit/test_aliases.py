@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+
+from pillarbox import route
+from pillarbox.directory.aliases import Aliases
+from pillarbox.directory.users import DirectoryError, Users
+from pillarbox.store.sqlite import Database
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Aliases:
+    db = Database(tmp_path / "db.sqlite")
+    users = Users(db)
+    for u in ("alice", "bob", "carol"):
+        users.add(f"{u}@example.test", "pw")
+    return Aliases(db, users, ["example.test"])
+
+
+def test_plain_user_and_unknown(directory: Aliases) -> None:
+    assert directory.expand("alice@example.test").local == ["alice@example.test"]
+    x = directory.expand("nobody@example.test")
+    assert x.empty and x.unknown == ["nobody@example.test"]
+
+
+def test_fan_out_cascade_and_dedup(directory: Aliases) -> None:
+    directory.add("team@example.test", ["alice@example.test", "staff@example.test"])
+    directory.add("staff@example.test", ["bob@example.test", "alice@example.test"])
+    x = directory.expand("team@example.test")
+    assert sorted(x.local) == ["alice@example.test", "bob@example.test"]
+
+
+def test_remote_and_command_targets(directory: Aliases) -> None:
+    directory.add("fwd@example.test", ["someone@remote.test", "|cat > /dev/null"])
+    x = directory.expand("fwd@example.test")
+    assert x.remote == ["someone@remote.test"]
+    assert x.commands == ["cat > /dev/null"]
+
+
+def test_loop_is_detected(directory: Aliases) -> None:
+    directory.add("a@example.test", ["b@example.test"])
+    directory.add("b@example.test", ["a@example.test"])
+    x = directory.expand("a@example.test")
+    assert x.empty and x.loop
+
+
+def test_loop_with_a_real_target_still_delivers(directory: Aliases) -> None:
+    directory.add("a@example.test", ["b@example.test", "carol@example.test"])
+    directory.add("b@example.test", ["a@example.test"])
+    x = directory.expand("a@example.test")
+    assert x.local == ["carol@example.test"]
+
+
+def test_catch_all(directory: Aliases) -> None:
+    directory.add("@example.test", ["carol@example.test"])
+    assert directory.expand("anything@example.test").local == ["carol@example.test"]
+    # A real user still gets its own mail.
+    assert directory.expand("bob@example.test").local == ["bob@example.test"]
+
+
+def test_disabled_user(directory: Aliases) -> None:
+    directory.users.set_enabled("bob@example.test", False)
+    x = directory.expand("bob@example.test")
+    assert x.empty and x.disabled == ["bob@example.test"]
+
+
+def test_route_expand_records_failures(directory: Aliases) -> None:
+    directory.add("list@example.test", ["alice@example.test", "ghost@example.test"])
+    ds = route.expand(directory, ["list@example.test", "x@remote.test"])
+    kinds = {(d.kind, d.to, d.state) for d in ds}
+    assert ("local", "alice@example.test", "pending") in kinds
+    assert ("remote", "x@remote.test", "pending") in kinds
+    assert ("local", "ghost@example.test", "failed") in kinds
+
+
+def test_bad_input(directory: Aliases) -> None:
+    with pytest.raises(DirectoryError):
+        directory.add("x@example.test", [])
+    with pytest.raises(DirectoryError):
+        directory.add("x@example.test", ["not an address"])
+    with pytest.raises(DirectoryError):
+        directory.delete("nonexistent@example.test")
+    with pytest.raises(DirectoryError):
+        directory.users.add("alice@example.test", "pw")
+
+
+def test_password_check(directory: Aliases) -> None:
+    users = directory.users
+    assert users.authenticate("Alice@Example.test", "pw") == "alice@example.test"
+    assert users.authenticate("alice@example.test", "wrong") is None
+    assert users.authenticate("nobody@example.test", "pw") is None
+    assert users.authenticate("not an address", "pw") is None
+    users.set_enabled("alice@example.test", False)
+    assert users.authenticate("alice@example.test", "pw") is None

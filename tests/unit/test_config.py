@@ -1,0 +1,76 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pillarbox import config
+
+
+def load_text(tmp_path: Path, text: str) -> config.Config:
+    p = tmp_path / "pillarbox.toml"
+    p.write_text(text)
+    return config.load(p)
+
+
+BASE = 'hostname = "mx.example.test"\ndomains = ["example.test"]\n'
+
+
+def test_template_is_valid_and_documents_every_key(tmp_path: Path) -> None:
+    text = config.TEMPLATE.format(hostname="mx.example.test", domain="example.test")
+    cfg = load_text(tmp_path, text)
+    assert cfg.hostname == "mx.example.test"
+    assert cfg.listen["smtp"] == [("127.0.0.1", 2525)]
+    data = tomllib.loads(text)
+    for section, keys in config._SECTION_KEYS.items():
+        assert set(data[section]) == keys, section
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, BASE)
+    assert cfg.data_dir == tmp_path / "var"
+    assert cfg.limits.max_message_size == 25 * 1024 * 1024
+    assert cfg.queue.retry_schedule[0] == 60
+    assert cfg.listen["smtp"] == []
+
+
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ("bogus = 1\n", "bogus"),
+        ("[limits]\nmax_recipients = 0\n", "limits.max_recipients"),
+        ("[limits]\nmax_message_size = \"lots\"\n", "limits.max_message_size"),
+        ("[limits]\nnope = 1\n", "limits.nope"),
+        ("[listen]\nsmtp = [\"127.0.0.1\"]\n", "listen.smtp"),
+        ("[listen]\nsmtp = [\"127.0.0.1:99999\"]\n", "listen.smtp"),
+        ("[queue]\nmax_lifetime = \"forever\"\n", "queue.max_lifetime"),
+        ("[tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n", "tls.cert"),
+        ("mode = \"party\"\n", "mode"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, BASE + extra)
+    assert e.value.key == key
+    assert str(e.value).startswith(key + ":")
+
+
+def test_bad_domain_and_hostname(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="domains"):
+        load_text(tmp_path, 'hostname = "mx.example.test"\ndomains = ["bad domain"]\n')
+    with pytest.raises(config.ConfigError, match="hostname"):
+        load_text(tmp_path, 'hostname = "mx example"\ndomains = ["example.test"]\n')
+
+
+def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="pillarbox init"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_sizes_and_durations() -> None:
+    assert config.parse_size("10K") == 10240
+    assert config.parse_size("1g") == 1024**3
+    assert config.parse_size(5) == 5
+    assert config.parse_duration("5m") == 300
+    assert config.parse_duration("2d") == 172800
+    with pytest.raises(config.ConfigError):
+        config.parse_size(-1)
