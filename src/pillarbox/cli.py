@@ -126,7 +126,7 @@ def cmd_user(args: argparse.Namespace) -> int:
         for u in users.list():
             quota = _human(u.quota) if u.quota else "unlimited"
             state = "enabled" if u.enabled else "disabled"
-            print(f"{u.address}\t{state}\tused {_human(u.used)} of {quota}")
+            print(f"{u.address}\t{state}\t{_human(u.used)}/{quota}")
         return 0
     if args.action == "add":
         a = _local_address(cfg, args.address)
@@ -182,7 +182,8 @@ def _spool(cfg: Config):
     return Spool(cfg.data_dir / "queue")
 
 
-def _entries(spool) -> list[dict]:
+def _entries(spool, finished: bool = False) -> list[dict]:
+    """Queue entries; like Postfix's mailq, only recipients still to do unless `finished`."""
     out = []
     now = time.time()
     for where, ids in (("queue", spool.ids()), ("maildrop", _maildrop_ids(spool))):
@@ -202,7 +203,8 @@ def _entries(spool) -> list[dict]:
             if state and state.deliveries:
                 rcpts = [{"addr": d.to, "rcpt": d.rcpt, "kind": d.kind, "state": d.state,
                           "attempts": d.attempts, "next_attempt": d.next_attempt,
-                          "last_error": d.last_error} for d in state.deliveries]
+                          "last_error": d.last_error} for d in state.deliveries
+                         if finished or d.state not in ("done", "failed")]
             else:
                 rcpts = [{"addr": r, "rcpt": r, "kind": "", "state": "pending", "attempts": 0,
                           "next_attempt": 0.0, "last_error": ""} for r in env.rcpts]
@@ -247,7 +249,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.id:
             raise CLIError("queue show needs a message ID; see `pillarbox queue list`")
-        match = [e for e in _entries(spool) if e["id"] == args.id]
+        match = [e for e in _entries(spool, finished=True) if e["id"] == args.id]
         if not match:
             raise CLIError(f"no such message {args.id} in the queue")
         print(json.dumps(match[0], indent=1))

@@ -33,7 +33,7 @@ log = logging.getLogger("pillarbox.smtp")
 MAX_COMMAND_LINE = 512  # octets including CRLF (RFC 5321 4.5.3.1.4)
 MAX_TEXT_LINE = 1000  # octets including CRLF (RFC 5321 4.5.3.1.6)
 MAX_ERRORS = 10  # bad commands before we hang up
-MAX_AUTH_FAILURES = 3
+MAX_AUTH_FAILURES = 5  # smtplib alone spends two per login (PLAIN, then LOGIN)
 READ_SIZE = 1 << 18
 
 _PATH_RE = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
