@@ -176,46 +176,30 @@ def cmd_alias(args: argparse.Namespace) -> int:
 
 # -- queue --------------------------------------------------------------------
 
-def _spool(cfg: Config):
-    from pillarbox.queue.spool import Spool
-
-    return Spool(cfg.data_dir / "queue")
+def _spool_root(cfg: Config) -> Path:
+    return cfg.data_dir / "queue"
 
 
-def _entries(spool, finished: bool = False) -> list[dict]:
+def _entries(cfg: Config, finished: bool = False) -> list[dict]:
     """Queue entries; like Postfix's mailq, only recipients still to do unless `finished`."""
+    from pillarbox.queue.spool import offline_entries
+
     out = []
     now = time.time()
-    for where, ids in (("queue", spool.ids()), ("maildrop", _maildrop_ids(spool))):
-        for msg_id in ids:
-            try:
-                if where == "queue":
-                    env = spool.read_envelope(msg_id)
-                    state = spool.read_state(msg_id)
-                else:
-                    from pillarbox.queue.spool import Envelope
-
-                    with open(spool.maildrop / msg_id, "rb") as f:
-                        env = Envelope.from_json(f.readline())
-                    state = None
-            except (FileNotFoundError, ValueError):
-                continue  # delivered or removed while we looked
-            if state and state.deliveries:
-                rcpts = [{"addr": d.to, "rcpt": d.rcpt, "kind": d.kind, "state": d.state,
-                          "attempts": d.attempts, "next_attempt": d.next_attempt,
-                          "last_error": d.last_error} for d in state.deliveries
-                         if finished or d.state not in ("done", "failed")]
-            else:
-                rcpts = [{"addr": r, "rcpt": r, "kind": "", "state": "pending", "attempts": 0,
-                          "next_attempt": 0.0, "last_error": ""} for r in env.rcpts]
-            out.append({"id": msg_id, "mail_from": env.mail_from, "rcpts": rcpts,
-                        "size": env.size, "age": round(now - env.received, 1),
-                        "received": env.received, "where": where})
+    for e in offline_entries(_spool_root(cfg)):
+        env, state = e.env, e.state
+        if state and state.deliveries:
+            rcpts = [{"addr": d.to, "rcpt": d.rcpt, "kind": d.kind, "state": d.state,
+                      "attempts": d.attempts, "next_attempt": d.next_attempt,
+                      "last_error": d.last_error} for d in state.deliveries
+                     if finished or d.state not in ("done", "failed")]
+        else:
+            rcpts = [{"addr": r, "rcpt": r, "kind": "", "state": "pending", "attempts": 0,
+                      "next_attempt": 0.0, "last_error": ""} for r in env.rcpts]
+        out.append({"id": env.id, "mail_from": env.mail_from, "rcpts": rcpts,
+                    "size": env.size, "age": round(now - env.received, 1),
+                    "received": env.received, "where": e.where, "_entry": e})
     return out
-
-
-def _maildrop_ids(spool) -> list[str]:
-    return sorted(e.name for e in os.scandir(spool.maildrop) if "." not in e.name)
 
 
 def _age(seconds: float) -> str:
@@ -227,9 +211,10 @@ def _age(seconds: float) -> str:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    spool = _spool(cfg)
     if args.action == "list":
-        entries = _entries(spool)
+        entries = _entries(cfg)
+        for e in entries:
+            e.pop("_entry")
         if args.json:
             print(json.dumps(entries, indent=1))
             return 0
@@ -246,23 +231,23 @@ def cmd_queue(args: argparse.Namespace) -> int:
         total = sum(e["size"] for e in entries)
         print(f"{len(entries)} message(s) in the queue, {_human(total)} in all")
         return 0
+    if args.action in ("show", "delete") and not args.id:
+        raise CLIError(f"queue {args.action} needs a message ID; see `pillarbox queue list`")
     if args.action == "show":
-        if not args.id:
-            raise CLIError("queue show needs a message ID; see `pillarbox queue list`")
-        match = [e for e in _entries(spool, finished=True) if e["id"] == args.id]
+        match = [e for e in _entries(cfg, finished=True) if e["id"] == args.id]
         if not match:
             raise CLIError(f"no such message {args.id} in the queue")
+        entry = match[0].pop("_entry")
         print(json.dumps(match[0], indent=1))
-        path = spool.path(args.id) if match[0]["where"] == "queue" else spool.maildrop / args.id
-        with open(path, "rb") as f:
-            f.readline()
-            head = f.read(64 * 1024).split(b"\r\n\r\n", 1)[0]
-        print(head.decode("utf-8", "replace"))
+        with open(entry.path, "rb") as f:
+            f.seek(entry.offset)
+            head = f.read(min(64 * 1024, entry.env.size or 64 * 1024))
+        print(head.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace"))
         return 0
     if args.action == "retry":
         reply = control.request(cfg.data_dir, f"retry {args.id or ''}".strip())
         if reply is None:
-            n = _retry_offline(spool, args.id)
+            n = _retry_offline(cfg, args.id)
             print(f"{n} message(s) due now; they go out when the server starts")
         elif reply.startswith("ok"):
             n = int(reply.split()[1])
@@ -273,13 +258,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
             raise CLIError(reply.removeprefix("error "))
         return 0
     if args.action == "delete":
-        if not args.id:
-            raise CLIError("queue delete needs a message ID; see `pillarbox queue list`")
         reply = control.request(cfg.data_dir, f"delete {args.id}")
         if reply is None:
-            if not spool.path(args.id).exists():
+            from pillarbox.queue.spool import mark_done_offline
+
+            match = [e["_entry"] for e in _entries(cfg) if e["id"] == args.id]
+            if not match:
                 raise CLIError(f"no such message {args.id} in the queue")
-            spool.remove(args.id)
+            mark_done_offline(match[0])
         elif not reply.startswith("ok"):
             raise CLIError(reply.removeprefix("error "))
         print(f"deleted {args.id}")
@@ -287,22 +273,22 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retry_offline(spool, msg_id: str | None) -> int:
-    ids = [msg_id] if msg_id else spool.ids()
-    n = 0
-    for i in ids:
-        if not spool.path(i).exists():
-            if msg_id:
-                raise CLIError(f"no such message {msg_id} in the queue")
-            continue
-        state = spool.read_state(i)
-        if state:
-            for d in state.deliveries:
+def _retry_offline(cfg: Config, msg_id: str | None) -> int:
+    from pillarbox.queue.spool import State
+
+    entries = [e["_entry"] for e in _entries(cfg) if not msg_id or e["id"] == msg_id]
+    if msg_id and not entries:
+        raise CLIError(f"no such message {msg_id} in the queue")
+    for e in entries:
+        if e.state:
+            for d in e.state.deliveries:
                 if d.state == "deferred":
                     d.next_attempt = 0.0
-            spool.write_state(i, state)
-        n += 1
-    return n
+            path = _spool_root(cfg) / "state" / e.env.id
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(State.to_json(e.state))
+            os.replace(tmp, path)
+    return len(entries)
 
 
 # -- sendmail -----------------------------------------------------------------
@@ -367,9 +353,11 @@ def cmd_sendmail(args: argparse.Namespace) -> int:
     data = received + extra + head + rest
     env = Envelope(id=msg_id, mail_from=sender, rcpts=norm_rcpts, received=time.time(),
                    size=len(data), auth=None, source="sendmail")
-    spool = _spool(cfg)
+    from pillarbox.queue.spool import Spool
+
+    spool = Spool(_spool_root(cfg))
     try:
-        spool.write(env, [data], into=spool.maildrop)
+        spool.drop(env, data)
     except SpoolFull:
         raise CLIError("not enough free disk space for the queue; nothing was sent") from None
     control.request(cfg.data_dir, "pickup")

@@ -51,7 +51,7 @@ class Queue:
         """
         env = Envelope(id=msg_id or new_id(), mail_from=mail_from, rcpts=rcpts,
                        received=time.time(), size=size, auth=auth, source=source)
-        await asyncio.to_thread(self.spool.write, env, chunks)
+        await self.spool.append(env, chunks)
         self._schedule_now(env.id)
         return env.id
 
@@ -67,11 +67,11 @@ class Queue:
     # -- lifecycle --------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.spool.clean_tmp)
-        ids = await asyncio.to_thread(self.spool.ids)
+        envs = await asyncio.to_thread(self.spool.load)
         now = time.time()
-        for msg_id in ids:
-            state = await asyncio.to_thread(self.spool.read_state, msg_id)
+        for env in envs:
+            msg_id = env.id
+            state = self.spool.read_state(msg_id)
             due = _next_due(state) if state else now
             if due is None or due <= now:
                 self._schedule_now(msg_id)
@@ -81,8 +81,8 @@ class Queue:
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="queue-timers"))
         for i in range(self.config.queue.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"queue-worker-{i}"))
-        if ids:
-            log.info("queue loaded messages=%d", len(ids))
+        if envs:
+            log.info("queue loaded messages=%d", len(envs))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -91,19 +91,19 @@ class Queue:
 
     async def pickup(self) -> int:
         """Take messages that `pillarbox sendmail` dropped into maildrop/."""
-        ids = await asyncio.to_thread(self.spool.pickup)
+        ids = await self.spool.pickup()
         for msg_id in ids:
             self._schedule_now(msg_id)
         return len(ids)
 
     async def retry(self, msg_id: str | None = None) -> int:
         """Make deferred deliveries due now (one message, or all)."""
-        ids = [msg_id] if msg_id else await asyncio.to_thread(self.spool.ids)
+        ids = [msg_id] if msg_id else list(self.spool.index)
         n = 0
         for i in ids:
-            state = await asyncio.to_thread(self.spool.read_state, i)
-            if state is None and not self.spool.path(i).exists():
+            if i not in self.spool.index:
                 continue
+            state = self.spool.read_state(i)
             if state:
                 for d in state.deliveries:
                     if d.state == "deferred":
@@ -114,11 +114,11 @@ class Queue:
         return n
 
     async def delete(self, msg_id: str) -> bool:
-        if not self.spool.path(msg_id).exists():
+        if msg_id not in self.spool.index:
             return False
         while msg_id in self._active:
             await asyncio.sleep(0.05)  # let a running attempt finish writing its state
-        await asyncio.to_thread(self.spool.remove, msg_id)
+        self.spool.done(msg_id)
         return True
 
     # -- workers ----------------------------------------------------------
@@ -155,8 +155,8 @@ class Queue:
                 self._active.discard(msg_id)
 
     async def _process(self, msg_id: str) -> None:
-        env = await asyncio.to_thread(self.spool.read_envelope, msg_id)
-        state = await asyncio.to_thread(self.spool.read_state, msg_id)
+        env = self.spool.envelope(msg_id)
+        state = self.spool.read_state(msg_id)
         if state is None:
             state = State(deliveries=route.expand(self.aliases, env.rcpts), expanded=True)
         now = time.time()
@@ -182,7 +182,7 @@ class Queue:
                 log.info("delivery deferred id=%s to=%s error=%r", msg_id, d.to, error)
         if all(d.state in ("done", "failed") for d in state.deliveries):
             # Bounces for failed deliveries come with the remote-delivery work (DSN).
-            await asyncio.to_thread(self.spool.remove, msg_id)
+            self.spool.done(msg_id)
             return
         await asyncio.to_thread(self.spool.write_state, msg_id, state)
         due = _next_due(state)
