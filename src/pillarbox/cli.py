@@ -120,6 +120,11 @@ def _local_address(cfg: Config, address: str) -> str:
     return a
 
 
+def _tell_server(cfg: Config) -> None:
+    """A running server keeps a copy of the directory: make it reload now."""
+    control.request(cfg.data_dir, "reload-directory")
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     cfg, users, _ = _directory(args)
     if args.action == "list":
@@ -128,6 +133,14 @@ def cmd_user(args: argparse.Namespace) -> int:
             state = "enabled" if u.enabled else "disabled"
             print(f"{u.address}\t{state}\t{_human(u.used)}/{quota}")
         return 0
+    try:
+        _change_user(args, cfg, users)
+    finally:
+        _tell_server(cfg)
+    return 0
+
+
+def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
     if args.action == "add":
         a = _local_address(cfg, args.address)
         quota = configmod.parse_size(args.quota, "--quota") if args.quota else 0
@@ -150,7 +163,6 @@ def cmd_user(args: argparse.Namespace) -> int:
     elif args.action == "quota":
         users.set_quota(args.address, configmod.parse_size(args.quota or "0", "--quota"))
         print(f"quota set for {addr.normalize(args.address)}")
-    return 0
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
@@ -167,9 +179,11 @@ def cmd_alias(args: argparse.Namespace) -> int:
         if not cfg.is_local_domain(addr.normalize_domain(dom)):
             raise CLIError(f"{alias} is not in a local domain ({', '.join(cfg.domains)})")
         aliases.add(alias, args.targets)
+        _tell_server(cfg)
         print(f"alias {alias} -> {', '.join(args.targets)}")
     elif args.action == "del":
         aliases.delete(args.alias)
+        _tell_server(cfg)
         print(f"deleted alias {args.alias}")
     return 0
 

@@ -89,7 +89,7 @@ class QueueSettings:
         default_factory=lambda: [60.0, 300.0, 900.0, 3600.0, 14400.0]
     )
     max_lifetime: float = 5 * 86400.0
-    workers: int = 4
+    workers: int = 16
 
 
 @dataclass
@@ -332,5 +332,5 @@ min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1
 # waits between delivery attempts; the last one repeats until max_lifetime
 retry_schedule = ["1m", "5m", "15m", "1h", "4h"]
 max_lifetime   = "5d"      # after this a message that still fails is bounced
-workers        = 4         # concurrent deliveries
+workers        = 16        # messages delivered concurrently (local deliveries are batched)
 """

@@ -11,6 +11,7 @@ import signal
 from pillarbox import control, tls
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
+from pillarbox.directory.cache import DirectoryCache
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import smtp
 from pillarbox.queue.scheduler import Queue
@@ -24,9 +25,9 @@ class ServeError(Exception):
     """The server cannot start; the message is the one-line reason."""
 
 
-def open_directory(config: Config) -> tuple[Database, Users, Aliases]:
+def open_directory(config: Config, cached: bool = False) -> tuple[Database, Users, Aliases]:
     db = Database(config.data_dir / "pillarbox.db")
-    users = Users(db)
+    users = Users(db, DirectoryCache(db) if cached else None)
     return db, users, Aliases(db, users, config.domains)
 
 
@@ -64,7 +65,8 @@ class Server:
             tls_ctx = tls.server_context(cfg.cert_path, cfg.key_path)
         except (OSError, ValueError) as e:
             raise ServeError(f"tls: cannot load the certificate: {e}") from None
-        _, users, aliases = open_directory(cfg)
+        _, users, aliases = open_directory(cfg, cached=True)
+        self.users = users
         spool = Spool(cfg.data_dir / "queue", cfg.queue.min_free_space)
         self.queue = queue = Queue(cfg, spool, users, aliases)
         ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx)
@@ -90,9 +92,15 @@ class Server:
         for s in self._servers:
             s.close()
         await queue.stop()
+        if users.cache is not None:
+            users.cache.flush()
         control.socket_path(cfg.data_dir).unlink(missing_ok=True)
 
     async def _control(self, cmd: str, arg: str) -> str:
+        if cmd == "reload-directory":
+            if self.users.cache is not None:
+                self.users.cache.invalidate()
+            return "ok 1"
         if cmd == "pickup":
             return f"ok {await self.queue.pickup()}"
         if cmd == "retry":
@@ -112,4 +120,9 @@ def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
 
 
 def serve(config: Config) -> None:
-    asyncio.run(Server(config).run())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(Server(config).run())
+    else:
+        uvloop.run(Server(config).run())

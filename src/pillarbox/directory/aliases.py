@@ -52,6 +52,8 @@ class Aliases:
         self.local_domains = set(local_domains)
 
     def targets(self, alias: str) -> list[str]:
+        if self.users.cache is not None:
+            return self.users.cache.fresh().aliases.get(alias.lower(), [])
         rows = self.db.execute(
             "SELECT target FROM aliases WHERE alias = ? ORDER BY rowid", (alias.lower(),)
         ).fetchall()

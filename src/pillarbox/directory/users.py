@@ -10,6 +10,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from pillarbox.address import normalize
+from pillarbox.directory.cache import DirectoryCache
 from pillarbox.store.sqlite import Database
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended cost
@@ -37,10 +38,13 @@ class User:
 
 
 class Users:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: DirectoryCache | None = None) -> None:
         self.db = db
+        self.cache = cache  # the server's in-memory copy; the CLI goes to SQLite
 
     def get(self, address: str) -> User | None:
+        if self.cache is not None:
+            return self.cache.fresh().users.get(address.lower())
         row = self.db.execute(
             "SELECT address, enabled, quota, used FROM users WHERE address = ?", (address.lower(),)
         ).fetchone()
@@ -86,6 +90,9 @@ class Users:
         self.db.execute("UPDATE users SET quota = ? WHERE address = ?", (quota, address))
 
     def add_used(self, address: str, delta: int) -> None:
+        if self.cache is not None:
+            self.cache.add_used(address.lower(), delta)
+            return
         self.db.execute(
             "UPDATE users SET used = MAX(0, used + ?) WHERE address = ?", (delta, address.lower())
         )

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from email.utils import formatdate
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _now() -> str:
+    """RFC 5322 date, formatted once a second (formatdate is slow on the hot path)."""
+    global _date_cache
+    sec = int(time.time())
+    if _date_cache[0] != sec:
+        _date_cache = (sec, formatdate(sec, localtime=False, usegmt=True))
+    return _date_cache[1]
 
 
 def header(*, helo: str, peer_ip: str, hostname: str, protocol: str, msg_id: str,
@@ -14,5 +26,5 @@ def header(*, helo: str, peer_ip: str, hostname: str, protocol: str, msg_id: str
         parts.append(f"\r\n\t(using {tls})")
     if len(rcpts) == 1:
         parts.append(f"\r\n\tfor <{rcpts[0]}>")
-    parts.append(f"; {formatdate(localtime=False, usegmt=True)}\r\n")
+    parts.append(f"; {_now()}\r\n")
     return "".join(parts).encode("utf-8", "replace")

@@ -32,6 +32,7 @@ class Queue:
         self.users = users
         self.aliases = aliases
         self.mail_root = config.data_dir / "mail"
+        self.maildir = mailbox.MaildirWriter()
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: list[tuple[float, str]] = []
         self._timer_wakeup = asyncio.Event()
@@ -208,12 +209,8 @@ class Queue:
                 return "4.2.2 mailbox full"
             prefix = f"Return-Path: <{sender}>\r\nDelivered-To: {d.to}\r\n".encode()
             path = mailbox.maildir_path(self.mail_root, d.to)
-
-            def write() -> int:
-                with self.spool.open_message(env.id) as f:
-                    return mailbox.deliver(path, prefix, f)
-
-            size = await asyncio.to_thread(write)
+            size = await self.maildir.deliver(path, prefix,
+                                              lambda: self.spool.open_message(env.id))
             self.users.add_used(d.to, size)
             return None
         if d.kind == "pipe":

@@ -24,6 +24,7 @@ arrive as single files in `queue/maildrop/` and are moved into a segment.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -37,6 +38,7 @@ from pathlib import Path
 MAGIC = b"PBQ1"
 _REC = struct.Struct(">4sIQI")  # magic, header length, body length, crc32
 SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+DONE_FLUSH_DELAY = 0.05
 SEGMENT_MAX_AGE = 300.0  # seconds; old segments rotate so finished ones can be deleted
 
 
@@ -55,7 +57,10 @@ class Envelope:
     source: str = "smtp"
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(
+            {"id": self.id, "mail_from": self.mail_from, "rcpts": self.rcpts,
+             "received": self.received, "size": self.size, "auth": self.auth,
+             "source": self.source}, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, line: bytes) -> Envelope:
@@ -99,9 +104,13 @@ class Entry:
     length: int
 
 
+_ID_SALT = secrets.token_hex(2)
+_id_counter = itertools.count()
+
+
 def new_id() -> str:
-    # Sortable by arrival time, unique across processes.
-    return f"{time.time_ns():x}{secrets.token_hex(4)}"
+    # Sortable by arrival time; unique across processes (salt) and within one (counter).
+    return f"{time.time_ns():x}{_ID_SALT}{next(_id_counter) & 0xFFFF:04x}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -207,6 +216,8 @@ class Spool:
         self._free_checked = 0.0
         self._free = 0
         self._done_fds: dict[int, int] = {}
+        self._done_buf: dict[int, list[str]] = {}
+        self._done_handle: asyncio.TimerHandle | None = None
 
     # -- space --------------------------------------------------------------
 
@@ -228,17 +239,23 @@ class Spool:
     def _done_path(self, n: int) -> Path:
         return self.segments / f"{n:012d}.done"
 
-    def _open_segment(self) -> None:
+    def _create_segment(self, n: int) -> int:
+        fd = os.open(self._seg_path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        _fsync_dir(self.segments)
+        return fd
+
+    async def _rotate_if_due(self) -> None:
+        if not (self._seg_fd is None or self._seg_size > SEGMENT_MAX_BYTES
+                or time.monotonic() - self._seg_opened > SEGMENT_MAX_AGE):
+            return
+        old = self._seg_no
+        fd = await asyncio.to_thread(self._create_segment, old + 1)
         if self._seg_fd is not None:
             os.close(self._seg_fd)
-            self._retire(self._seg_no)
-        self._seg_no += 1
-        self._seg_fd = os.open(self._seg_path(self._seg_no),
-                               os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._seg_size = 0
+        self._seg_no, self._seg_fd, self._seg_size = old + 1, fd, 0
         self._seg_opened = time.monotonic()
         self.live.setdefault(self._seg_no, set())
-        _fsync_dir(self.segments)
+        self._retire(old)
 
     def _retire(self, n: int) -> None:
         """Delete a segment that is no longer written to and has nothing left."""
@@ -250,39 +267,26 @@ class Spool:
             self._seg_path(n).unlink(missing_ok=True)
             self._done_path(n).unlink(missing_ok=True)
 
-    def _write_batch(self, records: list[list[bytes]]) -> list[tuple[int, int]]:
-        """Append records and fdatasync once; return (segment, body offset) each. Blocking."""
-        if (self._seg_fd is None or self._seg_size > SEGMENT_MAX_BYTES
-                or time.monotonic() - self._seg_opened > SEGMENT_MAX_AGE):
-            self._open_segment()
-        assert self._seg_fd is not None
-        places = []
-        pos = self._seg_size
-        for rec in records:
-            places.append((self._seg_no, pos + len(rec[0]) + len(rec[1])))
-            pos += sum(len(p) for p in rec)
-        parts = [p for rec in records for p in rec]
+    @staticmethod
+    def _write_batch(fd: int, size: int, parts: list[bytes]) -> None:
+        """Append parts and fdatasync once. Blocking: runs in a worker thread."""
         try:
-            written = 0
             while parts:
                 # writev takes at most IOV_MAX (1024) buffers at a time
-                n = os.writev(self._seg_fd, parts[:1024])
-                written += n
+                n = os.writev(fd, parts[:1024])
                 while parts and n >= len(parts[0]):
                     n -= len(parts[0])
                     parts.pop(0)
                 if n:
                     parts[0] = parts[0][n:]
-            os.fdatasync(self._seg_fd)
+            os.fdatasync(fd)
         except OSError:
             # Nothing of this batch was acknowledged: cut it off again.
             try:
-                os.ftruncate(self._seg_fd, self._seg_size)
+                os.ftruncate(fd, size)
             except OSError:
                 pass
             raise
-        self._seg_size = pos
-        return places
 
     async def append(self, env: Envelope, chunks: Iterable[bytes]) -> None:
         """Store a message durably; returns once it is fsync'd (group commit).
@@ -302,16 +306,26 @@ class Spool:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    places = await asyncio.to_thread(self._write_batch, [b[0] for b in batch])
+                    await self._rotate_if_due()
+                    seg, start = self._seg_no, self._seg_size
+                    places, pos = [], start
+                    for rec, _, _ in batch:
+                        places.append(pos + len(rec[0]) + len(rec[1]))
+                        pos += sum(len(p) for p in rec)
+                    parts = [p for rec, _, _ in batch for p in rec]
+                    assert self._seg_fd is not None
+                    await asyncio.to_thread(self._write_batch, self._seg_fd, start, parts)
                 except OSError as e:
                     full = e.errno in (28, 122)  # ENOSPC, EDQUOT
                     for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(SpoolFull() if full else e)
                     continue
-                for (rec, env, fut), (seg, off) in zip(batch, places, strict=True):
+                self._seg_size = pos
+                live = self.live.setdefault(seg, set())
+                for (rec, env, fut), off in zip(batch, places, strict=True):
                     self.index[env.id] = Entry(env, seg, off, env_len(rec))
-                    self.live.setdefault(seg, set()).add(env.id)
+                    live.add(env.id)
                     if not fut.done():
                         fut.set_result(None)
         finally:
@@ -392,12 +406,15 @@ class Spool:
         entry = self.index.pop(msg_id, None)
         if entry is None:
             return
-        fd = self._done_fds.get(entry.segment)
-        if fd is None:
-            fd = os.open(self._done_path(entry.segment),
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._done_fds[entry.segment] = fd
-        os.write(fd, msg_id.encode() + b"\n")
+        # Done marks are written in small batches: a lost mark costs a duplicate
+        # delivery after a crash, never a loss, and one write per message is slow.
+        self._done_buf.setdefault(entry.segment, []).append(msg_id)
+        if self._done_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+                self._done_handle = loop.call_later(DONE_FLUSH_DELAY, self.flush_done)
+            except RuntimeError:
+                self.flush_done()
         if msg_id in self.has_state:
             self.has_state.discard(msg_id)
             (self.states / msg_id).unlink(missing_ok=True)
@@ -405,6 +422,21 @@ class Spool:
         if live is not None:
             live.discard(msg_id)
         self._retire(entry.segment)
+
+    def flush_done(self) -> None:
+        if self._done_handle is not None:
+            self._done_handle.cancel()
+            self._done_handle = None
+        buf, self._done_buf = self._done_buf, {}
+        for seg, ids in buf.items():
+            if seg not in self.live:
+                continue  # the segment is gone, and its done file with it
+            fd = self._done_fds.get(seg)
+            if fd is None:
+                fd = os.open(self._done_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                             0o600)
+                self._done_fds[seg] = fd
+            os.write(fd, "".join(i + "\n" for i in ids).encode())
 
     # -- maildrop (pillarbox sendmail) --------------------------------------------
 

@@ -2,20 +2,39 @@
 
 The layout is `data_dir/mail/<domain>/<local>/{tmp,new,cur}`, readable by
 Dovecot (`mail_location = maildir:DATA/mail/%d/%n`) and mutt.
+
+Deliveries are committed in batches, like the queue's group commit: every
+message that is ready while the previous batch is being written goes into
+the next one. A batch writes all its files into tmp/, makes them durable with
+one syncfs(2) (Linux; one fsync per file elsewhere or for tiny batches),
+renames them into new/ and makes the renames durable the same way. Only
+then does each delivery report success, and only then is the queue copy
+marked done.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
 import itertools
 import os
-import shutil
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+SYNCFS_MIN_BATCH = 4
+
+try:
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _syncfs = _libc.syncfs
+except (OSError, AttributeError):
+    _syncfs = None
 
 
 def maildir_path(mail_root: Path, address: str) -> Path:
@@ -32,27 +51,114 @@ def ensure_maildir(path: Path) -> None:
         (path / sub).mkdir(parents=True, exist_ok=True)
 
 
-def deliver(path: Path, prefix: bytes, message: BinaryIO) -> int:
-    """Write prefix + message into new/; return the stored size. Blocking."""
-    ensure_maildir(path)
-    now = time.time()
-    base = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
-    tmp = path / "tmp" / base
+@dataclass
+class _Job:
+    path: Path
+    prefix: bytes
+    open_body: Callable[[], BinaryIO]
+    future: asyncio.Future
+    tmp: Path | None = None
+    name: str = ""
+    size: int = 0
+    error: BaseException | None = None
+
+
+def _sync(fds: list[int]) -> None:
+    if _syncfs is not None and len(fds) >= SYNCFS_MIN_BATCH:
+        if _syncfs(fds[0]) == 0:
+            return
+    for fd in fds:
+        os.fsync(fd)
+
+
+def _write_batch(jobs: list[_Job]) -> None:
+    """Blocking: runs in a worker thread. Sets each job's size or error."""
+    fds: list[int] = []
+    made: set[Path] = set()
     try:
-        with open(tmp, "wb") as f:
-            f.write(prefix)
-            shutil.copyfileobj(message, f, 1 << 20)
-            size = f.tell()
-            f.flush()
-            os.fsync(f.fileno())
-        final = path / "new" / f"{base},S={size}"
-        os.rename(tmp, final)
-        fd = os.open(path / "new", os.O_RDONLY | os.O_DIRECTORY)
+        for job in jobs:
+            try:
+                if job.path not in made:
+                    ensure_maildir(job.path)
+                    made.add(job.path)
+                now = time.time()
+                base = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+                job.tmp = job.path / "tmp" / base
+                fd = os.open(job.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fds.append(fd)
+                size = os.write(fd, job.prefix)
+                with job.open_body() as body:
+                    while chunk := body.read(1 << 20):
+                        view = memoryview(chunk)
+                        while view:
+                            n = os.write(fd, view)
+                            view = view[n:]
+                            size += n
+                job.size, job.name = size, f"{base},S={size}"
+            except OSError as e:
+                job.error = e
+        _sync(fds)
+        dirs: dict[Path, int] = {}
+        for job in jobs:
+            if job.error is None and job.tmp is not None:
+                try:
+                    os.rename(job.tmp, job.path / "new" / job.name)
+                    if job.path not in dirs:
+                        dirs[job.path] = os.open(job.path / "new", os.O_RDONLY | os.O_DIRECTORY)
+                except OSError as e:
+                    job.error = e
         try:
-            os.fsync(fd)
+            _sync(list(dirs.values()))
         finally:
+            for fd in dirs.values():
+                os.close(fd)
+    except OSError as e:
+        for job in jobs:
+            job.error = job.error or e
+    finally:
+        for fd in fds:
             os.close(fd)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return size
+        for job in jobs:
+            if job.error is not None and job.tmp is not None:
+                try:
+                    job.tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
+
+class MaildirWriter:
+    """Group-committing Maildir delivery."""
+
+    def __init__(self) -> None:
+        self._pending: list[_Job] = []
+        self._task: asyncio.Task | None = None
+
+    async def deliver(self, path: Path, prefix: bytes,
+                      open_body: Callable[[], BinaryIO]) -> int:
+        """Write prefix + body into path/new/ durably; return the stored size."""
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(path, prefix, open_body, fut))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        return await fut
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await asyncio.to_thread(_write_batch, batch)
+                except BaseException as e:  # also cancellation: fail the waiters
+                    for job in batch:
+                        job.error = job.error or e
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                for job in batch:
+                    if job.future.done():
+                        continue
+                    if job.error is not None:
+                        job.future.set_exception(job.error)
+                    else:
+                        job.future.set_result(job.size)
+        finally:
+            self._task = None
