@@ -26,7 +26,7 @@ from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
 from pillarbox.modify import received, submission
 from pillarbox.queue.scheduler import Queue
-from pillarbox.queue.spool import SpoolFull, new_id
+from pillarbox.queue.spool import BodyBuffer, SpoolFull, new_id
 
 log = logging.getLogger("pillarbox.smtp")
 
@@ -431,12 +431,18 @@ class Session:
             self.reply(501, "5.5.4 Syntax: DATA")
             return
         self.reply(354, "End data with <CR><LF>.<CR><LF>")
-        chunks, size, fault = await self._read_data()
+        msg_id = new_id()
+        body = self.ctx.queue.spool.body_buffer(msg_id)
+        try:
+            fault = await self._read_data(body)
+        except BaseException:
+            body.discard()
+            raise
         tx, self.tx = self.tx, Transaction()
         if fault:
+            body.discard()
             self.send(fault)
             return
-        msg_id = new_id()
         protocol = "ESMTP" if self.esmtp else "SMTP"
         if self.tls:
             protocol += "S"
@@ -448,13 +454,12 @@ class Session:
                                 hostname=self.cfg.hostname, protocol=protocol, msg_id=msg_id,
                                 rcpts=tx.rcpts, tls=tls_desc)]
         if self.kind != "smtp":
-            head.append(submission.missing_headers(chunks[0] if chunks else b"",
-                                                   self.cfg.hostname))
-        chunks[:0] = head
-        total = size + sum(len(h) for h in head)
+            head.append(submission.missing_headers(body.first, self.cfg.hostname))
+        total = body.size + sum(len(h) for h in head)
         try:
-            await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, chunks, total,
-                                         auth=self.user, source=self.kind, msg_id=msg_id)
+            await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, head, total,
+                                         auth=self.user, source=self.kind, msg_id=msg_id,
+                                         body=body)
         except SpoolFull:
             log.warning("queue disk full: refusing mail peer=%s", self.peer_ip)
             self.reply(452, "4.3.1 Insufficient system storage, try again later")
@@ -467,15 +472,13 @@ class Session:
                  len(tx.rcpts), total)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
 
-    async def _read_data(self) -> tuple[list[bytes], int, Reply | None]:
+    async def _read_data(self, body: BodyBuffer) -> Reply | None:
         """Read the message up to CRLF.CRLF, dot-unstuffed, in blocks of whole lines.
 
         The data are always read to the end, even when refused, so the next
-        command is parsed in sync. Returns (chunks, size, refusal or None).
+        command is parsed in sync. Returns the refusal, or None.
         """
         limit = self.cfg.limits.max_message_size
-        chunks: list[bytes] = []
-        size = 0
         fault: Reply | None = None
         buf = self.buf
         skipping = False  # inside an over-long line: drop input up to its CRLF
@@ -503,7 +506,7 @@ class Session:
                     if len(buf) > MAX_TEXT_LINE:
                         if fault is None:
                             fault = Reply(554, "5.6.0 Message has a line longer than 998 octets")
-                            chunks = []
+                            body.discard()
                         skipping = True
                         continue
                     await self._fill()
@@ -514,22 +517,21 @@ class Session:
             if fault is None:
                 fault = self._inspect(block)
                 if fault:
-                    chunks = []
+                    body.discard()
             if fault is None:
                 block = block.replace(b"\r\n.", b"\r\n")
                 if block[:1] == b".":
                     block = block[1:]
-                size += len(block)
-                if size > limit:
+                if body.size + len(block) > limit:
                     fault = Reply(552, "5.3.4 Message size exceeds fixed maximum message size")
-                    chunks = []
+                    body.discard()
                 else:
-                    chunks.append(block)
+                    body.write(block)
             if last:
                 break
             if not (buf[:3] == b".\r\n" or b"\r\n.\r\n" in buf):
                 await self._fill()
-        return chunks, size, fault
+        return fault
 
     @staticmethod
     def _inspect(block: bytes) -> Reply | None:

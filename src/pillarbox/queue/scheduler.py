@@ -17,7 +17,7 @@ from pillarbox import route
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
-from pillarbox.queue.spool import Delivery, Envelope, Spool, State, new_id
+from pillarbox.queue.spool import BodyBuffer, Delivery, Envelope, Spool, State, new_id
 from pillarbox.target import mailbox, pipe
 
 log = logging.getLogger("pillarbox.queue")
@@ -45,14 +45,14 @@ class Queue:
 
     async def enqueue(self, mail_from: str, rcpts: list[str], chunks: Iterable[bytes], size: int,
                       auth: str | None = None, source: str = "smtp",
-                      msg_id: str | None = None) -> str:
+                      msg_id: str | None = None, body: BodyBuffer | None = None) -> str:
         """Store durably (fsync'd) and schedule; return the queue id.
 
         Raises SpoolFull when the disk is too full; nothing is stored then.
         """
         env = Envelope(id=msg_id or new_id(), mail_from=mail_from, rcpts=rcpts,
                        received=time.time(), size=size, auth=auth, source=source)
-        await self.spool.append(env, chunks)
+        await self.spool.append(env, chunks, body)
         self._schedule_now(env.id)
         return env.id
 

@@ -39,6 +39,7 @@ MAGIC = b"PBQ1"
 _REC = struct.Struct(">4sIQI")  # magic, header length, body length, crc32
 SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 DONE_FLUSH_DELAY = 0.05
+SPILL_AT = 512 * 1024  # larger bodies stream to a file of their own
 SEGMENT_MAX_AGE = 300.0  # seconds; old segments rotate so finished ones can be deleted
 
 
@@ -55,12 +56,15 @@ class Envelope:
     size: int = 0
     auth: str | None = None  # authenticated user that submitted it
     source: str = "smtp"
+    body_file: str | None = None  # large bodies live in queue/bodies/<id>, after the record
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {"id": self.id, "mail_from": self.mail_from, "rcpts": self.rcpts,
+        d = {"id": self.id, "mail_from": self.mail_from, "rcpts": self.rcpts,
              "received": self.received, "size": self.size, "auth": self.auth,
-             "source": self.source}, separators=(",", ":")).encode()
+             "source": self.source}
+        if self.body_file:
+            d["body_file"] = self.body_file
+        return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, line: bytes) -> Envelope:
@@ -133,14 +137,23 @@ def encode(env: Envelope, chunks: Iterable[bytes]) -> list[bytes]:
 
 
 class MessageReader:
-    """A read-only file-like view of one message body inside a segment."""
+    """A read-only file-like view of one message: its bytes in a segment, then
+    its body file if it has one."""
 
-    def __init__(self, path: Path, offset: int, length: int) -> None:
+    def __init__(self, path: Path, offset: int, length: int, tail: Path | None = None) -> None:
         self._f = open(path, "rb")
         self._f.seek(offset)
         self._left = length
+        self._tail_path = tail
 
     def read(self, n: int = -1) -> bytes:
+        if self._left == 0 and self._tail_path is not None:
+            self._f.close()
+            self._f = open(self._tail_path, "rb")
+            self._tail_path = None
+            self._left = -1  # to the end of the body file
+        if self._left < 0:
+            return self._f.read(n)
         if n < 0 or n > self._left:
             n = self._left
         data = self._f.read(n)
@@ -155,6 +168,65 @@ class MessageReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BodyBuffer:
+    """A message body as it arrives: in memory while small, then in a file.
+
+    Past `spill_at` bytes everything goes to queue/tmp/<id>.body, so a 25 MB
+    message costs the server a buffer, not 25 MB of memory.
+    """
+
+    def __init__(self, tmp_dir: Path, msg_id: str, spill_at: int) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.path = tmp_dir / f"{msg_id}.body"
+        self._spill_at = spill_at
+        self._fd: int | None = None
+
+    @property
+    def spilled(self) -> bool:
+        return self._fd is not None
+
+    @property
+    def first(self) -> bytes:
+        return self.chunks[0] if self.chunks else b""
+
+    def write(self, block: bytes) -> None:
+        self.size += len(block)
+        if self._fd is None:
+            if not self.chunks or self.size <= self._spill_at:
+                self.chunks.append(block)
+                return
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            for c in self.chunks[1:]:
+                _write_all(self._fd, c)
+            del self.chunks[1:]  # keep the first block for header checks
+        _write_all(self._fd, block)
+
+    def discard(self) -> None:
+        self.chunks = []
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self.path.unlink(missing_ok=True)
+
+    def seal(self, bodies: Path, name: str) -> None:
+        """Make the spilled file durable under bodies/<name>. Blocking."""
+        assert self._fd is not None
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        os.rename(self.path, bodies / name)
+        _fsync_dir(bodies)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def scan_segment(path: Path, verify: bool) -> Iterator[tuple[Envelope, int, int, int]]:
@@ -198,11 +270,12 @@ class Spool:
     def __init__(self, root: Path, min_free_space: int = 0) -> None:
         self.root = root
         self.segments = root / "segments"
+        self.bodies = root / "bodies"
         self.states = root / "state"
         self.maildrop = root / "maildrop"
         self.tmp = root / "tmp"
         self.min_free_space = min_free_space
-        for d in (root, self.segments, self.states, self.maildrop, self.tmp):
+        for d in (root, self.segments, self.bodies, self.states, self.maildrop, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         self.index: dict[str, Entry] = {}
         self.live: dict[int, set[str]] = {}
@@ -288,13 +361,31 @@ class Spool:
                 pass
             raise
 
-    async def append(self, env: Envelope, chunks: Iterable[bytes]) -> None:
+    def body_buffer(self, msg_id: str) -> BodyBuffer:
+        return BodyBuffer(self.tmp, msg_id, SPILL_AT)
+
+    async def append(self, env: Envelope, chunks: Iterable[bytes],
+                     body: BodyBuffer | None = None) -> None:
         """Store a message durably; returns once it is fsync'd (group commit).
 
-        Raises SpoolFull when the disk is too full; nothing is stored then.
+        `chunks` come first (trace headers), then `body`. Raises SpoolFull
+        when the disk is too full; nothing is stored then.
         """
         if not self.has_room(env.size):
+            if body is not None:
+                body.discard()
             raise SpoolFull()
+        chunks = list(chunks)
+        if body is not None and body.spilled:
+            chunks.extend(body.chunks)  # the first block stays with the record
+            try:
+                await asyncio.to_thread(body.seal, self.bodies, env.id)
+            except OSError as e:
+                body.discard()
+                raise SpoolFull() if e.errno in (28, 122) else e from e
+            env.body_file = env.id
+        elif body is not None:
+            chunks.extend(body.chunks)
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((encode(env, chunks), env, fut))
         if self._committer is None:
@@ -360,6 +451,10 @@ class Spool:
         for n in numbers:
             self._retire(n)
         self.has_state = {p.name for p in os.scandir(self.states)} & set(self.index)
+        wanted = {e.env.body_file for e in self.index.values() if e.env.body_file}
+        for p in os.scandir(self.bodies):
+            if p.name not in wanted:  # its record never committed, or it was delivered
+                os.unlink(p.path)
         return sorted((e.env for e in self.index.values()), key=lambda e: e.id)
 
     def _read_done(self, n: int) -> set[str]:
@@ -382,7 +477,8 @@ class Spool:
         entry = self.index.get(msg_id)
         if entry is None:
             raise FileNotFoundError(msg_id)
-        return MessageReader(self._seg_path(entry.segment), entry.offset, entry.length)
+        tail = self.bodies / entry.env.body_file if entry.env.body_file else None
+        return MessageReader(self._seg_path(entry.segment), entry.offset, entry.length, tail)
 
     def read_state(self, msg_id: str) -> State | None:
         if msg_id not in self.has_state:
@@ -406,6 +502,8 @@ class Spool:
         entry = self.index.pop(msg_id, None)
         if entry is None:
             return
+        if entry.env.body_file:
+            (self.bodies / entry.env.body_file).unlink(missing_ok=True)
         # Done marks are written in small batches: a lost mark costs a duplicate
         # delivery after a crash, never a loss, and one write per message is slow.
         self._done_buf.setdefault(entry.segment, []).append(msg_id)
