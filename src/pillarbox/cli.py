@@ -161,7 +161,9 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
         users.set_enabled(args.address, args.action == "enable")
         print(f"{args.action}d {addr.normalize(args.address)}")
     elif args.action == "quota":
-        users.set_quota(args.address, configmod.parse_size(args.quota or "0", "--quota"))
+        if args.quota is None:
+            raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
+        users.set_quota(args.address, configmod.parse_size(args.quota, "--quota"))
         print(f"quota set for {addr.normalize(args.address)}")
 
 
@@ -369,7 +371,7 @@ def cmd_sendmail(args: argparse.Namespace) -> int:
                    size=len(data), auth=None, source="sendmail")
     from pillarbox.queue.spool import Spool
 
-    spool = Spool(_spool_root(cfg))
+    spool = Spool(_spool_root(cfg), cfg.queue.min_free_space)
     try:
         spool.drop(env, data)
     except SpoolFull:
@@ -452,7 +454,7 @@ _NEEDS_ADDRESS = {("user", a) for a in ("add", "del", "passwd", "disable", "enab
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] != "sendmail" and Path(sys.argv[0]).name == "sendmail":
+    if Path(sys.argv[0]).name == "sendmail" and (not argv or argv[0] != "sendmail"):
         argv = ["sendmail", *argv]
     argv = _sendmail_compat(argv)
     args = build_parser().parse_args(argv)
@@ -468,6 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        return 1
+    except PermissionError as e:
+        msg = (f"permission denied: {e.filename}; run this command as the user that runs "
+               "`pillarbox serve`") if e.filename else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
 
 

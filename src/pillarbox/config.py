@@ -277,7 +277,8 @@ def from_dict(data: dict, path: Path) -> Config:
 
 TEMPLATE = """\
 # pillarbox configuration. Every key is optional except hostname and domains;
-# the value shown is the default. Sizes take K/M/G, durations s/m/h/d.
+# the value shown is the default, except in [listen], where a missing key
+# means the endpoint is off. Sizes take K/M/G, durations s/m/h/d.
 
 # The name this server gives itself in the SMTP banner, EHLO and Received
 # headers. Publish it as the MX host of your domains (`pillarbox dns`).

@@ -83,5 +83,9 @@ def request(data_dir: Path, command: str, timeout: float = 60.0) -> str | None:
         return data.decode(errors="replace").strip()
     except (ConnectionRefusedError, FileNotFoundError):
         return None
+    except PermissionError:
+        raise PermissionError(
+            f"cannot reach the running server through {path}: permission denied; "
+            "run this command as the user that runs `pillarbox serve`") from None
     finally:
         s.close()

@@ -17,6 +17,7 @@ from pillarbox.endpoint import smtp
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import Spool
 from pillarbox.store.sqlite import Database
+from pillarbox.target import mailbox
 
 log = logging.getLogger("pillarbox.server")
 
@@ -29,6 +30,15 @@ def open_directory(config: Config, cached: bool = False) -> tuple[Database, User
     db = Database(config.data_dir / "pillarbox.db")
     users = Users(db, DirectoryCache(db) if cached else None)
     return db, users, Aliases(db, users, config.domains)
+
+
+def recount_usage(users: Users, mail_root) -> None:
+    """Quota usage from the Maildirs themselves, so mail deleted by a client
+    (or by hand) frees its space after a restart."""
+    for user in users.list():
+        used = mailbox.usage(mailbox.maildir_path(mail_root, user.address))
+        if used != user.used:
+            users.set_used(user.address, used)
 
 
 def ensure_tls(config: Config) -> None:
@@ -82,6 +92,7 @@ class Server:
             for s in self._servers:
                 s.close()
             raise
+        await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
         await queue.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -112,8 +123,10 @@ class Server:
 
 def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     exc = context.get("exception")
-    # A client that vanishes mid-handshake is not our error.
-    if isinstance(exc, ConnectionError | TimeoutError) or "SSL" in type(exc).__name__:
+    # A client that vanishes mid-handshake, or a session cut short by shutdown,
+    # is not our error.
+    if (isinstance(exc, ConnectionError | TimeoutError | asyncio.CancelledError)
+            or "SSL" in type(exc).__name__):
         log.debug("asyncio: %s %r", context.get("message"), exc)
         return
     log.error("asyncio: %s %r", context.get("message"), exc)

@@ -97,6 +97,11 @@ class Users:
             "UPDATE users SET used = MAX(0, used + ?) WHERE address = ?", (delta, address.lower())
         )
 
+    def set_used(self, address: str, used: int) -> None:
+        self.db.execute("UPDATE users SET used = ? WHERE address = ?", (used, address.lower()))
+        if self.cache is not None:
+            self.cache.invalidate()
+
     def list(self) -> list[User]:
         rows = self.db.execute(
             "SELECT address, enabled, quota, used FROM users ORDER BY address"

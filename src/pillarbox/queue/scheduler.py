@@ -174,7 +174,7 @@ class Queue:
             if error is None:
                 d.state, d.last_error = "done", ""
                 log.info("delivered id=%s kind=%s to=%s", msg_id, d.kind, d.to)
-            elif error.startswith("5") or expired:
+            elif error.startswith("5") or (expired and error != REMOTE_PENDING):
                 d.state, d.last_error = "failed", error
                 log.warning("delivery failed id=%s to=%s error=%r", msg_id, d.to, error)
             else:

@@ -46,6 +46,22 @@ def maildir_path(mail_root: Path, address: str) -> Path:
     return mail_root / domain / safe
 
 
+def usage(path: Path) -> int:
+    """Bytes in a Maildir, from the S= sizes in the file names (as Dovecot does)."""
+    total = 0
+    for sub in ("new", "cur"):
+        try:
+            entries = os.scandir(path / sub)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for e in entries:
+                _, _, size = e.name.partition(",S=")
+                digits = size.split(",", 1)[0].split(":", 1)[0]
+                total += int(digits) if digits.isdigit() else e.stat().st_size
+    return total
+
+
 def ensure_maildir(path: Path) -> None:
     for sub in ("tmp", "new", "cur"):
         (path / sub).mkdir(parents=True, exist_ok=True)
