@@ -1,14 +1,19 @@
 """Fixtures: a real pillarbox server per test, on free ports of 127.0.0.1.
 
     def test_x(server):                       # default config, already serving
-        server.add_user("alice@example.test")
+        server.add_user("carol@example.test", quota="10K")
         with server.smtp() as s: ...
-        server.wait_for_messages("alice@example.test", 1)
+        server.wait_for_messages("carol@example.test", 1)
 
     def test_y(make_server):                  # overrides, or not started at all
         srv = make_server(limits__max_recipients=3)
         srv = make_server({"queue.min_free_space": "100000000M"})
-        srv = make_server(start=False, extra_toml="bogus = 1")
+        srv = make_server(start=False, seed=False, extra_toml="bogus = 1")
+
+Every server starts with the users of support.SEED_USERS (alice@ and
+bob@example.test, password "secret"), unless made with seed=False: they are
+created once per session by `pillarbox user add` and the data directory is
+copied in, because argon2 hashing makes `user add` the slowest step of a test.
 
 Teardown stops every server with SIGTERM and fails the test if its stderr
 holds a Traceback or an ERROR/CRITICAL line (a client's mistake must never be
@@ -19,18 +24,28 @@ from __future__ import annotations
 
 import pytest
 
-from .support import Server, run_pillarbox
+from .support import PASSWORD, SEED_USERS, Server, run_pillarbox
+
+
+@pytest.fixture(scope="session")
+def seed_data_dir(tmp_path_factory):
+    """A data directory holding SEED_USERS, made with the real CLI (once per worker)."""
+    srv = Server(tmp_path_factory.mktemp("seed"))
+    for addr in SEED_USERS:
+        srv.add_user(addr, PASSWORD)
+    return srv.data_dir
 
 
 @pytest.fixture
-def make_server(tmp_path):
+def make_server(tmp_path, seed_data_dir):
     servers: list[Server] = []
 
-    def factory(overrides: dict | None = None, *, start: bool = True, extra_toml: str = "",
-                **kw) -> Server:
+    def factory(overrides: dict | None = None, *, start: bool = True, seed: bool = True,
+                extra_toml: str = "", **kw) -> Server:
         merged = dict(overrides or {})
         merged.update(kw)
-        srv = Server(tmp_path / f"server{len(servers)}", merged, extra_toml=extra_toml)
+        srv = Server(tmp_path / f"server{len(servers)}", merged, extra_toml=extra_toml,
+                     seed=seed_data_dir if seed else None)
         servers.append(srv)
         if start:
             srv.start()

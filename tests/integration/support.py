@@ -12,6 +12,7 @@ import email.message
 import json
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -27,12 +28,21 @@ HOSTNAME = "mx.example.test"
 DOMAIN = "example.test"
 CLIENT_NAME = "client.test"  # our EHLO name; avoids a slow getfqdn() in smtplib
 
+# Users every seeded server starts with (password "secret"). They are made once
+# per test session with the real `pillarbox user add` (argon2 hashing makes that
+# the costliest step of a test), and the resulting data directory is copied
+# into each new server before it starts.
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+SEED_USERS = (ALICE, BOB)
+PASSWORD = "secret"
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 60.0
 
 # A log line that must never appear in the server's stderr.
-BAD_LOG_LINE = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b")
+BAD_LOG_LINE = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|(?i:level=(?:error|critical)\b)")
 
 
 # --------------------------------------------------------------------------
@@ -355,12 +365,16 @@ def port_open(port: int) -> bool:
 
 
 class Server:
-    def __init__(self, root: Path, overrides: dict | None = None, extra_toml: str = ""):
+    def __init__(self, root: Path, overrides: dict | None = None, extra_toml: str = "",
+                 seed: Path | None = None):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.cfg_path = root / "pillarbox.toml"
         self.data_dir = root / "var"
-        self.data_dir.mkdir(exist_ok=True)
+        if seed is not None:
+            shutil.copytree(seed, self.data_dir)
+        else:
+            self.data_dir.mkdir(exist_ok=True)
         self.smtp_port, self.submission_port, self.submissions_port = free_ports(3)
         self.config = default_config(self.smtp_port, self.submission_port, self.submissions_port)
         apply_overrides(self.config, overrides or {})
@@ -474,7 +488,7 @@ class Server:
         )
         return p
 
-    def add_user(self, addr: str, password: str = "secret", quota: str | None = None) -> None:
+    def add_user(self, addr: str, password: str = PASSWORD, quota: str | None = None) -> None:
         args = ["user", "add", addr, "--password-stdin"]
         if quota is not None:
             args += ["--quota", quota]
@@ -537,7 +551,7 @@ class Server:
         s.ehlo()
         return s
 
-    def submission(self, user: str | None = None, password: str = "secret",
+    def submission(self, user: str | None = None, password: str = PASSWORD,
                    timeout: float = 10) -> smtplib.SMTP:
         """smtplib client on the submission port, after STARTTLS (and AUTH if user)."""
         s = smtplib.SMTP("127.0.0.1", self.submission_port, local_hostname=CLIENT_NAME,
@@ -549,7 +563,7 @@ class Server:
             s.login(user, password)
         return s
 
-    def submissions(self, user: str | None = None, password: str = "secret",
+    def submissions(self, user: str | None = None, password: str = PASSWORD,
                     timeout: float = 10) -> smtplib.SMTP_SSL:
         """smtplib client on the implicit-TLS submission port (and AUTH if user)."""
         s = smtplib.SMTP_SSL("127.0.0.1", self.submissions_port, local_hostname=CLIENT_NAME,

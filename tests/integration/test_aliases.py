@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from .support import assert_reply, make_message, parse, token, wait_until
+from .support import ALICE, BOB, assert_reply, make_message, parse, token, wait_until
 
 SENDER = "sender@remote.test"
 
@@ -20,9 +20,8 @@ def _send(server, rcpts, subject, body=None):
 
 
 def test_alias_fans_out_to_several_users(server):
-    users = ["ann@example.test", "ben@example.test", "cat@example.test"]
-    for u in users:
-        server.add_user(u)
+    users = [ALICE, BOB, "cat@example.test"]
+    server.add_user(users[2])
     server.add_alias("team@example.test", *users)
     assert "team@example.test" in server.cli_ok("alias", "list").stdout
     tok = token()
@@ -33,31 +32,27 @@ def test_alias_fans_out_to_several_users(server):
 
 
 def test_alias_cascade_alias_to_alias_to_user(server):
-    server.add_user("dave@example.test")
     server.add_alias("first@example.test", "second@example.test")
     server.add_alias("second@example.test", "third@example.test")
-    server.add_alias("third@example.test", "dave@example.test")
+    server.add_alias("third@example.test", ALICE)
     tok = token()
     _send(server, "first@example.test", tok)
-    (raw,) = server.wait_for_messages("dave@example.test", 1)
+    (raw,) = server.wait_for_messages(ALICE, 1)
     assert parse(raw)["Subject"] == tok
 
 
 def test_alias_fan_out_and_cascade_reach_each_user_once(server):
-    server.add_user("eve@example.test")
-    server.add_user("fay@example.test")
-    server.add_alias("all@example.test", "devs@example.test", "eve@example.test")
-    server.add_alias("devs@example.test", "eve@example.test", "fay@example.test")
+    server.add_alias("all@example.test", "devs@example.test", ALICE)
+    server.add_alias("devs@example.test", ALICE, BOB)
     tok = token()
     _send(server, "all@example.test", tok)
-    server.wait_for_messages("fay@example.test", 1)
-    server.wait_for_messages("eve@example.test", 1)
+    server.wait_for_messages(BOB, 1)
+    server.wait_for_messages(ALICE, 1)
     wait_until(lambda: server.queue_list() == [], 10, "the queue to drain")
-    assert len(server.messages("eve@example.test")) == 1, "eve reached twice via two paths"
+    assert len(server.messages(ALICE)) == 1, "alice reached twice via two paths"
 
 
 def test_alias_loop_is_detected_not_a_hang(server):
-    server.add_user("gus@example.test")
     server.add_alias("loop-a@example.test", "loop-b@example.test")
     p = server.cli("alias", "add", "loop-b@example.test", "loop-a@example.test", timeout=20)
     if p.returncode != 0:
@@ -71,23 +66,21 @@ def test_alias_loop_is_detected_not_a_hang(server):
             assert 550 <= r[0] <= 559, f"RCPT to an alias loop: {r}"
     # the server still works, and other mail is unaffected
     tok = token()
-    _send(server, "gus@example.test", tok)
-    server.wait_for_messages("gus@example.test", 1)
+    _send(server, ALICE, tok)
+    server.wait_for_messages(ALICE, 1)
 
 
 def test_catch_all_takes_unknown_local_parts(server):
-    server.add_user("catch@example.test")
-    server.add_user("alice@example.test")
-    server.add_alias("@example.test", "catch@example.test")
+    server.add_alias("@example.test", BOB)
     tok1, tok2 = token(), token()
     _send(server, "whoever-xyz@example.test", tok1)
-    _send(server, "alice@example.test", tok2)
-    (raw,) = server.wait_for_messages("catch@example.test", 1)
+    _send(server, ALICE, tok2)
+    (raw,) = server.wait_for_messages(BOB, 1)
     assert parse(raw)["Subject"] == tok1
-    (raw,) = server.wait_for_messages("alice@example.test", 1)
+    (raw,) = server.wait_for_messages(ALICE, 1)
     assert parse(raw)["Subject"] == tok2, "an existing user's mail went to the catch-all"
     wait_until(lambda: server.queue_list() == [], 10, "the queue to drain")
-    assert len(server.messages("catch@example.test")) == 1
+    assert len(server.messages(BOB)) == 1
 
 
 def _pipe_script(tmp: Path) -> tuple[Path, Path]:
@@ -154,19 +147,10 @@ def test_failing_pipe_stays_deferred_then_delivered_after_retry(server, tmp_path
 
 def test_pipe_alias_and_user_in_one_fan_out(server, tmp_path):
     script, out = _pipe_script(tmp_path)
-    server.add_user("hal@example.test")
-    server.add_alias("both@example.test", "hal@example.test", f"|{script}")
+    server.add_alias("both@example.test", ALICE, f"|{script}")
     tok = token()
     _send(server, "both@example.test", tok)
-    (raw,) = server.wait_for_messages("hal@example.test", 1)
+    (raw,) = server.wait_for_messages(ALICE, 1)
     assert parse(raw)["Subject"] == tok
     (data,) = wait_until(lambda: _outputs(out), 10, "the pipe command's output")
     assert parse(data)["Subject"] == tok
-
-
-def test_unknown_alias_target_domain_user_is_refused_at_rcpt(server):
-    """Sanity: with no catch-all, an unknown local part is still 550 5.1.1."""
-    server.add_user("ivy@example.test")
-    with server.smtp() as s:
-        assert_reply(s.mail(SENDER), 250)
-        assert_reply(s.rcpt("not-an-alias@example.test"), 550, "5.1.1")

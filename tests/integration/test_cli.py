@@ -25,7 +25,7 @@ def assert_error(p: subprocess.CompletedProcess, *words: str) -> None:
 
 
 def test_user_add_list_disable_enable_del(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     srv.add_user("alice@example.test", quota="10M")
     srv.add_user("bob@example.test")
     out = srv.cli_ok("user", "list").stdout
@@ -45,13 +45,13 @@ def test_user_add_list_disable_enable_del(make_server):
 
 
 def test_user_del_unknown_user(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     assert_error(srv.cli("user", "del", "ghost@example.test"), "ghost@example.test")
 
 
 @pytest.mark.parametrize("verb", ["disable", "enable", "passwd"])
 def test_user_verbs_on_unknown_user(make_server, verb):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     extra = ["--password-stdin"] if verb == "passwd" else []
     assert_error(srv.cli("user", verb, "ghost@example.test", *extra, input="pw\n"),
                  "ghost@example.test")
@@ -60,20 +60,20 @@ def test_user_verbs_on_unknown_user(make_server, verb):
 @pytest.mark.parametrize("addr", ["not-an-address", "a@@example.test", "@example.test",
                                   "alice@", "a b@example.test", "alice@exa mple.test"])
 def test_user_add_malformed_address(make_server, addr):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     assert_error(srv.cli("user", "add", addr, "--password-stdin", input="pw\n"))
     assert addr not in srv.cli_ok("user", "list").stdout
 
 
 def test_user_add_twice(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     srv.add_user("alice@example.test")
     assert_error(srv.cli("user", "add", "alice@example.test", "--password-stdin",
                          input="pw\n"), "alice@example.test")
 
 
 def test_user_add_bad_quota(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     assert_error(srv.cli("user", "add", "alice@example.test", "--password-stdin",
                          "--quota", "lots", input="pw\n"), "quota")
 
@@ -82,7 +82,7 @@ def test_user_add_bad_quota(make_server):
 
 
 def test_alias_add_list_del(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     srv.add_user("alice@example.test")
     srv.add_alias("info@example.test", "alice@example.test", "friend@remote.test")
     out = srv.cli_ok("alias", "list").stdout
@@ -92,7 +92,7 @@ def test_alias_add_list_del(make_server):
 
 
 def test_alias_errors(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     assert_error(srv.cli("alias", "del", "ghost@example.test"))
     assert_error(srv.cli("alias", "add", "bad@@example.test", "x@example.test"))
     assert_error(srv.cli("alias", "add", "ok@example.test", "not an address"))
@@ -103,7 +103,7 @@ def test_alias_errors(make_server):
 
 
 def test_check_ok(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     p = srv.cli("check")
     assert p.returncode == 0, p.stderr
     assert "config ok" in p.stdout.lower() + p.stderr.lower(), p
@@ -117,7 +117,7 @@ def test_missing_config_file(make_server, pillarbox, tmp_path):
 
 
 def test_config_from_env_then_cwd(make_server, pillarbox, tmp_path):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     p = pillarbox(["check"], cwd=tmp_path, env_extra={"PILLARBOX_CONFIG": str(srv.cfg_path)})
     assert p.returncode == 0, p.stderr
     p = pillarbox(["check"], cwd=srv.root)  # ./pillarbox.toml
@@ -149,7 +149,7 @@ def test_check_names_the_bad_key(make_server, key, value, name):
     overrides = {key: value}
     if key == "tls.cert":
         overrides["tls.key"] = "/nonexistent/key.pem"
-    srv = make_server(overrides, start=False)
+    srv = make_server(overrides, start=False, seed=False)
     assert_error(srv.cli("check"), name)
 
 
@@ -157,30 +157,30 @@ def test_check_names_the_bad_key(make_server, key, value, name):
                                              ("section", "frobnicate")])
 def test_unknown_key_is_an_error(make_server, where, name):
     if where == "top":
-        srv = make_server({name: 1}, start=False)
+        srv = make_server({name: 1}, start=False, seed=False)
     elif where == "limits":
-        srv = make_server({f"limits.{name}": 3}, start=False)
+        srv = make_server({f"limits.{name}": 3}, start=False, seed=False)
     else:
-        srv = make_server(start=False, extra_toml=f"[{name}]\nlevel = 3\n")
+        srv = make_server(start=False, seed=False, extra_toml=f"[{name}]\nlevel = 3\n")
     assert_error(srv.cli("check"), name)
     assert_error(srv.cli("serve", timeout=20), name)
 
 
 def test_toml_syntax_error(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     srv.cfg_path.write_text(srv.cfg_path.read_text() + "\nthis is = = not toml\n")
     assert_error(srv.cli("check"))
 
 
 def test_serve_refuses_bad_config_with_one_line(make_server):
-    srv = make_server({"limits.max_recipients": "lots"}, start=False)
+    srv = make_server({"limits.max_recipients": "lots"}, start=False, seed=False)
     p = srv.cli("serve", timeout=20)
     assert_error(p, "max_recipients")
     assert len(p.stderr.strip().splitlines()) == 1, f"not one line: {p.stderr!r}"
 
 
 def test_serve_on_port_in_use_exits_1_with_one_line(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         blocker.bind(("127.0.0.1", srv.smtp_port))
@@ -197,7 +197,7 @@ def test_serve_on_port_in_use_exits_1_with_one_line(make_server):
 
 
 def test_unknown_command_and_missing_args(make_server):
-    srv = make_server(start=False)
+    srv = make_server(start=False, seed=False)
     for args in (["frobnicate"], ["user"], ["user", "add"], ["alias", "add"],
                  ["queue", "show"]):
         p = srv.cli(*args)

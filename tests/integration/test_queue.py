@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .support import free_ports, make_message, token, wait_until
+from .support import ALICE, BOB, free_ports, make_message, token, wait_until
 
-ALICE = "alice@example.test"
 CAROL = "carol@remote.test"
 
 
@@ -24,7 +23,6 @@ def _entry_for(server, rcpt):
 
 def test_remote_recipient_from_authenticated_user_waits_in_queue(make_server):
     server = _no_dns(make_server)
-    server.add_user(ALICE)
     tok = token()
     with server.submission(user=ALICE) as s:
         refused = s.sendmail(ALICE, [CAROL], make_message(ALICE, CAROL, tok))
@@ -57,13 +55,11 @@ def test_remote_recipient_from_authenticated_user_waits_in_queue(make_server):
 
 def test_mixed_local_and_remote_recipients(make_server):
     server = _no_dns(make_server)
-    server.add_user(ALICE)
-    server.add_user("bob@example.test")
     tok = token()
     with server.submission(user=ALICE) as s:
-        s.sendmail(ALICE, ["bob@example.test", CAROL],
-                   make_message(ALICE, ["bob@example.test", CAROL], tok))
-    server.wait_for_messages("bob@example.test", 1)
+        s.sendmail(ALICE, [BOB, CAROL],
+                   make_message(ALICE, [BOB, CAROL], tok))
+    server.wait_for_messages(BOB, 1)
     entry = wait_until(lambda: _entry_for(server, CAROL), 10, f"{CAROL} in the queue")
     assert [r["addr"] for r in entry["rcpts"]] == [CAROL], (
         f"local recipient done, only the remote one should remain: {entry}"

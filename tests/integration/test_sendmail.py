@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from .support import parse, token
-
-ALICE = "alice@example.test"
-BOB = "bob@example.test"
+from .support import ALICE, BOB, parse, token
 
 
 def _msg(to: str, subject: str, body: str = "sent with pillarbox sendmail\n",
@@ -17,8 +14,6 @@ def _msg(to: str, subject: str, body: str = "sent with pillarbox sendmail\n",
 
 
 def test_sendmail_t_i_delivers_to_header_recipients(server):
-    server.add_user(ALICE)
-    server.add_user(BOB)
     tok = token()
     p = server.cli("sendmail", "-t", "-i", input=_msg(ALICE, tok, cc=f"Bob <{BOB}>"))
     assert p.returncode == 0, p.stderr
@@ -30,7 +25,6 @@ def test_sendmail_t_i_delivers_to_header_recipients(server):
 
 
 def test_sendmail_i_keeps_a_lone_dot_line(server):
-    server.add_user(ALICE)
     tok = token()
     body = f"before\n.\nafter the dot {tok}\n"
     p = server.cli("sendmail", "-t", "-i", input=_msg(ALICE, tok, body))
@@ -40,8 +34,6 @@ def test_sendmail_i_keeps_a_lone_dot_line(server):
 
 
 def test_sendmail_explicit_recipient_and_f_sender(server):
-    server.add_user(ALICE)
-    server.add_user(BOB)
     tok = token()
     # To: names alice, but without -t only the argument (bob) is a recipient
     p = server.cli("sendmail", "-i", "-f", ALICE, BOB, input=_msg(ALICE, tok))
@@ -53,7 +45,6 @@ def test_sendmail_explicit_recipient_and_f_sender(server):
 
 def test_sendmail_while_server_down_is_delivered_when_it_starts(make_server):
     server = make_server(start=False)
-    server.add_user(ALICE)
     tok = token()
     p = server.cli("sendmail", "-t", "-i", input=_msg(ALICE, tok))
     assert p.returncode == 0, p.stderr
@@ -63,7 +54,6 @@ def test_sendmail_while_server_down_is_delivered_when_it_starts(make_server):
 
 
 def test_sendmail_bad_address_exits_1(server):
-    server.add_user(ALICE)
     for args in (["-i", "bad@@address"], ["-i", "-f", "not an address", ALICE]):
         p = server.cli("sendmail", *args, input=_msg(ALICE, "never"))
         assert p.returncode == 1, (args, p)

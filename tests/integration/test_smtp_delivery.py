@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import smtplib
 import subprocess
@@ -10,6 +11,8 @@ import subprocess
 import aiosmtplib
 
 from .support import (
+    ALICE,
+    BOB,
     CLIENT_NAME,
     HOSTNAME,
     assert_reply,
@@ -19,12 +22,10 @@ from .support import (
     token,
 )
 
-ALICE = "alice@example.test"
-BOB = "bob@example.test"
+DORA = "dora@example.test"
 
 
 def test_delivery_via_mx_lands_in_maildir_with_received(server):
-    server.add_user(ALICE)
     tok = token()
     with server.smtp() as s:
         s.sendmail("sender@remote.test", [ALICE], make_message("sender@remote.test", ALICE, tok))
@@ -58,7 +59,6 @@ def test_banner_and_ehlo_name_the_hostname_not_the_library(server):
 
 
 def test_swaks_delivers_to_maildir(server):
-    server.add_user(BOB)
     tok = token()
     p = subprocess.run(
         ["swaks", "--server", f"127.0.0.1:{server.smtp_port}", "--helo", CLIENT_NAME,
@@ -86,7 +86,6 @@ def test_ehlo_advertises_extensions_on_mx(server):
 
 
 def test_submission_auth_only_after_starttls(server):
-    server.add_user(ALICE)
 
     with smtplib.SMTP("127.0.0.1", server.submission_port, local_hostname=CLIENT_NAME,
                       timeout=10) as s:
@@ -106,17 +105,29 @@ def test_submission_auth_only_after_starttls(server):
 
 
 def test_auth_plain_and_login_both_work(server):
-    server.add_user(ALICE, password="pässword-1")
+    server.add_user(DORA, password="pass-word-1")
     for mech, fn in (("PLAIN", "auth_plain"), ("LOGIN", "auth_login")):
         with server.submission() as s:
-            s.user, s.password = ALICE, "pässword-1"
+            s.user, s.password = DORA, "pass-word-1"
             code, text = s.auth(mech, getattr(s, fn))
             assert code == 235, f"AUTH {mech}: {code} {text!r}"
 
 
+def test_auth_plain_with_utf8_password(server):
+    server.add_user(DORA, password="pässwörd-✓")
+    with server.raw("submission") as c:
+        assert c.reply().code == 220
+        c.expect(f"EHLO {CLIENT_NAME}", 250)
+        c.starttls()
+        c.expect(f"EHLO {CLIENT_NAME}", 250)
+        cred = base64.b64encode(f"\0{DORA}\0pässwörd-✓".encode()).decode()
+        r = c.cmd(f"AUTH PLAIN {cred}")
+        assert r.code == 235, f"AUTH PLAIN with a UTF-8 password: {r}"
+        c.expect(f"MAIL FROM:<{DORA}>", 250)
+        c.expect("QUIT", 221)
+
+
 def test_implicit_tls_submissions_delivers(server):
-    server.add_user(ALICE)
-    server.add_user(BOB)
     tok = token()
     with server.submissions(user=ALICE) as s:
         assert s.has_extn("auth")
@@ -126,8 +137,6 @@ def test_implicit_tls_submissions_delivers(server):
 
 
 def test_starttls_submission_with_aiosmtplib_delivers(server):
-    server.add_user(ALICE)
-    server.add_user(BOB)
     tok = token()
 
     async def send():
@@ -145,7 +154,6 @@ def test_starttls_submission_with_aiosmtplib_delivers(server):
 
 
 def test_concurrent_aiosmtplib_sessions_all_delivered(server):
-    server.add_user(ALICE)
     toks = [token() for _ in range(20)]
 
     async def one(tok):
@@ -166,7 +174,6 @@ def test_concurrent_aiosmtplib_sessions_all_delivered(server):
 
 
 def test_8bitmime_and_smtputf8_are_honoured(server):
-    server.add_user(ALICE)
     tok = token()
     sender = "jörg@remote.test"
     text = f"Grüße aus Köln — {tok}"
@@ -187,7 +194,6 @@ def test_8bitmime_and_smtputf8_are_honoured(server):
 
 
 def test_pipelining_is_honoured(server):
-    server.add_user(ALICE)
     tok = token()
     with server.raw() as c:
         assert c.reply().code == 220
@@ -207,7 +213,6 @@ def test_pipelining_is_honoured(server):
 
 
 def test_dot_stuffing_is_undone(server):
-    server.add_user(ALICE)
     tok = token()
     body = f"line one\r\n.leading dot {tok}\r\n..two dots\r\n.\r\nafter lone dot\r\n"
     with server.smtp() as s:

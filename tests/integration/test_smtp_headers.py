@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import email.utils
 
-from .support import HOSTNAME, make_message, parse, token
-
-ALICE = "alice@example.test"
-BOB = "bob@example.test"
+from .support import ALICE, BOB, HOSTNAME, make_message, parse, token
 
 
 def test_submission_adds_message_id_and_date_when_missing(server):
-    server.add_user(ALICE)
-    server.add_user(BOB)
     tok = token()
     bare = make_message(ALICE, BOB, tok, date_and_id=False)
     assert b"Message-ID" not in bare and b"Date:" not in bare
@@ -32,8 +27,6 @@ def test_submission_adds_message_id_and_date_when_missing(server):
 
 
 def test_submission_keeps_existing_message_id_and_date(server):
-    server.add_user(ALICE)
-    server.add_user(BOB)
     tok = token()
     orig = make_message(ALICE, BOB, tok, date_and_id=False,
                         headers={"Date": "Tue, 02 Jan 2024 03:04:05 +0000",

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from .support import CLIENT_NAME, make_message, parse, token, wait_until
-
-ALICE = "alice@example.test"
-BOB = "bob@example.test"
+from .support import ALICE, BOB, CLIENT_NAME, make_message, parse, token, wait_until
 
 VARIANTS = {
     "LF.LF": b"\n.\n",
@@ -53,8 +50,6 @@ def _only_the_clean_message_arrives(server, tok):
 
 @pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
 def test_smuggling_variant_refused_with_one_reply(server, variant):
-    server.add_user(ALICE)
-    server.add_user(BOB)
     tok = token()
     fake_end = VARIANTS[variant]
     outer = (
@@ -84,8 +79,6 @@ def test_smuggling_variant_refused_with_one_reply(server, variant):
 
 @pytest.mark.parametrize("bare", [b"\n", b"\r"], ids=["bare-LF", "bare-CR"])
 def test_bare_cr_or_lf_in_body_refused(server, bare):
-    server.add_user(ALICE)
-    server.add_user(BOB)
     tok = token()
     msg = make_message("a@remote.test", ALICE, f"bare {tok}", "one\r\ntwo")
     with server.raw() as c:
