@@ -93,6 +93,41 @@ class QueueSettings:
 
 
 @dataclass
+class RemoteSettings:
+    port: int = 25
+    helo: str = ""
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    max_per_destination: int = 10
+    mta_sts: bool = True
+
+
+TLS_MODES = ("none", "opportunistic", "required", "verify")
+
+
+@dataclass
+class Route:
+    """A static route: recipients in `domains` go to `host` instead of the MX."""
+
+    domains: list[str]
+    senders: list[str] = field(default_factory=list)
+    host: str = ""
+    port: int = 25
+    tls: str = "opportunistic"
+    auth_user: str = ""
+    auth_password: str = ""
+
+    def matches(self, rcpt_domain: str, sender: str) -> bool:
+        if "*" not in self.domains and rcpt_domain not in self.domains:
+            return False
+        if not self.senders:
+            return True
+        sender = sender.lower()
+        return any(sender == s or (s.startswith("@") and sender.endswith(s))
+                   for s in self.senders)
+
+
+@dataclass
 class Config:
     path: Path
     hostname: str
@@ -107,6 +142,8 @@ class Config:
     nameservers: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
+    routes: list[Route] = field(default_factory=list)
 
     @property
     def cert_path(self) -> Path:
@@ -121,7 +158,7 @@ class Config:
 
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "mode", "log_level", "listen", "tls",
-             "storage", "dns", "limits", "queue", "route"}
+             "storage", "dns", "limits", "queue", "remote", "route"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -129,7 +166,10 @@ _SECTION_KEYS = {
     "dns": {"nameservers"},
     "limits": {"max_message_size", "max_recipients", "max_connections", "command_timeout"},
     "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
+    "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
+               "mta_sts"},
 }
+_ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
 
 def find_config_path(explicit: str | None) -> Path:
@@ -264,15 +304,74 @@ def from_dict(data: dict, path: Path) -> Config:
     if "workers" in q:
         queue.workers = _int(q["workers"], "queue.workers", 1)
 
-    routes = data.get("route", [])
-    if not isinstance(routes, list):
+    rem = _section(data, "remote")
+    remote = RemoteSettings()
+    if "port" in rem:
+        remote.port = _int(rem["port"], "remote.port", 1)
+        if remote.port > 65535:
+            raise ConfigError("remote.port", "expected a port 1-65535")
+    if "helo" in rem:
+        remote.helo = _str(rem["helo"], "remote.helo")
+    for k in ("connect_timeout", "command_timeout"):
+        if k in rem:
+            setattr(remote, k, parse_duration(rem[k], f"remote.{k}"))
+    if "max_per_destination" in rem:
+        remote.max_per_destination = _int(rem["max_per_destination"],
+                                          "remote.max_per_destination", 1)
+    if "mta_sts" in rem:
+        if not isinstance(rem["mta_sts"], bool):
+            raise ConfigError("remote.mta_sts", "expected true or false")
+        remote.mta_sts = rem["mta_sts"]
+
+    raw_routes = data.get("route", [])
+    if not isinstance(raw_routes, list):
         raise ConfigError("route", "expected [[route]] tables")
+    routes = [_route(r, i) for i, r in enumerate(raw_routes)]
 
     return Config(
         path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir, mode=mode,
         log_level=log_level, listen=listen, tls_cert=cfg_cert, tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
+        remote=remote, routes=routes,
     )
+
+
+def _route(r: object, i: int) -> Route:
+    key = f"route[{i}]"
+    if not isinstance(r, dict):
+        raise ConfigError(key, "expected a table")
+    unknown = set(r) - _ROUTE_KEYS
+    if unknown:
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}", "unknown key")
+    domains = r.get("domains")
+    if not isinstance(domains, list) or not domains:
+        raise ConfigError(f"{key}.domains", "expected a non-empty list of domains (or [\"*\"])")
+    doms = []
+    for d in domains:
+        d = _str(d, f"{key}.domains")
+        try:
+            doms.append(d if d == "*" else normalize_domain(d))
+        except AddressError as e:
+            raise ConfigError(f"{key}.domains", str(e)) from None
+    senders = r.get("senders", [])
+    if not isinstance(senders, list):
+        raise ConfigError(f"{key}.senders", "expected a list of addresses or \"@domain\"s")
+    route = Route(domains=doms, senders=[_str(x, f"{key}.senders").lower() for x in senders])
+    host = _str(r.get("host", ""), f"{key}.host")
+    if host:
+        if ":" in host:
+            route.host, route.port = parse_hostport(host, f"{key}.host")
+        else:
+            route.host = host
+    route.tls = _str(r.get("tls", "opportunistic"), f"{key}.tls")
+    if route.tls not in TLS_MODES:
+        raise ConfigError(f"{key}.tls", f"expected one of {', '.join(TLS_MODES)}, "
+                                        f"got {route.tls!r}")
+    route.auth_user = _str(r.get("auth_user", ""), f"{key}.auth_user")
+    route.auth_password = _str(r.get("auth_password", ""), f"{key}.auth_password")
+    if bool(route.auth_user) != bool(route.auth_password):
+        raise ConfigError(f"{key}.auth_user", "set both auth_user and auth_password, or neither")
+    return route
 
 
 TEMPLATE = """\
@@ -334,4 +433,23 @@ min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1
 retry_schedule = ["1m", "5m", "15m", "1h", "4h"]
 max_lifetime   = "5d"      # after this a message that still fails is bounced
 workers        = 16        # messages delivered concurrently (local deliveries are batched)
+
+[remote]
+# Delivery to other domains: MX lookup, STARTTLS when offered, retries.
+port                = 25     # port of the MX hosts
+helo                = ""     # name given in EHLO; empty: hostname
+connect_timeout     = "30s"
+command_timeout     = "5m"
+max_per_destination = 10     # concurrent connections to one host
+mta_sts             = true   # fetch and enforce the recipient domain's MTA-STS policy
+
+# Static routes (first match wins; no match: MX lookup). Example: send all
+# outgoing mail through a smarthost with a login.
+# [[route]]
+# domains       = ["*"]                # recipient domains, "*" = any other domain
+# senders       = []                   # optional: only for these senders / "@domain"s
+# host          = "smtp.provider.example:587"
+# tls           = "required"           # none | opportunistic | required | verify
+# auth_user     = "me@provider.example"
+# auth_password = "secret"
 """

@@ -201,14 +201,14 @@ class Session:
         return ext
 
     async def cmd_EHLO(self, arg: str) -> None:
-        if not arg:
+        if not arg or not arg.isprintable():
             self.reply(501, "5.5.4 Syntax: EHLO hostname")
             return
         self.helo, self.esmtp, self.tx = arg, True, Transaction()
         self.reply_lines(250, [f"{self.cfg.hostname} Hello {arg[:64]}", *self._extensions()])
 
     async def cmd_HELO(self, arg: str) -> None:
-        if not arg:
+        if not arg or not arg.isprintable():
             self.reply(501, "5.5.4 Syntax: HELO hostname")
             return
         self.helo, self.esmtp, self.tx = arg, False, Transaction()

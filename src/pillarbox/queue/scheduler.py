@@ -14,15 +14,17 @@ import time
 from collections.abc import Iterable
 
 from pillarbox import route
+from pillarbox.address import domain_of
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
+from pillarbox.queue import bounce
 from pillarbox.queue.spool import BodyBuffer, Delivery, Envelope, Spool, State, new_id
 from pillarbox.target import mailbox, pipe
+from pillarbox.target.remote import RemoteTarget
 
 log = logging.getLogger("pillarbox.queue")
 
-REMOTE_PENDING = "4.4.0 remote delivery is not available yet; kept in the queue"
 
 
 class Queue:
@@ -33,6 +35,8 @@ class Queue:
         self.aliases = aliases
         self.mail_root = config.data_dir / "mail"
         self.maildir = mailbox.MaildirWriter()
+        self.remote = RemoteTarget(config)
+        self.signer = None  # a DKIMSigner, set by the server when keys exist
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: list[tuple[float, str]] = []
         self._timer_wakeup = asyncio.Event()
@@ -89,6 +93,7 @@ class Queue:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.remote.close()
 
     async def pickup(self) -> int:
         """Take messages that `pillarbox sendmail` dropped into maildrop/."""
@@ -162,19 +167,30 @@ class Queue:
             state = State(deliveries=route.expand(self.aliases, env.rcpts), expanded=True)
         now = time.time()
         expired = now - env.received > self.config.queue.max_lifetime
-        for d in state.deliveries:
-            if d.state in ("done", "failed") or d.next_attempt > now:
-                continue
+        due = [d for d in state.deliveries
+               if d.state not in ("done", "failed") and d.next_attempt <= now]
+        remote: dict[str, list[Delivery]] = {}
+        jobs = []
+        for d in due:
             d.attempts += 1
-            try:
-                error = await self._attempt(env, d)
-            except Exception as e:  # a target fault is a temporary failure
-                log.warning("delivery error id=%s to=%s error=%r", msg_id, d.to, e)
-                error = f"4.3.0 {type(e).__name__}: {e}"
+            if d.kind == "remote":
+                remote.setdefault(domain_of(d.to), []).append(d)
+            else:
+                jobs.append(self._attempt_one(env, d))
+        if remote:
+            message = await asyncio.to_thread(self._read_all, env.id)
+            jobs += [self._attempt_remote(env, dom, ds, message) for dom, ds in remote.items()]
+        outcomes: dict[int, str | None] = {}
+        for result in await asyncio.gather(*jobs):
+            outcomes.update(result)
+        for d in due:
+            error = outcomes[id(d)]
             if error is None:
                 d.state, d.last_error = "done", ""
                 log.info("delivered id=%s kind=%s to=%s", msg_id, d.kind, d.to)
-            elif error.startswith("5") or (expired and error != REMOTE_PENDING):
+            elif error.startswith("5") or expired:
+                if not error.startswith("5"):
+                    error = f"4.4.7 delivery time expired; last error: {error}"
                 d.state, d.last_error = "failed", error
                 log.warning("delivery failed id=%s to=%s error=%r", msg_id, d.to, error)
             else:
@@ -182,19 +198,57 @@ class Queue:
                 d.next_attempt = now + self._backoff(d)
                 log.info("delivery deferred id=%s to=%s error=%r", msg_id, d.to, error)
         if all(d.state in ("done", "failed") for d in state.deliveries):
-            # Bounces for failed deliveries come with the remote-delivery work (DSN).
+            failed = [d for d in state.deliveries if d.state == "failed"]
+            if failed:
+                await self._bounce(env, failed)
             self.spool.done(msg_id)
             return
         await asyncio.to_thread(self.spool.write_state, msg_id, state)
-        due = _next_due(state)
-        if due is not None:
-            self._schedule_at(due, msg_id)
+        nxt = _next_due(state)
+        if nxt is not None:
+            self._schedule_at(nxt, msg_id)
 
     def _backoff(self, d: Delivery) -> float:
-        if d.kind == "remote":
-            return self.config.queue.retry_schedule[-1]
         sched = self.config.queue.retry_schedule
         return sched[min(d.attempts - 1, len(sched) - 1)]
+
+    def _read_all(self, msg_id: str) -> bytes:
+        with self.spool.open_message(msg_id) as f:
+            return f.read()
+
+    async def _attempt_one(self, env: Envelope, d: Delivery) -> dict[int, str | None]:
+        try:
+            return {id(d): await self._attempt(env, d)}
+        except Exception as e:  # a target fault is a temporary failure
+            log.warning("delivery error id=%s to=%s error=%r", env.id, d.to, e)
+            return {id(d): f"4.3.0 {type(e).__name__}: {e}"}
+
+    async def _attempt_remote(self, env: Envelope, domain: str, ds: list[Delivery],
+                              message: bytes) -> dict[int, str | None]:
+        try:
+            results = await self.remote.deliver(domain, env.mail_from, [d.to for d in ds],
+                                                message)
+        except Exception as e:
+            log.warning("remote delivery error id=%s domain=%s error=%r", env.id, domain, e)
+            return {id(d): f"4.3.0 {type(e).__name__}: {e}" for d in ds}
+        return {id(d): results.get(d.to, "4.3.0 no result") for d in ds}
+
+    async def _bounce(self, env: Envelope, failed: list[Delivery]) -> None:
+        """Tell the sender, unless the message is itself a bounce (no loops)."""
+        if not env.mail_from or env.source == "bounce":
+            log.info("not bouncing id=%s: null sender", env.id)
+            return
+
+        def head() -> bytes:
+            with self.spool.open_message(env.id) as f:
+                return bounce.original_header(f.read(256 * 1024))
+
+        dsn = bounce.build(self.config.hostname, env, failed, await asyncio.to_thread(head))
+        if self.signer is not None:
+            domain = self.config.domains[0]
+            dsn = await asyncio.to_thread(self.signer.sign, dsn, domain) + dsn
+        dsn_id = await self.enqueue("", [env.mail_from], [dsn], len(dsn), source="bounce")
+        log.info("bounce id=%s for=%s to=%s", dsn_id, env.id, env.mail_from)
 
     async def _attempt(self, env: Envelope, d: Delivery) -> str | None:
         """Deliver one; None on success, else an error starting with its status."""
@@ -223,7 +277,7 @@ class Queue:
             finally:
                 f.close()
             return None
-        return REMOTE_PENDING
+        return f"5.3.0 unknown delivery kind {d.kind}"
 
 
 def _next_due(state: State) -> float | None:

@@ -1,0 +1,285 @@
+"""DKIM signing (RFC 6376, RFC 8463) of mail our users send and of our bounces.
+
+Keys live in `data_dir/dkim/<domain>/<selector>.key`, one file per key, mode 0600:
+
+- ed25519: the base64 of the 32-byte seed (the format of dkimpy's `dknewkey`),
+  selector "<YYYYMM>e";
+- RSA-2048: a PEM private key (PKCS#1 as written here; PKCS#8 is read too),
+  selector "<YYYYMM>r".
+
+Every message is signed twice, with the newest key of each kind (by selector
+name): receivers that know ed25519-sha256 check that one, the others rsa-sha256.
+Both signatures use relaxed/relaxed canonicalization and oversign From, To,
+Subject and Date (each is listed once more than it occurs, so that nobody can
+add one after signing without breaking the signature).
+
+Signing is CPU work (RSA in pure Python: a few milliseconds a message): call
+`DKIMSigner.sign` from a worker thread (`asyncio.to_thread`), never on the event
+loop. One `DKIMSigner` may be shared by any number of threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+log = logging.getLogger("pillarbox.dkim")
+
+RSA_BITS = 2048
+
+#: Header fields signed when present (RFC 6376 5.4.1's list, plus Autocrypt,
+#: which end-to-end-encrypting clients rely on).
+SIGN_HEADERS = (
+    "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc",
+    "mime-version", "content-type", "content-transfer-encoding", "content-id",
+    "content-description", "resent-date", "resent-from", "resent-sender", "resent-to",
+    "resent-cc", "resent-message-id", "in-reply-to", "references", "list-id", "list-help",
+    "list-unsubscribe", "list-unsubscribe-post", "list-subscribe", "list-post", "list-owner",
+    "list-archive", "autocrypt",
+)
+#: Header fields signed once more than they occur (also when absent).
+OVERSIGN = ("from", "to", "subject", "date")
+
+_SELECTOR_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_ALGORITHM = {"ed25519": b"ed25519-sha256", "rsa": b"rsa-sha256"}
+_SUFFIX = {"ed25519": "e", "rsa": "r"}
+
+
+class DKIMKeyError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DKIMKey:
+    selector: str
+    kind: str            # "ed25519" | "rsa"
+    private: bytes       # in the form dkimpy's sign() takes
+    public_b64: str      # the p= value
+
+    @property
+    def txt_value(self) -> str:
+        k = "ed25519" if self.kind == "ed25519" else "rsa"
+        return f"v=DKIM1; k={k}; p={self.public_b64}"
+
+
+def ascii_domain(domain: str) -> str:
+    """The A-label form used in d= and in DNS names."""
+    d = domain.strip().rstrip(".").lower()
+    return d if d.isascii() else d.encode("idna").decode("ascii")
+
+
+def domain_dir(dkim_dir: Path, domain: str) -> Path:
+    return Path(dkim_dir) / domain.strip().rstrip(".").lower()
+
+
+# -- keys ---------------------------------------------------------------------
+
+def parse_key(selector: str, data: bytes) -> DKIMKey:
+    """Read one key file's content; raise DKIMKeyError if it is not a usable key."""
+    data = data.strip()
+    if data.startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as e:
+            raise DKIMKeyError(f"not a PEM private key without password: {e}") from None
+        if isinstance(key, rsa.RSAPrivateKey):
+            if key.key_size < 1024:
+                raise DKIMKeyError(f"RSA key of {key.key_size} bits is too short")
+            private = key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.TraditionalOpenSSL,
+                                        serialization.NoEncryption())
+            spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+            return DKIMKey(selector, "rsa", private, base64.b64encode(spki).decode())
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return _ed25519_key(selector, key)
+        raise DKIMKeyError(f"unsupported key type {type(key).__name__}")
+    try:
+        seed = base64.b64decode(data, validate=True)
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise DKIMKeyError("neither a PEM key nor a base64 ed25519 seed")
+    return _ed25519_key(selector, ed25519.Ed25519PrivateKey.from_private_bytes(seed))
+
+
+def _ed25519_key(selector: str, key: ed25519.Ed25519PrivateKey) -> DKIMKey:
+    seed = key.private_bytes_raw()
+    pub = key.public_key().public_bytes_raw()
+    return DKIMKey(selector, "ed25519", base64.b64encode(seed),
+                   base64.b64encode(pub).decode())
+
+
+def load_keys(dkim_dir: Path, domain: str) -> list[DKIMKey]:
+    """Every readable key of the domain, sorted by selector; broken files are logged."""
+    d = domain_dir(dkim_dir, domain)
+    try:
+        names = sorted(p.name for p in d.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    keys = []
+    for name in names:
+        selector, dot, ext = name.rpartition(".")
+        if not dot or ext != "key" or not _SELECTOR_RE.match(selector):
+            continue
+        path = d / name
+        try:
+            keys.append(parse_key(selector, path.read_bytes()))
+        except DKIMKeyError as e:
+            log.warning("dkim key unusable path=%s error=%r", path, str(e))
+        except OSError as e:
+            log.warning("dkim key unreadable path=%s error=%r", path, e.strerror or str(e))
+    return keys
+
+
+def _newest_per_kind(keys: list[DKIMKey]) -> list[DKIMKey]:
+    """The signing keys: the highest selector of each kind, ed25519 first."""
+    best: dict[str, DKIMKey] = {}
+    for k in keys:
+        if k.kind not in best or k.selector > best[k.kind].selector:
+            best[k.kind] = k
+    return [best[kind] for kind in ("ed25519", "rsa") if kind in best]
+
+
+def _new_key_file(kind: str) -> bytes:
+    if kind == "ed25519":
+        seed = ed25519.Ed25519PrivateKey.generate().private_bytes_raw()
+        return base64.b64encode(seed) + b"\n"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    return key.private_bytes(serialization.Encoding.PEM,
+                             serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+
+
+def _write_new(path: Path, data: bytes) -> bool:
+    """Write `path` atomically with mode 0600; never replace an existing file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if the name exists: no overwrite, no half-written key
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
+
+
+def generate_keys(dkim_dir: Path, domain: str) -> list[str]:
+    """Make the domain's ed25519 and RSA-2048 keys unless it has a key of that kind.
+
+    Returns the selectors created (empty when both kinds existed). Existing files
+    are never overwritten.
+    """
+    dkim_dir = Path(dkim_dir)
+    dkim_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d = domain_dir(dkim_dir, domain)
+    d.mkdir(mode=0o700, exist_ok=True)
+    have = {k.kind for k in load_keys(dkim_dir, domain)}
+    month = time.strftime("%Y%m", time.gmtime())
+    created = []
+    for kind in ("ed25519", "rsa"):
+        if kind in have:
+            continue
+        selector = month + _SUFFIX[kind]
+        if _write_new(d / f"{selector}.key", _new_key_file(kind)):
+            created.append(selector)
+    return created
+
+
+def txt_records(dkim_dir: Path, domain: str) -> list[tuple[str, str]]:
+    """[(name relative to the domain, TXT value)] for every key of the domain."""
+    return [(f"{k.selector}._domainkey", k.txt_value) for k in load_keys(dkim_dir, domain)]
+
+
+# -- signing ------------------------------------------------------------------
+
+def include_headers(header_names: list[bytes]) -> list[bytes]:
+    """The h= list for a message whose header field names are `header_names`."""
+    counts: dict[bytes, int] = {}
+    for name in header_names:
+        n = name.strip().lower()
+        counts[n] = counts.get(n, 0) + 1
+    out: list[bytes] = []
+    for name in SIGN_HEADERS:
+        b = name.encode()
+        out += [b] * (counts.get(b, 0) + (1 if name in OVERSIGN else 0))
+    return out
+
+
+class DKIMSigner:
+    """Signs with the keys in `dkim_dir` (data_dir/dkim). Thread-safe.
+
+    Keys are read once per domain and cached; the cache notices keys added to or
+    removed from a domain's directory (its mtime changes), so no restart is needed.
+    """
+
+    def __init__(self, dkim_dir: Path) -> None:
+        self.dkim_dir = Path(dkim_dir)
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[int, list[DKIMKey]]] = {}
+
+    def keys(self, domain: str) -> list[DKIMKey]:
+        """The keys `sign` uses for the domain: the newest of each kind."""
+        name = domain.strip().rstrip(".").lower()
+        try:
+            mtime = domain_dir(self.dkim_dir, name).stat().st_mtime_ns
+        except OSError:
+            mtime = -1
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit is not None and hit[0] == mtime:
+                return hit[1]
+        keys = _newest_per_kind(load_keys(self.dkim_dir, name)) if mtime != -1 else []
+        with self._lock:
+            self._cache[name] = (mtime, keys)
+        return keys
+
+    def sign(self, message: bytes, domain: str) -> bytes:
+        """The DKIM-Signature header fields (CRLF line ends) to prepend to `message`.
+
+        `message` is the whole message, header and body, as it will be sent
+        (CRLF line ends). Returns b"" when the domain has no keys; a message
+        dkimpy cannot parse is logged and left unsigned (b"").
+        """
+        keys = self.keys(domain)
+        if not keys:
+            return b""
+        d_tag = ascii_domain(domain).encode()
+        try:
+            signer = dkim.DKIM(message, linesep=b"\r\n", logger=log)
+        except (dkim.DKIMException, IndexError, ValueError) as e:
+            log.warning("dkim sign skipped domain=%s error=%r", domain, str(e))
+            return b""
+        h = include_headers([name for name, _ in signer.headers])
+        out = []
+        for key in keys:
+            try:
+                out.append(signer.sign(key.selector.encode(), d_tag, key.private,
+                                       signature_algorithm=_ALGORITHM[key.kind],
+                                       canonicalize=(b"relaxed", b"relaxed"),
+                                       include_headers=h))
+            except (dkim.DKIMException, IndexError, ValueError) as e:
+                log.warning("dkim sign failed domain=%s selector=%s error=%r",
+                            domain, key.selector, str(e))
+        return b"".join(out)

@@ -1,0 +1,318 @@
+"""Delivery to other domains over SMTP: routes or MX lookup, STARTTLS policy,
+one transaction per destination carrying all its recipients, connection
+reuse and a per-host concurrency limit.
+
+`deliver` returns a result per recipient: None when the next hop accepted
+it, else an error text that starts with the remote reply code (or, for
+local conditions, an enhanced status code): "5..." is permanent and bounces,
+anything else is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import aiosmtplib
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from pillarbox.config import Config, Route, parse_hostport
+from pillarbox.target import mta_sts
+
+log = logging.getLogger("pillarbox.remote")
+
+IDLE_KEEP = 30.0  # seconds an idle connection is kept for reuse
+MAX_REUSE = 100  # transactions per connection
+
+
+class TempFail(Exception):
+    """A condition worth retrying (the message starts with a 4.x.x status)."""
+
+
+class PermFail(Exception):
+    """A condition that will not get better (the message starts with a 5.x.x status)."""
+
+
+def make_resolver(nameservers: list[str]) -> dns.asyncresolver.Resolver:
+    if not nameservers:
+        r = dns.asyncresolver.Resolver()
+    else:
+        r = dns.asyncresolver.Resolver(configure=False)
+        servers = []
+        for ns in nameservers:
+            host, port = parse_hostport(ns, "dns.nameservers") if ":" in ns else (ns, 53)
+            servers.append(dns.nameserver.Do53Nameserver(host, port))
+        r.nameservers = servers
+    r.lifetime = 15.0
+    r.timeout = 5.0
+    return r
+
+
+@dataclass
+class Hop:
+    """Where to connect: a host name (for TLS checks and logs), its port, policy."""
+
+    host: str
+    port: int
+    tls: str  # none | opportunistic | required | verify
+    auth: tuple[str, str] | None = None
+
+
+@dataclass
+class _Conn:
+    smtp: aiosmtplib.SMTP
+    key: tuple
+    used: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+    tls: bool = False
+
+
+class RemoteTarget:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.resolver = make_resolver(config.nameservers)
+        self.helo = config.remote.helo or config.hostname
+        self._idle: dict[tuple, list[_Conn]] = {}
+        self._limits: dict[tuple, asyncio.Semaphore] = {}
+        self.sts = mta_sts.PolicyCache(self.resolver) if config.remote.mta_sts else None
+
+    # -- next hops --------------------------------------------------------------
+
+    def route_for(self, domain: str, sender: str) -> Route | None:
+        for r in self.config.routes:
+            if r.matches(domain, sender):
+                return r
+        return None
+
+    async def hops(self, domain: str, sender: str) -> list[Hop]:
+        route = self.route_for(domain, sender)
+        if route is not None and route.host:
+            auth = (route.auth_user, route.auth_password) if route.auth_user else None
+            return [Hop(route.host, route.port, route.tls, auth)]
+        tls = route.tls if route is not None else "opportunistic"
+        hosts = await self.mx_hosts(domain)
+        if self.sts is not None and tls != "none":
+            policy = await self.sts.get(domain)
+            if policy is not None and policy.mode == "enforce":
+                allowed = [h for h in hosts if policy.allows(h)]
+                if not allowed:
+                    raise TempFail(f"4.7.5 no MX host of {domain} matches its MTA-STS policy")
+                hosts, tls = allowed, "verify"
+        return [Hop(h, self.config.remote.port, tls) for h in hosts]
+
+    async def mx_hosts(self, domain: str) -> list[str]:
+        """MX hosts by preference (random among equals); the domain itself if it has none."""
+        try:
+            answer = await self.resolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN:
+            raise PermFail(f"5.1.2 domain {domain} does not exist") from None
+        except dns.resolver.NoAnswer:
+            return [domain]  # implicit MX (RFC 5321 5.1)
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as e:
+            raise TempFail(f"4.4.3 DNS lookup of {domain} MX failed: {type(e).__name__}") from None
+        records = sorted(answer, key=lambda r: (r.preference, random.random()))
+        hosts = [str(r.exchange).rstrip(".") for r in records]
+        if hosts == [""] or hosts == ["."]:
+            raise PermFail(f"5.1.10 domain {domain} accepts no mail (null MX)")
+        return [h for h in hosts if h]
+
+    async def addresses(self, host: str) -> list[str]:
+        if _is_ip(host):
+            return [host]
+        ips: list[str] = []
+        temp_error = None
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self.resolver.resolve(host, rdtype)
+                ips += [r.address for r in answer]
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except (dns.resolver.NoNameservers, dns.exception.Timeout) as e:
+                temp_error = e
+        if not ips and temp_error is not None:
+            raise TempFail(f"4.4.3 DNS lookup of {host} failed: {type(temp_error).__name__}")
+        return ips
+
+    # -- delivery -----------------------------------------------------------------
+
+    async def deliver(self, domain: str, sender: str, rcpts: list[str],
+                      message: bytes) -> dict[str, str | None]:
+        """Deliver one message to the recipients of one domain."""
+        try:
+            hops = await self.hops(domain, sender)
+        except (TempFail, PermFail) as e:
+            return dict.fromkeys(rcpts, str(e))
+        errors: list[str] = []
+        tried_any = False
+        for hop in hops:
+            try:
+                ips = await self.addresses(hop.host)
+            except TempFail as e:
+                errors.append(str(e))
+                continue
+            for ip in ips:
+                tried_any = True
+                try:
+                    return await self._transaction(hop, ip, sender, rcpts, message)
+                except TempFail as e:
+                    errors.append(f"{e} ({hop.host}[{ip}])")
+                    log.info("remote hop failed host=%s ip=%s error=%r", hop.host, ip, str(e))
+                except PermFail as e:
+                    return dict.fromkeys(rcpts, f"{e} ({hop.host}[{ip}])")
+        if not tried_any and not errors:
+            return dict.fromkeys(rcpts, f"5.1.2 no address for any mail host of {domain}")
+        return dict.fromkeys(rcpts, errors[-1] if errors else "4.4.1 no host reachable")
+
+    async def _transaction(self, hop: Hop, ip: str, sender: str, rcpts: list[str],
+                           message: bytes) -> dict[str, str | None]:
+        key = (ip, hop.port, hop.tls, hop.auth)
+        sem = self._limits.setdefault(
+            (ip, hop.port), asyncio.Semaphore(self.config.remote.max_per_destination))
+        async with sem:
+            conn = self._take_idle(key) or await self._connect(hop, ip, key)
+            ok = False
+            try:
+                result = await self._send(conn, sender, rcpts, message)
+                ok = True
+                return result
+            except aiosmtplib.SMTPResponseException as e:
+                code = e.code
+                text = f"{code} {e.message}".strip()
+                raise (PermFail if 500 <= code < 600 else TempFail)(text) from None
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                raise TempFail(f"4.4.2 connection to {hop.host} lost: {_why(e)}") from None
+            finally:
+                if ok and conn.used < MAX_REUSE:
+                    conn.idle_since = time.monotonic()
+                    self._idle.setdefault(key, []).append(conn)
+                else:
+                    conn.smtp.close()
+
+    def _take_idle(self, key: tuple) -> _Conn | None:
+        pool = self._idle.get(key)
+        now = time.monotonic()
+        while pool:
+            conn = pool.pop()
+            if now - conn.idle_since < IDLE_KEEP and conn.smtp.is_connected:
+                return conn
+            conn.smtp.close()
+        return None
+
+    async def _connect(self, hop: Hop, ip: str, key: tuple) -> _Conn:
+        cfg = self.config.remote
+        smtp = aiosmtplib.SMTP(hostname=ip, port=hop.port, local_hostname=self.helo,
+                               timeout=cfg.command_timeout, start_tls=False, use_tls=False)
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                await smtp.connect()
+            await smtp.ehlo()
+            tls = False
+            if hop.tls != "none":
+                if smtp.supports_extension("starttls"):
+                    await smtp.starttls(tls_context=_tls_context(hop.tls),
+                                        server_hostname=hop.host)
+                    await smtp.ehlo()
+                    tls = True
+                elif hop.tls in ("required", "verify"):
+                    raise TempFail(f"4.7.4 TLS is required for {hop.host} but it does not "
+                                   "offer STARTTLS")
+            if hop.auth:
+                if not tls and hop.tls != "none":
+                    raise TempFail(f"4.7.4 will not send the password for {hop.host} in clear")
+                await smtp.login(*hop.auth)
+        except aiosmtplib.SMTPAuthenticationError as e:
+            smtp.close()
+            raise PermFail(f"{e.code} {e.message} (smarthost login failed)") from None
+        except aiosmtplib.SMTPResponseException as e:
+            smtp.close()
+            raise (PermFail if 500 <= e.code < 600 else TempFail)(f"{e.code} {e.message}") from None
+        except (TempFail, PermFail):
+            smtp.close()
+            raise
+        except ssl.SSLError as e:
+            smtp.close()
+            raise TempFail(f"4.7.5 TLS with {hop.host} failed: {_why(e)}") from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            smtp.close()
+            raise TempFail(f"4.4.1 cannot connect to {hop.host}: {_why(e)}") from None
+        return _Conn(smtp, key, tls=tls)
+
+    async def _send(self, conn: _Conn, sender: str, rcpts: list[str],
+                    message: bytes) -> dict[str, str | None]:
+        smtp = conn.smtp
+        if conn.used:
+            await smtp.rset()
+        conn.used += 1
+        options = []
+        eight_bit = not message.isascii()
+        utf8_envelope = not (sender.isascii() and all(r.isascii() for r in rcpts))
+        if utf8_envelope:
+            if not smtp.supports_extension("smtputf8"):
+                raise PermFail("5.6.7 the receiving server does not support SMTPUTF8, "
+                               "which these addresses need")
+            options.append("SMTPUTF8")
+        if eight_bit:
+            if smtp.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+            else:
+                # Downgrading MIME would alter signed content: refuse instead.
+                raise PermFail("5.6.3 the receiving server does not accept 8-bit "
+                               "messages (no 8BITMIME)")
+        size = smtp.esmtp_extensions.get("size", "")
+        if size.isdigit() and int(size) and len(message) > int(size):
+            raise PermFail(f"552 5.3.4 message size {len(message)} exceeds the receiving "
+                           f"server's limit of {size}")
+        await smtp.mail(sender, options=options, encoding="utf-8" if utf8_envelope else "ascii")
+        results: dict[str, str | None] = {}
+        accepted = []
+        for rcpt in rcpts:
+            try:
+                await smtp.rcpt(rcpt, encoding="utf-8" if utf8_envelope else "ascii")
+                accepted.append(rcpt)
+            except aiosmtplib.SMTPRecipientRefused as e:
+                results[rcpt] = f"{e.code} {e.message}"
+        if not accepted:
+            await smtp.rset()
+            return results
+        await smtp.data(message)
+        for rcpt in accepted:
+            results[rcpt] = None
+        return results
+
+    async def close(self) -> None:
+        for pool in self._idle.values():
+            for conn in pool:
+                conn.smtp.close()
+        self._idle.clear()
+
+
+def _tls_context(mode: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if mode != "verify":
+        # Opportunistic and "required" encrypt without authenticating the
+        # peer (as most MTAs do); "verify" and MTA-STS check the certificate.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _why(e: BaseException) -> str:
+    return str(e) or type(e).__name__
