@@ -71,12 +71,18 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfg = configmod.load(cfg_path)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     tls.make_self_signed(cfg.cert_path, cfg.key_path, hostname)
+    from pillarbox.modify import dkim_sign
+
+    selectors = dkim_sign.generate_keys(cfg.data_dir / "dkim", domain)
     from pillarbox.server import open_directory
 
     open_directory(cfg)
     print(f"wrote {cfg_path} (hostname {hostname}, domain {domain})")
     print(f"data directory {cfg.data_dir}, self-signed TLS pair in {cfg.cert_path.parent}")
+    print(f"DKIM keys for {domain}: selectors {', '.join(selectors) or '(already there)'} "
+          f"in {cfg.data_dir / 'dkim' / domain}")
     print(f"next: pillarbox -c {cfg_path} user add postmaster@{domain}")
+    print(f"      pillarbox -c {cfg_path} dns      # the DNS records to publish")
     print(f"      pillarbox -c {cfg_path} serve")
     return 0
 
@@ -99,6 +105,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    from pillarbox import dnsrecords
+
+    cfg = _load(args)
+    for domain, selectors in dnsrecords.ensure_dkim_keys(cfg).items():
+        print(f"created DKIM keys {', '.join(selectors)} for {domain}", file=sys.stderr)
+    print(dnsrecords.records(cfg), end="")
     return 0
 
 
@@ -416,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
     sub.add_parser("check", help="validate the config").set_defaults(func=cmd_check)
+    sub.add_parser("dns", help="print the DNS records to publish").set_defaults(func=cmd_dns)
 
     s = sub.add_parser("user", help="manage users")
     s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",
