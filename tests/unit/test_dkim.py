@@ -289,3 +289,11 @@ def test_plain_dkimpy_rsa_signing_unchanged(keys: Path) -> None:
     sig = dkim.sign(MESSAGE, rsa_sel.encode(), DOMAIN.encode(), pem,
                     canonicalize=(b"relaxed", b"relaxed"))
     assert verify_all(sig + MESSAGE, dnsfunc_for(keys)) == [True]
+
+
+def test_sign_with_in_a_worker_process(keys: Path) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        header = pool.submit(dkim_sign.sign_with, str(keys), MESSAGE, DOMAIN).result(timeout=60)
+    assert verify_all(header + MESSAGE, dnsfunc_for(keys)) == [True, True]

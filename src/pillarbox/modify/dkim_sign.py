@@ -15,7 +15,9 @@ add one after signing without breaking the signature).
 
 Signing is CPU work (about 2 ms a message for both signatures): call
 `DKIMSigner.sign` from a worker thread (`asyncio.to_thread`), never on the event
-loop. One `DKIMSigner` may be shared by any number of threads.
+loop. One `DKIMSigner` may be shared by any number of threads. For large
+messages prefer a worker process (`sign_with`): dkimpy's body canonicalization
+holds the GIL, so even from a thread a 25 MB message stalls the loop ~0.5 s.
 
 dkimpy does the RSA arithmetic in pure Python (about 18 ms per signature); for
 our own keys the RSA step is handed to `cryptography` (OpenSSL) instead, see
@@ -339,3 +341,20 @@ class DKIMSigner:
                 log.warning("dkim sign failed domain=%s selector=%s error=%r",
                             domain, key.selector, str(e))
         return b"".join(out)
+
+
+_process_signers: dict[str, DKIMSigner] = {}
+
+
+def sign_with(dkim_dir: Path | str, message: bytes, domain: str) -> bytes:
+    """`DKIMSigner(dkim_dir).sign(message, domain)` with one cached signer per process.
+
+    For a `concurrent.futures.ProcessPoolExecutor`: dkimpy's canonicalization of
+    a large body holds the GIL for long stretches (a 25 MB message stalls the
+    event loop about half a second even from a thread), a worker process does not.
+    """
+    key = str(dkim_dir)
+    signer = _process_signers.get(key)
+    if signer is None:
+        signer = _process_signers.setdefault(key, DKIMSigner(Path(dkim_dir)))
+    return signer.sign(message, domain)
