@@ -52,12 +52,12 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._stop = asyncio.Event()
 
-    async def _listen(self, kind: str, handler, ssl_ctx=None) -> None:
+    async def _listen(self, kind: str, factory, ssl_ctx=None) -> None:
+        loop = asyncio.get_running_loop()
         for host, port in self.config.listen.get(kind, []):
             try:
-                srv = await asyncio.start_server(handler, host, port, ssl=ssl_ctx,
-                                                 reuse_address=True, backlog=1024,
-                                                 limit=1 << 20)
+                srv = await loop.create_server(factory, host, port, ssl=ssl_ctx,
+                                               reuse_address=True, backlog=1024)
             except OSError as e:
                 reason = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
                 raise ServeError(f"listen.{kind}: cannot listen on {host}:{port}: {reason}"
@@ -82,8 +82,8 @@ class Server:
         ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx)
         try:
             for kind in ("smtp", "submission", "submissions"):
-                handler = functools.partial(smtp.serve_session, ctx, kind)
-                await self._listen(kind, handler, tls_ctx if kind == "submissions" else None)
+                factory = functools.partial(smtp.SMTPProtocol, ctx, kind)
+                await self._listen(kind, factory, tls_ctx if kind == "submissions" else None)
             for kind in ("imap", "imaps", "lmtp", "http"):
                 if cfg.listen.get(kind):
                     log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
@@ -94,6 +94,7 @@ class Server:
             raise
         await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
         await queue.start()
+        sweeper = asyncio.create_task(smtp.sweep_idle(ctx))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
@@ -102,6 +103,9 @@ class Server:
         log.warning("pillarbox stopping")
         for s in self._servers:
             s.close()
+        sweeper.cancel()
+        for conn in list(ctx.sessions):
+            conn.close()
         await queue.stop()
         if users.cache is not None:
             users.cache.flush()
