@@ -14,6 +14,7 @@ from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import smtp
+from pillarbox.modify.signing import Signing
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import Spool
 from pillarbox.store.sqlite import Database
@@ -79,7 +80,9 @@ class Server:
         self.users = users
         spool = Spool(cfg.data_dir / "queue", cfg.queue.min_free_space)
         self.queue = queue = Queue(cfg, spool, users, aliases)
-        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx)
+        signing = Signing(cfg)
+        queue.signing = signing
+        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, signing)
         try:
             for kind in ("smtp", "submission", "submissions"):
                 factory = functools.partial(smtp.SMTPProtocol, ctx, kind)
@@ -107,6 +110,7 @@ class Server:
         for conn in list(ctx.sessions):
             conn.close()
         await queue.stop()
+        signing.close()
         if users.cache is not None:
             users.cache.flush()
         control.socket_path(cfg.data_dir).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
 from pillarbox.modify import received, submission
+from pillarbox.modify.signing import Signing
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import BodyBuffer, SpoolFull, new_id
 
@@ -60,6 +61,7 @@ class SMTPContext:
     aliases: Aliases
     queue: Queue
     tls: ssl.SSLContext | None
+    signing: Signing | None = None
     connections: int = 0
     sessions: set = field(default_factory=set)
 
@@ -547,6 +549,8 @@ class Session:
                                 rcpts=tx.rcpts, tls=tls_desc)]
         if self.kind != "smtp":
             head.append(submission.missing_headers(body.first, self.cfg.hostname))
+        if self.user and self.ctx.signing is not None:
+            head[1:1] = [await self._dkim_signature(body, head[1:], tx.mail_from or "")]
         total = body.size + sum(len(h) for h in head)
         try:
             await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, head, total,
@@ -563,6 +567,21 @@ class Session:
         log.info("accepted id=%s from=%s rcpts=%d size=%d", msg_id, tx.mail_from,
                  len(tx.rcpts), total)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
+
+    async def _dkim_signature(self, body: BodyBuffer, added: list[bytes], mail_from: str) -> bytes:
+        """DKIM-Signature fields for a submitted message (b"" when not ours to sign)."""
+        signing = self.ctx.signing
+        assert signing is not None
+        domain = signing.domain_for(b"".join(added) + submission.header_block(body.first),
+                                    mail_from)
+        if domain is None:
+            return b""
+        message = b"".join(added) + await asyncio.to_thread(body.read_all)
+        try:
+            return await signing.sign(message, domain)
+        except Exception as e:  # unsigned mail beats lost mail
+            log.warning("DKIM signing failed domain=%s error=%r", domain, e)
+            return b""
 
     async def _read_data(self, body: BodyBuffer) -> Reply | None:
         """Read the message up to CRLF.CRLF, dot-unstuffed, in blocks of whole lines.

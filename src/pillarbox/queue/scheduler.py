@@ -36,7 +36,7 @@ class Queue:
         self.mail_root = config.data_dir / "mail"
         self.maildir = mailbox.MaildirWriter()
         self.remote = RemoteTarget(config)
-        self.signer = None  # a DKIMSigner, set by the server when keys exist
+        self.signing = None  # modify.signing.Signing, set by the server
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: list[tuple[float, str]] = []
         self._timer_wakeup = asyncio.Event()
@@ -244,9 +244,16 @@ class Queue:
                 return bounce.original_header(f.read(256 * 1024))
 
         dsn = bounce.build(self.config.hostname, env, failed, await asyncio.to_thread(head))
-        if self.signer is not None:
-            domain = self.config.domains[0]
-            dsn = await asyncio.to_thread(self.signer.sign, dsn, domain) + dsn
+        if self.signing is not None:
+            # The bounce comes from MAILER-DAEMON@hostname: sign with the local
+            # domain the hostname belongs to, else the first one.
+            host = self.config.hostname
+            domain = next((d for d in self.config.domains if host == d or host.endswith("." + d)),
+                          self.config.domains[0])
+            try:
+                dsn = await self.signing.sign(dsn, domain) + dsn
+            except Exception as e:
+                log.warning("DKIM signing of a bounce failed error=%r", e)
         dsn_id = await self.enqueue("", [env.mail_from], [dsn], len(dsn), source="bounce")
         log.info("bounce id=%s for=%s to=%s", dsn_id, env.id, env.mail_from)
 

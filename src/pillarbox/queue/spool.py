@@ -204,6 +204,13 @@ class BodyBuffer:
             del self.chunks[1:]  # keep the first block for header checks
         _write_all(self._fd, block)
 
+    def read_all(self) -> bytes:
+        """The whole body (for signing). Blocking when spilled."""
+        if self._fd is None:
+            return b"".join(self.chunks)
+        with open(self.path, "rb") as f:
+            return b"".join(self.chunks) + f.read()
+
     def discard(self) -> None:
         self.chunks = []
         if self._fd is not None:
