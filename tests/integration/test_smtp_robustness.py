@@ -11,6 +11,7 @@ import hashlib
 import smtplib
 import socket
 import ssl
+import time
 
 import pytest
 
@@ -24,6 +25,9 @@ from .support import (
     parse,
     token,
     wait_until,
+)
+from .support import (
+    client_ssl_context as ssl_context,
 )
 
 OUTSIDER = "sender@remote.test"
@@ -65,6 +69,8 @@ def test_unknown_and_out_of_sequence_commands(server):
         assert r.code in (503, 554), f"DATA after RSET: {r}"
         r = c.cmd("")
         assert 500 <= r.code < 600, f"empty command line: {r}"
+        r = c.cmd("BDAT 10 LAST")  # CHUNKING is not advertised
+        assert 500 <= r.code < 600, f"BDAT without CHUNKING: {r}"
         _deliver_on(c, ALICE, tok)
         c.expect("QUIT", 221)
     (raw,) = server.wait_for_messages(ALICE, 1)
@@ -311,3 +317,46 @@ def test_rcpt_to_other_users_in_one_transaction(server):
         server.wait_for_messages(u, 1)
     wait_until(lambda: server.queue_list() == [], 10, "the queue to drain")
     assert len(server.messages(ALICE)) == 1, "a duplicate RCPT delivered twice"
+
+
+@pytest.mark.parametrize("kind", ["smtp", "submission"])
+def test_starttls_command_injection_is_not_executed(server, kind):
+    """Plaintext sent after STARTTLS in the same packet must not run inside TLS
+    (the CVE-2011-0411 class)."""
+    with _greeted(server, kind) as c:
+        c.send(b"STARTTLS\r\nNOOP\r\n")
+        r = c.reply()
+        assert r.code == 220, f"STARTTLS: {r}"
+        assert not c.buf, f"the injected command was answered in plaintext: {c.buf!r}"
+        try:
+            c.sock = ssl_context().wrap_socket(c.sock)
+            c.send(f"EHLO {CLIENT_NAME}\r\n")
+            first = c.reply()
+        except (OSError, EOFError):
+            return  # refusing the session outright is also safe
+        assert len(first.lines) > 1 and "PIPELINING" in first.text, (
+            f"first reply inside TLS is not the EHLO reply (injected NOOP ran?): {first}"
+        )
+        c.expect("QUIT", 221)
+
+
+def test_sigterm_with_idle_clients_stops_promptly(server):
+    idle = [server.raw() for _ in range(3)]
+    for c in idle:
+        assert c.reply().code == 220
+    idle[0].expect(f"EHLO {CLIENT_NAME}", 250)
+    idle[1].expect(f"HELO {CLIENT_NAME}", 250)
+    idle[1].expect(f"MAIL FROM:<{OUTSIDER}>", 250)
+    t0 = time.monotonic()
+    server.stop()
+    took = time.monotonic() - t0
+    assert not server.problems, server.problems
+    assert took < 10, f"SIGTERM took {took:.1f}s with idle clients connected"
+    for c in idle:
+        try:
+            rest = c.replies_until_close(timeout=5)
+        except TimeoutError:
+            raise AssertionError("a client connection stayed open after the server stopped") \
+                from None
+        assert all(r.code == 421 for r in rest), [str(r) for r in rest]
+        c.close()

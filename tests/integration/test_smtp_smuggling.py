@@ -8,6 +8,8 @@ usable.
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from .support import ALICE, BOB, CLIENT_NAME, make_message, parse, token, wait_until
@@ -91,4 +93,40 @@ def test_bare_cr_or_lf_in_body_refused(server, bare):
         r = c.reply()
         assert r.code == 554 and r.status == "5.6.0", f"bare {bare!r} in body: {r}"
         _session_after_refusal(server, c, tok)
+    _only_the_clean_message_arrives(server, tok)
+
+
+@pytest.mark.parametrize(("kind", "variant"), [("submission", "LF.LF"),
+                                               ("submissions", "CRLF.CR")])
+def test_smuggling_refused_on_authenticated_ports(server, kind, variant):
+    """The same strict DATA parsing on submission (STARTTLS) and submissions (TLS)."""
+    tok = token()
+    c = server.raw(kind)
+    with c:
+        assert c.reply().code == 220
+        c.expect(f"EHLO {CLIENT_NAME}", 250)
+        if kind == "submission":
+            c.starttls()
+            c.expect(f"EHLO {CLIENT_NAME}", 250)
+        cred = base64.b64encode(f"\0{ALICE}\0secret".encode()).decode()
+        c.expect(f"AUTH PLAIN {cred}", 235)
+        c.expect(f"MAIL FROM:<{ALICE}>", 250)
+        c.expect(f"RCPT TO:<{BOB}>", 250)
+        c.expect("DATA", 354)
+        c.send(
+            f"From: <{ALICE}>\r\nTo: <{BOB}>\r\nSubject: outer {tok}\r\n\r\nhello".encode()
+            + VARIANTS[variant]
+            + f"MAIL FROM:<{ALICE}>\r\nRCPT TO:<{ALICE}>\r\nDATA\r\n"
+              f"Subject: smuggled {tok}\r\n\r\nevil\r\n.\r\n".encode()
+        )
+        r = c.reply()
+        assert r.code == 554 and r.status == "5.6.0", f"{kind} {variant}: {r}"
+        c.expect("NOOP", 250)
+        c.send("QUIT\r\n")
+        rest = c.replies_until_close()
+        assert [x.code for x in rest] == [221], [str(x) for x in rest]
+    # nothing of it is delivered: send a marker and check it is the only mail
+    with server.smtp() as s:
+        s.sendmail("after@remote.test", [ALICE, BOB],
+                   make_message("after@remote.test", [ALICE, BOB], f"after {tok}"))
     _only_the_clean_message_arrives(server, tok)
