@@ -148,6 +148,8 @@ class MaildirWriter:
     def __init__(self) -> None:
         self._pending: list[_Job] = []
         self._task: asyncio.Task | None = None
+        # Called with the Maildir path after each committed delivery (IMAP IDLE).
+        self.on_delivered: list[Callable[[Path], None]] = []
 
     async def deliver(self, path: Path, prefix: bytes,
                       open_body: Callable[[], BinaryIO]) -> int:
@@ -176,5 +178,7 @@ class MaildirWriter:
                         job.future.set_exception(job.error)
                     else:
                         job.future.set_result(job.size)
+                        for callback in self.on_delivered:
+                            callback(job.path)
         finally:
             self._task = None
