@@ -9,6 +9,7 @@
         srv = make_server(limits__max_recipients=3)
         srv = make_server({"queue.min_free_space": "100000000M"})
         srv = make_server(start=False, seed=False, extra_toml="bogus = 1")
+        srv = make_server(wrapper=["strace", "-f", "-o", "trace"])  # run under a wrapper
 
 Every server starts with the users of support.SEED_USERS (alice@ and
 bob@example.test, password "secret"), unless made with seed=False: they are
@@ -41,11 +42,11 @@ def make_server(tmp_path, seed_data_dir):
     servers: list[Server] = []
 
     def factory(overrides: dict | None = None, *, start: bool = True, seed: bool = True,
-                extra_toml: str = "", **kw) -> Server:
+                extra_toml: str = "", wrapper: list[str] | None = None, **kw) -> Server:
         merged = dict(overrides or {})
         merged.update(kw)
         srv = Server(tmp_path / f"server{len(servers)}", merged, extra_toml=extra_toml,
-                     seed=seed_data_dir if seed else None)
+                     seed=seed_data_dir if seed else None, wrapper=wrapper)
         servers.append(srv)
         if start:
             srv.start()

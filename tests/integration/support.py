@@ -365,9 +365,18 @@ def port_open(port: int) -> bool:
 
 
 class Server:
+    """A pillarbox server under test.
+
+    `wrapper` is a command to run the server under (e.g. ["strace", "-f", ...]):
+    the server becomes `wrapper + [python, -m, pillarbox, ...]`, and must be the
+    wrapper's only child process, so signals (stop, kill9) can go to it rather
+    than to the wrapper. Without a wrapper nothing changes.
+    """
+
     def __init__(self, root: Path, overrides: dict | None = None, extra_toml: str = "",
-                 seed: Path | None = None):
+                 seed: Path | None = None, wrapper: list[str] | None = None):
         self.root = root
+        self.wrapper = list(wrapper or [])
         root.mkdir(parents=True, exist_ok=True)
         self.cfg_path = root / "pillarbox.toml"
         self.data_dir = root / "var"
@@ -416,7 +425,8 @@ class Server:
         env["PYTHONUNBUFFERED"] = "1"
         with open(log, "wb") as err, open(self.root / "serve.stdout", "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pillarbox", "-c", str(self.cfg_path), "serve"],
+                [*self.wrapper, sys.executable, "-m", "pillarbox", "-c", str(self.cfg_path),
+                 "serve"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -443,11 +453,30 @@ class Server:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The pillarbox process itself: with a wrapper, the wrapper's only child."""
+        assert self.proc is not None, "server not started"
+        if not self.wrapper:
+            return self.proc.pid
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:  # the wrapper is gone
+            children = ""
+        pids = children.split()
+        assert len(pids) == 1, f"wrapper {self.wrapper[0]} has children {pids}, expected one"
+        return int(pids[0])
+
     def stop(self) -> None:
         """Graceful stop (SIGTERM); a server that does not stop in time is a problem."""
         if not self.running():
             return
-        self.proc.send_signal(signal.SIGTERM)
+        try:
+            pid = self.pid
+        except AssertionError:  # wrapped server already gone: just wait for the wrapper
+            pid = None
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
         try:
             self.proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -457,7 +486,7 @@ class Server:
 
     def kill9(self) -> None:
         assert self.running(), "kill9: server is not running"
-        os.kill(self.proc.pid, signal.SIGKILL)
+        os.kill(self.pid, signal.SIGKILL)
         self.proc.wait()
 
     def restart(self) -> None:

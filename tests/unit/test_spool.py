@@ -1,0 +1,266 @@
+"""The segment spool: no append completes before its fdatasync, group commit,
+torn tails, done marks and large bodies, driven directly through Spool."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pillarbox.queue import spool as spool_mod
+from pillarbox.queue.spool import SPILL_AT, Envelope, Spool, new_id
+
+WAIT = 5.0  # seconds; generous bound on anything the tests wait for
+
+
+def envelope(size: int = 0) -> Envelope:
+    return Envelope(id=new_id(), mail_from="sender@remote.test", rcpts=["rcpt@example.test"],
+                    received=time.time(), size=size)
+
+
+def segment_files(root: Path) -> list[Path]:
+    return sorted((root / "segments").glob("*.seg"))
+
+
+def read_message(spool: Spool, msg_id: str, size: int = 1 << 20) -> bytes:
+    """The whole message, read as the delivery targets do: in pieces up to b""."""
+    with spool.open_message(msg_id) as r:
+        return b"".join(iter(lambda: r.read(size), b""))
+
+
+class GatedFdatasync:
+    """Stands in for os.fdatasync: counts calls and, while closed, blocks each
+    call (in the spool's worker thread) until the test opens the gate."""
+
+    def __init__(self, closed: bool) -> None:
+        self.calls = 0
+        self.sizes_seen: list[int] = []  # file size at each call: what it covers
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        if not closed:
+            self.gate.set()
+        self._real = os.fdatasync
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        self.sizes_seen.append(os.fstat(fd).st_size)
+        self.entered.set()
+        if not self.gate.wait(WAIT):
+            raise AssertionError("the test never opened the fdatasync gate")
+        self._real(fd)
+
+    async def wait_entered(self) -> None:
+        """Wait (without blocking the event loop) for a call to start, then re-arm."""
+        assert await asyncio.to_thread(self.entered.wait, WAIT), "fdatasync was never called"
+        self.entered.clear()
+
+
+@pytest.fixture
+def fdatasync(monkeypatch):
+    """Install a GatedFdatasync (closed) as os.fdatasync for the spool."""
+    gated = GatedFdatasync(closed=True)
+    monkeypatch.setattr(spool_mod.os, "fdatasync", gated)
+    yield gated
+    gated.gate.set()  # never leave a worker thread blocked
+
+
+def test_append_completes_only_after_its_fdatasync_returns(tmp_path, fdatasync):
+    root = tmp_path / "queue"
+    env = envelope()
+
+    async def main() -> None:
+        spool = Spool(root)
+        task = asyncio.create_task(spool.append(env, [b"Subject: x\r\n\r\nbody\r\n"]))
+        await fdatasync.wait_entered()
+        # The record was written before the fdatasync began...
+        assert fdatasync.sizes_seen == [segment_files(root)[0].stat().st_size]
+        assert fdatasync.sizes_seen[0] > 0
+        # ...and while the fdatasync is blocked, the append does not complete.
+        await asyncio.sleep(0.2)
+        assert not task.done(), "append returned while its fdatasync was still running"
+        assert env.id not in spool.index
+        fdatasync.gate.set()
+        await asyncio.wait_for(task, WAIT)
+        assert fdatasync.calls == 1
+        assert read_message(spool, env.id) == b"Subject: x\r\n\r\nbody\r\n"
+
+    asyncio.run(main())
+
+
+def test_a_failed_fdatasync_fails_the_append_and_leaves_no_record(tmp_path, monkeypatch):
+    root = tmp_path / "queue"
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    async def main() -> None:
+        spool = Spool(root)
+        good = envelope()
+        await spool.append(good, [b"kept\r\n"])
+        size = segment_files(root)[0].stat().st_size
+        monkeypatch.setattr(spool_mod.os, "fdatasync", broken)
+        with pytest.raises(OSError):
+            await asyncio.wait_for(spool.append(envelope(), [b"lost\r\n"]), WAIT)
+        assert segment_files(root)[0].stat().st_size == size  # cut off again
+        monkeypatch.undo()
+        assert [e.id for e in Spool(root).load()] == [good.id]
+
+    asyncio.run(main())
+
+
+def test_concurrent_appends_share_fdatasyncs(tmp_path, fdatasync):
+    """Messages arriving while a write is in flight go out together in the next one."""
+    root = tmp_path / "queue"
+    n = 50
+    envs = [envelope() for _ in range(n)]
+
+    async def main() -> None:
+        spool = Spool(root)
+        first = asyncio.create_task(spool.append(envs[0], [b"message 0\r\n"]))
+        await fdatasync.wait_entered()  # the first batch is being synced...
+        rest = [asyncio.create_task(spool.append(e, [f"message {i}\r\n".encode()]))
+                for i, e in enumerate(envs[1:], 1)]
+        await asyncio.sleep(0.1)  # ...while the others queue up behind it
+        assert not any(t.done() for t in [first, *rest])
+        fdatasync.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), WAIT)
+        assert fdatasync.calls < n, f"{fdatasync.calls} fdatasyncs for {n} appends"
+        assert fdatasync.calls == 2  # one for the first, one for the 49 that waited
+        for i, e in enumerate(envs):
+            assert read_message(spool, e.id) == f"message {i}\r\n".encode()
+
+    asyncio.run(main())
+    assert [e.id for e in Spool(root).load()] == sorted(e.id for e in envs)
+
+
+@pytest.mark.parametrize("cut", ["in the body", "in the record header", "in the envelope"])
+def test_a_torn_tail_is_dropped_and_the_records_before_it_survive(tmp_path, cut):
+    root = tmp_path / "queue"
+    envs = [envelope() for _ in range(3)]
+    bodies = [f"body {i}\r\n".encode() * 100 for i in range(3)]
+
+    async def write() -> list[int]:
+        spool = Spool(root)
+        ends = []
+        for e, b in zip(envs, bodies, strict=True):
+            await spool.append(e, [b])
+            ends.append(segment_files(root)[0].stat().st_size)
+        return ends
+
+    ends = asyncio.run(write())
+    seg = segment_files(root)[0]
+    last_start = ends[1]
+    # A crash mid-write of the third record: the file ends somewhere inside it.
+    at = {"in the record header": last_start + 7,
+          "in the envelope": last_start + spool_mod._REC.size + 10,
+          "in the body": ends[2] - 50}[cut]
+    os.truncate(seg, at)
+
+    spool = Spool(root)
+    loaded = spool.load()
+    assert [e.id for e in loaded] == [envs[0].id, envs[1].id]
+    for e, b in zip(envs[:2], bodies[:2], strict=True):
+        assert read_message(spool, e.id) == b
+    assert seg.stat().st_size == ends[1], "the torn tail was not cut off"
+
+    # The queue goes on: a new message after the repair survives another restart.
+    later = envelope()
+    asyncio.run(spool.append(later, [b"after the crash\r\n"]))
+    again = Spool(root)
+    assert [e.id for e in again.load()] == [envs[0].id, envs[1].id, later.id]
+    assert read_message(again, later.id) == b"after the crash\r\n"
+
+
+def test_a_corrupt_last_record_is_dropped(tmp_path):
+    root = tmp_path / "queue"
+    envs = [envelope() for _ in range(2)]
+
+    async def write() -> None:
+        spool = Spool(root)
+        for e in envs:
+            await spool.append(e, [b"x" * 1000])
+
+    asyncio.run(write())
+    seg = segment_files(root)[0]
+    data = bytearray(seg.read_bytes())
+    data[-10] ^= 0xFF  # a flipped byte in the last body: its CRC no longer matches
+    seg.write_bytes(bytes(data))
+    assert [e.id for e in Spool(root).load()] == [envs[0].id]
+
+
+def test_done_messages_do_not_come_back_after_load(tmp_path):
+    root = tmp_path / "queue"
+    envs = [envelope() for _ in range(4)]
+
+    async def main() -> None:
+        spool = Spool(root)
+        for i, e in enumerate(envs):
+            await spool.append(e, [f"message {i}\r\n".encode()])
+        spool.done(envs[1].id)
+        spool.done(envs[3].id)
+        spool.flush_done()  # else written DONE_FLUSH_DELAY later
+
+    asyncio.run(main())
+    spool = Spool(root)
+    assert [e.id for e in spool.load()] == [envs[0].id, envs[2].id]
+    with pytest.raises(FileNotFoundError):
+        spool.open_message(envs[1].id)
+    assert read_message(spool, envs[2].id) == b"message 2\r\n"
+
+    # Still gone after a second restart, and once all are done nothing is left.
+    spool.done(envs[0].id)
+    spool.done(envs[2].id)
+    assert Spool(root).load() == []
+
+
+def spilled_message(root: Path) -> tuple[Spool, Envelope, bytes]:
+    """A spool holding one message whose body (> SPILL_AT) was spilled; its bytes."""
+    block = bytes(range(256)) * 256  # 64 KB, every byte value
+    blocks = [bytes([i]) + block[1:] for i in range(SPILL_AT // len(block) + 4)]
+    body = b"".join(blocks)
+    assert len(body) > SPILL_AT
+    head = b"Received: from test; Mon, 01 Jan 2024 00:00:00 +0000\r\n"
+    env = envelope(len(head) + len(body))
+
+    async def main() -> Spool:
+        spool = Spool(root)
+        buf = spool.body_buffer(env.id)
+        for b in blocks:
+            buf.write(b)
+        assert buf.spilled
+        await spool.append(env, [head], buf)
+        return spool
+
+    return asyncio.run(main()), env, head + body
+
+
+def test_a_body_larger_than_spill_at_goes_to_bodies_and_reads_back(tmp_path):
+    root = tmp_path / "queue"
+    spool, env, message = spilled_message(root)
+    assert env.body_file == env.id
+    body_path = root / "bodies" / env.id
+    assert body_path.is_file()
+    assert segment_files(root)[0].stat().st_size < SPILL_AT  # the bulk is not in the segment
+    assert read_message(spool, env.id) == message
+    assert list((root / "tmp").iterdir()) == []  # the spill file was moved, not copied
+
+    again = Spool(root)  # and after a restart, in small pieces across the two files
+    assert [e.id for e in again.load()] == [env.id]
+    assert read_message(again, env.id, size=10_000) == message
+    again.done(env.id)
+    assert not body_path.exists()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "MessageReader.read() with no size stops at the end of the segment part; "
+    "Queue._read_all (remote delivery) reads that way, so a spilled message is relayed "
+    "truncated to its first block"))
+def test_read_without_a_size_returns_the_whole_spilled_message(tmp_path):
+    spool, env, message = spilled_message(tmp_path / "queue")
+    with spool.open_message(env.id) as r:
+        assert len(r.read()) == len(message)
