@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .support import ALICE, BOB, free_ports, make_message, token, wait_until
+import smtplib
+
+from .support import ALICE, BOB, assert_reply, free_ports, make_message, token, wait_until
 
 CAROL = "carol@remote.test"
 
@@ -91,3 +93,31 @@ def test_queue_retry_with_unknown_id_is_an_error(make_server):
         p = server.cli(*args)
         assert p.returncode == 1, (args, p)
         assert p.stderr.startswith("error:"), (args, p.stderr)
+
+
+def test_low_disk_refuses_new_mail_and_keeps_queued_mail(make_server):
+    server = _no_dns(make_server)
+    tok = token()
+    with server.submission(user=ALICE) as s:
+        s.sendmail(ALICE, [CAROL], make_message(ALICE, CAROL, tok))
+    entry = wait_until(lambda: _entry_for(server, CAROL), 10, f"{CAROL} in the queue")
+    server.stop()
+    server.config["queue"]["min_free_space"] = "100000000M"  # 100 TB: the disk is "full"
+    server.write_config()
+    server.start()
+    with server.smtp() as s:
+        r = s.mail("x@remote.test")
+        if r[0] == 250:
+            assert s.rcpt(BOB)[0] == 250
+            try:
+                r = s.data(make_message("x@remote.test", BOB, "no room"))
+            except smtplib.SMTPDataError as e:
+                r = (e.smtp_code, e.smtp_error)
+        assert_reply(r, 452, "4.3.1", "new mail with the disk below min_free_space")
+    p = server.cli("sendmail", "-i", BOB, input="Subject: no room\n\nbody\n")
+    assert p.returncode == 1 and p.stderr.startswith("error:"), (
+        f"sendmail with a full disk must fail loudly, not drop the message: {p}"
+    )
+    again = _entry_for(server, CAROL)
+    assert again is not None and again["id"] == entry["id"], "queued mail lost on low disk"
+    assert server.messages(BOB) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import mailbox
 import re
 import smtplib
 import subprocess
@@ -42,6 +43,8 @@ def test_delivery_via_mx_lands_in_maildir_with_received(server):
     for sub in ("new", "cur", "tmp"):
         assert (md / sub).is_dir(), f"{md / sub} missing"
     assert list((md / "tmp").iterdir()) == [], "tmp/ must be empty after delivery"
+    box = mailbox.Maildir(md, create=False)  # what mutt/Dovecot-style readers see
+    assert [m["Subject"] for m in box] == [tok]
 
 
 def test_banner_and_ehlo_name_the_hostname_not_the_library(server):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import smtplib
 
 import pytest
@@ -82,7 +83,11 @@ def test_over_quota_452_422(server):
     server.wait_for_messages(BOB, 1)
     assert len(server.messages(CAROL)) == delivered, "a message was delivered over quota"
     line = next(ln for ln in server.cli_ok("user", "list").stdout.splitlines() if CAROL in ln)
-    assert "/" in line, f"user list should show used/quota: {line!r}"
+    used = re.search(r"(\S+)/(\S+)\s*$", line)
+    assert used, f"user list should show used/quota: {line!r}"
+    assert re.match(r"0(\.0+)?[A-Za-z]*$", used.group(1)) is None, (
+        f"quota accounting: {delivered} messages delivered but used is {used.group(1)!r}"
+    )
 
 
 def test_relay_without_auth_554_571(server):
