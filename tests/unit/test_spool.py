@@ -256,10 +256,6 @@ def test_a_body_larger_than_spill_at_goes_to_bodies_and_reads_back(tmp_path):
     assert not body_path.exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MessageReader.read() with no size stops at the end of the segment part; "
-    "Queue._read_all (remote delivery) reads that way, so a spilled message is relayed "
-    "truncated to its first block"))
 def test_read_without_a_size_returns_the_whole_spilled_message(tmp_path):
     spool, env, message = spilled_message(tmp_path / "queue")
     with spool.open_message(env.id) as r:

@@ -147,6 +147,11 @@ class MessageReader:
         self._tail_path = tail
 
     def read(self, n: int = -1) -> bytes:
+        if n < 0:  # everything that is left, body file included
+            parts = []
+            while chunk := self.read(1 << 20):
+                parts.append(chunk)
+            return b"".join(parts)
         if self._left == 0 and self._tail_path is not None:
             self._f.close()
             self._f = open(self._tail_path, "rb")
@@ -154,8 +159,7 @@ class MessageReader:
             self._left = -1  # to the end of the body file
         if self._left < 0:
             return self._f.read(n)
-        if n < 0 or n > self._left:
-            n = self._left
+        n = min(n, self._left)
         data = self._f.read(n)
         self._left -= len(data)
         return data
