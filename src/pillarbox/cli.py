@@ -251,17 +251,21 @@ def cmd_queue(args: argparse.Namespace) -> int:
             print(json.dumps(entries, indent=1))
             return 0
         now = time.time()
+        out = []
         for e in entries:
-            print(f"{e['id']}  {_age(e['age']):>4}  {_human(e['size']):>6}  "
-                  f"<{e['mail_from']}>")
+            out.append(f"{e['id']}  {_age(e['age']):>4}  {_human(e['size']):>6}  "
+                       f"<{e['mail_from']}>")
             for r in e["rcpts"]:
                 extra = ""
                 if r["state"] == "deferred":
                     extra = f"  next in {_age(max(0, r['next_attempt'] - now))}"
                 err = f"  ({r['last_error']})" if r["last_error"] else ""
-                print(f"    {r['state']:<8} {r['addr']}{extra}{err}")
+                out.append(f"    {r['state']:<8} {r['addr']}{extra}{err}")
         total = sum(e["size"] for e in entries)
-        print(f"{len(entries)} message(s) in the queue, {_human(total)} in all")
+        deferred = sum(1 for e in entries if any(r["state"] == "deferred" for r in e["rcpts"]))
+        out.append(f"{len(entries)} message(s) in the queue ({deferred} deferred), "
+                   f"{_human(total)} in all")
+        sys.stdout.write("\n".join(out) + "\n")
         return 0
     if args.action in ("show", "delete") and not args.id:
         raise CLIError(f"queue {args.action} needs a message ID; see `pillarbox queue list`")

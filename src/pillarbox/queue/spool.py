@@ -68,7 +68,7 @@ class Envelope:
 
     @classmethod
     def from_json(cls, line: bytes) -> Envelope:
-        return cls(**json.loads(line))
+        return cls(**json.loads(line.decode()))
 
 
 @dataclass
@@ -623,11 +623,13 @@ def offline_entries(root: Path) -> list[OfflineEntry]:
                 seen.pop(env.id, None)
             else:
                 seen[env.id] = OfflineEntry(env, None, "queue", p, off, n)
+    with_state = set(os.listdir(states)) if states.exists() else set()
     for entry in sorted(seen.values(), key=lambda e: e.env.id):
-        try:
-            entry.state = State.from_json((states / entry.env.id).read_bytes())
-        except FileNotFoundError:
-            pass
+        if entry.env.id in with_state:
+            try:
+                entry.state = State.from_json((states / entry.env.id).read_bytes())
+            except FileNotFoundError:
+                pass
         out.append(entry)
     for name in sorted(os.listdir(maildrop)):
         try:

@@ -1,0 +1,829 @@
+"""The IMAP4rev1 command grammar (RFC 3501 section 9, RFC 7888 LITERAL+).
+
+The session reads one command as a list of line segments (without CRLF)
+and the literals between them: a segment that ends in `{n}` or `{n+}` is
+followed by a literal of n octets, then by the next segment. `parse_command`
+turns that into a `Command` whose `args` are already checked against the
+grammar of its verb, or raises `ParseError`, whose text goes to the client
+in a BAD reply.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass, field
+
+LITERAL_RE = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
+
+# ATOM-CHAR: any CHAR except atom-specials  ( ) { SP CTL % * " \ ]
+_ATOM_SPECIALS = set(b'(){ %*"\\]')
+ATOM_CHARS = frozenset(c for c in range(0x21, 0x7F) if c not in _ATOM_SPECIALS)
+ASTRING_CHARS = ATOM_CHARS | {ord("]")}
+LIST_CHARS = ASTRING_CHARS | {ord("%"), ord("*")}
+TAG_CHARS = ASTRING_CHARS - {ord("+")}
+
+MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+_MONTH_NUM = {m.lower(): i + 1 for i, m in enumerate(MONTHS)}
+
+SYSTEM_FLAGS = {"\\seen": "\\Seen", "\\answered": "\\Answered", "\\flagged": "\\Flagged",
+                "\\deleted": "\\Deleted", "\\draft": "\\Draft", "\\recent": "\\Recent"}
+
+
+class ParseError(Exception):
+    """Malformed input; the message is the text of the BAD reply."""
+
+
+# --------------------------------------------------------------------------
+# values
+
+
+STAR = 0  # `*` in a sequence set: the largest number in use
+
+
+@dataclass(frozen=True)
+class SeqSet:
+    """A sequence set: ranges of (low, high), STAR (0) standing for `*`."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def resolve(self, largest: int) -> list[tuple[int, int]]:
+        """Ranges with `*` replaced by `largest`, each ordered low..high."""
+        out = []
+        for a, b in self.ranges:
+            a = largest if a == STAR else a
+            b = largest if b == STAR else b
+            out.append((a, b) if a <= b else (b, a))
+        return out
+
+    def contains(self, n: int, largest: int) -> bool:
+        return any(a <= n <= b for a, b in self.resolve(largest))
+
+    def select(self, numbers: list[int]) -> list[int]:
+        """The members of sorted `numbers` inside the set (`*` = the last one)."""
+        if not numbers:
+            return []
+        ranges = self.resolve(numbers[-1])
+        return [n for n in numbers if any(a <= n <= b for a, b in ranges)]
+
+    def __str__(self) -> str:
+        def one(n: int) -> str:
+            return "*" if n == STAR else str(n)
+        return ",".join(one(a) if a == b else f"{one(a)}:{one(b)}" for a, b in self.ranges)
+
+
+def seqset_from(numbers: list[int]) -> str:
+    """Compact text form of a list of numbers: 1:3,7,9:10."""
+    out: list[str] = []
+    nums = sorted(set(numbers))
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}:{nums[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+@dataclass
+class FetchAtt:
+    """One FETCH data item. `name` is upper case: FLAGS, UID, BODY, BODYSTRUCTURE,
+    ENVELOPE, INTERNALDATE, RFC822, RFC822.SIZE, RFC822.HEADER, RFC822.TEXT,
+    MODSEQ; BODY with `section` not None is BODY[...] (peek for BODY.PEEK)."""
+
+    name: str
+    section: Section | None = None
+    partial: tuple[int, int] | None = None
+    peek: bool = False
+
+    def response_name(self) -> str:
+        if self.section is None:
+            return self.name
+        name = f"BODY[{self.section}]"
+        if self.partial is not None:
+            name += f"<{self.partial[0]}>"
+        return name
+
+
+@dataclass
+class Section:
+    part: tuple[int, ...] = ()
+    text: str = ""  # "", HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        s = ".".join(map(str, self.part))
+        if self.text:
+            s = f"{s}.{self.text}" if s else self.text
+        if self.fields:
+            s += " (" + " ".join(self.fields) + ")"
+        return s
+
+
+@dataclass
+class Command:
+    tag: str
+    name: str  # upper case; UID commands are "UID FETCH" etc.
+    args: dict = field(default_factory=dict)
+
+    @property
+    def uid(self) -> bool:
+        return self.name.startswith("UID ")
+
+
+# --------------------------------------------------------------------------
+# the reader
+
+
+class Reader:
+    def __init__(self, lines: list[bytes], literals: list[bytes]) -> None:
+        if len(lines) != len(literals) + 1:
+            raise ValueError("one more line than literals expected")
+        self.lines = lines
+        self.literals = literals
+        self.li = 0  # current line
+        self.pos = 0
+
+    # -- low level
+    @property
+    def line(self) -> bytes:
+        return self.lines[self.li]
+
+    def peek(self) -> int:
+        """The next octet, or -1 at the end of the current line."""
+        return self.line[self.pos] if self.pos < len(self.line) else -1
+
+    def at_end(self) -> bool:
+        return self.li == len(self.lines) - 1 and self.pos >= len(self.line)
+
+    def expect(self, s: bytes, what: str | None = None) -> None:
+        if self.line[self.pos:self.pos + len(s)].upper() != s.upper():
+            raise ParseError(f"expected {what or repr(s.decode())} {self.where()}")
+        self.pos += len(s)
+
+    def accept(self, s: bytes) -> bool:
+        if self.line[self.pos:self.pos + len(s)].upper() == s.upper():
+            self.pos += len(s)
+            return True
+        return False
+
+    def sp(self) -> None:
+        if self.peek() != 0x20:
+            raise ParseError(f"expected a space {self.where()}")
+        self.pos += 1
+        if self.peek() == 0x20:
+            raise ParseError(f"unexpected second space {self.where()}")
+
+    def end(self) -> None:
+        if not self.at_end():
+            raise ParseError(f"unexpected extra arguments {self.where()}")
+
+    def where(self) -> str:
+        rest = self.line[self.pos:self.pos + 20].decode("ascii", "replace")
+        return f"at {rest!r}" if rest else "at end of line"
+
+    def run(self, chars: frozenset[int]) -> bytes:
+        start = self.pos
+        line = self.line
+        n = len(line)
+        while self.pos < n and line[self.pos] in chars:
+            self.pos += 1
+        return line[start:self.pos]
+
+    # -- grammar
+    def atom(self, what: str = "an atom") -> str:
+        a = self.run(ATOM_CHARS)
+        if not a:
+            raise ParseError(f"expected {what} {self.where()}")
+        return a.decode("ascii")
+
+    def number(self, what: str = "a number") -> int:
+        digits = self.run(frozenset(b"0123456789"))
+        if not digits or len(digits) > 10:
+            raise ParseError(f"expected {what} {self.where()}")
+        n = int(digits)
+        if n > 0xFFFFFFFF:
+            raise ParseError(f"number too large {self.where()}")
+        return n
+
+    def nz_number(self, what: str = "a non-zero number") -> int:
+        n = self.number(what)
+        if n == 0:
+            raise ParseError(f"expected {what}, got 0")
+        return n
+
+    def quoted(self) -> bytes:
+        self.expect(b'"')
+        out = bytearray()
+        line = self.line
+        while True:
+            if self.pos >= len(line):
+                raise ParseError("unterminated quoted string")
+            c = line[self.pos]
+            self.pos += 1
+            if c == 0x22:
+                return bytes(out)
+            if c == 0x5C:
+                if self.pos >= len(line) or line[self.pos] not in (0x22, 0x5C):
+                    raise ParseError("only \\\" and \\\\ may be escaped in a quoted string")
+                c = line[self.pos]
+                self.pos += 1
+            elif c in (0x0D, 0x0A, 0):
+                raise ParseError("quoted string with CR, LF or NUL")
+            out.append(c)
+
+    def literal(self) -> bytes:
+        m = LITERAL_RE.fullmatch(self.line, self.pos)
+        if m is None:
+            raise ParseError(f"malformed literal {self.where()}")
+        k = self.li
+        if k >= len(self.literals):
+            raise ParseError("literal without data")
+        data = self.literals[k]
+        if len(data) != int(m.group(1)):
+            raise ParseError("literal length mismatch")
+        self.li += 1
+        self.pos = 0
+        return data
+
+    def string(self, what: str = "a string") -> bytes:
+        c = self.peek()
+        if c == 0x22:
+            return self.quoted()
+        if c in (0x7B, 0x7E):  # { or ~{
+            return self.literal()
+        raise ParseError(f"expected {what} {self.where()}")
+
+    def astring(self, what: str = "a string") -> bytes:
+        c = self.peek()
+        if c in (0x22, 0x7B, 0x7E):
+            return self.string(what)
+        a = self.run(ASTRING_CHARS)
+        if not a:
+            raise ParseError(f"expected {what} {self.where()}")
+        return a
+
+    def nstring(self) -> bytes | None:
+        if self.accept(b"NIL"):
+            return None
+        return self.string()
+
+    def text_astring(self, what: str = "a string") -> str:
+        try:
+            return self.astring(what).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError(f"{what} is not valid UTF-8") from None
+
+    def mailbox(self) -> str:
+        name = self.text_astring("a mailbox name")
+        return "INBOX" if name.upper() == "INBOX" else name
+
+    def list_mailbox(self) -> str:
+        c = self.peek()
+        if c in (0x22, 0x7B, 0x7E):
+            raw = self.string()
+        else:
+            raw = self.run(LIST_CHARS)
+            if not raw:
+                raise ParseError(f"expected a mailbox pattern {self.where()}")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("mailbox pattern is not valid UTF-8") from None
+
+    def seq_number(self) -> int:
+        if self.accept(b"*"):
+            return STAR
+        return self.nz_number("a sequence number or *")
+
+    def seqset(self) -> SeqSet:
+        ranges = []
+        while True:
+            a = self.seq_number()
+            b = self.seq_number() if self.accept(b":") else a
+            ranges.append((a, b))
+            if not self.accept(b","):
+                return SeqSet(tuple(ranges))
+
+    def flag(self) -> str:
+        if self.accept(b"\\"):
+            if self.accept(b"*"):
+                return "\\*"
+            name = "\\" + self.atom("a flag name")
+            canon = SYSTEM_FLAGS.get(name.lower())
+            if canon is None:
+                raise ParseError(f"unknown system flag {name}")
+            return canon
+        return self.atom("a flag")
+
+    def flag_list(self) -> list[str]:
+        self.expect(b"(")
+        flags = []
+        if not self.accept(b")"):
+            while True:
+                flags.append(self.flag())
+                if self.accept(b")"):
+                    break
+                self.sp()
+        return flags
+
+    def flag_list_any(self) -> list[str]:
+        """( \\attr *(SP \\attr) ): mailbox attributes such as \\Sent."""
+        self.expect(b"(")
+        out: list[str] = []
+        if self.accept(b")"):
+            return out
+        while True:
+            self.accept(b"\\")
+            out.append("\\" + self.atom("an attribute"))
+            if self.accept(b")"):
+                return out
+            self.sp()
+
+    def date(self) -> datetime.date:
+        quoted = self.accept(b'"')
+        m = re.compile(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})").match(self.line, self.pos)
+        if m is None or m.group(2).decode().lower() not in _MONTH_NUM:
+            raise ParseError(f"expected a date like 1-Feb-2024 {self.where()}")
+        self.pos = m.end()
+        if quoted:
+            self.expect(b'"')
+        try:
+            return datetime.date(int(m.group(3)), _MONTH_NUM[m.group(2).decode().lower()],
+                                 int(m.group(1)))
+        except ValueError:
+            raise ParseError("no such date") from None
+
+    def date_time(self) -> datetime.datetime:
+        raw = self.quoted().decode("ascii", "replace")
+        m = re.fullmatch(r"([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)",
+                         raw)
+        if m is None or m.group(2).lower() not in _MONTH_NUM:
+            raise ParseError(f"expected a date-time like \"01-Feb-2024 10:00:00 +0000\", "
+                             f"got {raw[:40]!r}")
+        sign = 1 if m.group(7) == "+" else -1
+        tz = datetime.timezone(sign * datetime.timedelta(hours=int(m.group(8)),
+                                                         minutes=int(m.group(9))))
+        try:
+            return datetime.datetime(int(m.group(3)), _MONTH_NUM[m.group(2).lower()],
+                                     int(m.group(1)), int(m.group(4)), int(m.group(5)),
+                                     int(m.group(6)), tzinfo=tz)
+        except ValueError:
+            raise ParseError("no such date-time") from None
+
+    def paren_atoms(self) -> list[str]:
+        """( atom *(SP atom) ), upper-cased; empty () allowed."""
+        self.expect(b"(")
+        out: list[str] = []
+        if self.accept(b")"):
+            return out
+        while True:
+            out.append(self.atom().upper())
+            if self.accept(b")"):
+                return out
+            self.sp()
+
+    def skip_paren(self) -> None:
+        """Skip a parenthesized list (nested, with strings): for ignored options."""
+        self.expect(b"(")
+        depth = 1
+        while depth:
+            c = self.peek()
+            if c == -1:
+                if self.li < len(self.literals):
+                    self.literal()
+                    continue
+                raise ParseError("unbalanced parentheses")
+            if c == 0x22:
+                self.quoted()
+                continue
+            if c in (0x7B, 0x7E) and LITERAL_RE.fullmatch(self.line, self.pos):
+                self.literal()
+                continue
+            self.pos += 1
+            if c == 0x28:
+                depth += 1
+            elif c == 0x29:
+                depth -= 1
+
+
+# --------------------------------------------------------------------------
+# commands
+
+NO_ARGS = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "EXPUNGE", "UNSELECT",
+           "IDLE", "NAMESPACE"}
+MAILBOX_ONLY = {"DELETE", "SUBSCRIBE", "UNSUBSCRIBE", "GETQUOTAROOT"}
+UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"}
+
+
+def parse_command(lines: list[bytes], literals: list[bytes] | None = None) -> Command:
+    r = Reader(lines, literals or [])
+    tag_raw = r.run(TAG_CHARS)
+    if not tag_raw:
+        raise ParseError("missing or malformed tag")
+    tag = tag_raw.decode("ascii")
+    try:
+        r.sp()
+        name = r.atom("a command name").upper()
+        cmd = Command(tag, name)
+        if name == "UID":
+            r.sp()
+            sub = r.atom("a UID command").upper()
+            if sub not in UID_COMMANDS:
+                raise ParseError(f"UID {sub} is not a UID command")
+            cmd.name = f"UID {sub}"
+            name = sub
+        if not r.at_end() and name not in NO_ARGS:
+            r.sp()
+        parser = _PARSERS.get(name)
+        if name in NO_ARGS:
+            if name == "EXPUNGE" and cmd.uid:
+                r.sp()
+                cmd.args["set"] = r.seqset()
+        elif name in MAILBOX_ONLY:
+            cmd.args["mailbox"] = r.mailbox()
+        elif parser is None:
+            raise ParseError(f"unknown command {name[:30]}")
+        else:
+            parser(r, cmd)
+        r.end()
+    except ParseError as e:
+        e.tag = tag  # type: ignore[attr-defined]
+        raise
+    return cmd
+
+
+def parse_tag(line: bytes) -> str | None:
+    m = re.match(rb"[\x21-\x7e]+", line)
+    if m is None:
+        return None
+    tag = m.group(0)
+    if any(c not in TAG_CHARS for c in tag):
+        return None
+    return tag.decode("ascii")
+
+
+def _login(r: Reader, cmd: Command) -> None:
+    cmd.args["user"] = r.text_astring("a user name")
+    r.sp()
+    cmd.args["password"] = r.text_astring("a password")
+
+
+def _authenticate(r: Reader, cmd: Command) -> None:
+    cmd.args["mechanism"] = r.atom("a SASL mechanism").upper()
+    cmd.args["initial"] = None
+    if not r.at_end():
+        r.sp()
+        cmd.args["initial"] = r.run(frozenset(
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")).decode()
+        if not cmd.args["initial"]:
+            raise ParseError(f"expected a base64 initial response {r.where()}")
+
+
+def _select(r: Reader, cmd: Command) -> None:
+    cmd.args["mailbox"] = r.mailbox()
+    cmd.args["condstore"] = False
+    if not r.at_end():
+        r.sp()
+        opts = r.paren_atoms()
+        cmd.args["condstore"] = "CONDSTORE" in opts
+
+
+def _create(r: Reader, cmd: Command) -> None:
+    cmd.args["mailbox"] = r.mailbox()
+    cmd.args["use"] = []
+    if not r.at_end():  # RFC 6154 CREATE-SPECIAL-USE: (USE (\Sent))
+        r.sp()
+        r.expect(b"(")
+        r.expect(b"USE")
+        r.sp()
+        cmd.args["use"] = r.flag_list_any()
+        r.expect(b")")
+
+
+def _rename(r: Reader, cmd: Command) -> None:
+    cmd.args["old"] = r.mailbox()
+    r.sp()
+    cmd.args["new"] = r.mailbox()
+
+
+def _list(r: Reader, cmd: Command) -> None:
+    cmd.args["select_opts"] = []
+    if r.peek() == 0x28:  # RFC 5258 selection options
+        cmd.args["select_opts"] = r.paren_atoms()
+        r.sp()
+    cmd.args["reference"] = r.text_astring("a reference name")
+    r.sp()
+    if r.peek() == 0x28:
+        raise ParseError("multiple mailbox patterns are not supported")
+    cmd.args["pattern"] = r.list_mailbox()
+    cmd.args["return"] = []
+    if not r.at_end():
+        r.sp()
+        r.expect(b"RETURN")
+        r.sp()
+        cmd.args["return"] = r.paren_atoms()
+
+
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+                "SIZE"}
+
+
+def _status(r: Reader, cmd: Command) -> None:
+    cmd.args["mailbox"] = r.mailbox()
+    r.sp()
+    items = r.paren_atoms()
+    if not items:
+        raise ParseError("STATUS needs at least one item")
+    for it in items:
+        if it not in STATUS_ITEMS:
+            raise ParseError(f"unknown STATUS item {it}")
+    cmd.args["items"] = items
+
+
+def _append(r: Reader, cmd: Command) -> None:
+    cmd.args["mailbox"] = r.mailbox()
+    r.sp()
+    cmd.args["flags"] = []
+    cmd.args["date"] = None
+    if r.peek() == 0x28:
+        cmd.args["flags"] = [f for f in r.flag_list() if f != "\\Recent"]
+        if "\\*" in cmd.args["flags"]:
+            raise ParseError("\\* is not a flag")
+        r.sp()
+    if r.peek() == 0x22:
+        cmd.args["date"] = r.date_time()
+        r.sp()
+    if r.peek() not in (0x7B, 0x7E):
+        raise ParseError(f"expected the message as a literal {r.where()}")
+    cmd.args["message"] = r.literal()
+
+
+def _enable(r: Reader, cmd: Command) -> None:
+    caps = [r.atom("a capability").upper()]
+    while not r.at_end():
+        r.sp()
+        caps.append(r.atom("a capability").upper())
+    cmd.args["capabilities"] = caps
+
+
+def _id(r: Reader, cmd: Command) -> None:
+    params: dict[str, str | None] = {}
+    if r.accept(b"NIL"):
+        cmd.args["params"] = params
+        return
+    r.expect(b"(")
+    if not r.accept(b")"):
+        while True:
+            k = r.string().decode("utf-8", "replace")
+            r.sp()
+            v = r.nstring()
+            params[k] = v.decode("utf-8", "replace") if v is not None else None
+            if r.accept(b")"):
+                break
+            r.sp()
+    cmd.args["params"] = params
+
+
+def _getquota(r: Reader, cmd: Command) -> None:
+    cmd.args["root"] = r.text_astring("a quota root")
+
+
+def _copy(r: Reader, cmd: Command) -> None:
+    cmd.args["set"] = r.seqset()
+    r.sp()
+    cmd.args["mailbox"] = r.mailbox()
+
+
+def _store(r: Reader, cmd: Command) -> None:
+    cmd.args["set"] = r.seqset()
+    r.sp()
+    cmd.args["unchangedsince"] = None
+    if r.peek() == 0x28:  # RFC 7162 (UNCHANGEDSINCE n)
+        r.expect(b"(")
+        r.expect(b"UNCHANGEDSINCE")
+        r.sp()
+        cmd.args["unchangedsince"] = r.number()
+        r.expect(b")")
+        r.sp()
+    mode = "set"
+    if r.accept(b"+"):
+        mode = "add"
+    elif r.accept(b"-"):
+        mode = "remove"
+    r.expect(b"FLAGS", "FLAGS, +FLAGS or -FLAGS")
+    silent = r.accept(b".SILENT")
+    r.sp()
+    if r.peek() == 0x28:
+        flags = r.flag_list()
+    else:
+        flags = [r.flag()]
+        while not r.at_end():
+            r.sp()
+            flags.append(r.flag())
+    for f in flags:
+        if f in ("\\Recent", "\\*"):
+            raise ParseError(f"{f} cannot be stored")
+    cmd.args.update(mode=mode, silent=silent, flags=flags)
+
+
+# -- FETCH
+
+_FETCH_SIMPLE = {"FLAGS", "UID", "ENVELOPE", "INTERNALDATE", "RFC822", "RFC822.SIZE",
+                 "RFC822.HEADER", "RFC822.TEXT", "BODYSTRUCTURE", "BODY", "MODSEQ"}
+_FETCH_MACROS = {
+    "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
+}
+_ATT_NAME = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.")
+
+
+def _fetch_att(r: Reader) -> FetchAtt:
+    name = r.run(_ATT_NAME).decode().upper()
+    if name in ("BODY", "BODY.PEEK") and r.peek() == 0x5B:  # [
+        r.pos += 1
+        section = _section(r)
+        r.expect(b"]")
+        partial = None
+        if r.accept(b"<"):
+            offset = r.number()
+            r.expect(b".")
+            count = r.nz_number("a non-zero octet count")
+            r.expect(b">")
+            partial = (offset, count)
+        return FetchAtt("BODY", section, partial, peek=name == "BODY.PEEK")
+    if name in _FETCH_SIMPLE:
+        return FetchAtt(name)
+    raise ParseError(f"unknown FETCH item {name[:30] or r.where()}")
+
+
+def _section(r: Reader) -> Section:
+    sec = Section()
+    if r.peek() == 0x5D:
+        return sec
+    part: list[int] = []
+    while 0x30 <= r.peek() <= 0x39:
+        part.append(r.nz_number("a part number"))
+        if not r.accept(b"."):
+            sec.part = tuple(part)
+            return sec
+    sec.part = tuple(part)
+    text = r.run(_ATT_NAME).decode().upper()
+    if text in ("HEADER", "TEXT") or (text == "MIME" and part):
+        sec.text = text
+    elif text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        sec.text = text
+        r.sp()
+        r.expect(b"(")
+        while True:
+            sec.fields.append(r.astring("a header field name").decode("ascii", "replace")
+                              .upper())
+            if r.accept(b")"):
+                break
+            r.sp()
+    else:
+        raise ParseError(f"unknown section text {text[:30]!r}")
+    return sec
+
+
+def _fetch(r: Reader, cmd: Command) -> None:
+    cmd.args["set"] = r.seqset()
+    r.sp()
+    atts: list[FetchAtt] = []
+    if r.peek() == 0x28:
+        r.pos += 1
+        while True:
+            atts.append(_fetch_att(r))
+            if r.accept(b")"):
+                break
+            r.sp()
+    else:
+        save = r.pos
+        word = r.run(_ATT_NAME).decode().upper()
+        if word in _FETCH_MACROS:
+            atts = [FetchAtt(n) for n in _FETCH_MACROS[word]]
+        else:
+            r.pos = save
+            atts.append(_fetch_att(r))
+    cmd.args["changedsince"] = None
+    if not r.at_end():
+        r.sp()
+        r.expect(b"(")
+        while True:
+            mod = r.atom("a FETCH modifier").upper()
+            if mod == "CHANGEDSINCE":
+                r.sp()
+                cmd.args["changedsince"] = r.number()
+            elif mod == "VANISHED":
+                pass
+            else:
+                raise ParseError(f"unknown FETCH modifier {mod[:30]}")
+            if r.accept(b")"):
+                break
+            r.sp()
+    cmd.args["atts"] = atts
+
+
+# -- SEARCH
+
+_SEARCH_FLAG_KEYS = {
+    "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN",
+    "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN",
+}
+_SEARCH_STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
+_SEARCH_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+
+
+def _search_string(r: Reader, charset: str) -> str:
+    raw = r.astring("a search string")
+    try:
+        return raw.decode("utf-8" if charset in ("UTF-8", "US-ASCII") else "ascii")
+    except UnicodeDecodeError:
+        raise ParseError("search string is not valid in its charset") from None
+
+
+def _search_key(r: Reader, charset: str, depth: int = 0) -> tuple:
+    if depth > 50:
+        raise ParseError("search keys nested too deeply")
+    c = r.peek()
+    if c == 0x28:
+        r.pos += 1
+        keys = [_search_key(r, charset, depth + 1)]
+        while not r.accept(b")"):
+            r.sp()
+            keys.append(_search_key(r, charset, depth + 1))
+        return ("AND", keys)
+    if c == 0x2A or 0x30 <= c <= 0x39:
+        return ("SEQ", r.seqset())
+    key = r.atom("a search key").upper()
+    if key in _SEARCH_FLAG_KEYS:
+        return (key,)
+    r.sp()
+    if key in _SEARCH_STRING_KEYS:
+        return (key, _search_string(r, charset))
+    if key in _SEARCH_DATE_KEYS:
+        return (key, r.date())
+    if key in ("LARGER", "SMALLER"):
+        return (key, r.number())
+    if key in ("KEYWORD", "UNKEYWORD"):
+        return (key, r.flag())
+    if key == "HEADER":
+        name = r.astring("a header field name").decode("ascii", "replace")
+        r.sp()
+        return (key, name, _search_string(r, charset))
+    if key == "UID":
+        return (key, r.seqset())
+    if key == "NOT":
+        return (key, _search_key(r, charset, depth + 1))
+    if key == "OR":
+        a = _search_key(r, charset, depth + 1)
+        r.sp()
+        return (key, a, _search_key(r, charset, depth + 1))
+    if key == "MODSEQ":
+        return (key, r.number())
+    raise ParseError(f"unknown search key {key[:30]}")
+
+
+def _search(r: Reader, cmd: Command) -> None:
+    charset = "US-ASCII"
+    cmd.args["return"] = None
+    if r.accept(b"RETURN "):  # RFC 4731 ESEARCH
+        cmd.args["return"] = r.paren_atoms() or ["ALL"]
+        r.sp()
+    if r.accept(b"CHARSET "):
+        charset = r.astring("a charset").decode("ascii", "replace").upper()
+        r.sp()
+    cmd.args["charset"] = charset
+    if charset not in ("US-ASCII", "UTF-8"):
+        cmd.args["keys"] = ("ALL",)  # the session answers NO [BADCHARSET]
+        r.li, r.pos = len(r.lines) - 1, len(r.lines[-1])
+        return
+    keys = [_search_key(r, charset)]
+    while not r.at_end():
+        r.sp()
+        keys.append(_search_key(r, charset))
+    cmd.args["keys"] = ("AND", keys)
+
+
+_PARSERS = {
+    "LOGIN": _login,
+    "AUTHENTICATE": _authenticate,
+    "SELECT": _select,
+    "EXAMINE": _select,
+    "CREATE": _create,
+    "RENAME": _rename,
+    "LIST": _list,
+    "LSUB": _list,
+    "STATUS": _status,
+    "APPEND": _append,
+    "ENABLE": _enable,
+    "ID": _id,
+    "GETQUOTA": _getquota,
+    "FETCH": _fetch,
+    "STORE": _store,
+    "COPY": _copy,
+    "MOVE": _copy,
+    "SEARCH": _search,
+}
