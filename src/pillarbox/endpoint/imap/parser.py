@@ -169,6 +169,8 @@ class Reader:
         return False
 
     def sp(self) -> None:
+        if self.at_end():
+            raise ParseError("missing arguments")
         if self.peek() != 0x20:
             raise ParseError(f"expected a space {self.where()}")
         self.pos += 1
@@ -734,6 +736,8 @@ _SEARCH_FLAG_KEYS = {
 }
 _SEARCH_STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
 _SEARCH_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_SEARCH_ARG_KEYS = _SEARCH_STRING_KEYS | _SEARCH_DATE_KEYS | {
+    "LARGER", "SMALLER", "KEYWORD", "UNKEYWORD", "HEADER", "UID", "NOT", "OR", "MODSEQ"}
 
 
 def _search_string(r: Reader, charset: str) -> str:
@@ -760,6 +764,8 @@ def _search_key(r: Reader, charset: str, depth: int = 0) -> tuple:
     key = r.atom("a search key").upper()
     if key in _SEARCH_FLAG_KEYS:
         return (key,)
+    if key not in _SEARCH_ARG_KEYS:
+        raise ParseError(f"unknown search key {key[:30]}")
     r.sp()
     if key in _SEARCH_STRING_KEYS:
         return (key, _search_string(r, charset))
