@@ -83,6 +83,16 @@ class Limits:
 
 
 @dataclass
+class IMAPSettings:
+    max_line_length: int = 64 * 1024
+    max_literal_size: int = 50 * 1024**2
+    max_connections_per_user: int = 20
+    max_connections_per_ip: int = 50
+    idle_timeout: float = 1800.0
+    max_bad_commands: int = 10
+
+
+@dataclass
 class QueueSettings:
     min_free_space: int = 100 * 1024**2
     retry_schedule: list[float] = field(
@@ -143,6 +153,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     queue: QueueSettings = field(default_factory=QueueSettings)
     remote: RemoteSettings = field(default_factory=RemoteSettings)
+    imap: IMAPSettings = field(default_factory=IMAPSettings)
     routes: list[Route] = field(default_factory=list)
 
     @property
@@ -158,7 +169,7 @@ class Config:
 
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "mode", "log_level", "listen", "tls",
-             "storage", "dns", "limits", "queue", "remote", "route"}
+             "storage", "dns", "limits", "queue", "remote", "route", "imap"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -168,6 +179,8 @@ _SECTION_KEYS = {
     "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
+    "imap": {"max_line_length", "max_literal_size", "max_connections_per_user",
+             "max_connections_per_ip", "idle_timeout", "max_bad_commands"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
@@ -323,6 +336,19 @@ def from_dict(data: dict, path: Path) -> Config:
             raise ConfigError("remote.mta_sts", "expected true or false")
         remote.mta_sts = rem["mta_sts"]
 
+    im = _section(data, "imap")
+    imap = IMAPSettings()
+    for k in ("max_line_length", "max_literal_size"):
+        if k in im:
+            setattr(imap, k, parse_size(im[k], f"imap.{k}"))
+    if imap.max_line_length < 1024:
+        raise ConfigError("imap.max_line_length", "must be at least 1K")
+    for k in ("max_connections_per_user", "max_connections_per_ip", "max_bad_commands"):
+        if k in im:
+            setattr(imap, k, _int(im[k], f"imap.{k}", 1))
+    if "idle_timeout" in im:
+        imap.idle_timeout = parse_duration(im["idle_timeout"], "imap.idle_timeout")
+
     raw_routes = data.get("route", [])
     if not isinstance(raw_routes, list):
         raise ConfigError("route", "expected [[route]] tables")
@@ -332,7 +358,7 @@ def from_dict(data: dict, path: Path) -> Config:
         path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir, mode=mode,
         log_level=log_level, listen=listen, tls_cert=cfg_cert, tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
-        remote=remote, routes=routes,
+        remote=remote, imap=imap, routes=routes,
     )
 
 
@@ -402,8 +428,8 @@ log_level = "warning"
 smtp        = ["127.0.0.1:2525"]   # MX: mail from the internet (25 in production)
 submission  = ["127.0.0.1:5870"]   # STARTTLS + AUTH for your users (587 in production)
 submissions = ["127.0.0.1:4650"]   # implicit TLS + AUTH (465 in production)
-imap        = []                   # 143 in production (not yet available)
-imaps       = []                   # 993 in production (not yet available)
+imap        = ["127.0.0.1:1430"]   # IMAP with STARTTLS; login only after it (143 in production)
+imaps       = ["127.0.0.1:9930"]   # IMAP over implicit TLS (993 in production)
 lmtp        = []                   # not yet available
 http        = []                   # not yet available
 
@@ -442,6 +468,14 @@ connect_timeout     = "30s"
 command_timeout     = "5m"
 max_per_destination = 10     # concurrent connections to one host
 mta_sts             = true   # fetch and enforce the recipient domain's MTA-STS policy
+
+[imap]
+max_line_length          = "64K"  # one command line; longer gets BAD
+max_literal_size         = "50M"  # one literal, so the largest APPEND; larger gets NO [TOOBIG]
+max_connections_per_user = 20     # concurrent logins of one user; more get NO [LIMIT]
+max_connections_per_ip   = 50     # concurrent connections from one address; more get BYE
+idle_timeout             = "30m"  # silence (also in IDLE) before BYE; RFC 3501 asks for 30m+
+max_bad_commands         = 10     # BAD replies before the connection is closed
 
 # Static routes (first match wins; no match: MX lookup). Example: send all
 # outgoing mail through a smarthost with a login.
