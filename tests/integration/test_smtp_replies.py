@@ -8,7 +8,17 @@ import smtplib
 
 import pytest
 
-from .support import ALICE, BOB, CLIENT_NAME, assert_reply, enhanced, make_message, parse, token
+from .support import (
+    ALICE,
+    BOB,
+    CLIENT_NAME,
+    assert_reply,
+    enhanced,
+    make_message,
+    parse,
+    token,
+    wait_until,
+)
 
 CAROL = "carol@example.test"
 DORA = "dora@example.test"
@@ -82,12 +92,15 @@ def test_over_quota_452_422(server):
         s.sendmail(OUTSIDER, [BOB], make_message(OUTSIDER, BOB, "bob is fine"))
     server.wait_for_messages(BOB, 1)
     assert len(server.messages(CAROL)) == delivered, "a message was delivered over quota"
-    line = next(ln for ln in server.cli_ok("user", "list").stdout.splitlines() if CAROL in ln)
-    used = re.search(r"(\S+)/(\S+)\s*$", line)
-    assert used, f"user list should show used/quota: {line!r}"
-    assert re.match(r"0(\.0+)?[A-Za-z]*$", used.group(1)) is None, (
-        f"quota accounting: {delivered} messages delivered but used is {used.group(1)!r}"
-    )
+    # quota usage is shown by `user list` (the server may write it a moment later)
+    def usage_shown():
+        out = server.cli_ok("user", "list").stdout
+        line = next(ln for ln in out.splitlines() if CAROL in ln)
+        m = re.search(r"(\S+)/(\S+)\s*$", line)
+        assert m, f"user list should show used/quota: {line!r}"
+        return line if re.match(r"0(\.0+)?[A-Za-z]*$", m.group(1)) is None else None
+
+    wait_until(usage_shown, 10, f"`user list` to show the usage of {delivered} messages")
 
 
 def test_relay_without_auth_554_571(server):
