@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
 bench: $(STAMP)
-	$(BIN)/python bench/smtp_load.py --write-docs
+	$(BIN)/python bench/compare_postfix.py --write-docs
 
 clean:
 	rm -rf $(VENV) dev build src/*.egg-info
