@@ -14,9 +14,11 @@ from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import smtp
+from pillarbox.endpoint.imap import session as imap
 from pillarbox.modify.signing import Signing
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import Spool
+from pillarbox.store.mailbox_index import StoreRegistry
 from pillarbox.store.sqlite import Database
 from pillarbox.target import mailbox
 
@@ -87,7 +89,13 @@ class Server:
             for kind in ("smtp", "submission", "submissions"):
                 factory = functools.partial(smtp.SMTPProtocol, ctx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "submissions" else None)
-            for kind in ("imap", "imaps", "lmtp", "http"):
+            stores = StoreRegistry(cfg.data_dir / "mail")
+            queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
+            ictx = imap.IMAPContext(cfg, users, tls_ctx, stores)
+            for kind in ("imap", "imaps"):
+                factory = functools.partial(imap.IMAPProtocol, ictx, kind)
+                await self._listen(kind, factory, tls_ctx if kind == "imaps" else None)
+            for kind in ("lmtp", "http"):
                 if cfg.listen.get(kind):
                     log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
             self._servers.append(await control.serve(cfg.data_dir, self._control))
@@ -98,6 +106,7 @@ class Server:
         await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
         await queue.start()
         sweeper = asyncio.create_task(smtp.sweep_idle(ctx))
+        imap_sweeper = asyncio.create_task(imap.sweep_idle(ictx))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
@@ -107,10 +116,12 @@ class Server:
         for s in self._servers:
             s.close()
         sweeper.cancel()
-        for conn in list(ctx.sessions):
+        imap_sweeper.cancel()
+        for conn in [*ctx.sessions, *ictx.sessions]:
             conn.close()
         await queue.stop()
         signing.close()
+        stores.close_all()
         if users.cache is not None:
             users.cache.flush()
         control.socket_path(cfg.data_dir).unlink(missing_ok=True)
