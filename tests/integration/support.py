@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import imaplib
 import json
 import os
 import re
@@ -259,7 +260,8 @@ class RawSMTP:
 # the server under test
 
 
-def default_config(smtp: int, submission: int, submissions: int) -> dict:
+def default_config(smtp: int, submission: int, submissions: int, imap: int | None = None,
+                   imaps: int | None = None) -> dict:
     """Every key of docs/INTERFACE-NOTES.md, with test-friendly values."""
     return {
         "hostname": HOSTNAME,
@@ -271,8 +273,8 @@ def default_config(smtp: int, submission: int, submissions: int) -> dict:
             "smtp": [f"127.0.0.1:{smtp}"],
             "submission": [f"127.0.0.1:{submission}"],
             "submissions": [f"127.0.0.1:{submissions}"],
-            "imap": [],
-            "imaps": [],
+            "imap": [f"127.0.0.1:{imap}"] if imap else [],
+            "imaps": [f"127.0.0.1:{imaps}"] if imaps else [],
             "lmtp": [],
             "http": [],
         },
@@ -384,8 +386,10 @@ class Server:
             shutil.copytree(seed, self.data_dir)
         else:
             self.data_dir.mkdir(exist_ok=True)
-        self.smtp_port, self.submission_port, self.submissions_port = free_ports(3)
-        self.config = default_config(self.smtp_port, self.submission_port, self.submissions_port)
+        (self.smtp_port, self.submission_port, self.submissions_port, self.imap_port,
+         self.imaps_port) = free_ports(5)
+        self.config = default_config(self.smtp_port, self.submission_port, self.submissions_port,
+                                     self.imap_port, self.imaps_port)
         apply_overrides(self.config, overrides or {})
         self.extra_toml = extra_toml
         self.proc: subprocess.Popen | None = None
@@ -406,7 +410,7 @@ class Server:
     # -- process
     def listening_ports(self) -> list[int]:
         ports = []
-        for kind in ("smtp", "submission", "submissions"):
+        for kind in ("smtp", "submission", "submissions", "imap", "imaps"):
             for hp in self.config["listen"].get(kind, []):
                 ports.append(int(hp.rsplit(":", 1)[1]))
         return ports
@@ -601,6 +605,25 @@ class Server:
         if user is not None:
             s.login(user, password)
         return s
+
+    def imap(self, user: str | None = None, password: str = PASSWORD, starttls: bool = True,
+             timeout: float = 10) -> imaplib.IMAP4:
+        """imaplib client on the IMAP port, after STARTTLS (and LOGIN if user)."""
+        c = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=timeout)
+        if starttls:
+            c.starttls(ssl_context=client_ssl_context())
+        if user is not None:
+            c.login(user, password)
+        return c
+
+    def imaps(self, user: str | None = None, password: str = PASSWORD,
+              timeout: float = 10) -> imaplib.IMAP4_SSL:
+        """imaplib client on the implicit-TLS IMAP port (and LOGIN if user)."""
+        c = imaplib.IMAP4_SSL("127.0.0.1", self.imaps_port, ssl_context=client_ssl_context(),
+                              timeout=timeout)
+        if user is not None:
+            c.login(user, password)
+        return c
 
     def raw(self, kind: str = "smtp", timeout: float = 10) -> RawSMTP:
         port = {"smtp": self.smtp_port, "submission": self.submission_port,

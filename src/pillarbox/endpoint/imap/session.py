@@ -1,0 +1,1179 @@
+"""IMAP sessions: listen.imap (STARTTLS, LOGINDISABLED before it) and listen.imaps.
+
+Like the SMTP endpoint, a thin asyncio Protocol feeds one coroutine per
+connection; replies are collected and written in one go before the session
+waits for input; one sweep per server closes idle connections. The session
+speaks the protocol; mailboxes are reached only through
+`pillarbox.store.mailbox_index.MailStore`, so another store can plug in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime
+import email.utils
+import logging
+import re
+import ssl
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pillarbox import __version__
+from pillarbox.config import Config
+from pillarbox.directory.users import Users
+from pillarbox.endpoint.imap import mime
+from pillarbox.endpoint.imap.parser import (
+    LITERAL_RE,
+    MONTHS,
+    Command,
+    FetchAtt,
+    ParseError,
+    SeqSet,
+    parse_command,
+    parse_tag,
+    seqset_from,
+)
+from pillarbox.store.mailbox_index import (
+    SYSTEM_FLAGS,
+    MailboxError,
+    MailStore,
+    Message,
+    StoreRegistry,
+)
+from pillarbox.target import mailbox
+
+log = logging.getLogger("pillarbox.imap")
+
+MAX_BUFFER = 1 << 20  # unread input held before we stop reading
+MAX_AUTH_FAILURES = 5
+FLUSH_AT = 256 * 1024  # write out long FETCH responses as they grow
+THREAD_READ_AT = 256 * 1024  # read message files larger than this in a thread
+
+
+class Disconnect(Exception):
+    pass
+
+
+@dataclass
+class IMAPContext:
+    config: Config
+    users: Users
+    tls: ssl.SSLContext | None
+    stores: StoreRegistry
+    sessions: set = field(default_factory=set)
+    per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    per_user: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class IMAPProtocol(asyncio.Protocol):
+    """Socket events for one connection, feeding the Session coroutine."""
+
+    def __init__(self, ctx: IMAPContext, kind: str) -> None:
+        self.ctx = ctx
+        self.kind = kind
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.buf = bytearray()
+        self.closed = False
+        self.last_active = time.monotonic()
+        self._waiter: asyncio.Future | None = None
+        self._drain: asyncio.Future | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.ctx.sessions.add(self)
+        self.session = Session(self.ctx, self.kind, self)
+        asyncio.get_running_loop().create_task(self.session.run_guarded())
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self.last_active = time.monotonic()
+        if len(self.buf) > MAX_BUFFER and self.transport is not None:
+            self.transport.pause_reading()
+        self.wake()
+
+    def wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.sessions.discard(self)
+        for f in (self._waiter, self._drain):
+            if f is not None and not f.done():
+                f.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    async def wait_data(self) -> None:
+        """Until input arrives (or the session is woken by a mailbox change)."""
+        if self.closed:
+            raise Disconnect()
+        if self.transport is not None and len(self.buf) < MAX_BUFFER:
+            self.transport.resume_reading()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self.closed and not self.buf:
+            raise Disconnect()
+
+    async def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise Disconnect()
+        self.transport.write(data)
+        if self._drain is not None:
+            await self._drain
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def timed_out(self, now: float, limit: float) -> bool:
+        return self._waiter is not None and now - self.last_active > limit
+
+
+def imap_date(ts: float) -> str:
+    d = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    return f"{d.day:02d}-{MONTHS[d.month - 1]}-{d.year:04d} {d:%H:%M:%S} +0000"
+
+
+def flag_list(flags, recent: bool = False) -> bytes:
+    items = sorted(flags, key=lambda f: (not f.startswith("\\"), f))
+    if recent:
+        items.append("\\Recent")
+    return ("(" + " ".join(items) + ")").encode()
+
+
+class Session:
+    def __init__(self, ctx: IMAPContext, kind: str, conn: IMAPProtocol) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config
+        self.limits = ctx.config.imap
+        self.kind = kind
+        self.conn = conn
+        assert conn.transport is not None
+        peer = conn.transport.get_extra_info("peername") or ("unknown", 0)
+        self.peer_ip = str(peer[0])
+        self.buf = conn.buf
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.tls = kind == "imaps"
+        self.user: str | None = None
+        self.store: MailStore | None = None
+        self.selected: str | None = None
+        self.readonly = False
+        self.uids: list[int] = []
+        self.vflags: dict[int, frozenset[str]] = {}
+        self.recent: set[int] = set()
+        self.seen_modseq = 0
+        self.dirty = False
+        self.idling = False
+        self.errors = 0
+        self.auth_failures = 0
+        self.logout = False
+
+    # -- I/O --------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+
+    def untagged(self, text: str | bytes) -> None:
+        if isinstance(text, str):
+            text = text.encode("utf-8")
+        self.send(b"* " + text + b"\r\n")
+
+    def tagged(self, tag: str, status: str, text: str) -> None:
+        self.send(f"{tag} {status} {text}\r\n".encode())
+
+    async def flush(self) -> None:
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            self.out_size = 0
+            await self.conn.write(data)
+
+    async def _fill(self) -> None:
+        before = len(self.buf)
+        await self.flush()
+        if len(self.buf) == before:
+            await self.conn.wait_data()
+
+    async def read_line(self) -> bytes | None:
+        """One line without its line end; None if it was too long (answered already)."""
+        limit = self.limits.max_line_length
+        too_long = False
+        while True:
+            idx = self.buf.find(b"\n")
+            if idx >= 0:
+                line = bytes(self.buf[:idx])
+                del self.buf[: idx + 1]
+                if too_long or len(line) > limit:
+                    tag = parse_tag(line) if not too_long else None
+                    text = f"Command line too long ({limit} octets at most)"
+                    self.send(f"{tag} BAD {text}\r\n".encode() if tag else
+                              f"* BAD {text}\r\n".encode())
+                    return None
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(self.buf) > limit:
+                too_long = True
+                self.buf.clear()
+            await self._fill()
+
+    async def read_exact(self, n: int) -> bytes:
+        acc = bytearray()
+        while len(acc) < n:
+            if not self.buf:
+                await self._fill()
+                continue
+            take = min(n - len(acc), len(self.buf))
+            acc += self.buf[:take]
+            del self.buf[:take]
+        return bytes(acc)
+
+    async def read_command(self) -> tuple[list[bytes], list[bytes]] | None:
+        """A command's lines and literals; None if refused (answered already)."""
+        lines: list[bytes] = []
+        literals: list[bytes] = []
+        total = 0
+        while True:
+            line = await self.read_line()
+            if line is None:
+                return None
+            lines.append(line)
+            total += len(line)
+            m = LITERAL_RE.search(line)
+            if m is None:
+                return lines, literals
+            n = int(m.group(1))
+            sync = not m.group(2)
+            tag = parse_tag(lines[0]) or "*"
+            if n > self.limits.max_literal_size or total + n > self.limits.max_literal_size * 2:
+                text = f"[TOOBIG] Literal too large ({self.limits.max_literal_size} octets at most)"
+                if sync:
+                    self.tagged(tag, "NO" if tag != "*" else "BAD", text)
+                    return None
+                self.untagged(f"BYE {text}")
+                raise Disconnect()
+            if len(lines) > 1000:
+                self.untagged("BYE Too many literals in one command")
+                raise Disconnect()
+            if sync:
+                self.send(b"+ Ready for literal data\r\n")
+            literals.append(await self.read_exact(n))
+            total += n
+
+    # -- main loop ----------------------------------------------------------
+
+    async def run_guarded(self) -> None:
+        ip = self.peer_ip
+        self.ctx.per_ip[ip] += 1
+        try:
+            await self.run()
+        except Exception:
+            log.exception("IMAP session crashed peer=%s", self.peer_ip)
+        finally:
+            self.ctx.per_ip[ip] -= 1
+            if not self.ctx.per_ip[ip]:
+                del self.ctx.per_ip[ip]
+            self._end_login()
+            self.conn.close()
+
+    async def run(self) -> None:
+        try:
+            if self.ctx.per_ip[self.peer_ip] > self.limits.max_connections_per_ip:
+                self.untagged("BYE [UNAVAILABLE] Too many connections from your address")
+                return
+            if len(self.ctx.sessions) > self.cfg.limits.max_connections:
+                self.untagged("BYE [UNAVAILABLE] Too many connections, try later")
+                return
+            self.untagged(f"OK [CAPABILITY {self.capabilities()}] {self.cfg.hostname} "
+                          "pillarbox IMAP ready")
+            while not self.logout:
+                got = await self.read_command()
+                if got is None:
+                    if self._count_error():
+                        return
+                    continue
+                await self.dispatch(*got)
+        except Disconnect:
+            pass
+        except (ConnectionError, ssl.SSLError, OSError) as e:
+            log.debug("connection lost peer=%s error=%r", self.peer_ip, e)
+        finally:
+            try:
+                await self.flush()
+            except (Disconnect, ConnectionError, ssl.SSLError, OSError, RuntimeError):
+                pass
+
+    def _count_error(self) -> bool:
+        self.errors += 1
+        if self.errors >= self.limits.max_bad_commands:
+            self.untagged("BYE Too many invalid commands")
+            return True
+        return False
+
+    def _end_login(self) -> None:
+        self._unselect()
+        if self.store is not None:
+            self.ctx.stores.release(self.store)
+            self.store = None
+        if self.user is not None:
+            self.ctx.per_user[self.user] -= 1
+            if not self.ctx.per_user[self.user]:
+                del self.ctx.per_user[self.user]
+            self.user = None
+
+    def capabilities(self) -> str:
+        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
+                "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "QUOTA",
+                f"APPENDLIMIT={self.limits.max_literal_size}"]
+        if not self.tls:
+            if self.ctx.tls is not None:
+                caps.append("STARTTLS")
+            caps.append("LOGINDISABLED")
+        elif self.user is None:
+            caps.append("AUTH=PLAIN")
+        return " ".join(caps)
+
+    # -- dispatch -----------------------------------------------------------
+
+    _ANY = {"CAPABILITY", "NOOP", "LOGOUT", "ID"}
+    _NONAUTH = {"STARTTLS", "LOGIN", "AUTHENTICATE"}
+    _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
+                 "MOVE", "UID FETCH", "UID STORE", "UID COPY", "UID MOVE", "UID SEARCH",
+                 "UID EXPUNGE"}
+    # Sequence numbers must not shift under these (RFC 3501 7.4.1): no EXPUNGE after them.
+    _NO_EXPUNGE = {"FETCH", "STORE", "SEARCH"}
+
+    async def dispatch(self, lines: list[bytes], literals: list[bytes]) -> None:
+        try:
+            cmd = parse_command(lines, literals)
+        except ParseError as e:
+            tag = getattr(e, "tag", None) or parse_tag(lines[0])
+            self.send(f"{tag or '*'} BAD {e}\r\n".encode())
+            if self._count_error():
+                raise Disconnect() from None
+            return
+        name = cmd.name
+        if name in self._NONAUTH and self.user is not None:
+            return self._bad(cmd, "Already logged in")
+        if name not in self._ANY and name not in self._NONAUTH and self.user is None:
+            return self._bad(cmd, "Log in first")
+        if name in self._SELECTED and self.selected is None:
+            return self._bad(cmd, "No mailbox selected")
+        handler = getattr(self, "cmd_" + name.replace(" ", "_"))
+        try:
+            result = await handler(cmd)
+        except _Handled:
+            return
+        except MailboxError as e:
+            result = ("NO", f"[{e.code}] {e}" if e.code else str(e))
+        except OSError as e:
+            log.warning("IMAP %s failed user=%s error=%r", name, self.user, e)
+            result = ("NO", "[SERVERBUG] Internal error, try again later")
+        if result is None:
+            result = ("OK", f"{name} completed")
+        if self.selected is not None and not self.logout:
+            self.poll(expunges=name not in self._NO_EXPUNGE)
+        self.tagged(cmd.tag, *result)
+
+    def _bad(self, cmd: Command, text: str) -> None:
+        self.tagged(cmd.tag, "BAD", text)
+        if self._count_error():
+            raise Disconnect()
+
+    # -- mailbox view -------------------------------------------------------
+
+    def notify(self) -> None:
+        """The selected mailbox changed (another session, a delivery)."""
+        self.dirty = True
+        if self.idling:
+            self.conn.wake()
+
+    def poll(self, expunges: bool = True) -> None:
+        """Bring this session's view up to date; queue EXISTS/EXPUNGE/FETCH."""
+        name, store = self.selected, self.store
+        if name is None or store is None:
+            return
+        self.dirty = False
+        if not store.exists(name):
+            self.untagged("BYE The selected mailbox was deleted")
+            self.logout = True
+            return
+        self.recent.update(store.sync(name))
+        self.dirty = False
+        box = store.box(name)
+        msgs = box.msgs
+        if expunges and len(msgs) < len(self.uids) + (box.uidnext - self._last_uid() - 1):
+            gone = {u for u in self.uids if u not in msgs}
+            if gone:
+                for i in range(len(self.uids) - 1, -1, -1):
+                    if self.uids[i] in gone:
+                        self.untagged(f"{i + 1} EXPUNGE")
+                self.uids = [u for u in self.uids if u not in gone]
+                for u in gone:
+                    self.vflags.pop(u, None)
+                    self.recent.discard(u)
+        last = self._last_uid()
+        new = []
+        for u in reversed(msgs):
+            if u <= last:
+                break
+            new.append(u)
+        if new:
+            new.reverse()
+            self.uids.extend(new)
+            for u in new:
+                self.vflags[u] = msgs[u].flags
+            self.untagged(f"{len(self.uids)} EXISTS")
+            self.untagged(f"{len(self.recent)} RECENT")
+        if box.highestmodseq != self.seen_modseq:
+            for i, u in enumerate(self.uids):
+                m = msgs.get(u)
+                if m is not None and m.flags != self.vflags.get(u):
+                    self.vflags[u] = m.flags
+                    self.send(b"* %d FETCH (UID %d FLAGS %s)\r\n"
+                              % (i + 1, u, flag_list(m.flags, u in self.recent)))
+            self.seen_modseq = box.highestmodseq
+
+    def _last_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+    def _unselect(self) -> None:
+        if self.store is not None:
+            self.store.listeners.discard(self)
+        self.selected = None
+        self.uids, self.vflags, self.recent = [], {}, set()
+
+    def _targets(self, cmd: Command) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the messages a command's set names."""
+        s: SeqSet = cmd.args["set"]
+        if cmd.uid:
+            if not self.uids:
+                return []
+            ranges = s.resolve(self.uids[-1])
+            return [(i + 1, u) for i, u in enumerate(self.uids)
+                    if any(a <= u <= b for a, b in ranges)]
+        n = len(self.uids)
+        if n == 0:
+            raise MailboxError("the mailbox is empty: no sequence numbers exist", "")
+        ranges = s.resolve(n)
+        if any(b > n for a, b in ranges):
+            raise _Bad("Invalid message sequence number")
+        seqs = sorted({i for a, b in ranges for i in range(a, b + 1)})
+        return [(i, self.uids[i - 1]) for i in seqs]
+
+    # -- any state ----------------------------------------------------------
+
+    async def cmd_CAPABILITY(self, cmd: Command):
+        self.untagged(f"CAPABILITY {self.capabilities()}")
+
+    async def cmd_NOOP(self, cmd: Command):
+        return None
+
+    async def cmd_CHECK(self, cmd: Command):
+        return None
+
+    async def cmd_LOGOUT(self, cmd: Command):
+        self.untagged("BYE Logging out")
+        self.logout = True
+        self._unselect()
+        return ("OK", "LOGOUT completed")
+
+    async def cmd_ID(self, cmd: Command):
+        self.untagged(f'ID ("name" "pillarbox" "version" "{__version__}")')
+
+    # -- not authenticated --------------------------------------------------
+
+    async def cmd_STARTTLS(self, cmd: Command):
+        if self.tls or self.ctx.tls is None:
+            return ("BAD", "TLS is already active" if self.tls else "TLS is not available")
+        self.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
+        await self.flush()
+        self.buf.clear()  # anything sent in clear after STARTTLS is dropped
+        conn = self.conn
+        try:
+            async with asyncio.timeout(30):
+                new = await asyncio.get_running_loop().start_tls(
+                    conn.transport, conn, self.ctx.tls, server_side=True)
+        except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as e:
+            log.debug("TLS handshake failed peer=%s error=%r", self.peer_ip, e)
+            raise Disconnect() from None
+        if new is None:
+            raise Disconnect()
+        conn.transport = new
+        self.buf.clear()
+        self.tls = True
+        raise _Handled()
+
+    async def cmd_LOGIN(self, cmd: Command):
+        if not self.tls:
+            return ("NO", "[PRIVACYREQUIRED] Use STARTTLS (or the IMAPS port) before LOGIN")
+        return await self._login(cmd.args["user"], cmd.args["password"])
+
+    async def cmd_AUTHENTICATE(self, cmd: Command):
+        if not self.tls:
+            return ("NO", "[PRIVACYREQUIRED] Use STARTTLS (or the IMAPS port) before "
+                          "AUTHENTICATE")
+        if cmd.args["mechanism"] != "PLAIN":
+            return ("NO", "[CANNOT] Unsupported mechanism; use PLAIN")
+        resp = cmd.args["initial"]
+        if resp is None:
+            self.send(b"+ \r\n")
+            line = await self.read_line()
+            if line is None:
+                return ("BAD", "Response line too long")
+            resp = line.decode("ascii", "replace").strip()
+            if resp == "*":
+                return ("BAD", "Authentication cancelled")
+        try:
+            raw = base64.b64decode(resp, validate=True) if resp != "=" else b""
+            parts = raw.split(b"\0")
+            if len(parts) != 3:
+                raise ValueError
+            authz, user, password = (p.decode("utf-8") for p in parts)
+        except (binascii.Error, ValueError):
+            return ("BAD", "Cannot decode the PLAIN response")
+        if authz and authz.lower() != user.lower():
+            return ("NO", "[AUTHORIZATIONFAILED] Cannot log in as another user")
+        return await self._login(user, password)
+
+    async def _login(self, username: str, password: str):
+        addr = await asyncio.to_thread(self.ctx.users.authenticate, username, password)
+        if addr is None:
+            self.auth_failures += 1
+            log.info("imap auth failed peer=%s user=%r", self.peer_ip, username[:100])
+            if self.auth_failures >= MAX_AUTH_FAILURES:
+                self.untagged("BYE Too many failed logins")
+                self.logout = True
+            return ("NO", "[AUTHENTICATIONFAILED] Invalid credentials")
+        if self.ctx.per_user[addr] >= self.limits.max_connections_per_user:
+            return ("NO", "[LIMIT] Too many connections for this user")
+        path = mailbox.maildir_path(self.cfg.data_dir / "mail", addr)
+        store = await asyncio.to_thread(_prepare, path)
+        self.store = self.ctx.stores.open(store)
+        self.user = addr
+        self.ctx.per_user[addr] += 1
+        log.info("imap login peer=%s user=%s", self.peer_ip, addr)
+        return ("OK", f"[CAPABILITY {self.capabilities()}] Logged in")
+
+    # -- authenticated ------------------------------------------------------
+
+    async def cmd_ENABLE(self, cmd: Command):
+        self.untagged("ENABLED")
+
+    async def cmd_NAMESPACE(self, cmd: Command):
+        self.untagged('NAMESPACE (("" ".")) NIL NIL')
+
+    async def _select(self, cmd: Command, readonly: bool):
+        self._unselect()
+        store = self.store
+        assert store is not None
+        name = cmd.args["mailbox"]
+        store.box(name)
+        self.recent = set(store.sync(name))
+        box = store.box(name)
+        self.selected, self.readonly = name, readonly
+        self.uids = list(box.msgs)
+        self.vflags = {u: m.flags for u, m in box.msgs.items()}
+        self.seen_modseq = box.highestmodseq
+        self.dirty = False
+        store.listeners.add(self)
+        keywords = {f for m in box.msgs.values() for f in m.flags if not f.startswith("\\")}
+        flags = " ".join([*SYSTEM_FLAGS, *sorted(keywords)])
+        self.untagged(f"FLAGS ({flags})")
+        self.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted"
+                      if not readonly else "OK [PERMANENTFLAGS ()] Read-only mailbox")
+        self.untagged(f"{len(self.uids)} EXISTS")
+        self.untagged(f"{len(self.recent)} RECENT")
+        first_unseen = next((i + 1 for i, u in enumerate(self.uids)
+                             if "\\Seen" not in box.msgs[u].flags), None)
+        if first_unseen:
+            self.untagged(f"OK [UNSEEN {first_unseen}] First unseen message")
+        self.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
+        self.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
+        return ("OK", f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {cmd.name} completed")
+
+    async def cmd_SELECT(self, cmd: Command):
+        return await self._select(cmd, False)
+
+    async def cmd_EXAMINE(self, cmd: Command):
+        return await self._select(cmd, True)
+
+    async def cmd_CREATE(self, cmd: Command):
+        name = cmd.args["mailbox"].rstrip(".")
+        use = cmd.args["use"]
+        if len(use) > 1:
+            return ("NO", "[USEATTR] One special-use attribute at most")
+        special = use[0] if use else None
+        if special and special.lower() not in {s.lower() for s in
+                                                ("\\Sent", "\\Drafts", "\\Trash", "\\Junk",
+                                                 "\\Archive", "\\All", "\\Flagged")}:
+            return ("NO", f"[USEATTR] Unknown special-use attribute {special[:30]}")
+        assert self.store is not None
+        self.store.create(name, special)
+
+    async def cmd_DELETE(self, cmd: Command):
+        assert self.store is not None
+        name = cmd.args["mailbox"]
+        if name == self.selected:
+            self._unselect()
+        self.store.box(name)
+        size = sum(m.size for m in self.store.box(name).msgs.values())
+        self.store.delete(name)
+        if size and self.user:
+            self.ctx.users.add_used(self.user, -size)
+
+    async def cmd_RENAME(self, cmd: Command):
+        assert self.store is not None
+        if self.selected == cmd.args["old"]:
+            self._unselect()
+        self.store.rename(cmd.args["old"], cmd.args["new"])
+
+    async def cmd_SUBSCRIBE(self, cmd: Command):
+        assert self.store is not None
+        self.store.box(cmd.args["mailbox"])
+        self.store.subscribe(cmd.args["mailbox"])
+
+    async def cmd_UNSUBSCRIBE(self, cmd: Command):
+        assert self.store is not None
+        self.store.unsubscribe(cmd.args["mailbox"])
+
+    async def cmd_LIST(self, cmd: Command):
+        return self._list(cmd, lsub=False)
+
+    async def cmd_LSUB(self, cmd: Command):
+        return self._list(cmd, lsub=True)
+
+    def _list(self, cmd: Command, lsub: bool):
+        store = self.store
+        assert store is not None
+        ref, pattern = cmd.args["reference"], cmd.args["pattern"]
+        verb = "LSUB" if lsub else "LIST"
+        if pattern == "":
+            self.untagged(f'{verb} (\\Noselect) "." ""')
+            return None
+        full = ref + pattern if not ref or ref.endswith(".") or pattern.startswith(".") \
+            else ref + "." + pattern
+        rx = "".join(".*" if c == "*" else "[^.]*" if c == "%" else re.escape(c) for c in full)
+        match = re.compile(rx + r"\Z")
+        match_inbox = re.compile(rx + r"\Z", re.I)  # INBOX is case-insensitive
+        subscribed = store.subscriptions()
+        only_subscribed = lsub or "SUBSCRIBED" in cmd.args["select_opts"]
+        names = set(store.names())
+        every = set(names)
+        for n in names:
+            parts = n.split(".")
+            for i in range(1, len(parts)):
+                every.add(".".join(parts[:i]))
+        with_children = {n.rpartition(".")[0] for n in every if "." in n}
+        for n in sorted(every, key=lambda x: (x != "INBOX", x)):
+            if not (match_inbox if n == "INBOX" else match).match(n):
+                continue
+            if only_subscribed and n not in subscribed:
+                continue
+            attrs = []
+            if n not in names:
+                attrs.append("\\Noselect")
+            attrs.append("\\HasChildren" if n in with_children else "\\HasNoChildren")
+            box = store.boxes.get(n)
+            if box is not None and box.special:
+                attrs.append(box.special)
+            if "SUBSCRIBED" in cmd.args["select_opts"] and n in subscribed:
+                attrs.append("\\Subscribed")
+            self.send(f"* {verb} ({' '.join(attrs)}) \".\" ".encode() + mime.quote(n) + b"\r\n")
+        return None
+
+    async def cmd_STATUS(self, cmd: Command):
+        assert self.store is not None
+        name = cmd.args["mailbox"]
+        st = self.store.status(name)
+        if name == self.selected:
+            self.poll(expunges=False)
+            st = self.store.status(name)
+        items = " ".join(f"{k} {st[k]}" for k in cmd.args["items"])
+        self.send(b"* STATUS " + mime.quote(name) + f" ({items})\r\n".encode())
+
+    async def cmd_APPEND(self, cmd: Command):
+        store = self.store
+        assert store is not None and self.user is not None
+        name = cmd.args["mailbox"]
+        data: bytes = cmd.args["message"]
+        if not store.exists(name):
+            return ("NO", f"[TRYCREATE] No mailbox named {name[:100]!r}")
+        if not data:
+            return ("NO", "Empty message")
+        user = self.ctx.users.get(self.user)
+        if user is not None and user.quota and user.used + len(data) > user.quota:
+            return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
+        date = cmd.args["date"].timestamp() if cmd.args["date"] else None
+        flags = cmd.args["flags"]
+        base, fname = await asyncio.to_thread(MailStore.write_file, store.path(name), data,
+                                              flags, date)
+        if not store.exists(name):  # deleted while we wrote
+            return ("NO", "[TRYCREATE] The mailbox was deleted")
+        msg = store.add_file(name, base, fname, flags)
+        self.ctx.users.add_used(self.user, len(data))
+        return ("OK", f"[APPENDUID {store.box(name).uidvalidity} {msg.uid}] APPEND completed")
+
+    async def cmd_IDLE(self, cmd: Command):
+        self.send(b"+ idling\r\n")
+        self.idling = True
+        try:
+            while True:
+                if self.selected is not None and self.dirty:
+                    self.poll(expunges=True)
+                    if self.logout:
+                        raise Disconnect()
+                await self.flush()
+                if b"\n" in self.buf or len(self.buf) > self.limits.max_line_length:
+                    break
+                await self.conn.wait_data()
+        finally:
+            self.idling = False
+        line = await self.read_line()
+        if line is None or line.strip().upper() != b"DONE":
+            return ("BAD", "Expected DONE to end IDLE")
+        return ("OK", "IDLE terminated")
+
+    async def cmd_GETQUOTAROOT(self, cmd: Command):
+        assert self.store is not None and self.user is not None
+        self.store.box(cmd.args["mailbox"])
+        user = self.ctx.users.get(self.user)
+        if user is None or not user.quota:
+            self.send(b"* QUOTAROOT " + mime.quote(cmd.args["mailbox"]) + b"\r\n")
+            return None
+        self.send(b"* QUOTAROOT " + mime.quote(cmd.args["mailbox"]) + b' ""\r\n')
+        self.untagged(f'QUOTA "" (STORAGE {user.used // 1024} {user.quota // 1024})')
+        return None
+
+    async def cmd_GETQUOTA(self, cmd: Command):
+        assert self.user is not None
+        user = self.ctx.users.get(self.user)
+        if cmd.args["root"] != "" or user is None or not user.quota:
+            return ("NO", "[NONEXISTENT] No such quota root")
+        self.untagged(f'QUOTA "" (STORAGE {user.used // 1024} {user.quota // 1024})')
+        return None
+
+    # -- selected -----------------------------------------------------------
+
+    async def cmd_CLOSE(self, cmd: Command):
+        if not self.readonly:
+            self._expunge(None)
+        self._unselect()
+        return None
+
+    async def cmd_UNSELECT(self, cmd: Command):
+        self._unselect()
+
+    def _expunge(self, uids: list[int] | None) -> list[int]:
+        store, name = self.store, self.selected
+        assert store is not None and name is not None and self.user is not None
+        box = store.box(name)
+        size = sum(m.size for u, m in box.msgs.items()
+                   if "\\Deleted" in m.flags and (uids is None or u in uids))
+        gone = store.expunge(name, set(uids) if uids is not None else None)
+        if gone and size:
+            self.ctx.users.add_used(self.user, -size)
+        return gone
+
+    async def cmd_EXPUNGE(self, cmd: Command):
+        if self.readonly:
+            return ("NO", "[READ-ONLY] The mailbox is read-only")
+        self._expunge(None)
+
+    async def cmd_UID_EXPUNGE(self, cmd: Command):
+        if self.readonly:
+            return ("NO", "[READ-ONLY] The mailbox is read-only")
+        self._expunge([u for _, u in self._targets(cmd)])
+
+    async def cmd_FETCH(self, cmd: Command):
+        try:
+            targets = self._targets(cmd)
+        except _Bad as e:
+            return ("BAD", str(e))
+        except MailboxError:
+            return ("BAD", "Invalid message sequence number: the mailbox is empty")
+        atts: list[FetchAtt] = list(cmd.args["atts"])
+        if cmd.uid and not any(a.name == "UID" for a in atts):
+            atts.insert(0, FetchAtt("UID"))
+        store, name = self.store, self.selected
+        assert store is not None and name is not None
+        box = store.box(name)
+        sets_seen = not self.readonly and any(
+            (a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT")
+            for a in atts)
+        needs_body = any(a.section is not None or a.name in (
+            "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE", "BODYSTRUCTURE", "BODY")
+            for a in atts)
+        missing = False
+        for seq, uid in targets:
+            msg = box.msgs.get(uid)
+            if msg is None:
+                missing = True
+                continue
+            part = None
+            if needs_body:
+                try:
+                    raw = await self._read(store.file(name, msg), msg.size)
+                except FileNotFoundError:
+                    missing = True
+                    continue
+                part = mime.Part(raw)
+            flags_changed = False
+            if sets_seen and "\\Seen" not in msg.flags:
+                store.store_flags(name, [uid], "add", ["\\Seen"])
+                self.vflags[uid] = msg.flags
+                flags_changed = True
+            items = self._fetch_items(msg, atts, part)
+            if flags_changed and not any(a.name == "FLAGS" for a in atts):
+                items.append(b"FLAGS " + flag_list(msg.flags, uid in self.recent))
+            self.send(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+            if self.out_size > FLUSH_AT:
+                await self.flush()
+        if missing:
+            return ("NO", "Some of the requested messages no longer exist")
+        return None
+
+    async def cmd_UID_FETCH(self, cmd: Command):
+        return await self.cmd_FETCH(cmd)
+
+    @staticmethod
+    async def _read(path: Path, size: int) -> bytes:
+        if size > THREAD_READ_AT:
+            return await asyncio.to_thread(path.read_bytes)
+        return path.read_bytes()
+
+    def _fetch_items(self, msg: Message, atts: list[FetchAtt], part: mime.Part | None
+                     ) -> list[bytes]:
+        items = []
+        for a in atts:
+            n = a.name
+            if a.section is not None:
+                assert part is not None
+                data = mime.section(part, a.section)
+                if a.partial is not None:
+                    off, count = a.partial
+                    data = data[off:off + count]
+                items.append(a.response_name().encode() + b" " + _literal(data))
+            elif n == "UID":
+                items.append(b"UID %d" % msg.uid)
+            elif n == "FLAGS":
+                items.append(b"FLAGS " + flag_list(msg.flags, msg.uid in self.recent))
+            elif n == "INTERNALDATE":
+                items.append(f'INTERNALDATE "{imap_date(msg.internaldate)}"'.encode())
+            elif n == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % msg.size)
+            elif n == "MODSEQ":
+                items.append(b"MODSEQ (%d)" % msg.modseq)
+            else:
+                assert part is not None
+                if n == "ENVELOPE":
+                    items.append(b"ENVELOPE " + mime.envelope(part))
+                elif n == "BODYSTRUCTURE":
+                    items.append(b"BODYSTRUCTURE " + mime.bodystructure(part))
+                elif n == "BODY":
+                    items.append(b"BODY " + mime.bodystructure(part, extended=False))
+                elif n == "RFC822":
+                    items.append(b"RFC822 " + _literal(part.raw))
+                elif n == "RFC822.HEADER":
+                    items.append(b"RFC822.HEADER " + _literal(part.header))
+                elif n == "RFC822.TEXT":
+                    items.append(b"RFC822.TEXT " + _literal(part.body))
+        return items
+
+    async def cmd_STORE(self, cmd: Command):
+        if self.readonly:
+            return ("NO", "[READ-ONLY] The mailbox is read-only")
+        try:
+            targets = self._targets(cmd)
+        except _Bad as e:
+            return ("BAD", str(e))
+        except MailboxError:
+            return ("BAD", "Invalid message sequence number: the mailbox is empty")
+        store, name = self.store, self.selected
+        assert store is not None and name is not None
+        args = cmd.args
+        _, failed = store.store_flags(name, [u for _, u in targets], args["mode"],
+                                      args["flags"], args["unchangedsince"])
+        box = store.box(name)
+        for seq, uid in targets:
+            msg = box.msgs.get(uid)
+            if msg is None:
+                continue
+            self.vflags[uid] = msg.flags
+            if not args["silent"]:
+                uid_item = b"UID %d " % uid if cmd.uid else b""
+                self.send(b"* %d FETCH (%sFLAGS %s)\r\n"
+                          % (seq, uid_item, flag_list(msg.flags, uid in self.recent)))
+        if failed:
+            return ("OK", f"[MODIFIED {seqset_from(failed)}] Conditional STORE failed")
+        return None
+
+    async def cmd_UID_STORE(self, cmd: Command):
+        return await self.cmd_STORE(cmd)
+
+    async def _copy(self, cmd: Command, move: bool):
+        if move and self.readonly:
+            return ("NO", "[READ-ONLY] The mailbox is read-only")
+        try:
+            targets = self._targets(cmd)
+        except _Bad as e:
+            return ("BAD", str(e))
+        except MailboxError:
+            return ("BAD", "Invalid message sequence number: the mailbox is empty")
+        store, name = self.store, self.selected
+        assert store is not None and name is not None and self.user is not None
+        dst = cmd.args["mailbox"]
+        if not store.exists(dst):
+            return ("NO", f"[TRYCREATE] No mailbox named {dst[:100]!r}")
+        uids = [u for _, u in targets]
+        if not move:
+            user = self.ctx.users.get(self.user)
+            size = store.expunged_size(name, uids)
+            if user is not None and user.quota and user.used + size > user.quota:
+                return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
+        pairs = await asyncio.to_thread(store.copy, name, uids, dst, move) \
+            if len(uids) > 100 else store.copy(name, uids, dst, move)
+        if not move:
+            copied = sum(store.box(dst).msgs[d].size for _, d in pairs)
+            self.ctx.users.add_used(self.user, copied)
+        verb = "MOVE" if move else "COPY"
+        if not pairs:
+            return ("OK", f"{verb} completed, nothing to do" if not uids else
+                    f"{verb} completed; the messages no longer exist")
+        code = (f"COPYUID {store.box(dst).uidvalidity} {seqset_from([p[0] for p in pairs])} "
+                f"{seqset_from([p[1] for p in pairs])}")
+        if move:
+            self.untagged(f"OK [{code}] Moved")
+            self.poll(expunges=True)
+            return ("OK", "MOVE completed")
+        return ("OK", f"[{code}] COPY completed")
+
+    async def cmd_COPY(self, cmd: Command):
+        return await self._copy(cmd, False)
+
+    async def cmd_UID_COPY(self, cmd: Command):
+        return await self._copy(cmd, False)
+
+    async def cmd_MOVE(self, cmd: Command):
+        return await self._copy(cmd, True)
+
+    async def cmd_UID_MOVE(self, cmd: Command):
+        return await self._copy(cmd, True)
+
+    async def cmd_SEARCH(self, cmd: Command):
+        if cmd.args["charset"] not in ("US-ASCII", "UTF-8"):
+            return ("NO", "[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
+        store, name = self.store, self.selected
+        assert store is not None and name is not None
+        box = store.box(name)
+        folder = store.path(name) / "cur"
+        cands = [(i + 1, u, box.msgs[u]) for i, u in enumerate(self.uids) if u in box.msgs]
+        keys = cmd.args["keys"]
+        searcher = _Searcher(keys, folder, len(self.uids), self._last_uid(), self.recent)
+        if searcher.needs_file:
+            hits = await asyncio.to_thread(searcher.run, cands)
+        else:
+            hits = searcher.run(cands)
+        nums = [u if cmd.uid else seq for seq, u in hits]
+        ret = cmd.args.get("return")
+        if ret is not None:
+            tag_part = f'(TAG "{cmd.tag}")' + (" UID" if cmd.uid else "")
+            parts = []
+            if nums and "MIN" in ret:
+                parts.append(f"MIN {min(nums)}")
+            if nums and "MAX" in ret:
+                parts.append(f"MAX {max(nums)}")
+            if "COUNT" in ret:
+                parts.append(f"COUNT {len(nums)}")
+            if nums and "ALL" in ret:
+                parts.append(f"ALL {seqset_from(nums)}")
+            self.untagged(" ".join(["ESEARCH", tag_part, *parts]))
+        else:
+            self.untagged(" ".join(["SEARCH", *map(str, nums)]))
+        return None
+
+    async def cmd_UID_SEARCH(self, cmd: Command):
+        return await self.cmd_SEARCH(cmd)
+
+
+def _prepare(path: Path) -> Path:
+    for sub in ("tmp", "new", "cur"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+class _Bad(Exception):
+    pass
+
+
+class _Handled(Exception):
+    """The handler already wrote its tagged reply (STARTTLS)."""
+
+
+class _Searcher:
+    """Evaluates a parsed SEARCH key against messages (in a thread when files are read)."""
+
+    _FILE_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "HEADER",
+                  "SENTBEFORE", "SENTON", "SENTSINCE"}
+
+    def __init__(self, keys: tuple, folder: Path, nseq: int, last_uid: int,
+                 recent: set[int]) -> None:
+        self.keys = keys
+        self.folder = folder
+        self.nseq = nseq
+        self.last_uid = last_uid
+        self.recent = recent
+        self.needs_file = self._needs(keys)
+
+    def _needs(self, key: tuple) -> bool:
+        k = key[0]
+        if k in self._FILE_KEYS:
+            return True
+        if k == "AND":
+            return any(self._needs(x) for x in key[1])
+        if k == "NOT":
+            return self._needs(key[1])
+        if k == "OR":
+            return self._needs(key[1]) or self._needs(key[2])
+        return False
+
+    def run(self, cands: list[tuple[int, int, Message]]) -> list[tuple[int, int]]:
+        out = []
+        for seq, uid, msg in cands:
+            self._cache: dict = {}
+            try:
+                if self._match(self.keys, seq, uid, msg):
+                    out.append((seq, uid))
+            except FileNotFoundError:
+                continue
+        return out
+
+    def _part(self, msg: Message) -> mime.Part:
+        p = self._cache.get("part")
+        if p is None:
+            p = self._cache["part"] = mime.Part((self.folder / msg.fname).read_bytes())
+        return p
+
+    def _body(self, msg: Message) -> str:
+        b = self._cache.get("body")
+        if b is None:
+            b = self._cache["body"] = mime.body_text(self._part(msg).raw).casefold()
+        return b
+
+    def _sent(self, msg: Message) -> datetime.date | None:
+        v = self._part(msg).get("date")
+        if not v:
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(v.decode("ascii", "replace")).date()
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def _match(self, key: tuple, seq: int, uid: int, msg: Message) -> bool:
+        k = key[0]
+        f = msg.flags
+        if k == "AND":
+            return all(self._match(x, seq, uid, msg) for x in key[1])
+        if k == "ALL":
+            return True
+        if k == "NOT":
+            return not self._match(key[1], seq, uid, msg)
+        if k == "OR":
+            return self._match(key[1], seq, uid, msg) or self._match(key[2], seq, uid, msg)
+        if k == "SEQ":
+            return key[1].contains(seq, self.nseq)
+        if k == "UID":
+            return key[1].contains(uid, self.last_uid)
+        simple = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
+                  "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
+        if k in simple:
+            return simple[k] in f
+        if k.startswith("UN") and k[2:] in simple:
+            return simple[k[2:]] not in f
+        if k == "RECENT":
+            return uid in self.recent
+        if k == "OLD":
+            return uid not in self.recent
+        if k == "NEW":
+            return uid in self.recent and "\\Seen" not in f
+        if k == "KEYWORD":
+            return key[1] in f
+        if k == "UNKEYWORD":
+            return key[1] not in f
+        if k == "LARGER":
+            return msg.size > key[1]
+        if k == "SMALLER":
+            return msg.size < key[1]
+        if k == "MODSEQ":
+            return msg.modseq >= key[1]
+        if k in ("BEFORE", "ON", "SINCE"):
+            d = datetime.datetime.fromtimestamp(msg.internaldate, datetime.UTC).date()
+            return _cmp_date(k, d, key[1])
+        if k in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+            d = self._sent(msg)
+            return d is not None and _cmp_date(k[4:], d, key[1])
+        if k in ("BCC", "CC", "FROM", "SUBJECT", "TO"):
+            return key[1].casefold() in mime.decoded_header(self._part(msg), k).casefold()
+        if k == "HEADER":
+            part = self._part(msg)
+            if not key[2]:
+                return part.get(key[1]) is not None
+            return key[2].casefold() in mime.decoded_header(part, key[1]).casefold()
+        if k == "BODY":
+            return key[1].casefold() in self._body(msg)
+        if k == "TEXT":
+            needle = key[1].casefold()
+            part = self._part(msg)
+            return (needle in part.header.decode("utf-8", "replace").casefold()
+                    or needle in self._body(msg))
+        return False
+
+
+def _cmp_date(op: str, d: datetime.date, ref: datetime.date) -> bool:
+    if op == "BEFORE":
+        return d < ref
+    if op == "ON":
+        return d == ref
+    return d >= ref
+
+
+async def sweep_idle(ctx: IMAPContext) -> None:
+    """Close connections silent longer than imap.idle_timeout (before login:
+    limits.command_timeout)."""
+    limit = ctx.config.imap.idle_timeout
+    pre_login = min(limit, ctx.config.limits.command_timeout)
+    while True:
+        await asyncio.sleep(min(10.0, max(pre_login / 4, 0.2)))
+        now = time.monotonic()
+        for conn in list(ctx.sessions):
+            s = conn.session
+            lim = limit if s is not None and s.user is not None else pre_login
+            if conn.timed_out(now, lim):
+                try:
+                    if conn.transport is not None:
+                        conn.transport.write(b"* BYE Autologout; idle for too long\r\n")
+                finally:
+                    conn.close()

@@ -1,0 +1,669 @@
+"""The mailbox index: IMAP's view (UIDs, flags, dates) of a user's Maildir.
+
+Bodies stay plain Maildir files (Dovecot, mutt and `mailbox.Maildir` read
+them); this index adds what IMAP needs and Maildir lacks. One SQLite file
+(WAL) per user, `<maildir>/pillarbox-index.sqlite`, holds per mailbox its
+UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ, and per message its UID, file name,
+flags, internal date, size and MODSEQ.
+
+Delivery knows nothing of it: the MX only drops files into `new/`. When a
+session looks at a mailbox (`sync`), files found in `new/` are moved to
+`cur/` with a `:2,` info suffix and given the next UID, as Dovecot does;
+files that vanished from `cur/` are expunged, and flag letters changed by
+another program are taken over. Flags live in the file name too
+(`:2,DFRST` = Draft, Flagged, Answered, Seen, Deleted); keywords only here.
+
+Mailboxes: INBOX is the Maildir root; the others are Maildir++ folders,
+`.Sent`, `.Lists.pillarbox` (hierarchy delimiter ".").
+
+All methods run on the server's event loop thread: one process owns the
+index, and every change to it is made between two awaits, so sessions of one
+user never race. A store keeps the index of each mailbox in memory; the
+SQLite file is its durable copy. Listeners (the sessions that have a mailbox
+selected) are told after every change, so they can send EXISTS, EXPUNGE and
+FETCH to their clients.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("pillarbox.imap.index")
+
+INDEX_NAME = "pillarbox-index.sqlite"
+SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
+               "Archive": "\\Archive"}
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_LETTER_OF = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+_FLAG_OF = {v: k for k, v in _LETTER_OF.items()}
+MAX_MAILBOX_NAME = 255
+
+MIGRATIONS = [
+    """
+    CREATE TABLE mailboxes (
+        name          TEXT PRIMARY KEY,
+        uidvalidity   INTEGER NOT NULL,
+        uidnext       INTEGER NOT NULL,
+        highestmodseq INTEGER NOT NULL DEFAULT 1,
+        special       TEXT
+    );
+    CREATE TABLE messages (
+        mailbox      TEXT NOT NULL,
+        uid          INTEGER NOT NULL,
+        base         TEXT NOT NULL,
+        fname        TEXT NOT NULL,
+        flags        TEXT NOT NULL DEFAULT '',
+        internaldate REAL NOT NULL,
+        size         INTEGER NOT NULL,
+        modseq       INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (mailbox, uid)
+    );
+    CREATE UNIQUE INDEX messages_base ON messages (mailbox, base);
+    CREATE TABLE subscriptions (name TEXT PRIMARY KEY);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
+]
+
+_counter = itertools.count()
+_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+class MailboxError(Exception):
+    """A mailbox operation that cannot be done; the text is for the client (NO)."""
+
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.code = code  # response code such as NONEXISTENT, ALREADYEXISTS
+
+
+@dataclass
+class Message:
+    uid: int
+    base: str
+    fname: str
+    flags: frozenset[str]
+    internaldate: float
+    size: int
+    modseq: int
+
+
+@dataclass
+class Box:
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special: str | None
+    msgs: dict[int, Message] = field(default_factory=dict)  # in UID order
+    by_base: dict[str, int] = field(default_factory=dict)
+    cur_mtime: int = -1
+    loaded: bool = False
+
+
+def split_name(fname: str) -> tuple[str, str]:
+    """Maildir file name -> (base, info letters after ':2,')."""
+    base, sep, info = fname.partition(":2,")
+    return base, info if sep else ""
+
+
+def flags_from_letters(info: str) -> set[str]:
+    return {_FLAG_OF[c] for c in info if c in _FLAG_OF}
+
+
+def letters_for(flags: Iterable[str], keep: str = "") -> str:
+    """The info letters for `flags`, keeping letters we do not map (P, a-z)."""
+    letters = {_LETTER_OF[f] for f in flags if f in _LETTER_OF}
+    letters |= {c for c in keep if c not in _FLAG_OF}
+    return "".join(sorted(letters))
+
+
+def valid_name(name: str) -> str | None:
+    """None if `name` can be a mailbox (folder) name, else why not."""
+    if not name or len(name) > MAX_MAILBOX_NAME:
+        return "mailbox names must be 1 to 255 characters long"
+    if name.startswith(".") or name.endswith(".") or ".." in name:
+        return "mailbox names must not start or end with \".\" nor hold empty levels"
+    if "/" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "mailbox names must not hold \"/\" or control characters"
+    if "*" in name or "%" in name:
+        return "mailbox names must not hold wildcards"
+    return None
+
+
+def new_base() -> str:
+    now = time.time()
+    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+
+
+class MailStore:
+    """One user's mailboxes: Maildir files plus their index."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for sub in ("tmp", "new", "cur"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(root / INDEX_NAME, isolation_level=None,
+                                  check_same_thread=False, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+        self.boxes: dict[str, Box] = {}
+        self.listeners: set = set()  # objects with .selected (name) and .notify()
+        self.on_change: list[Callable[[str], None]] = []
+        self.users = 0  # sessions holding this store open
+        self._load_boxes()
+
+    # -- set-up -------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in filter(str.strip, sql.split(";")):
+                    self.db.execute(stmt)
+                self.db.execute(f"PRAGMA user_version={i}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _load_boxes(self) -> None:
+        for name, v, n, m, special in self.db.execute(
+                "SELECT name, uidvalidity, uidnext, highestmodseq, special FROM mailboxes"):
+            self.boxes[name] = Box(name, v, n, m, special)
+        fresh = not self.boxes
+        if "INBOX" not in self.boxes:
+            self._add_box("INBOX", None)
+        # Folders made by another program (or before the index existed).
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            entries = []
+        for e in entries:
+            if e.name.startswith(".") and e.is_dir() and (Path(e.path) / "cur").is_dir():
+                name = e.name[1:]
+                if name not in self.boxes and valid_name(name) is None:
+                    self._add_box(name, SPECIAL_USE.get(name))
+        if fresh:  # first login: the special-use folders, subscribed
+            for name, use in SPECIAL_USE.items():
+                if name not in self.boxes:
+                    self.create(name, use)
+            for name in ["INBOX", *SPECIAL_USE]:
+                self.subscribe(name)
+
+    def _next_uidvalidity(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
+        v = max(int(time.time()), (row[0] + 1) if row else 1)
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('uidvalidity', ?)",
+                        (v,))
+        return v
+
+    def _add_box(self, name: str, special: str | None) -> Box:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            v = self._next_uidvalidity()
+            self.db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, special) "
+                            "VALUES (?, ?, 1, ?)", (name, v, special))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        box = self.boxes[name] = Box(name, v, 1, 1, special)
+        return box
+
+    # -- names and paths ----------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        return self.root if name == "INBOX" else self.root / ("." + name)
+
+    def exists(self, name: str) -> bool:
+        return name in self.boxes
+
+    def names(self) -> list[str]:
+        return sorted(self.boxes, key=lambda n: (n != "INBOX", n))
+
+    def box(self, name: str) -> Box:
+        box = self.boxes.get(name)
+        if box is None:
+            raise MailboxError(f"no mailbox named {name[:100]!r}", "NONEXISTENT")
+        if not box.loaded:
+            for uid, base, fname, flags, idate, size, modseq in self.db.execute(
+                    "SELECT uid, base, fname, flags, internaldate, size, modseq FROM messages "
+                    "WHERE mailbox = ? ORDER BY uid", (name,)):
+                box.msgs[uid] = Message(uid, base, fname, frozenset(flags.split()), idate, size,
+                                        modseq)
+                box.by_base[base] = uid
+            box.loaded = True
+        return box
+
+    def file(self, name: str, msg: Message) -> Path:
+        return self.path(name) / "cur" / msg.fname
+
+    # -- mailbox operations -------------------------------------------------
+
+    def create(self, name: str, special: str | None = None) -> None:
+        if name.upper() == "INBOX" or name in self.boxes:
+            raise MailboxError(f"mailbox {name[:100]!r} already exists", "ALREADYEXISTS")
+        why = valid_name(name)
+        if why:
+            raise MailboxError(why, "CANNOT")
+        path = self.path(name)
+        for sub in ("tmp", "new", "cur"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        (path / "maildirfolder").touch()
+        self._add_box(name, special)
+
+    def delete(self, name: str) -> None:
+        if name == "INBOX":
+            raise MailboxError("INBOX cannot be deleted", "CANNOT")
+        box = self.box(name)
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("DELETE FROM messages WHERE mailbox = ?", (name,))
+        self.db.execute("DELETE FROM mailboxes WHERE name = ?", (name,))
+        self.db.execute("COMMIT")
+        del self.boxes[name]
+        path = self.path(name)
+        trash = self.root / "tmp" / f".deleted-{new_base()}"
+        try:
+            os.rename(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+        box.msgs.clear()
+        self._changed(name)
+
+    def rename(self, old: str, new: str) -> None:
+        if old == "INBOX":
+            raise MailboxError("renaming INBOX is not supported; move its messages instead",
+                               "CANNOT")
+        self.box(old)
+        if new.upper() == "INBOX" or new in self.boxes:
+            raise MailboxError(f"mailbox {new[:100]!r} already exists", "ALREADYEXISTS")
+        why = valid_name(new)
+        if why:
+            raise MailboxError(why, "CANNOT")
+        moves = [(n, new + n[len(old):]) for n in list(self.boxes)
+                 if n == old or n.startswith(old + ".")]
+        for _, b in moves:
+            if b in self.boxes:
+                raise MailboxError(f"mailbox {b[:100]!r} already exists", "ALREADYEXISTS")
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for a, b in moves:
+                os.rename(self.path(a), self.path(b))
+                self.db.execute("UPDATE mailboxes SET name = ? WHERE name = ?", (b, a))
+                self.db.execute("UPDATE messages SET mailbox = ? WHERE mailbox = ?", (b, a))
+                self.db.execute("UPDATE OR IGNORE subscriptions SET name = ? WHERE name = ?",
+                                (b, a))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        for a, b in moves:
+            box = self.boxes.pop(a)
+            box.name = b
+            self.boxes[b] = box
+            self._changed(a)
+
+    def subscriptions(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM subscriptions")}
+
+    def subscribe(self, name: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)", (name,))
+
+    def unsubscribe(self, name: str) -> None:
+        self.db.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
+
+    # -- sync with the files ------------------------------------------------
+
+    def sync(self, name: str) -> list[int]:
+        """Take in files from new/ (and changes made to cur/ by others); return new UIDs."""
+        box = self.box(name)
+        path = self.path(name)
+        found: list[tuple[str, str, os.stat_result]] = []  # (base, fname, stat)
+        try:
+            incoming = sorted(os.listdir(path / "new"))
+        except FileNotFoundError:
+            incoming = []
+        for fn in incoming:
+            if fn.startswith("."):
+                continue
+            base, info = split_name(fn)
+            dest = f"{base}:2,{info}"
+            try:
+                os.rename(path / "new" / fn, path / "cur" / dest)
+                st = os.stat(path / "cur" / dest)
+            except FileNotFoundError:
+                continue
+            found.append((base, dest, st))
+        vanished: list[int] = []
+        changed: list[tuple[Message, str]] = []
+        try:
+            cur_mtime = os.stat(path / "cur").st_mtime_ns
+        except FileNotFoundError:
+            cur_mtime = box.cur_mtime
+        if cur_mtime != box.cur_mtime:
+            box.cur_mtime = cur_mtime
+            on_disk: dict[str, str] = {}
+            for fn in os.listdir(path / "cur"):
+                if not fn.startswith("."):
+                    on_disk[split_name(fn)[0]] = fn
+            taken = {b for b, _, _ in found}
+            for uid, msg in box.msgs.items():
+                fn = on_disk.pop(msg.base, None)
+                if fn is None:
+                    vanished.append(uid)
+                elif fn != msg.fname:
+                    changed.append((msg, fn))
+            for base, fn in sorted(on_disk.items()):
+                if base in taken:
+                    continue
+                try:
+                    st = os.stat(path / "cur" / fn)
+                except FileNotFoundError:
+                    continue
+                found.append((base, fn, st))
+        if not (found or vanished or changed):
+            return []
+        new_uids: list[int] = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            modseq = box.highestmodseq + 1
+            for uid in vanished:
+                self.db.execute("DELETE FROM messages WHERE mailbox = ? AND uid = ?", (name, uid))
+            for msg, fn in changed:
+                keywords = {f for f in msg.flags if f not in _LETTER_OF}
+                flags = frozenset(flags_from_letters(split_name(fn)[1]) | keywords)
+                self.db.execute("UPDATE messages SET fname = ?, flags = ?, modseq = ? "
+                                "WHERE mailbox = ? AND uid = ?",
+                                (fn, " ".join(sorted(flags)), modseq, name, msg.uid))
+            uid = box.uidnext
+            added = []
+            for base, fn, st in found:
+                flags = frozenset(flags_from_letters(split_name(fn)[1]))
+                m = Message(uid, base, fn, flags, st.st_mtime, st.st_size, modseq)
+                self.db.execute(
+                    "INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate, size,"
+                    " modseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, uid, base, fn, " ".join(sorted(flags)), st.st_mtime, st.st_size,
+                     modseq))
+                added.append(m)
+                uid += 1
+            self.db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE name = ?",
+                            (uid, modseq, name))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        box.uidnext, box.highestmodseq = uid, modseq
+        for u in vanished:
+            del box.by_base[box.msgs.pop(u).base]
+        for msg, fn in changed:
+            keywords = {f for f in msg.flags if f not in _LETTER_OF}
+            msg.fname = fn
+            msg.flags = frozenset(flags_from_letters(split_name(fn)[1]) | keywords)
+            msg.modseq = modseq
+        for m in added:
+            box.msgs[m.uid] = m
+            box.by_base[m.base] = m.uid
+            new_uids.append(m.uid)
+        self._changed(name)
+        return new_uids
+
+    # -- message operations -------------------------------------------------
+
+    def store_flags(self, name: str, uids: list[int], mode: str, flags: Iterable[str],
+                    unchangedsince: int | None = None) -> tuple[list[Message], list[int]]:
+        """Set/add/remove flags; return (messages changed, UIDs that failed UNCHANGEDSINCE)."""
+        box = self.box(name)
+        flags = frozenset(flags)
+        path = self.path(name) / "cur"
+        changed: list[Message] = []
+        failed: list[int] = []
+        modseq = box.highestmodseq + 1
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for uid in uids:
+                msg = box.msgs.get(uid)
+                if msg is None:
+                    continue
+                if unchangedsince is not None and msg.modseq > unchangedsince:
+                    failed.append(uid)
+                    continue
+                if mode == "add":
+                    new = msg.flags | flags
+                elif mode == "remove":
+                    new = msg.flags - flags
+                else:
+                    new = flags
+                if new == msg.flags:
+                    continue
+                base, info = split_name(msg.fname)
+                fname = f"{base}:2,{letters_for(new, info)}"
+                if fname != msg.fname:
+                    try:
+                        os.rename(path / msg.fname, path / fname)
+                    except FileNotFoundError:
+                        continue  # gone meanwhile; the next sync expunges it
+                self.db.execute("UPDATE messages SET fname = ?, flags = ?, modseq = ? "
+                                "WHERE mailbox = ? AND uid = ?",
+                                (fname, " ".join(sorted(new)), modseq, name, uid))
+                msg.fname, msg.flags, msg.modseq = fname, new, modseq
+                changed.append(msg)
+            if changed:
+                self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
+                                (modseq, name))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if changed:
+            box.highestmodseq = modseq
+            self._changed(name)
+        return changed, failed
+
+    @staticmethod
+    def write_file(folder: Path, data: bytes, flags: Iterable[str],
+                   date: float | None) -> tuple[str, str]:
+        """Blocking (run it in a thread): write a message durably into folder/cur/.
+
+        Returns (base, file name)."""
+        base = f"{new_base()},S={len(data)}"
+        tmp = folder / "tmp" / base
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if date is not None:
+            os.utime(tmp, (date, date))
+        fname = f"{base}:2,{letters_for(flags)}"
+        os.rename(tmp, folder / "cur" / fname)
+        dfd = os.open(folder / "cur", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return base, fname
+
+    def add_file(self, name: str, base: str, fname: str, flags: Iterable[str]) -> Message:
+        """Index a file already in name/cur/ (after write_file); returns it with its UID."""
+        box = self.box(name)
+        st = os.stat(self.path(name) / "cur" / fname)
+        return self._insert(box, [(base, fname, frozenset(flags), st.st_mtime, st.st_size)])[0]
+
+    def _insert(self, box: Box, rows: list[tuple[str, str, frozenset, float, int]]
+                ) -> list[Message]:
+        modseq = box.highestmodseq + 1
+        uid = box.uidnext
+        out = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for base, fname, flags, idate, size in rows:
+                self.db.execute(
+                    "INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate, size,"
+                    " modseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (box.name, uid, base, fname, " ".join(sorted(flags)), idate, size, modseq))
+                out.append(Message(uid, base, fname, flags, idate, size, modseq))
+                uid += 1
+            self.db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE name = ?",
+                            (uid, modseq, box.name))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        box.uidnext, box.highestmodseq = uid, modseq
+        for m in out:
+            box.msgs[m.uid] = m
+            box.by_base[m.base] = m.uid
+        self._changed(box.name)
+        return out
+
+    def copy(self, src: str, uids: list[int], dst: str, move: bool = False
+             ) -> list[tuple[int, int]]:
+        """Copy (hard link, else copy) or move messages; return [(old UID, new UID)]."""
+        sbox, dbox = self.box(src), self.box(dst)
+        spath, dpath = self.path(src) / "cur", self.path(dst) / "cur"
+        rows, pairs_src = [], []
+        for uid in uids:
+            msg = sbox.msgs.get(uid)
+            if msg is None:
+                continue
+            base = msg.base if move and msg.base not in dbox.by_base else \
+                f"{new_base()},S={msg.size}"
+            fname = f"{base}:2,{split_name(msg.fname)[1]}"
+            try:
+                if move:
+                    os.rename(spath / msg.fname, dpath / fname)
+                else:
+                    try:
+                        os.link(spath / msg.fname, dpath / fname)
+                    except OSError:
+                        shutil.copy2(spath / msg.fname, dpath / fname)
+            except FileNotFoundError:
+                continue
+            rows.append((base, fname, msg.flags, msg.internaldate, msg.size))
+            pairs_src.append(uid)
+        if not rows:
+            return []
+        added = self._insert(dbox, rows)
+        if move:
+            self._remove(sbox, pairs_src)
+        return list(zip(pairs_src, [m.uid for m in added], strict=True))
+
+    def expunge(self, name: str, uids: list[int] | None = None) -> list[int]:
+        """Delete the messages flagged \\Deleted (only those in `uids` if given)."""
+        box = self.box(name)
+        path = self.path(name) / "cur"
+        gone = []
+        for uid, msg in list(box.msgs.items()):
+            if "\\Deleted" not in msg.flags or (uids is not None and uid not in uids):
+                continue
+            try:
+                os.unlink(path / msg.fname)
+            except FileNotFoundError:
+                pass
+            gone.append(uid)
+        if gone:
+            self._remove(box, gone)
+        return gone
+
+    def expunged_size(self, name: str, uids: list[int]) -> int:
+        box = self.box(name)
+        return sum(box.msgs[u].size for u in uids if u in box.msgs)
+
+    def _remove(self, box: Box, uids: list[int]) -> None:
+        modseq = box.highestmodseq + 1
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("DELETE FROM messages WHERE mailbox = ? AND uid = ?",
+                                [(box.name, u) for u in uids])
+            self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
+                            (modseq, box.name))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        box.highestmodseq = modseq
+        for u in uids:
+            msg = box.msgs.pop(u, None)
+            if msg is not None:
+                box.by_base.pop(msg.base, None)
+        self._changed(box.name)
+
+    # -- status -------------------------------------------------------------
+
+    def status(self, name: str) -> dict[str, int]:
+        box = self.box(name)
+        try:
+            recent = sum(1 for f in os.listdir(self.path(name) / "new") if not f.startswith("."))
+        except FileNotFoundError:
+            recent = 0
+        return {
+            "MESSAGES": len(box.msgs) + recent,
+            "RECENT": recent,
+            "UIDNEXT": box.uidnext + recent,
+            "UIDVALIDITY": box.uidvalidity,
+            "UNSEEN": sum(1 for m in box.msgs.values() if "\\Seen" not in m.flags) + recent,
+            "HIGHESTMODSEQ": box.highestmodseq,
+            "SIZE": sum(m.size for m in box.msgs.values()),
+        }
+
+    # -- change notification ------------------------------------------------
+
+    def _changed(self, name: str) -> None:
+        for listener in list(self.listeners):
+            if listener.selected == name:
+                listener.notify()
+        for cb in self.on_change:
+            cb(name)
+
+
+class StoreRegistry:
+    """The open MailStores of the process, one per Maildir, shared by sessions."""
+
+    def __init__(self, mail_root: Path) -> None:
+        self.mail_root = mail_root
+        self.stores: dict[Path, MailStore] = {}
+
+    def open(self, path: Path) -> MailStore:
+        store = self.stores.get(path)
+        if store is None:
+            store = self.stores[path] = MailStore(path)
+        store.users += 1
+        return store
+
+    def release(self, store: MailStore) -> None:
+        store.users -= 1
+        if store.users <= 0 and not store.listeners:
+            self.stores.pop(store.root, None)
+            store.close()
+
+    def delivered(self, path: Path) -> None:
+        """MaildirWriter.on_delivered: a file arrived in path/new/ (INBOX)."""
+        store = self.stores.get(path)
+        if store is not None:
+            for listener in list(store.listeners):
+                if listener.selected == "INBOX":
+                    listener.notify()
+
+    def close_all(self) -> None:
+        for store in self.stores.values():
+            store.close()
+        self.stores.clear()
