@@ -260,3 +260,35 @@ def test_read_without_a_size_returns_the_whole_spilled_message(tmp_path):
     spool, env, message = spilled_message(tmp_path / "queue")
     with spool.open_message(env.id) as r:
         assert len(r.read()) == len(message)
+
+
+def test_compaction_moves_waiting_messages_and_frees_old_segments(tmp_path, monkeypatch):
+    root = tmp_path / "queue"
+    sp = Spool(root)
+    body = b"Subject: c\r\n\r\n" + b"z" * 3000 + b"\r\n"
+
+    async def fill() -> list[str]:
+        envs = [Envelope(new_id(), "a@x.test", ["b@y.test"], 0.0, len(body)) for _ in range(10)]
+        await asyncio.gather(*(sp.append(e, [body]) for e in envs))
+        return [e.id for e in envs]
+
+    ids = asyncio.run(fill())
+    first_segment = sp.index[ids[0]].segment
+    for i in ids[1:]:
+        sp.done(i)  # nine delivered, one still waiting
+    sp.flush_done()
+    monkeypatch.setattr(spool_mod, "COMPACT_AFTER", 0.0)
+    sp._seg_opened = -1e9  # the next write rotates: the old segment is no longer current
+
+    async def compact() -> int:
+        await sp._rotate_if_due()
+        return await sp.compact(set())
+
+    assert asyncio.run(compact()) == 1
+    assert not (sp.segments / f"{first_segment:012d}.seg").exists()
+    with sp.open_message(ids[0]) as r:
+        assert r.read() == body
+    again = Spool(root)
+    assert [e.id for e in again.load()] == [ids[0]]
+    with again.open_message(ids[0]) as r:
+        assert r.read() == body

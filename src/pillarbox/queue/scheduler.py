@@ -19,11 +19,21 @@ from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
 from pillarbox.queue import bounce
-from pillarbox.queue.spool import BodyBuffer, Delivery, Envelope, Spool, State, new_id
+from pillarbox.queue.spool import (
+    BodyBuffer,
+    Delivery,
+    Envelope,
+    Spool,
+    SpoolFull,
+    State,
+    new_id,
+)
 from pillarbox.target import mailbox, pipe
 from pillarbox.target.remote import RemoteTarget
 
 log = logging.getLogger("pillarbox.queue")
+
+COMPACT_EVERY = 60.0
 
 
 
@@ -84,6 +94,7 @@ class Queue:
                 self._schedule_at(due, msg_id)
         await self.pickup()
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="queue-timers"))
+        self._tasks.append(asyncio.create_task(self._compactor(), name="queue-compactor"))
         for i in range(self.config.queue.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"queue-worker-{i}"))
         if envs:
@@ -141,6 +152,17 @@ class Queue:
                 await asyncio.wait_for(self._timer_wakeup.wait(), timeout)
             except TimeoutError:
                 pass
+
+    async def _compactor(self) -> None:
+        while True:
+            await asyncio.sleep(COMPACT_EVERY)
+            try:
+                moved = await self.spool.compact(self._active | self._queued)
+            except (OSError, SpoolFull) as e:
+                log.warning("queue compaction failed error=%r", e)
+                continue
+            if moved:
+                log.info("queue compacted messages=%d", moved)
 
     async def _worker(self) -> None:
         while True:

@@ -41,6 +41,7 @@ SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 DONE_FLUSH_DELAY = 0.05
 SPILL_AT = 512 * 1024  # larger bodies stream to a file of their own
 SEGMENT_MAX_AGE = 300.0  # seconds; old segments rotate so finished ones can be deleted
+COMPACT_AFTER = 600.0  # seconds since a segment was last written
 
 
 class SpoolFull(Exception):
@@ -232,6 +233,12 @@ class BodyBuffer:
             self._fd = None
         os.rename(self.path, bodies / name)
         _fsync_dir(bodies)
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -433,6 +440,41 @@ class Spool:
         finally:
             self._committer = None
 
+    # -- compaction -------------------------------------------------------------
+
+    async def compact(self, busy: set[str]) -> int:
+        """Move the few messages still waiting in old segments into the current one.
+
+        A message deferred for days would otherwise keep its whole segment
+        (every other message in it long delivered) on disk. The copy is
+        committed before the old segment goes; after a crash in between,
+        load() keeps the later copy. Returns the number of messages moved.
+        """
+        moved = 0
+        now = time.time()
+        for n, live in list(self.live.items()):
+            if n == self._seg_no or not live or live & busy:
+                continue
+            path = self._seg_path(n)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if now - st.st_mtime < COMPACT_AFTER:
+                continue
+            entries = [self.index[i] for i in live if i in self.index]
+            if sum(e.length for e in entries) * 2 > st.st_size:
+                continue  # mostly live: copying would not free much
+            for e in entries:
+                data = await asyncio.to_thread(_read_range, path, e.offset, e.length)
+                if e.env.id not in self.live.get(n, ()):
+                    continue  # finished meanwhile
+                await self.append(e.env, [data])
+                moved += 1
+                self.live[n].discard(e.env.id)
+            self._retire(n)
+        return moved
+
     # -- reading ------------------------------------------------------------
 
     def load(self) -> list[Envelope]:
@@ -447,8 +489,8 @@ class Spool:
             end = 0
             for env, off, length, rec_end in scan_segment(path, verify=True):
                 end = rec_end
-                old = self.index.get(env.id)
-                if old is not None:  # a later copy replaces an earlier one
+                old = self.index.pop(env.id, None)
+                if old is not None:  # a later copy (compaction) replaces an earlier one
                     self.live[old.segment].discard(env.id)
                 if env.id in done:
                     continue
