@@ -351,7 +351,8 @@ class SMTPDouble:
             ok = (login, auth_data.password.decode("utf-8", "replace")) == self.auth
         with self._cond:
             self.auth_attempts.append((mechanism, login, ok))
-        return AuthResult(success=ok, auth_data=auth_data if ok else None)
+        # handled=False: aiosmtpd then sends the 535 itself
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     def _factory(self) -> SMTP:
         return _SMTP(
@@ -419,3 +420,48 @@ class SMTPDouble:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class GreetingServer:
+    """A server that only greets (e.g. "554 5.7.1 go away") and then hangs up.
+
+    aiosmtpd always greets with 220, so a refusing greeting needs this.
+    """
+
+    def __init__(self, greeting: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socketserver
+
+        self.greeting = greeting
+        self.connections = 0
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with owner._lock:
+                    owner.connections += 1
+                self.request.sendall(owner.greeting.encode() + b"\r\n")
+                self.request.settimeout(2)
+                try:  # read whatever the client says (QUIT) until it hangs up
+                    while self.request.recv(4096):
+                        self.request.sendall(b"221 2.0.0 bye\r\n")
+                except OSError:
+                    pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server((host, port), Handler)
+        self.host, self.port = self._server.server_address[:2]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def start(self) -> GreetingServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

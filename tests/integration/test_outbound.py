@@ -13,6 +13,7 @@ from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
     REMOTE,
     REMOTE_MX,
     Submission,
+    dsns_in,
     fixture_dns,
     fixture_double,
     fixture_make_double,
@@ -22,8 +23,10 @@ from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
     submit,
     wait_deferred,
     wait_dsn,
+    wait_queue,
     wait_queue_empty,
 )
+from .smtp_double import GreetingServer
 from .support import ALICE, BOB, make_message, token
 
 CAROL = f"carol@{REMOTE}"
@@ -285,3 +288,47 @@ def test_multiline_reply_reaches_the_dsn(outbound, dns, double):
     for part in ("does not exist", "double-check", "xyz123"):
         assert part in diag, f"{part!r} missing from the Diagnostic-Code {diag!r}"
     wait_queue_empty(srv)
+
+
+def test_5xx_greeting_from_first_mx_falls_back_to_next_mx(outbound, dns, double):
+    """Like Postfix (smtp_skip_5xx_greeting = yes): an MX host that greets with 5xx
+    is skipped for the next one; the mail is not bounced while a good MX exists."""
+    refusing = GreetingServer("554 5.7.1 mx10 does not talk to you", host="127.0.0.3",
+                              port=double.port).start()
+    try:
+        dns.mx(REMOTE, (10, "mx10.remote.test"), (20, "mx20.remote.test"))
+        dns.a("mx10.remote.test", "127.0.0.3")
+        dns.a("mx20.remote.test", "127.0.0.1")
+        srv = outbound()
+        submit(srv, CAROL)
+        (msg,) = double.wait_for_messages(1, timeout=15)
+        assert msg.rcpts == [CAROL]
+        assert refusing.connections >= 1, "MX 10 was never tried"
+        wait_queue_empty(srv)
+        assert dsns_in(srv, ALICE) == [], "bounced although MX 20 took the mail"
+    finally:
+        refusing.stop()
+
+
+def test_smarthost_refusing_our_login_defers_not_bounces(outbound, make_double):
+    """A wrong auth_password is the operator's mistake: like Postfix
+    (smtp_sasl_auth_soft_bounce = yes), keep the mail and retry, don't bounce it."""
+    smarthost = make_double(auth=("relay-user", "right password"))
+    srv = outbound({"queue.retry_schedule": ["1h"]}, routes=[{
+        "domains": ["*"], "host": f"127.0.0.1:{smarthost.port}", "tls": "required",
+        "auth_user": "relay-user", "auth_password": "wrong password",
+    }])
+    qid = submit(srv, "x@far-away.test")
+    smarthost.wait_for(lambda: smarthost.auth_attempts, 15, "an AUTH attempt")
+    wait_queue(srv, lambda es: any(
+        e["id"] == qid and e["rcpts"] and e["rcpts"][0]["attempts"] >= 1 for e in es) or (
+        not any(e["id"] == qid for e in es)), 15, "the first attempt")
+    assert smarthost.messages == []
+    entry = queue_entry(srv, qid)
+    assert entry is not None, (
+        "the message left the queue (bounced) after the smarthost refused our login; "
+        f"alice's mailbox: {[m[:300] for m in dsns_in(srv, ALICE)]}")
+    (r,) = entry["rcpts"]
+    assert r["state"] == "deferred", r
+    assert "535" in r["last_error"], r
+    assert dsns_in(srv, ALICE) == []

@@ -25,7 +25,7 @@ from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
     wait_queue,
     wait_queue_empty,
 )
-from .support import ALICE, token
+from .support import ALICE, BOB, token
 
 CAROL = f"carol@{REMOTE}"
 TRY_LATER = "451 4.3.0 try later please"
@@ -223,3 +223,40 @@ def test_new_mail_is_delivered_while_a_backlog_waits(outbound, dns, double):
     (msg,) = double.wait_for_messages(1, timeout=10)
     assert msg.rcpts == ["quick@fast.test"]
     wait_queue(srv, lambda es: len(es) == 5 or None, 10, "only the backlog left")
+
+
+def test_rcpt_452_defers_only_that_recipient_and_the_retry_sends_only_it(
+        outbound, dns, double):
+    dave = f"dave@{REMOTE}"
+    point_mx(dns)
+    double.script_rcpt(dave, "452 4.5.3 too many recipients, send the rest later")
+    srv = outbound({"queue.retry_schedule": ["1h"]})
+    marker = token()
+    qid = submit(srv, [CAROL, dave], body=f"marker {marker}\r\n")
+
+    (first,) = double.wait_for_messages(1)
+    assert first.rcpts == [CAROL]
+    entry = wait_deferred(srv, qid)
+    assert [r["addr"] for r in entry["rcpts"]] == [dave], (
+        "only the refused recipient is left to do", entry)
+    assert "452 4.5.3" in entry["rcpts"][0]["last_error"]
+
+    srv.cli_ok("queue", "retry", qid)
+    msgs = double.wait_for_messages(2)
+    assert msgs[1].rcpts == [dave], "the retry must not send to CAROL again"
+    assert marker.encode() in msgs[1].content
+    wait_queue_empty(srv)
+    assert len(double.messages) == 2
+
+
+def test_local_and_remote_recipients_of_one_message(outbound, dns, double):
+    point_mx(dns)
+    double.rcpt_default = "550 5.1.1 nobody here"
+    srv = outbound()
+    marker = token()
+    submit(srv, [BOB, CAROL], body=f"marker {marker}\r\n")
+    (got,) = srv.wait_for_messages(BOB, 1)
+    assert marker.encode() in got
+    dsn = wait_dsn(srv, ALICE)
+    assert dsn.final_recipients() == [CAROL], "the local delivery succeeded: not in the DSN"
+    wait_queue_empty(srv)
