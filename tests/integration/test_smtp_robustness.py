@@ -253,10 +253,19 @@ def test_disabled_user_cannot_authenticate(server):
 
 def test_max_connections_refuses_the_extra_one(make_server):
     server = make_server(limits__max_connections=2)
-    first, second = server.raw(), server.raw()
+
+    def two_admitted():
+        # The harness's readiness probes may still count for a moment: retry until
+        # the server has let them go and admits two of ours.
+        a, b = server.raw(), server.raw()
+        if a.reply().code == 220 and b.reply().code == 220:
+            return a, b
+        a.close()
+        b.close()
+        return None
+
+    first, second = wait_until(two_admitted, 10, "two sessions admitted with max 2")
     try:
-        assert first.reply().code == 220
-        assert second.reply().code == 220
         with server.raw() as third:
             try:
                 r = third.reply()

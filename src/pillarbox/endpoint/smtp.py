@@ -62,7 +62,6 @@ class SMTPContext:
     queue: Queue
     tls: ssl.SSLContext | None
     signing: Signing | None = None
-    connections: int = 0
     sessions: set = field(default_factory=set)
 
 
@@ -89,6 +88,12 @@ class SMTPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        if len(self.ctx.sessions) >= self.ctx.config.limits.max_connections:
+            transport.write(f"421 4.7.0 {self.ctx.config.hostname} too many connections, "  # type: ignore[attr-defined]
+                            "try later\r\n".encode())
+            transport.close()
+            self.closed = True
+            return
         self.ctx.sessions.add(self)
         self.session = Session(self.ctx, self.kind, self)
         self._task = asyncio.get_running_loop().create_task(self.session.run_guarded())
@@ -217,9 +222,6 @@ class Session:
 
     async def run(self) -> None:
         try:
-            if self.ctx.connections > self.cfg.limits.max_connections:
-                self.reply(421, f"4.7.0 {self.cfg.hostname} too many connections, try later")
-                return
             self.reply(220, f"{self.cfg.hostname} ESMTP ready")
             while True:
                 line = await self.read_line()
@@ -241,14 +243,11 @@ class Session:
             self.conn.close()
 
     async def run_guarded(self) -> None:
-        self.ctx.connections += 1
         try:
             await self.run()
         except Exception:
             log.exception("SMTP session crashed peer=%s", self.peer_ip)
             self.conn.close()
-        finally:
-            self.ctx.connections -= 1
 
     def _count_error(self) -> bool:
         self.errors += 1
