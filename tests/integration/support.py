@@ -391,6 +391,9 @@ class Server:
         self.config = default_config(self.smtp_port, self.submission_port, self.submissions_port,
                                      self.imap_port, self.imaps_port)
         apply_overrides(self.config, overrides or {})
+        # ports we picked ourselves may be re-picked if someone takes one first
+        self._own_ports = not any(k.replace("__", ".").startswith("listen")
+                                  for k in (overrides or {}))
         self.extra_toml = extra_toml
         self.proc: subprocess.Popen | None = None
         self.logs: list[Path] = []
@@ -421,7 +424,37 @@ class Server:
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
 
+    def _repick_ports(self) -> None:
+        ports = free_ports(5)
+        (self.smtp_port, self.submission_port, self.submissions_port, self.imap_port,
+         self.imaps_port) = ports
+        kinds = ("smtp", "submission", "submissions", "imap", "imaps")
+        for kind, port in zip(kinds, ports, strict=True):
+            if self.config["listen"].get(kind):
+                self.config["listen"][kind] = [f"127.0.0.1:{port}"]
+        self.write_config()
+
     def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start and wait until every listening port accepts connections.
+
+        A free port found by binding port 0 can be taken by another process
+        before the server binds it (xdist workers, clients' ephemeral ports):
+        on a first start, "address already in use" makes us pick new ports and
+        try again, a few times.
+        """
+        first = not self.logs
+        for attempt in range(4):
+            try:
+                return self._start_once(timeout)
+            except AssertionError as e:
+                if not (first and self._own_ports and attempt < 3
+                        and "already in use" in str(e)):
+                    raise
+                failed = self.logs.pop()
+                failed.rename(failed.with_suffix(".port-taken"))
+                self._repick_ports()
+
+    def _start_once(self, timeout: float) -> None:
         assert self.proc is None or self.proc.poll() is not None, "server already running"
         log = self.root / f"serve-{len(self.logs) + 1}.stderr"
         self.logs.append(log)
