@@ -1,0 +1,155 @@
+"""Malformed and hostile IMAP input: clear BAD replies, limits, and a server
+that keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from .support import ALICE, PASSWORD, client_ssl_context
+
+
+class RawIMAP:
+    def __init__(self, port: int, tls: bool = True, timeout: float = 10) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:
+            self.sock = client_ssl_context().wrap_socket(self.sock)
+        self.buf = b""
+        self.greeting = self.line()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"closed; pending {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def until_tag(self, tag: bytes) -> list[bytes]:
+        out = []
+        while True:
+            ln = self.line()
+            out.append(ln)
+            if ln.startswith(tag + b" "):
+                return out
+
+    def cmd(self, data: bytes, tag: bytes = b"") -> list[bytes]:
+        tag = tag or data.split(b" ", 1)[0]
+        self.send(data + b"\r\n")
+        return self.until_tag(tag)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def login(raw: RawIMAP) -> None:
+    assert raw.cmd(f"l LOGIN {ALICE} {PASSWORD}".encode())[-1].startswith(b"l OK")
+
+
+def test_malformed_commands_get_bad_and_the_session_goes_on(make_server):
+    server = make_server(imap__max_bad_commands=50)
+    raw = RawIMAP(server.imaps_port)
+    assert raw.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1")
+    cases = [
+        b"a1 FROBNICATE",
+        b"a2 LOGIN onlyuser",
+        b'a3 LOGIN "unterminated',
+        b"a4 NOOP extra",
+        b"a5 SELECT INBOX",  # not logged in
+    ]
+    for line in cases:
+        reply = raw.cmd(line)[-1]
+        assert reply.startswith(line.split(b" ")[0] + b" BAD "), (line, reply)
+    assert raw.cmd(b"", tag=b"*")[-1].startswith(b"* BAD")
+    login(raw)
+    for line in [b"b1 FETCH 1 FLAGS",  # nothing selected
+                 b"b2 SELECT", b"b3 UID FROB 1"]:
+        assert raw.cmd(line)[-1].startswith(line.split(b" ")[0] + b" BAD "), line
+    assert raw.cmd(b"b4 SELECT INBOX")[-1].startswith(b"b4 OK [READ-WRITE]")
+    for line in [b"b5 FETCH 1:* (FLAGS", b"b6 FETCH 0 FLAGS", b"b7 STORE 1 FLAGS (\\Bogus)",
+                 b"b8 SEARCH SINCE yesterday", b"b9 FETCH 5 FLAGS"]:
+        assert b" BAD " in raw.cmd(line)[-1], line
+    assert raw.cmd(b"c1 NOOP")[-1].startswith(b"c1 OK")
+    raw.close()
+
+
+def test_repeated_bad_commands_disconnect(make_server):
+    srv = make_server(imap__max_bad_commands=3)
+    raw = RawIMAP(srv.imaps_port)
+    raw.cmd(b"x1 BOGUS")
+    raw.cmd(b"x2 BOGUS")
+    raw.send(b"x3 BOGUS\r\n")
+    lines = [raw.line(), raw.line()]
+    assert lines[0].startswith(b"x3 BAD") and lines[1].startswith(b"* BYE")
+    try:
+        raw.line()
+        raise AssertionError("connection still open")
+    except (EOFError, ConnectionError, OSError):
+        pass
+    # Others are still served.
+    c = srv.imaps(ALICE)
+    assert c.noop()[0] == "OK"
+    c.logout()
+
+
+def test_long_line_and_big_literal(make_server):
+    srv = make_server(imap__max_line_length="2K", imap__max_literal_size="4K")
+    raw = RawIMAP(srv.imaps_port)
+    login(raw)
+    reply = raw.cmd(b"t1 LIST \"\" " + b"x" * 5000, tag=b"t1")
+    assert reply[-1].startswith(b"t1 BAD") and b"too long" in reply[-1]
+    raw.send(b"t2 APPEND INBOX {5000}\r\n")
+    reply = raw.line()
+    assert reply.startswith(b"t2 NO [TOOBIG]"), reply
+    # A literal within the limit, sent with LITERAL+ (no wait for "+").
+    msg = b"Subject: small\r\n\r\nhi\r\n"
+    raw.send(b"t3 APPEND INBOX (\\Seen) {%d+}\r\n%s\r\n" % (len(msg), msg))
+    assert raw.until_tag(b"t3")[-1].startswith(b"t3 OK [APPENDUID")
+    # A synchronizing literal: the server asks for it with "+".
+    raw.send(b"t4 LOGIN {5}\r\n")
+    assert raw.line().startswith(b"+ ")
+    raw.send(b"alice x\r\n")
+    assert raw.until_tag(b"t4")[-1].startswith(b"t4 BAD")  # already logged in
+    # LITERAL+ over the limit cannot be refused politely: BYE.
+    raw.send(b"t5 APPEND INBOX {9000+}\r\n")
+    assert raw.line().startswith(b"* BYE [TOOBIG]")
+    raw.close()
+
+
+def test_starttls_drops_pipelined_plaintext(server):
+    raw = RawIMAP(server.imap_port, tls=False)
+    assert b"LOGINDISABLED" in raw.greeting
+    raw.send(b"s1 STARTTLS\r\ns2 LOGIN alice@example.test secret\r\n")
+    assert raw.line().startswith(b"s1 OK")
+    raw.sock = client_ssl_context().wrap_socket(raw.sock)
+    raw.buf = b""
+    assert raw.cmd(b"s3 NOOP")[-1].startswith(b"s3 OK")
+    reply = raw.cmd(b"s4 CAPABILITY")
+    assert b"LOGINDISABLED" not in reply[0] and b"AUTH=PLAIN" in reply[0]
+    raw.close()
+
+
+def test_idle_timeout_closes_the_connection(make_server):
+    srv = make_server(imap__idle_timeout="1s")
+    raw = RawIMAP(srv.imaps_port)
+    login(raw)
+    raw.cmd(b"i1 SELECT INBOX")
+    raw.send(b"i2 IDLE\r\n")
+    assert raw.line().startswith(b"+ ")
+    start = time.monotonic()
+    assert raw.line().startswith(b"* BYE")
+    assert time.monotonic() - start < 10
+    raw.close()
+
+
+def test_connections_per_ip_limit(make_server):
+    srv = make_server(imap__max_connections_per_ip=2)
+    a, b = RawIMAP(srv.imaps_port), RawIMAP(srv.imaps_port)
+    c = RawIMAP(srv.imaps_port)
+    assert c.greeting.startswith(b"* BYE")
+    a.close()
+    b.close()
