@@ -39,7 +39,10 @@ def recount_usage(users: Users, mail_root) -> None:
     """Quota usage from the Maildirs themselves, so mail deleted by a client
     (or by hand) frees its space after a restart."""
     for user in users.list():
-        used = mailbox.usage(mailbox.maildir_path(mail_root, user.address))
+        root = mailbox.maildir_path(mail_root, user.address)
+        # INBOX plus the Maildir++ folders IMAP clients fill (.Sent, .Archive, ...).
+        folders = [p for p in root.glob(".*") if p.is_dir()] if root.is_dir() else []
+        used = mailbox.usage(root) + sum(mailbox.usage(p) for p in folders)
         if used != user.used:
             users.set_used(user.address, used)
 
