@@ -205,6 +205,7 @@ class Queue:
         outcomes: dict[int, str | None] = {}
         for result in await asyncio.gather(*jobs):
             outcomes.update(result)
+        now = time.time()  # backoff counts from the failure, not from the attempt's start
         for d in due:
             error = outcomes[id(d)]
             if error is None:

@@ -177,7 +177,18 @@ class RemoteTarget:
         sem = self._limits.setdefault(
             (ip, hop.port), asyncio.Semaphore(self.config.remote.max_per_destination))
         async with sem:
-            conn = self._take_idle(key) or await self._connect(hop, ip, key)
+            conn = self._take_idle(key)
+            if conn is None:
+                try:
+                    conn = await self._connect(hop, ip, key)
+                except TempFail as e:
+                    if (hop.tls != "opportunistic" or hop.auth
+                            or not str(e).startswith("4.7.5")):
+                        raise  # never fall back to clear text with a password
+                    # STARTTLS failed: opportunistic TLS falls back to clear text.
+                    log.info("TLS failed, retrying in clear host=%s error=%r", hop.host, str(e))
+                    clear = Hop(hop.host, hop.port, "none", hop.auth)
+                    conn = await self._connect(clear, ip, key)
             ok = False
             try:
                 result = await self._send(conn, sender, rcpts, message)
@@ -229,11 +240,15 @@ class RemoteTarget:
                     raise TempFail(f"4.7.4 will not send the password for {hop.host} in clear")
                 await smtp.login(*hop.auth)
         except aiosmtplib.SMTPAuthenticationError as e:
+            # Our credentials are wrong: an operator's problem, not the recipient's.
+            # Keep the mail (as Postfix's smtp_sasl_auth_soft_bounce does).
             smtp.close()
-            raise PermFail(f"{e.code} {e.message} (smarthost login failed)") from None
+            raise TempFail(f"4.7.8 login to {hop.host} refused: {e.code} {e.message}") from None
         except aiosmtplib.SMTPResponseException as e:
+            # A 5xx greeting or EHLO refusal says "not this host": try the next
+            # one (Postfix's smtp_skip_5xx_greeting) rather than bounce.
             smtp.close()
-            raise (PermFail if 500 <= e.code < 600 else TempFail)(f"{e.code} {e.message}") from None
+            raise TempFail(f"{e.code} {e.message}") from None
         except (TempFail, PermFail):
             smtp.close()
             raise
