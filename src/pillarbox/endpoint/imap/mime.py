@@ -114,6 +114,8 @@ class Part:
             if isinstance(v, tuple):
                 v = email.utils.collapse_rfc2231_value(v)
             out.append((k, v))
+        if self.maintype == "text" and not any(k.lower() == "charset" for k, _ in out):
+            out.insert(0, ("charset", "us-ascii"))  # RFC 2045 5.2 default
         return out
 
     def header_fields(self, names: list[str], negate: bool) -> bytes:

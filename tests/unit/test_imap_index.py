@@ -1,0 +1,162 @@
+"""The mailbox index against real Maildir directories, and MIME sections."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pillarbox.endpoint.imap import mime
+from pillarbox.endpoint.imap.parser import Section
+from pillarbox.store.mailbox_index import MailboxError, MailStore
+
+
+def drop(root: Path, name: str, data: bytes = b"Subject: x\r\n\r\nbody\r\n") -> None:
+    (root / "new" / name).write_bytes(data)
+
+
+class Listener:
+    def __init__(self, selected):
+        self.selected = selected
+        self.calls = 0
+
+    def notify(self):
+        self.calls += 1
+
+
+def test_first_open_makes_special_use_folders(tmp_path):
+    s = MailStore(tmp_path / "u")
+    assert s.names() == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+    assert s.box("Sent").special == "\\Sent"
+    assert (tmp_path / "u" / ".Sent" / "cur").is_dir()
+    assert s.subscriptions() >= {"INBOX", "Sent"}
+
+
+def test_new_files_get_uids_in_order_and_move_to_cur(tmp_path):
+    root = tmp_path / "u"
+    s = MailStore(root)
+    drop(root, "100.a.host")
+    drop(root, "101.b.host")
+    assert s.sync("INBOX") == [1, 2]
+    assert sorted(os.listdir(root / "cur")) == ["100.a.host:2,", "101.b.host:2,"]
+    assert os.listdir(root / "new") == []
+    assert s.sync("INBOX") == []
+    drop(root, "102.c.host")
+    assert s.sync("INBOX") == [3]
+    validity = s.box("INBOX").uidvalidity
+    s.close()
+    s2 = MailStore(root)  # reopened: same UIDs, same UIDVALIDITY
+    assert list(s2.box("INBOX").msgs) == [1, 2, 3]
+    assert s2.box("INBOX").uidvalidity == validity
+    assert s2.box("INBOX").uidnext == 4
+
+
+def test_flags_in_file_names_and_external_changes(tmp_path):
+    root = tmp_path / "u"
+    s = MailStore(root)
+    drop(root, "100.a.host")
+    s.sync("INBOX")
+    changed, _ = s.store_flags("INBOX", [1], "add", ["\\Seen", "\\Flagged", "$Work"])
+    assert changed[0].flags == {"\\Seen", "\\Flagged", "$Work"}
+    assert os.listdir(root / "cur") == ["100.a.host:2,FS"]
+    # mutt marks it replied and deleted the file-name way
+    os.rename(root / "cur" / "100.a.host:2,FS", root / "cur" / "100.a.host:2,FRST")
+    s.sync("INBOX")
+    assert s.box("INBOX").msgs[1].flags == {"\\Seen", "\\Flagged", "\\Answered",
+                                             "\\Deleted", "$Work"}
+    assert s.expunge("INBOX") == [1]
+    assert os.listdir(root / "cur") == []
+
+
+def test_vanished_files_are_expunged_and_listeners_told(tmp_path):
+    root = tmp_path / "u"
+    s = MailStore(root)
+    drop(root, "100.a.host")
+    drop(root, "101.b.host")
+    s.sync("INBOX")
+    who = Listener("INBOX")
+    s.listeners.add(who)
+    os.unlink(root / "cur" / "100.a.host:2,")
+    s.sync("INBOX")
+    assert list(s.box("INBOX").msgs) == [2]
+    assert who.calls == 1
+
+
+def test_copy_move_and_folders(tmp_path):
+    root = tmp_path / "u"
+    s = MailStore(root)
+    drop(root, "100.a.host")
+    drop(root, "101.b.host")
+    s.sync("INBOX")
+    assert s.copy("INBOX", [1, 2], "Archive") == [(1, 1), (2, 2)]
+    assert s.copy("INBOX", [2], "Trash", move=True) == [(2, 1)]
+    assert list(s.box("INBOX").msgs) == [1]
+    assert len(os.listdir(root / ".Archive" / "cur")) == 2
+    s.create("Lists")
+    s.create("Lists.dev")
+    s.rename("Lists", "Groups")
+    assert {"Groups", "Groups.dev"} <= set(s.names())
+    assert (root / ".Groups.dev" / "cur").is_dir()
+    s.delete("Groups.dev")
+    assert "Groups.dev" not in s.names() and not (root / ".Groups.dev").exists()
+    for bad in ["../x", ".hidden", "a..b", "a/b", "", "x*"]:
+        with pytest.raises(MailboxError):
+            s.create(bad)
+    with pytest.raises(MailboxError):
+        s.delete("INBOX")
+    with pytest.raises(MailboxError) as e:
+        s.create("Sent")
+    assert e.value.code == "ALREADYEXISTS"
+    # A recreated name gets a new UIDVALIDITY.
+    v = s.box("Groups").uidvalidity
+    s.delete("Groups")
+    s.create("Groups")
+    assert s.box("Groups").uidvalidity > v
+
+
+def test_append_write_file(tmp_path):
+    root = tmp_path / "u"
+    s = MailStore(root)
+    base, fname = MailStore.write_file(s.path("Sent"), b"Subject: s\r\n\r\nx\r\n", ["\\Seen"],
+                                       1_700_000_000.0)
+    m = s.add_file("Sent", base, fname, ["\\Seen"])
+    assert m.uid == 1 and m.size == 17 and m.internaldate == 1_700_000_000.0
+    assert fname.endswith(":2,S")
+
+
+MULTI = (b"Subject: m\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+         b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+         b"--b1\r\nContent-Type: message/rfc822\r\n\r\n"
+         b"Subject: inner\r\nContent-Type: multipart/alternative; boundary=b2\r\n\r\n"
+         b"--b2\r\n\r\ninner text\r\n--b2\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n"
+         b"--b2--\r\n"
+         b"\r\n--b1--\r\n")
+
+
+def test_mime_sections():
+    p = mime.Part(MULTI)
+    assert mime.section(p, Section()) == MULTI
+    assert mime.section(p, Section((1,))) == b"hello"
+    assert mime.section(p, Section((2,), "HEADER")) == (
+        b"Subject: inner\r\nContent-Type: multipart/alternative; boundary=b2\r\n\r\n")
+    assert mime.section(p, Section((2, 1))) == b"inner text"
+    assert mime.section(p, Section((2, 2))) == b"<p>hi</p>"
+    assert mime.section(p, Section((2, 2), "MIME")) == b"Content-Type: text/html\r\n\r\n"
+    assert mime.section(p, Section((3,))) == b""
+    assert mime.section(p, Section((), "HEADER.FIELDS", ["SUBJECT"])) == b"Subject: m\r\n\r\n"
+    single = mime.Part(b"Subject: s\r\n\r\nbody\r\n")
+    assert mime.section(single, Section((1,))) == b"body\r\n"
+    bs = mime.bodystructure(p)
+    assert bs.startswith(b'(("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 5 1')
+    assert b'"MESSAGE" "RFC822"' in bs and b'"ALTERNATIVE"' in bs and b'"MIXED"' in bs
+
+
+def test_envelope_and_quoting():
+    p = mime.Part(b'From: "Bob B." <bob@example.test>\r\nTo: a@x.test, c@y.test\r\n'
+                  b"Subject: =?utf-8?q?caf=C3=A9?=\r\nMessage-ID: <1@x>\r\n\r\n")
+    env = mime.envelope(p)
+    assert b'(("Bob B." NIL "bob" "example.test"))' in env
+    assert b'((NIL NIL "a" "x.test")(NIL NIL "c" "y.test"))' in env
+    assert mime.decoded_header(p, "subject") == "café"
+    assert mime.quote('a "b" \\c') == b'"a \\"b\\" \\\\c"'
+    assert mime.quote("é") == b"{2}\r\n\xc3\xa9"
+    assert mime.quote(None) == b"NIL"
