@@ -201,7 +201,8 @@ def test_unknown_command_and_missing_args(make_server):
     for args in (["frobnicate"], ["user"], ["user", "add"], ["alias", "add"],
                  ["queue", "show"]):
         p = srv.cli(*args)
-        assert p.returncode != 0, (args, p)
+        assert p.returncode == 1, (args, p)
+        assert "error: " in p.stderr, (args, p.stderr)  # after argparse's usage line
         assert "Traceback" not in p.stderr, p.stderr
 
 
