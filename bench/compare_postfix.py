@@ -694,6 +694,7 @@ class Paced:
     failures: dict[str, int] = field(default_factory=dict)
     late: int = 0
     elapsed: float = 0.0
+    same: bool = False  # pillarbox at Postfix's half-peak rate (the same load for both)
 
     def pct(self, p: float) -> float | None:
         if not self.latencies or self.failures:
@@ -748,9 +749,9 @@ async def paced_load(port: int, rate: float, n: int, size: int, timeout: float,
     res.latencies, res.failures = r.latencies, r.failures
 
 
-def run_paced(kind: str, rate: float, args: argparse.Namespace) -> Paced:
+def run_paced(kind: str, rate: float, args: argparse.Namespace, same: bool = False) -> Paced:
     n = max(50, min(args.messages, int(rate * args.paced_seconds)))
-    res = Paced(kind, rate, n)
+    res = Paced(kind, rate, n, same=same)
     with throwaway(kind, "maildir", args) as (srv, _):
         asyncio.run(paced_load(srv.port, rate, n, args.size, args.timeout, res))
         note_log(srv)
@@ -898,8 +899,8 @@ def build_rows(runs: list[Run], paced: list[Paced], mem: dict[str, Memory],
     def at_least(k: float) -> Callable[[float | None, float | None], bool]:
         return lambda p, b: p is not None and b is not None and b >= k * p
 
-    def p99(kind: str) -> float | None:
-        return median([x.pct(99) for x in paced if x.server == kind])
+    def lat(kind: str, p: float, same: bool = False) -> float | None:
+        return median([x.pct(p) for x in paced if x.server == kind and x.same == same])
 
     relay = f"n/a ({relay_na})" if relay_na else "n/a"
     pf, pb = mem.get("Postfix"), mem.get("pillarbox")
@@ -915,12 +916,13 @@ def build_rows(runs: list[Run], paced: list[Paced], mem: dict[str, Memory],
             "msg/s", na=relay),
         Row("end to end relay to a local smtp-sink", *both("relay", "e2e_rate"),
             "msg/s", "≥ 1.5 × Postfix", at_least(1.5), na=relay),
-        Row("p99 end of DATA → 250 at half the peak rate", p99("Postfix"), p99("pillarbox"),
-            "ms", "≤ Postfix's", lambda p, b: p is not None and b is not None and b <= p,
-            digits=1),
-        Row("p50 end of DATA → 250 at half the peak rate",
-            median([x.pct(50) for x in paced if x.server == "Postfix"]),
-            median([x.pct(50) for x in paced if x.server == "pillarbox"]), "ms", digits=1),
+        Row("p99 end of DATA → 250 at half the peak rate (each its own)", lat("Postfix", 99),
+            lat("pillarbox", 99), "ms", "≤ Postfix's",
+            lambda p, b: p is not None and b is not None and b <= p, digits=1),
+        Row("p50 end of DATA → 250, same runs", lat("Postfix", 50), lat("pillarbox", 50),
+            "ms", digits=1),
+        Row("p99 end of DATA → 250, both at half Postfix's peak", lat("Postfix", 99),
+            lat("pillarbox", 99, True), "ms", digits=1),
         Row("server CPU s per 1,000 msg (Maildir, new connection each)",
             *both("new", "cpu_per_k"), "s", digits=2),
         Row("idle memory", pf.idle_kb / 1024 if pf and pf.idle_kb else None,
@@ -955,9 +957,10 @@ def runs_table(runs: list[Run], paced: list[Paced]) -> str:
               "|---|---|---|---|---|---|---|"]
     for i, x in enumerate(paced, 1):
         p50, p99 = x.pct(50), x.pct(99)
-        lines.append(f"| {i} | {x.server} | {x.rate:,.0f} | {x.n} | {x.late} | "
+        rate = f"{x.rate:,.0f}" + (" (Postfix's)" if x.same else "")
+        lines.append(f"| {i} | {x.server} | {rate} | {x.n} | {x.late} | "
                      f"{p50:.1f} | {p99:.1f} |" if p50 is not None and p99 is not None else
-                     f"| {i} | {x.server} | {x.rate:,.0f} | {x.n} | {x.late} | failed | |")
+                     f"| {i} | {x.server} | {rate} | {x.n} | {x.late} | failed | |")
     return "\n".join(lines)
 
 
@@ -1037,6 +1040,7 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], rows: list[Row],
                "i starts at i/rate s whatever the replies), a new connection per message, "
                f"MAIL/RCPT/DATA pipelined, for {args.paced_seconds:.0f} s or at most {n:,} "
                "messages; latency is from the end of DATA (`.` CRLF written) to its 250. "
+               "pillarbox is also run at Postfix's half-peak rate, the same load for both. "
                "*Late starts* in the runs below are messages that started more than 50 ms "
                "after their slot (at most 200 connections in flight)."),
         bullet("CPU: utime + stime from /proc of the server process and its descendants, "
@@ -1068,8 +1072,9 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], rows: list[Row],
         f"Measured {dt.date.today().isoformat()} on this machine: {m['nproc']} CPUs "
         f"({m['cpu']}), {os_name()}, Linux {m['kernel']}, Python {m['python']}; Postfix {pv} "
         f"(Debian package); pillarbox at {m['src']}; queues and Maildirs on {where}; load "
-        f"average before the run {m['load']} (other work on the machine shows up in the "
-        f"figures). The whole run took {took / 60:.1f} minutes.", 92, break_on_hyphens=False)
+        f"average before the run {m['load']} and after it {sl.machine()['load']} (other work "
+        f"on the machine shows up in the figures). The whole run took {took / 60:.1f} "
+        "minutes.", 92, break_on_hyphens=False)
     return f"""## {SECTION}
 
 {intro}
@@ -1083,7 +1088,9 @@ working tree, as root: it installs Postfix if missing and runs its own instance)
 
 Ratio is pillarbox ÷ Postfix. Each figure is the median of {args.rounds} runs per server
 and load; the servers run alternately (Postfix, pillarbox, Postfix, pillarbox, ...), each
-run on a fresh throwaway instance. Memory is one run each.
+run on a fresh throwaway instance. Memory is one run each. On a machine shared with other
+work single runs spread widely (see "All runs" below, and the load average above): a target
+met or missed by a small margin may go the other way in the next run.
 
 Anything odd in this run:
 
@@ -1118,8 +1125,8 @@ def notes_for(runs: list[Run], paced: list[Paced], mem: dict[str, Memory],
         for why, k in x.failures.items():
             out.append(f"{x.server} paced run at {x.rate:.0f}/s: {k} x {why}")
         if x.late:
-            out.append(f"{x.server} paced run at {x.rate:.0f}/s: {x.late} of {x.n} "
-                       "messages started late (the client or the server could not keep up)")
+            out.append(f"{x.server} paced run at {x.rate:.0f}/s: {x.late} of {x.n} messages "
+                       "started more than 50 ms after their slot")
     for m in mem.values():
         for p in m.problems:
             out.append(f"{m.server} 25 MB run: {p}")
@@ -1251,15 +1258,20 @@ def run_all(args: argparse.Namespace, loads: list[str], commit: str | None) -> i
     if not args.no_paced:
         peaks = {k: median([r.accept_rate for r in runs if r.server == k and r.load == "new"])
                  for k in ("Postfix", "pillarbox")}
+        # Each at half its own peak (the issue's figure); then pillarbox also at Postfix's
+        # rate, which tells the server's latency apart from the higher rate it is given.
+        plan = [("Postfix", peaks["Postfix"], False), ("pillarbox", peaks["pillarbox"], False),
+                ("pillarbox", peaks["Postfix"], True)]
         for rnd in range(1, args.rounds + 1):
-            for kind in ("Postfix", "pillarbox"):
-                if not peaks[kind]:
-                    log(f"no peak rate for {kind} (the new-connection load failed or did not run)")
+            for kind, peak, same in plan:
+                if not peak:
+                    log("no peak rate (the new-connection load failed or did not run)")
                     continue
                 try:
-                    x = run_paced(kind, peaks[kind] / 2, args)
+                    x = run_paced(kind, peak / 2, args, same)
                 except Exception as e:
-                    x = Paced(kind, peaks[kind] / 2, 0, failures={f"{type(e).__name__}: {e}": 1})
+                    x = Paced(kind, peak / 2, 0, failures={f"{type(e).__name__}: {e}": 1},
+                              same=same)
                 paced.append(x)
                 log(f"round {rnd} paced {kind:9}: {x.n} at {x.rate:,.0f}/s: p50 "
                     f"{x.pct(50) or float('nan'):.1f} ms, p99 {x.pct(99) or float('nan'):.1f} ms"
