@@ -664,6 +664,9 @@ class StoreRegistry:
                     listener.notify()
 
     def close_all(self) -> None:
-        for store in self.stores.values():
-            store.close()
-        self.stores.clear()
+        """At shutdown: close the stores no session holds (the others close with
+        their last session; every change is committed as it is made)."""
+        for path, store in list(self.stores.items()):
+            if store.users <= 0:
+                store.close()
+                del self.stores[path]
