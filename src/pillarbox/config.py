@@ -99,7 +99,7 @@ class QueueSettings:
         default_factory=lambda: [60.0, 300.0, 900.0, 3600.0, 14400.0]
     )
     max_lifetime: float = 5 * 86400.0
-    workers: int = 16
+    workers: int = 64
 
 
 @dataclass
@@ -458,7 +458,7 @@ min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1
 # waits between delivery attempts; the last one repeats until max_lifetime
 retry_schedule = ["1m", "5m", "15m", "1h", "4h"]
 max_lifetime   = "5d"      # after this a message that still fails is bounced
-workers        = 16        # messages delivered concurrently (local deliveries are batched)
+workers        = 64        # messages delivered concurrently (local deliveries are batched)
 
 [remote]
 # Delivery to other domains: MX lookup, STARTTLS when offered, retries.

@@ -12,6 +12,7 @@ import heapq
 import logging
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from pillarbox import route
 from pillarbox.address import domain_of
@@ -45,6 +46,7 @@ class Queue:
         self.aliases = aliases
         self.mail_root = config.data_dir / "mail"
         self.maildir = mailbox.MaildirWriter()
+        self._maildirs: dict[str, Path] = {}
         self.remote = RemoteTarget(config)
         self.signing = None  # modify.signing.Signing, set by the server
         self._ready: asyncio.Queue[str] = asyncio.Queue()
@@ -203,7 +205,9 @@ class Queue:
             message = await asyncio.to_thread(self._read_all, env.id)
             jobs += [self._attempt_remote(env, dom, ds, message) for dom, ds in remote.items()]
         outcomes: dict[int, str | None] = {}
-        for result in await asyncio.gather(*jobs):
+        # The common case, one mailbox, skips gather's task per job.
+        results = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
+        for result in results:
             outcomes.update(result)
         now = time.time()  # backoff counts from the failure, not from the attempt's start
         for d in due:
@@ -292,7 +296,9 @@ class Queue:
             if user.over_quota:
                 return "4.2.2 mailbox full"
             prefix = f"Return-Path: <{sender}>\r\nDelivered-To: {d.to}\r\n".encode()
-            path = mailbox.maildir_path(self.mail_root, d.to)
+            path = self._maildirs.get(d.to)
+            if path is None:
+                path = self._maildirs[d.to] = mailbox.maildir_path(self.mail_root, d.to)
             size = await self.maildir.deliver(path, prefix,
                                               lambda: self.spool.open_message(env.id))
             self.users.add_used(d.to, size)
