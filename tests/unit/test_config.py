@@ -74,3 +74,47 @@ def test_sizes_and_durations() -> None:
     assert config.parse_duration("2d") == 172800
     with pytest.raises(config.ConfigError):
         config.parse_size(-1)
+
+
+def test_routes_and_remote(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, BASE + """
+[remote]
+port = 2626
+max_per_destination = 3
+
+[[route]]
+domains = ["partner.test"]
+host = "127.0.0.1:2727"
+tls = "required"
+
+[[route]]
+domains = ["*"]
+senders = ["@example.test"]
+host = "smart.example.net"
+auth_user = "u"
+auth_password = "p"
+""")
+    assert cfg.remote.port == 2626 and cfg.remote.max_per_destination == 3
+    first, second = cfg.routes
+    assert (first.host, first.port, first.tls) == ("127.0.0.1", 2727, "required")
+    assert first.matches("partner.test", "anyone@else.test")
+    assert not first.matches("other.test", "a@example.test")
+    assert (second.host, second.port) == ("smart.example.net", 25)
+    assert second.matches("anything.test", "bob@example.test")
+    assert not second.matches("anything.test", "bob@elsewhere.test")
+
+
+@pytest.mark.parametrize(
+    "route, key",
+    [
+        ('domains = []', "route[0].domains"),
+        ('domains = ["x.test"]\ntls = "maybe"', "route[0].tls"),
+        ('domains = ["x.test"]\nauth_user = "u"', "route[0].auth_user"),
+        ('domains = ["x.test"]\nport = 25', "route[0].port"),
+        ('domains = ["x.test"]\nhost = "h:0"', "route[0].host"),
+    ],
+)
+def test_bad_routes_name_the_key(tmp_path: Path, route: str, key: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, BASE + "[[route]]\n" + route + "\n")
+    assert e.value.key == key
