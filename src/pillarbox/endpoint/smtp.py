@@ -17,7 +17,6 @@ import binascii
 import logging
 import re
 import ssl
-import time
 from dataclasses import dataclass, field
 
 from pillarbox import address as addr
@@ -25,6 +24,8 @@ from pillarbox.check import Reply, recipient, relay, sender
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
+from pillarbox.endpoint import connection
+from pillarbox.endpoint.connection import Connection, Disconnect
 from pillarbox.modify import received, submission
 from pillarbox.modify.signing import Signing
 from pillarbox.queue.scheduler import Queue
@@ -36,13 +37,8 @@ MAX_COMMAND_LINE = 512  # octets including CRLF (RFC 5321 4.5.3.1.4)
 MAX_TEXT_LINE = 1000  # octets including CRLF (RFC 5321 4.5.3.1.6)
 MAX_ERRORS = 10  # bad commands before we hang up
 MAX_AUTH_FAILURES = 5  # smtplib alone spends two per login (PLAIN, then LOGIN)
-MAX_BUFFER = 1 << 20  # unread input per connection before we stop reading
 
 _PATH_RE = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
-
-
-class Disconnect(Exception):
-    pass
 
 
 @dataclass
@@ -65,92 +61,24 @@ class SMTPContext:
     sessions: set = field(default_factory=set)
 
 
-class SMTPProtocol(asyncio.Protocol):
-    """Socket events for one connection, feeding the Session coroutine.
-
-    A thin Protocol instead of asyncio streams: the streams layer (a
-    StreamReader, a timeout context and a timer per read) cost several times
-    the SMTP work itself on our profiles. Idle connections are found by one
-    sweep per server instead of a timer per read.
-    """
+class SMTPProtocol(Connection):
+    """One SMTP connection: refuses over the limit, else starts a Session."""
 
     def __init__(self, ctx: SMTPContext, kind: str) -> None:
+        super().__init__()
         self.ctx = ctx
         self.kind = kind
-        self.transport: asyncio.Transport | None = None
+        self.sessions = ctx.sessions
         self.session: Session | None = None
-        self.buf = bytearray()
-        self.closed = False
-        self.last_active = time.monotonic()
-        self._waiter: asyncio.Future | None = None
-        self._drain: asyncio.Future | None = None
-        self._task: asyncio.Task | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        if len(self.ctx.sessions) >= self.ctx.config.limits.max_connections:
-            transport.write(f"421 4.7.0 {self.ctx.config.hostname} too many connections, "  # type: ignore[attr-defined]
-                            "try later\r\n".encode())
-            transport.close()
-            self.closed = True
+    def start(self) -> None:
+        cfg = self.ctx.config
+        if len(self.sessions) > cfg.limits.max_connections:
+            self.refuse(f"421 4.7.0 {cfg.hostname} too many connections, try later\r\n"
+                        .encode())
             return
-        self.ctx.sessions.add(self)
         self.session = Session(self.ctx, self.kind, self)
         self._task = asyncio.get_running_loop().create_task(self.session.run_guarded())
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        self.last_active = time.monotonic()
-        if len(self.buf) > MAX_BUFFER and self.transport is not None:
-            self.transport.pause_reading()  # resumed when the session catches up
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.ctx.sessions.discard(self)
-        for f in (self._waiter, self._drain):
-            if f is not None and not f.done():
-                f.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
-
-    async def wait_data(self) -> None:
-        if self.closed:
-            raise Disconnect()
-        if self.transport is not None and len(self.buf) < MAX_BUFFER:
-            self.transport.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-        if self.closed and not self.buf:
-            raise Disconnect()
-
-    async def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            raise Disconnect()
-        self.transport.write(data)
-        if self._drain is not None:
-            await self._drain
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
-
-    def timed_out(self, now: float, limit: float) -> bool:
-        return self._waiter is not None and now - self.last_active > limit
 
 
 class Session:
@@ -654,15 +582,8 @@ class Session:
 
 
 async def sweep_idle(ctx: SMTPContext) -> None:
-    """Close connections idle longer than limits.command_timeout."""
-    limit = ctx.config.limits.command_timeout
-    while True:
-        await asyncio.sleep(min(10.0, max(limit / 4, 0.5)))
-        now = time.monotonic()
-        for conn in list(ctx.sessions):
-            if conn.timed_out(now, limit):
-                try:
-                    if conn.transport is not None:
-                        conn.transport.write(b"421 4.4.2 Idle too long, closing connection\r\n")
-                finally:
-                    conn.close()
+    """Close SMTP connections idle longer than limits.command_timeout."""
+    timeout = ctx.config.limits.command_timeout
+    await connection.sweep_idle(ctx.sessions, lambda conn: timeout,
+                                b"421 4.4.2 Idle too long, closing connection\r\n",
+                                every=min(10.0, max(timeout / 4, 0.5)))

@@ -17,7 +17,6 @@ import email.utils
 import logging
 import re
 import ssl
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 from pillarbox import __version__
 from pillarbox.config import Config
 from pillarbox.directory.users import Users
+from pillarbox.endpoint import connection
+from pillarbox.endpoint.connection import Connection, Disconnect
 from pillarbox.endpoint.imap import mime
 from pillarbox.endpoint.imap.parser import (
     LITERAL_RE,
@@ -48,14 +49,9 @@ from pillarbox.target import mailbox
 
 log = logging.getLogger("pillarbox.imap")
 
-MAX_BUFFER = 1 << 20  # unread input held before we stop reading
 MAX_AUTH_FAILURES = 5
 FLUSH_AT = 256 * 1024  # write out long FETCH responses as they grow
 THREAD_READ_AT = 256 * 1024  # read message files larger than this in a thread
-
-
-class Disconnect(Exception):
-    pass
 
 
 @dataclass
@@ -69,83 +65,19 @@ class IMAPContext:
     per_user: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-class IMAPProtocol(asyncio.Protocol):
-    """Socket events for one connection, feeding the Session coroutine."""
+class IMAPProtocol(Connection):
+    """One IMAP connection, feeding the Session coroutine."""
 
     def __init__(self, ctx: IMAPContext, kind: str) -> None:
+        super().__init__()
         self.ctx = ctx
         self.kind = kind
-        self.transport: asyncio.Transport | None = None
+        self.sessions = ctx.sessions
         self.session: Session | None = None
-        self.buf = bytearray()
-        self.closed = False
-        self.last_active = time.monotonic()
-        self._waiter: asyncio.Future | None = None
-        self._drain: asyncio.Future | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.ctx.sessions.add(self)
+    def start(self) -> None:
         self.session = Session(self.ctx, self.kind, self)
-        asyncio.get_running_loop().create_task(self.session.run_guarded())
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        self.last_active = time.monotonic()
-        if len(self.buf) > MAX_BUFFER and self.transport is not None:
-            self.transport.pause_reading()
-        self.wake()
-
-    def wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.ctx.sessions.discard(self)
-        for f in (self._waiter, self._drain):
-            if f is not None and not f.done():
-                f.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
-
-    async def wait_data(self) -> None:
-        """Until input arrives (or the session is woken by a mailbox change)."""
-        if self.closed:
-            raise Disconnect()
-        if self.transport is not None and len(self.buf) < MAX_BUFFER:
-            self.transport.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-        if self.closed and not self.buf:
-            raise Disconnect()
-
-    async def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            raise Disconnect()
-        self.transport.write(data)
-        if self._drain is not None:
-            await self._drain
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
-
-    def timed_out(self, now: float, limit: float) -> bool:
-        return self._waiter is not None and now - self.last_active > limit
+        self._task = asyncio.get_running_loop().create_task(self.session.run_guarded())
 
 
 def imap_date(ts: float) -> str:
@@ -1165,15 +1097,11 @@ async def sweep_idle(ctx: IMAPContext) -> None:
     limits.command_timeout)."""
     limit = ctx.config.imap.idle_timeout
     pre_login = min(limit, ctx.config.limits.command_timeout)
-    while True:
-        await asyncio.sleep(min(10.0, max(pre_login / 4, 0.2)))
-        now = time.monotonic()
-        for conn in list(ctx.sessions):
-            s = conn.session
-            lim = limit if s is not None and s.user is not None else pre_login
-            if conn.timed_out(now, lim):
-                try:
-                    if conn.transport is not None:
-                        conn.transport.write(b"* BYE Autologout; idle for too long\r\n")
-                finally:
-                    conn.close()
+
+    def limit_for(conn: IMAPProtocol) -> float:
+        s = conn.session
+        return limit if s is not None and s.user is not None else pre_login
+
+    await connection.sweep_idle(ctx.sessions, limit_for,
+                                b"* BYE Autologout; idle for too long\r\n",
+                                every=min(10.0, max(pre_login / 4, 0.2)))
