@@ -20,7 +20,8 @@ $(DEV_CONFIG): | $(STAMP)
 
 serve: $(STAMP) $(DEV_CONFIG)
 	@echo
-	@echo "pillarbox dev server: SMTP 127.0.0.1:2525, submission 127.0.0.1:5870, submissions 127.0.0.1:4650"
+	@echo "pillarbox dev server: SMTP 127.0.0.1:2525, submission 127.0.0.1:5870, submissions 127.0.0.1:4650,"
+	@echo "                      IMAP 127.0.0.1:1430 (STARTTLS), IMAPS 127.0.0.1:9930"
 	@echo "  add a user:    $(BIN)/pillarbox -c $(DEV_CONFIG) user add alice@example.test"
 	@echo "  send a test:   swaks --server 127.0.0.1:2525 --to alice@example.test"
 	@echo "  read it:       ls dev/var/mail/example.test/alice/new/"
