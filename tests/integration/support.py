@@ -262,7 +262,7 @@ class RawSMTP:
 
 def default_config(smtp: int, submission: int, submissions: int, imap: int | None = None,
                    imaps: int | None = None) -> dict:
-    """Every key of docs/INTERFACE-NOTES.md, with test-friendly values."""
+    """Every config key (see the TEMPLATE in config.py), with test-friendly values."""
     return {
         "hostname": HOSTNAME,
         "domains": [DOMAIN],
