@@ -7,6 +7,7 @@ import errno
 import functools
 import logging
 import signal
+import time
 
 from pillarbox import control, tls
 from pillarbox.config import Config
@@ -158,6 +159,29 @@ def serve(config: Config) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(Server(config).run())
+        loop = asyncio.new_event_loop()
     else:
-        uvloop.run(Server(config).run())
+        loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(Server(config).run())
+        loop.run_until_complete(_end_leftovers())
+    finally:
+        loop.close()
+
+
+async def _end_leftovers(timeout: float = 5.0) -> None:
+    """Cancel what is still running after a stop, bounded in time.
+
+    asyncio.run() would wait forever for a task that swallows its cancel;
+    the spool is fsync'd, so leaving such a task behind loses nothing.
+    """
+    me = asyncio.current_task()
+    pending = {t for t in asyncio.all_tasks() if t is not me}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    if pending:
+        log.warning("stop: %d tasks did not end in %.0fs; exiting anyway", len(pending), timeout)

@@ -260,3 +260,28 @@ def test_local_and_remote_recipients_of_one_message(outbound, dns, double):
     dsn = wait_dsn(srv, ALICE)
     assert dsn.final_recipients() == [CAROL], "the local delivery succeeded: not in the DSN"
     wait_queue_empty(srv)
+
+
+def test_sigterm_during_a_relay_burst_stops_promptly_and_loses_nothing(outbound, dns, double):
+    """Regression: workers caught mid-transaction once swallowed the cancel and
+    the server never exited. Stop while deliveries are in flight, then restart."""
+    n = 40
+    point_mx(dns)
+    double.rcpt_delay = 0.05  # keep transactions open when SIGTERM comes
+    srv = outbound()
+    markers = [token() for _ in range(n)]
+    with Submission(srv) as sub:
+        for m in markers:
+            sub.send(CAROL, body=f"marker {m}\r\n")
+    double.wait_for(lambda: len(double.messages) >= 3 or None, 15, "the burst under way")
+    started = time.monotonic()
+    srv.stop()
+    took = time.monotonic() - started
+    assert not srv.running() and not srv.problems, srv.problems
+    assert took < 12, f"SIGTERM during a relay burst took {took:.1f}s"
+
+    double.rcpt_delay = 0.0
+    srv.start()
+    double.wait_for(lambda: set(_markers_delivered(double, markers)) == set(markers) or None,
+                    30, "every message of the burst relayed after the restart")
+    wait_queue_empty(srv, timeout=15)

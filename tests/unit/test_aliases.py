@@ -92,3 +92,38 @@ def test_password_check(directory: Aliases) -> None:
     assert users.authenticate("not an address", "pw") is None
     users.set_enabled("alice@example.test", False)
     assert users.authenticate("alice@example.test", "pw") is None
+
+
+def test_password_check_cache(directory: Aliases, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repeated good login skips argon2; a changed password or a disabled user does not."""
+    import asyncio
+
+    from pillarbox.directory import users as users_mod
+
+    calls: list[str] = []
+    real_verify = users_mod._verify
+
+    def counting_verify(password_hash: str | None, password: str) -> bool:
+        calls.append(password)
+        return real_verify(password_hash, password)
+
+    monkeypatch.setattr(users_mod, "_verify", counting_verify)
+    users = directory.users
+    alice = "alice@example.test"
+
+    async def run() -> None:
+        assert await users.check_password("Alice@Example.test", "pw") == alice
+        assert await users.check_password(alice, "pw") == alice
+        assert calls == ["pw"]  # the second login came from the cache
+        assert await users.check_password(alice, "wrong") is None
+        assert await users.check_password(alice, "wrong") is None
+        assert calls.count("wrong") == 2  # failures are never cached
+        users.set_password(alice, "new")
+        assert await users.check_password(alice, "pw") is None
+        assert await users.check_password(alice, "new") == alice
+        users.set_enabled(alice, False)
+        assert await users.check_password(alice, "new") is None
+        assert await users.check_password("nobody@example.test", "pw") is None
+        assert await users.check_password("not an address", "pw") is None
+
+    asyncio.run(run())

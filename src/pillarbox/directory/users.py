@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
+import hashlib
+import hmac
+import os
 import time
 from dataclasses import dataclass
 
@@ -14,6 +19,16 @@ from pillarbox.directory.cache import DirectoryCache
 from pillarbox.store.sqlite import Database
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended cost
+
+# Each argon2id check takes ~64 MiB and ~0.3 s of a core. Two threads of their
+# own bound both under a login burst, and keep the default pool (spool writes,
+# DKIM, Maildir batches) free while they work.
+ARGON2_THREADS = 2
+# A successful login is remembered this long, so clients that reconnect often
+# (mbsync, chat clients) do not pay argon2 each time. Keyed by an HMAC of the
+# password under a per-process random key; dropped when the stored hash changes.
+AUTH_CACHE_SECONDS = 600.0
+AUTH_CACHE_MAX = 10_000
 
 
 @functools.cache
@@ -41,6 +56,9 @@ class Users:
     def __init__(self, db: Database, cache: DirectoryCache | None = None) -> None:
         self.db = db
         self.cache = cache  # the server's in-memory copy; the CLI goes to SQLite
+        self._argon2: concurrent.futures.ThreadPoolExecutor | None = None
+        self._auth_key = os.urandom(32)
+        self._auth_cache: dict[tuple[str, bytes], tuple[float, str]] = {}
 
     def get(self, address: str) -> User | None:
         if self.cache is not None:
@@ -108,24 +126,53 @@ class Users:
         ).fetchall()
         return [User(r[0], bool(r[1]), r[2], r[3]) for r in rows]
 
+    def _password_row(self, address: str) -> tuple[str, bool] | None:
+        row = self.db.execute(
+            "SELECT password_hash, enabled FROM users WHERE address = ?", (address,)
+        ).fetchone()
+        return (row[0], bool(row[1])) if row else None
+
     def authenticate(self, address: str, password: str) -> str | None:
         """Return the canonical address if the password is right and the user enabled.
 
-        Slow on purpose (argon2id): call it from a worker thread.
+        Slow on purpose (argon2id); the server uses `check_password` instead.
         """
         try:
             address = normalize(address)
         except ValueError:
             return None
-        row = self.db.execute(
-            "SELECT password_hash, enabled FROM users WHERE address = ?", (address,)
-        ).fetchone()
+        row = self._password_row(address)
+        ok = _verify(row[0] if row else None, password)
+        return address if ok and row and row[1] else None
+
+    async def check_password(self, address: str, password: str) -> str | None:
+        """`authenticate` for the event loop: argon2 in its own small pool, with a cache."""
         try:
-            # Verify even for unknown users so timing does not reveal which exist.
-            _hasher.verify(row[0] if row else _dummy_hash(), password)
-        except (VerificationError, InvalidHashError):
+            address = normalize(address)
+        except ValueError:
             return None
-        if not row or not row[1]:
+        row = await asyncio.to_thread(self._password_row, address)
+        key = (address, hmac.digest(self._auth_key, password.encode("utf-8", "surrogatepass"),
+                                    hashlib.sha256))
+        now = time.monotonic()
+        hit = self._auth_cache.get(key)
+        if row and hit and hit[0] > now and hit[1] == row[0]:
+            return address if row[1] else None
+        if self._argon2 is None:
+            self._argon2 = concurrent.futures.ThreadPoolExecutor(ARGON2_THREADS, "argon2")
+        ok = await asyncio.get_running_loop().run_in_executor(
+            self._argon2, _verify, row[0] if row else None, password)
+        if not ok or not row or not row[1]:
             return None
+        if len(self._auth_cache) >= AUTH_CACHE_MAX:
+            self._auth_cache.clear()
+        self._auth_cache[key] = (now + AUTH_CACHE_SECONDS, row[0])
         return address
 
+
+def _verify(password_hash: str | None, password: str) -> bool:
+    try:
+        # Verify even for unknown users so timing does not reveal which exist.
+        return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
+    except (VerificationError, InvalidHashError):
+        return False

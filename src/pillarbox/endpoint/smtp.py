@@ -317,7 +317,7 @@ class Session:
         else:
             self.reply(504, "5.5.4 Unrecognized authentication mechanism; use PLAIN or LOGIN")
             return None
-        user = await asyncio.to_thread(self.ctx.users.authenticate, username, password)
+        user = await self.ctx.users.check_password(username, password)
         if user is None:
             self.auth_failures += 1
             log.info("auth failed peer=%s user=%r", self.peer_ip, username[:100])

@@ -2,9 +2,11 @@
 
 Mail from authenticated users is signed with the domain of its From header
 when that domain is ours (DMARC alignment), else with the envelope sender's
-domain when that is ours; anything else goes out unsigned. Small messages
-are signed in a thread; large ones in a worker process, since dkimpy's body
-hashing holds the GIL (a 25 MB body stalled the loop ~0.5 s from a thread).
+domain when that is ours; anything else goes out unsigned. Signing runs in
+worker processes: dkimpy's canonicalization is Python code that holds the GIL
+(~2 ms a message for both signatures), so from a thread it competed with the
+event loop (relay bench: 230 msg/s signed in threads against 837 unsigned),
+and a 25 MB body stalled the loop ~0.5 s.
 """
 
 from __future__ import annotations
@@ -13,21 +15,21 @@ import asyncio
 import concurrent.futures
 import email.parser
 import email.policy
+import multiprocessing
+import os
+from concurrent.futures.process import BrokenProcessPool
 from email.utils import getaddresses
 from pathlib import Path
 
 from pillarbox.address import domain_of
 from pillarbox.config import Config
-from pillarbox.modify.dkim_sign import DKIMSigner, sign_with
-
-PROCESS_ABOVE = 1024 * 1024
+from pillarbox.modify.dkim_sign import sign_with
 
 
 class Signing:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.dkim_dir: Path = config.data_dir / "dkim"
-        self.signer = DKIMSigner(self.dkim_dir)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def domain_for(self, header_block: bytes, mail_from: str) -> str | None:
@@ -43,14 +45,29 @@ class Signing:
 
     async def sign(self, message: bytes, domain: str) -> bytes:
         """The DKIM-Signature header fields to prepend (b"" without keys)."""
-        if len(message) <= PROCESS_ABOVE:
-            return await asyncio.to_thread(self.signer.sign, message, domain)
-        if self._pool is None:
-            self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, sign_with, str(self.dkim_dir), message,
-                                          domain)
+        for attempt in (1, 2):
+            try:
+                return await loop.run_in_executor(self._workers(), sign_with,
+                                                  str(self.dkim_dir), message, domain)
+            except BrokenProcessPool:  # a worker died (OOM killer?): start afresh once
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _workers(self) -> concurrent.futures.ProcessPoolExecutor:
+        # Started on first use, so an idle server (or one without DKIM keys)
+        # carries no extra processes. forkserver, not fork: the server has
+        # threads, and a forked child could inherit a lock held by one of them.
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["pillarbox.modify.dkim_sign"])
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=os.cpu_count() or 1, mp_context=ctx)
+        return self._pool
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -35,6 +35,7 @@ from pillarbox.target.remote import RemoteTarget
 log = logging.getLogger("pillarbox.queue")
 
 COMPACT_EVERY = 60.0
+STOP_TIMEOUT = 10.0
 
 
 
@@ -55,7 +56,7 @@ class Queue:
         self._active: set[str] = set()
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task] = []
-        self._idle = asyncio.Event()
+        self._stopping = False
 
     # -- intake -----------------------------------------------------------
 
@@ -103,9 +104,20 @@ class Queue:
             log.info("queue loaded messages=%d", len(envs))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A cancel can be lost (asyncio.wait_for in aiosmtplib on Python 3.11
+        # swallows it when the inner call finishes at the same moment), so
+        # cancel again until every task has ended, and give up after a while:
+        # anything not finished is still in the spool for the next start.
+        self._stopping = True
+        deadline = time.monotonic() + STOP_TIMEOUT
+        pending = {t for t in self._tasks if not t.done()}
+        while pending and time.monotonic() < deadline:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending:
+            log.warning("queue stop: %d tasks did not end; their messages stay queued",
+                        len(pending))
         await self.remote.close()
 
     async def pickup(self) -> int:
@@ -167,7 +179,7 @@ class Queue:
                 log.info("queue compacted messages=%d", moved)
 
     async def _worker(self) -> None:
-        while True:
+        while not self._stopping:
             msg_id = await self._ready.get()
             self._queued.discard(msg_id)
             if msg_id in self._active:

@@ -488,7 +488,7 @@ class Session:
         return await self._login(user, password)
 
     async def _login(self, username: str, password: str):
-        addr = await asyncio.to_thread(self.ctx.users.authenticate, username, password)
+        addr = await self.ctx.users.check_password(username, password)
         if addr is None:
             self.auth_failures += 1
             log.info("imap auth failed peer=%s user=%r", self.peer_ip, username[:100])
