@@ -63,8 +63,12 @@ class Server:
         loop = asyncio.get_running_loop()
         for host, port in self.config.listen.get(kind, []):
             try:
+                # Bound now (a busy port fails the start at once), serving only
+                # once the queue has loaded: a message taken in meanwhile would
+                # race the spool's rebuild of its index.
                 srv = await loop.create_server(factory, host, port, ssl=ssl_ctx,
-                                               reuse_address=True, backlog=1024)
+                                               reuse_address=True, backlog=1024,
+                                               start_serving=False)
             except OSError as e:
                 reason = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
                 raise ServeError(f"listen.{kind}: cannot listen on {host}:{port}: {reason}"
@@ -102,13 +106,16 @@ class Server:
             for kind in ("lmtp", "http"):
                 if cfg.listen.get(kind):
                     log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
+            await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
+            await queue.start()
+            for srv in self._servers:
+                await srv.start_serving()
             self._servers.append(await control.serve(cfg.data_dir, self._control))
         except BaseException:
             for s in self._servers:
                 s.close()
+            await queue.stop()
             raise
-        await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
-        await queue.start()
         sweeper = asyncio.create_task(smtp.sweep_idle(ctx))
         imap_sweeper = asyncio.create_task(imap.sweep_idle(ictx))
         for sig in (signal.SIGTERM, signal.SIGINT):

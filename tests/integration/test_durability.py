@@ -110,3 +110,44 @@ def test_kill9_under_concurrent_load_loses_no_acknowledged_message(server):
         s.sendmail(SENDER, [USERS[0]], make_message(SENDER, USERS[0], "after-restart"))
     wait_until(lambda: any(b"Subject: after-restart" in m for m in server.messages(USERS[0])),
                10, "delivery after the restarts")
+
+
+def _fill_deferred_backlog(queue_root, n: int) -> None:
+    """n messages to a remote domain, deferred an hour: what a server leaves after 451s."""
+    import asyncio
+
+    from pillarbox.queue.spool import Delivery, Envelope, Spool, State, new_id
+
+    spool = Spool(queue_root)
+    body = b"Subject: deferred\r\n\r\n" + b"b" * 2000 + b"\r\n"
+    now = time.time()
+    envs = [Envelope(id=new_id(), mail_from=SENDER, rcpts=[f"r{i}@far.test"],
+                     received=now, size=len(body)) for i in range(n)]
+
+    async def write() -> None:
+        await asyncio.gather(*(spool.append(e, [body]) for e in envs))
+
+    asyncio.run(write())
+    for e in envs:
+        d = Delivery("remote", e.rcpts[0], e.rcpts[0], "deferred", 1, now + 3600, "451 later")
+        (spool.states / e.id).write_bytes(State([d], expanded=True).to_json())
+
+
+def test_mail_taken_at_start_with_a_big_backlog_is_kept_apart_from_it(make_server):
+    """Regression: the listeners once opened before the spool had loaded, so a
+    message taken in meanwhile raced the index rebuild (wrong offsets, a torn
+    segment tail cut off). Now nothing is served until the queue is loaded."""
+    n = 8000
+    srv = make_server(start=False)
+    _fill_deferred_backlog(srv.data_dir / "queue", n)
+    srv.start(timeout=60)
+    toks = [f"startup-{i}-{time.monotonic_ns()}" for i in range(20)]
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname=CLIENT_NAME, timeout=20) as s:
+        for tok in toks:
+            s.sendmail(SENDER, [ALICE], make_message(SENDER, [ALICE], tok, f"body {tok}\r\n"))
+    got = srv.wait_for_messages(ALICE, len(toks), timeout=30)
+    found = sorted(t for raw in got for t in toks if f"body {t}\r\n".encode() in raw)
+    assert found == sorted(toks), "messages taken at start-up were lost or mangled"
+    entries = srv.queue_list()
+    assert len(entries) == n, f"the backlog has {len(entries)} messages, not {n}"
+    assert all(e["rcpts"][0]["state"] == "deferred" for e in entries)
