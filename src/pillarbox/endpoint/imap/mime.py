@@ -302,16 +302,18 @@ def bodystructure(p: Part, extended: bool = True) -> bytes:
 # search helpers
 
 
+def decoded_words(text: str) -> str:
+    """Text with its RFC 2047 encoded words decoded (left as is when broken)."""
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):
+        return text
+
+
 def decoded_header(p: Part, name: str) -> str:
-    out = []
-    for v in p.get_all(name):
-        text = v.decode("utf-8", "replace")
-        try:
-            text = str(email.header.make_header(email.header.decode_header(text)))
-        except (ValueError, LookupError, UnicodeError):
-            pass
-        out.append(text)
-    return "\n".join(out)
+    return "\n".join(decoded_words(v.decode("utf-8", "replace")) for v in p.get_all(name))
 
 
 def body_text(raw: bytes) -> str:

@@ -1079,8 +1079,8 @@ class _Searcher:
         if k == "TEXT":
             needle = key[1].casefold()
             part = self._part(msg)
-            return (needle in part.header.decode("utf-8", "replace").casefold()
-                    or needle in self._body(msg))
+            return (needle in mime.decoded_words(part.header.decode("utf-8", "replace"))
+                    .casefold() or needle in self._body(msg))
         return False
 
 
