@@ -666,10 +666,12 @@ def offline_entries(root: Path) -> list[OfflineEntry]:
             else:
                 seen[env.id] = OfflineEntry(env, None, "queue", p, off, n)
     with_state = set(os.listdir(states)) if states.exists() else set()
+    state_dir = str(states)  # plain strings: pathlib cost a fifth of a 100k listing
     for entry in sorted(seen.values(), key=lambda e: e.env.id):
         if entry.env.id in with_state:
             try:
-                entry.state = State.from_json((states / entry.env.id).read_bytes())
+                with open(os.path.join(state_dir, entry.env.id), "rb") as f:
+                    entry.state = State.from_json(f.read())
             except FileNotFoundError:
                 pass
         out.append(entry)
