@@ -261,23 +261,30 @@ class DSN:
         msg = self.msg
         assert msg.get_content_type() == "multipart/report", (
             f"a DSN must be multipart/report, got {msg.get_content_type()}:\n{_head(raw)}")
-        assert msg.get_param("report-type") == "delivery-status", (
-            f"report-type must be delivery-status, got {msg.get_param('report-type')!r}")
+        self.report_type = msg.get_param("report-type")
+        assert self.report_type in ("delivery-status", "global-delivery-status"), (
+            f"report-type must be (global-)delivery-status, got {self.report_type!r}")
         parts = msg.get_payload()
         assert isinstance(parts, list) and len(parts) >= 2, f"too few parts: {parts!r}"
         self.human = parts[0]
         # RFC 6522: the first part is the human-readable explanation
         assert self.human.get_content_maintype() == "text", self.human.get_content_type()
-        status = [p for p in parts if p.get_content_type() == "message/delivery-status"]
-        assert len(status) == 1, f"expected one message/delivery-status part, got {len(status)}"
-        blocks = status[0].get_payload()
+        status = [p for p in parts if p.get_content_type() == f"message/{self.report_type}"]
+        assert len(status) == 1, f"expected one message/{self.report_type} part, got {status}"
+        if self.report_type == "delivery-status":
+            blocks = status[0].get_payload()
+        else:  # RFC 6533: the email package does not split these into blocks itself
+            text = status[0].as_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)[1]
+            blocks = [email.message_from_bytes(b, policy=email.policy.default)
+                      for b in text.split(b"\n\n") if b.strip()]
         assert isinstance(blocks, list) and len(blocks) >= 2, (
             f"message/delivery-status needs a per-message block and per-recipient blocks:"
             f" {blocks!r}")
         self.per_message: email.message.Message = blocks[0]
         self.recipients: list[email.message.Message] = blocks[1:]
         originals = [p for p in parts if p.get_content_type() in
-                     ("text/rfc822-headers", "message/rfc822", "message/rfc822-headers")]
+                     ("text/rfc822-headers", "message/rfc822", "message/rfc822-headers",
+                      "message/global-headers")]
         assert originals, "the DSN does not return the original message or its headers"
         self.original = originals[0]
 

@@ -270,6 +270,11 @@ def test_utf8_address_needs_smtputf8_at_the_receiver(outbound, dns, double, make
     dsn = wait_dsn(srv, ALICE)
     assert dsn.final_recipients() == [jose]
     assert dsn.recipient(jose)["Status"].strip() == "5.6.7"
+    # RFC 6533: a UTF-8 address makes it the internationalized kind of report.
+    assert dsn.report_type == "global-delivery-status"
+    assert dsn.recipient(jose)["Final-Recipient"].startswith("utf-8;")
+    assert dsn.original.get_content_type() == "message/global-headers"
+    assert dsn.original_headers()["Subject"] == "Grüße"
     assert old.transactions == [], "no MAIL to a server that cannot take the address"
     wait_queue_empty(srv)
 

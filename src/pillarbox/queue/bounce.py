@@ -3,6 +3,11 @@
 One report per message, listing every recipient that failed for good with
 its status and the remote server's reply, plus the original header. Never
 sent for a bounce (empty envelope sender), so bounces cannot loop.
+
+When an address or the original header is not ASCII (an SMTPUTF8 message),
+the report is the internationalized kind of RFC 6533: a
+message/global-delivery-status part whose non-ASCII addresses are typed
+"utf-8", and the header as message/global-headers.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ def build(hostname: str, env: Envelope, failed: list[Delivery], original_header:
           boundary: str | None = None) -> bytes:
     """The whole DSN message as bytes with CRLF line ends."""
     boundary = boundary or f"pbx-{env.id}-{int(time.time())}"
+    utf8 = not (env.mail_from.isascii() and original_header.isascii()
+                and all(d.rcpt.isascii() and d.to.isascii() for d in failed))
+    report = "global-delivery-status" if utf8 else "delivery-status"
     arrival = format_datetime(datetime.fromtimestamp(env.received, UTC), usegmt=True)
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
@@ -38,7 +46,7 @@ def build(hostname: str, env: Envelope, failed: list[Delivery], original_header:
         f"Message-ID: {make_msgid(domain=hostname)}",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        f'Content-Type: multipart/report; report-type={report}; boundary="{boundary}"',
         "",
         "This is a MIME-encapsulated delivery status report.",
         "",
@@ -57,7 +65,7 @@ def build(hostname: str, env: Envelope, failed: list[Delivery], original_header:
     lines += [
         "",
         f"--{boundary}",
-        "Content-Type: message/delivery-status",
+        f"Content-Type: message/{report}",
         "",
         f"Reporting-MTA: dns; {hostname}",
         f"X-Pillarbox-Queue-ID: {env.id}",
@@ -65,9 +73,10 @@ def build(hostname: str, env: Envelope, failed: list[Delivery], original_header:
         "",
     ]
     for d in failed:
-        lines.append(f"Final-Recipient: rfc822; {d.to if d.kind == 'remote' else d.rcpt}")
+        final = d.to if d.kind == "remote" else d.rcpt
+        lines.append(f"Final-Recipient: {_addr_type(final)}; {final}")
         if d.to != d.rcpt and d.kind == "remote":
-            lines.append(f"Original-Recipient: rfc822; {d.rcpt}")
+            lines.append(f"Original-Recipient: {_addr_type(d.rcpt)}; {d.rcpt}")
         lines.append("Action: failed")
         lines.append(f"Status: {status_of(d.last_error)}")
         m = _HOST_RE.search(d.last_error)
@@ -78,8 +87,13 @@ def build(hostname: str, env: Envelope, failed: list[Delivery], original_header:
         lines.append(f"Diagnostic-Code: {kind}; {_one_line(diag)}")
         lines.append("")
     text = "\r\n".join(lines).encode("utf-8")
-    return (text + f"\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode()
+    headers = "message/global-headers" if utf8 else "text/rfc822-headers"
+    return (text + f"\r\n--{boundary}\r\nContent-Type: {headers}\r\n\r\n".encode()
             + original_header.rstrip(b"\r\n") + f"\r\n\r\n--{boundary}--\r\n".encode())
+
+
+def _addr_type(address: str) -> str:
+    return "rfc822" if address.isascii() else "utf-8"
 
 
 def _one_line(s: str) -> str:
