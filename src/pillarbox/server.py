@@ -83,6 +83,9 @@ class Server:
             raise ServeError(f"tls: cannot load the certificate: {e}") from None
         _, users, aliases = open_directory(cfg, cached=True)
         self.users = users
+        # Before any listener: an IMAP APPEND or EXPUNGE during the recount
+        # would be counted twice or lost.
+        await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
         spool = Spool(cfg.data_dir / "queue", cfg.queue.min_free_space)
         self.queue = queue = Queue(cfg, spool, users, aliases)
         signing = Signing(cfg)
@@ -106,7 +109,6 @@ class Server:
             for s in self._servers:
                 s.close()
             raise
-        await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
         await queue.start()
         sweeper = asyncio.create_task(smtp.sweep_idle(ctx))
         imap_sweeper = asyncio.create_task(imap.sweep_idle(ictx))

@@ -644,7 +644,7 @@ class MailStore:
             self._remove(box, gone)
         return gone
 
-    def expunged_size(self, name: str, uids: list[int]) -> int:
+    def size_of(self, name: str, uids: list[int]) -> int:
         box = self.box(name)
         return sum(box.msgs[u].size for u in uids if u in box.msgs)
 

@@ -954,7 +954,7 @@ class Session:
         if not store.exists(dst):
             return ("NO", f"[TRYCREATE] No mailbox named {dst[:100]!r}")
         uids = [u for _, u in targets]
-        if not move and self._over_quota(store.expunged_size(name, uids)):
+        if not move and self._over_quota(store.size_of(name, uids)):
             return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
         pairs = await asyncio.to_thread(store.copy, name, uids, dst, move) \
             if len(uids) > 100 else store.copy(name, uids, dst, move)
