@@ -154,6 +154,25 @@ def test_condstore_session_sees_modseq_in_unsolicited_fetch(server):
         assert b"MODSEQ" not in untagged[0]
 
 
+def test_idle_hears_flag_changes_with_modseq(server):
+    with raw(server) as writer:
+        fill(writer, 1)
+        writer.ok("SELECT INBOX")
+        c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
+                                  ssl_context=client_ssl_context(), timeout=10)
+        c.login(ALICE, PASSWORD)
+        assert c.enable("CONDSTORE") == [b"CONDSTORE"]
+        c.select_folder("INBOX")
+        c.idle()
+        untagged, _ = writer.ok("STORE 1 +FLAGS (\\Flagged)")
+        responses = c.idle_check(timeout=10)
+        c.idle_done()
+        modseq = modseqs(writer.ok("FETCH 1 (MODSEQ)")[0])[1]
+        assert responses == [(1, b"FETCH", (b"UID", 1, b"MODSEQ", (modseq,),
+                                            b"FLAGS", (b"\\Flagged",)))], responses
+        c.logout()
+
+
 def test_select_condstore_param_and_enabling_while_selected(server):
     with raw(server) as writer, raw(server) as watcher:
         fill(writer, 1)

@@ -909,10 +909,11 @@ class Session:
             self._condstore_on()
         changed, failed = store.store_flags(name, [u for _, u in targets], args["mode"],
                                             args["flags"], args["unchangedsince"])
-        self._store_replies(cmd, targets, {m.uid for m in changed}, set(failed))
+        refused = set(failed)
+        self._store_replies(cmd, targets, {m.uid for m in changed}, refused)
         if failed:
             # RFC 7162 3.1.3: UIDs for UID STORE, sequence numbers for STORE.
-            nums = failed if cmd.uid else [q for q, u in targets if u in set(failed)]
+            nums = failed if cmd.uid else [q for q, u in targets if u in refused]
             return ("OK", f"[MODIFIED {seqset_from(nums)}] Conditional STORE failed")
         return None
 
