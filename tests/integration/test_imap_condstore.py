@@ -71,6 +71,18 @@ def test_every_change_moves_highestmodseq(server):
         assert status_modseq(c, "Archive") > archive
 
 
+def test_status_highestmodseq_sees_a_delivery_nobody_looked_at(server):
+    with raw(server) as c:  # no mailbox selected, by this session or another
+        before = status_modseq(c)
+        with server.smtp() as s:
+            s.sendmail(BOB, [ALICE], make_message(BOB, ALICE, "unseen delivery"))
+        server.wait_for_messages(ALICE, 1)
+        untagged, _ = c.ok("STATUS INBOX (HIGHESTMODSEQ MESSAGES UIDNEXT)")
+        m = re.search(rb"HIGHESTMODSEQ (\d+) MESSAGES 1 UIDNEXT 2\)", untagged[0])
+        assert m and int(m.group(1)) > before, untagged
+        assert status_modseq(c) == int(m.group(1))  # and stays there
+
+
 def test_fetch_modseq_and_changedsince(server):
     with raw(server) as c:
         fill(c, 3)

@@ -659,6 +659,9 @@ class Session:
         name = cmd.args["mailbox"]
         if "HIGHESTMODSEQ" in cmd.args["items"]:
             self._condstore_on()
+            # Clients skip a mailbox whose HIGHESTMODSEQ did not move: take in
+            # its deliveries first, so that they move it.
+            self.store.sync(name)
         st = self.store.status(name)
         if name == self.selected:
             self.poll(expunges=False)
