@@ -89,6 +89,9 @@ class Server:
             raise ServeError(f"tls: cannot load the certificate: {e}") from None
         _, users, aliases = open_directory(cfg, cached=True)
         self.users = users
+        # Before anything is served: an IMAP APPEND or EXPUNGE during the
+        # recount would be counted twice or lost.
+        await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
         spool = Spool(cfg.data_dir / "queue", cfg.queue.min_free_space)
         self.queue = queue = Queue(cfg, spool, users, aliases)
         signing = Signing(cfg)
@@ -107,7 +110,6 @@ class Server:
             for kind in ("lmtp", "http"):
                 if cfg.listen.get(kind):
                     log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
-            await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
             await queue.start()
             # What start-up built (a backlog's index: 100k deferred messages
             # made a full collection take 0.3 s) lives until the stop: keep it

@@ -160,3 +160,48 @@ def test_envelope_and_quoting():
     assert mime.quote('a "b" \\c') == b'"a \\"b\\" \\\\c"'
     assert mime.quote("é") == b"{2}\r\n\xc3\xa9"
     assert mime.quote(None) == b"NIL"
+
+
+def test_index_of_the_first_schema_is_migrated(tmp_path):
+    import sqlite3
+
+    from pillarbox.store.mailbox_index import INDEX_NAME, MIGRATIONS
+
+    root = tmp_path / "u"
+    for sub in ("tmp", "new", "cur"):
+        (root / sub).mkdir(parents=True)
+    (root / "cur" / "100.a.host:2,S").write_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    db = sqlite3.connect(root / INDEX_NAME)
+    db.executescript(MIGRATIONS[0])
+    db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, highestmodseq) "
+               "VALUES ('INBOX', 7, 2, 5)")
+    db.execute("INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate, size, "
+               "modseq) VALUES ('INBOX', 1, '100.a.host', '100.a.host:2,S', '\\Seen', 0, 20, 5)")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    s = MailStore(root)
+    box = s.box("INBOX")
+    assert (box.uidvalidity, box.highestmodseq, box.msgs[1].modseq) == (7, 5, 5)
+    assert s.structures("INBOX", [1]) == {}
+    s.save_structures("INBOX", {1: (b"(env)", b"(bs)", b"(body)")})
+    assert s.structures("INBOX", [1, 2]) == {1: (b"(env)", b"(bs)", b"(body)")}
+
+
+def test_usage_changes_are_reported(tmp_path):
+    root = tmp_path / "u"
+    s = MailStore(root)
+    deltas: list[int] = []
+    s.usage_changed = deltas.append
+    drop(root, "100.a.host", b"x" * 100)
+    s.sync("INBOX")  # a delivery: the queue counted it already
+    assert deltas == []
+    base, fname = MailStore.write_file(root, b"y" * 50, [], None)
+    s.add_file("INBOX", base, fname, [])
+    s.copy("INBOX", [1, 2], "Archive")
+    s.copy("Archive", [1], "Trash", move=True)
+    assert deltas == [50, 150, 100, -100]
+    s.store_flags("INBOX", [1], "add", ["\\Deleted"])
+    s.expunge("INBOX")
+    s.delete("Archive")
+    assert deltas[4:] == [-100, -50]

@@ -171,3 +171,23 @@ def test_list_status_select_misc():
         "AGFsaWNlAHNlY3JldA==")
     assert cmd("a DELETE {4}\r\n", b"Junk").args["mailbox"] == "Junk"
     assert "UTF-8" in bad("a SELECT {2}\r\n", b"\xff\xfe")
+
+
+def test_condstore_modifiers_take_63_bit_mod_sequences():
+    big = 2**63 - 1
+    c = cmd(f"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE {big})")
+    assert c.args["changedsince"] == big
+    c = cmd(f"a STORE 1 (UNCHANGEDSINCE {2**40}) +FLAGS.SILENT (\\Seen)")
+    assert c.args["unchangedsince"] == 2**40 and c.args["silent"]
+    assert "mod-sequence" in bad(f"a STORE 1 (UNCHANGEDSINCE {2**63}) FLAGS (\\Seen)")
+    assert "mod-sequence" in bad("a FETCH 1 FLAGS (CHANGEDSINCE -1)")
+    assert cmd("a SEARCH MODSEQ 12").args["keys"] == ("AND", [("MODSEQ", 12)])
+    c = cmd('a SEARCH MODSEQ "/flags/\\\\draft" all 620 UNSEEN')
+    assert c.args["keys"] == ("AND", [("MODSEQ", 620), ("UNSEEN",)])
+    assert "priv, shared or all" in bad('a SEARCH MODSEQ "/flags/\\\\draft" some 620')
+
+
+def test_setquota_is_parsed_to_be_refused():
+    assert cmd('a SETQUOTA "" (STORAGE 512)').args["root"] == ""
+    assert cmd('a SETQUOTA "" ()').args["root"] == ""
+    bad('a SETQUOTA ""')

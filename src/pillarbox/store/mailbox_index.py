@@ -4,7 +4,8 @@ Bodies stay plain Maildir files (Dovecot, mutt and `mailbox.Maildir` read
 them); this index adds what IMAP needs and Maildir lacks. One SQLite file
 (WAL) per user, `<maildir>/pillarbox-index.sqlite`, holds per mailbox its
 UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ, and per message its UID, file name,
-flags, internal date, size and MODSEQ.
+flags, internal date, size, MODSEQ and (once fetched) its ENVELOPE and
+BODYSTRUCTURE responses.
 
 Delivery knows nothing of it: the MX only drops files into `new/`. When a
 session looks at a mailbox (`sync`), files found in `new/` are moved to
@@ -71,7 +72,15 @@ MIGRATIONS = [
     CREATE TABLE subscriptions (name TEXT PRIMARY KEY);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    # The FETCH ENVELOPE / BODYSTRUCTURE / BODY responses, filled on first
+    # fetch: a Maildir file never changes, so neither do they.
+    """
+    ALTER TABLE messages ADD COLUMN envelope BLOB;
+    ALTER TABLE messages ADD COLUMN bodystructure BLOB;
+    ALTER TABLE messages ADD COLUMN body BLOB;
+    """,
 ]
+STRUCTURE_CHUNK = 500  # UIDs per query when reading cached structures
 
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
@@ -159,6 +168,10 @@ class MailStore:
         self.boxes: dict[str, Box] = {}
         self.listeners: set = set()  # objects with .selected (name) and .notify()
         self.on_change: list[Callable[[str], None]] = []
+        # Told the bytes added (> 0) or removed (< 0) by APPEND, COPY, EXPUNGE,
+        # MOVE and DELETE, so quota usage follows at once. Deliveries are counted
+        # by the queue, files changed by other programs at the next start.
+        self.usage_changed: Callable[[int], None] | None = None
         self.users = 0  # sessions holding this store open
         self._load_boxes()
 
@@ -275,6 +288,7 @@ class MailStore:
         self.db.execute("DELETE FROM mailboxes WHERE name = ?", (name,))
         self.db.execute("COMMIT")
         del self.boxes[name]
+        self._usage(-sum(m.size for m in box.msgs.values()))
         path = self.path(name)
         trash = self.root / "tmp" / f".deleted-{new_base()}"
         try:
@@ -475,6 +489,49 @@ class MailStore:
             self._changed(name)
         return changed, failed
 
+    # -- cached ENVELOPE / BODYSTRUCTURE / BODY -------------------------------
+
+    def structures(self, name: str, uids: list[int]) -> dict[int, tuple[bytes, bytes, bytes]]:
+        """The cached (envelope, bodystructure, body) of those of `uids` that have them."""
+        out: dict[int, tuple[bytes, bytes, bytes]] = {}
+        for i in range(0, len(uids), STRUCTURE_CHUNK):
+            chunk = uids[i:i + STRUCTURE_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for uid, env, bs, body in self.db.execute(
+                    "SELECT uid, envelope, bodystructure, body FROM messages WHERE mailbox = ? "
+                    f"AND envelope IS NOT NULL AND uid IN ({marks})", (name, *chunk)):
+                out[uid] = (env, bs, body)
+        return out
+
+    def save_structures(self, name: str, rows: dict[int, tuple[bytes, bytes, bytes]]) -> None:
+        """Keep computed structures (a message expunged meanwhile just matches no row)."""
+        if not rows:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "UPDATE messages SET envelope = ?, bodystructure = ?, body = ? "
+                "WHERE mailbox = ? AND uid = ?",
+                [(*v, name, uid) for uid, v in rows.items()])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _copy_structures(self, src: str, dst: str, pairs: list[tuple[int, int]]) -> None:
+        """A copy has the same content: carry its cached structures along."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "UPDATE messages SET (envelope, bodystructure, body) = "
+                "(SELECT envelope, bodystructure, body FROM messages WHERE mailbox = ? AND uid = ?)"
+                " WHERE mailbox = ? AND uid = ?",
+                [(src, old, dst, new) for old, new in pairs])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
     @staticmethod
     def write_file(folder: Path, data: bytes, flags: Iterable[str],
                    date: float | None) -> tuple[str, str]:
@@ -532,6 +589,7 @@ class MailStore:
         for m in out:
             box.msgs[m.uid] = m
             box.by_base[m.base] = m.uid
+        self._usage(sum(m.size for m in out))
         self._changed(box.name)
         return out
 
@@ -563,9 +621,11 @@ class MailStore:
         if not rows:
             return []
         added = self._insert(dbox, rows)
+        pairs = list(zip(pairs_src, [m.uid for m in added], strict=True))
+        self._copy_structures(src, dst, pairs)
         if move:
             self._remove(sbox, pairs_src)
-        return list(zip(pairs_src, [m.uid for m in added], strict=True))
+        return pairs
 
     def expunge(self, name: str, uids: list[int] | None = None) -> list[int]:
         """Delete the messages flagged \\Deleted (only those in `uids` if given)."""
@@ -584,7 +644,7 @@ class MailStore:
             self._remove(box, gone)
         return gone
 
-    def expunged_size(self, name: str, uids: list[int]) -> int:
+    def size_of(self, name: str, uids: list[int]) -> int:
         box = self.box(name)
         return sum(box.msgs[u].size for u in uids if u in box.msgs)
 
@@ -601,10 +661,13 @@ class MailStore:
             self.db.execute("ROLLBACK")
             raise
         box.highestmodseq = modseq
+        freed = 0
         for u in uids:
             msg = box.msgs.pop(u, None)
             if msg is not None:
                 box.by_base.pop(msg.base, None)
+                freed += msg.size
+        self._usage(-freed)
         self._changed(box.name)
 
     # -- status -------------------------------------------------------------
@@ -626,6 +689,10 @@ class MailStore:
         }
 
     # -- change notification ------------------------------------------------
+
+    def _usage(self, delta: int) -> None:
+        if delta and self.usage_changed is not None:
+            self.usage_changed(delta)
 
     def _changed(self, name: str) -> None:
         for listener in list(self.listeners):

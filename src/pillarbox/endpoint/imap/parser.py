@@ -38,6 +38,7 @@ class ParseError(Exception):
 # values
 
 
+MAX_MODSEQ = 2**63 - 1
 STAR = 0  # `*` in a sequence set: the largest number in use
 
 
@@ -208,6 +209,13 @@ class Reader:
         if n > 0xFFFFFFFF:
             raise ParseError(f"number too large {self.where()}")
         return n
+
+    def mod_sequence(self, what: str = "a mod-sequence") -> int:
+        """mod-sequence-valzer (RFC 7162): 0 to 2^63-1, wider than a number."""
+        digits = self.run(frozenset(b"0123456789"))
+        if not digits or len(digits) > 19 or int(digits) > MAX_MODSEQ:
+            raise ParseError(f"expected {what} {self.where()}")
+        return int(digits)
 
     def nz_number(self, what: str = "a non-zero number") -> int:
         n = self.number(what)
@@ -592,6 +600,12 @@ def _getquota(r: Reader, cmd: Command) -> None:
     cmd.args["root"] = r.text_astring("a quota root")
 
 
+def _setquota(r: Reader, cmd: Command) -> None:
+    cmd.args["root"] = r.text_astring("a quota root")
+    r.sp()
+    r.skip_paren()  # the resource limits: refused anyway, the CLI sets quotas
+
+
 def _copy(r: Reader, cmd: Command) -> None:
     cmd.args["set"] = r.seqset()
     r.sp()
@@ -606,7 +620,7 @@ def _store(r: Reader, cmd: Command) -> None:
         r.expect(b"(")
         r.expect(b"UNCHANGEDSINCE")
         r.sp()
-        cmd.args["unchangedsince"] = r.number()
+        cmd.args["unchangedsince"] = r.mod_sequence()
         r.expect(b")")
         r.sp()
     mode = "set"
@@ -717,7 +731,7 @@ def _fetch(r: Reader, cmd: Command) -> None:
             mod = r.atom("a FETCH modifier").upper()
             if mod == "CHANGEDSINCE":
                 r.sp()
-                cmd.args["changedsince"] = r.number()
+                cmd.args["changedsince"] = r.mod_sequence()
             elif mod == "VANISHED":
                 pass
             else:
@@ -788,7 +802,16 @@ def _search_key(r: Reader, charset: str, depth: int = 0) -> tuple:
         r.sp()
         return (key, a, _search_key(r, charset, depth + 1))
     if key == "MODSEQ":
-        return (key, r.number())
+        if r.peek() == 0x22:
+            # "/flags/\\seen" all: per-flag MODSEQs are not kept; the message's
+            # own MODSEQ is never lower, so matching on it misses nothing.
+            r.quoted()
+            r.sp()
+            kind = r.atom("priv, shared or all").lower()
+            if kind not in ("priv", "shared", "all"):
+                raise ParseError(f"expected priv, shared or all, got {kind[:30]!r}")
+            r.sp()
+        return (key, r.mod_sequence())
     raise ParseError(f"unknown search key {key[:30]}")
 
 
@@ -827,6 +850,7 @@ _PARSERS = {
     "ENABLE": _enable,
     "ID": _id,
     "GETQUOTA": _getquota,
+    "SETQUOTA": _setquota,
     "FETCH": _fetch,
     "STORE": _store,
     "COPY": _copy,

@@ -14,6 +14,7 @@ import base64
 import binascii
 import datetime
 import email.utils
+import functools
 import logging
 import re
 import ssl
@@ -114,6 +115,7 @@ class Session:
         self.vflags: dict[int, frozenset[str]] = {}
         self.recent: set[int] = set()
         self.seen_modseq = 0
+        self.condstore = False  # RFC 7162: flag FETCHes carry MODSEQ once a client asked
         self.dirty = False
         self.idling = False
         self.errors = 0
@@ -274,8 +276,8 @@ class Session:
 
     def capabilities(self) -> str:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
-                "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "QUOTA",
-                f"APPENDLIMIT={self.limits.max_literal_size}"]
+                "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
+                "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}"]
         if not self.tls:
             if self.ctx.tls is not None:
                 caps.append("STARTTLS")
@@ -381,9 +383,23 @@ class Session:
                 m = msgs.get(u)
                 if m is not None and m.flags != self.vflags.get(u):
                     self.vflags[u] = m.flags
-                    self.send(b"* %d FETCH (UID %d FLAGS %s)\r\n"
-                              % (i + 1, u, flag_list(m.flags, u in self.recent)))
+                    self.send(b"* %d FETCH (UID %d %sFLAGS %s)\r\n"
+                              % (i + 1, u, self._modseq_item(m),
+                                 flag_list(m.flags, u in self.recent)))
             self.seen_modseq = box.highestmodseq
+
+    def _modseq_item(self, msg: Message) -> bytes:
+        """`MODSEQ (n) ` for a FETCH that reports a flag change, once CONDSTORE is on."""
+        return b"MODSEQ (%d) " % msg.modseq if self.condstore else b""
+
+    def _condstore_on(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 3.1) was used."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None and self.store is not None:
+            modseq = self.store.box(self.selected).highestmodseq
+            self.untagged(f"OK [HIGHESTMODSEQ {modseq}] Highest mod-sequence")
 
     def _last_uid(self) -> int:
         return self.uids[-1] if self.uids else 0
@@ -501,6 +517,8 @@ class Session:
         path = mailbox.maildir_path(self.cfg.data_dir / "mail", addr)
         store = await asyncio.to_thread(_prepare, path)
         self.store = self.ctx.stores.open(store)
+        # One store per Maildir, so per user: its changes move that user's quota usage.
+        self.store.usage_changed = functools.partial(self.ctx.users.add_used, addr)
         self.user = addr
         self.ctx.per_user[addr] += 1
         log.info("imap login peer=%s user=%s", self.peer_ip, addr)
@@ -509,7 +527,11 @@ class Session:
     # -- authenticated ------------------------------------------------------
 
     async def cmd_ENABLE(self, cmd: Command):
-        self.untagged("ENABLED")
+        enabled = []
+        if "CONDSTORE" in cmd.args["capabilities"] and not self.condstore:
+            self._condstore_on()
+            enabled.append("CONDSTORE")
+        self.untagged(" ".join(["ENABLED", *enabled]))
 
     async def cmd_NAMESPACE(self, cmd: Command):
         self.untagged('NAMESPACE (("" ".")) NIL NIL')
@@ -519,6 +541,8 @@ class Session:
         store = self.store
         assert store is not None
         name = cmd.args["mailbox"]
+        if cmd.args["condstore"]:
+            self.condstore = True  # the SELECT reply below carries HIGHESTMODSEQ anyway
         store.box(name)
         self.recent = set(store.sync(name))
         box = store.box(name)
@@ -541,6 +565,7 @@ class Session:
             self.untagged(f"OK [UNSEEN {first_unseen}] First unseen message")
         self.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
+        self.untagged(f"OK [HIGHESTMODSEQ {box.highestmodseq}] Highest mod-sequence")
         return ("OK", f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {cmd.name} completed")
 
     async def cmd_SELECT(self, cmd: Command):
@@ -567,11 +592,7 @@ class Session:
         name = cmd.args["mailbox"]
         if name == self.selected:
             self._unselect()
-        self.store.box(name)
-        size = sum(m.size for m in self.store.box(name).msgs.values())
         self.store.delete(name)
-        if size and self.user:
-            self.ctx.users.add_used(self.user, -size)
 
     async def cmd_RENAME(self, cmd: Command):
         assert self.store is not None
@@ -636,6 +657,11 @@ class Session:
     async def cmd_STATUS(self, cmd: Command):
         assert self.store is not None
         name = cmd.args["mailbox"]
+        if "HIGHESTMODSEQ" in cmd.args["items"]:
+            self._condstore_on()
+            # Clients skip a mailbox whose HIGHESTMODSEQ did not move: take in
+            # its deliveries first, so that they move it.
+            self.store.sync(name)
         st = self.store.status(name)
         if name == self.selected:
             self.poll(expunges=False)
@@ -652,8 +678,7 @@ class Session:
             return ("NO", f"[TRYCREATE] No mailbox named {name[:100]!r}")
         if not data:
             return ("NO", "Empty message")
-        user = self.ctx.users.get(self.user)
-        if user is not None and user.quota and user.used + len(data) > user.quota:
+        if self._over_quota(len(data)):
             return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
         date = cmd.args["date"].timestamp() if cmd.args["date"] else None
         flags = cmd.args["flags"]
@@ -662,7 +687,6 @@ class Session:
         if not store.exists(name):  # deleted while we wrote
             return ("NO", "[TRYCREATE] The mailbox was deleted")
         msg = store.add_file(name, base, fname, flags)
-        self.ctx.users.add_used(self.user, len(data))
         return ("OK", f"[APPENDUID {store.box(name).uidvalidity} {msg.uid}] APPEND completed")
 
     async def cmd_IDLE(self, cmd: Command):
@@ -685,24 +709,43 @@ class Session:
             return ("BAD", "Expected DONE to end IDLE")
         return ("OK", "IDLE terminated")
 
-    async def cmd_GETQUOTAROOT(self, cmd: Command):
-        assert self.store is not None and self.user is not None
-        self.store.box(cmd.args["mailbox"])
+    def _quota(self) -> tuple[int, int] | None:
+        """(used, limit) in bytes, the figures SMTP checks too; None without a quota."""
+        assert self.user is not None
         user = self.ctx.users.get(self.user)
         if user is None or not user.quota:
+            return None
+        return user.used, user.quota
+
+    def _over_quota(self, adding: int) -> bool:
+        q = self._quota()
+        return q is not None and q[0] + adding > q[1]
+
+    def _send_quota(self, used: int, limit: int) -> None:
+        # RFC 9208 counts STORAGE in KiB; usage rounds up, so one byte shows.
+        self.untagged(f'QUOTA "" (STORAGE {-(-used // 1024)} {limit // 1024})')
+
+    async def cmd_GETQUOTAROOT(self, cmd: Command):
+        assert self.store is not None
+        self.store.box(cmd.args["mailbox"])
+        q = self._quota()
+        if q is None:
             self.send(b"* QUOTAROOT " + mime.quote(cmd.args["mailbox"]) + b"\r\n")
             return None
         self.send(b"* QUOTAROOT " + mime.quote(cmd.args["mailbox"]) + b' ""\r\n')
-        self.untagged(f'QUOTA "" (STORAGE {user.used // 1024} {user.quota // 1024})')
+        self._send_quota(*q)
         return None
 
     async def cmd_GETQUOTA(self, cmd: Command):
-        assert self.user is not None
-        user = self.ctx.users.get(self.user)
-        if cmd.args["root"] != "" or user is None or not user.quota:
+        q = self._quota()
+        if cmd.args["root"] != "" or q is None:
             return ("NO", "[NONEXISTENT] No such quota root")
-        self.untagged(f'QUOTA "" (STORAGE {user.used // 1024} {user.quota // 1024})')
+        self._send_quota(*q)
         return None
+
+    async def cmd_SETQUOTA(self, cmd: Command):
+        return ("NO", "[NOPERM] Quotas are set by the administrator "
+                      "(pillarbox user quota ADDRESS --quota SIZE)")
 
     # -- selected -----------------------------------------------------------
 
@@ -717,14 +760,8 @@ class Session:
 
     def _expunge(self, uids: list[int] | None) -> list[int]:
         store, name = self.store, self.selected
-        assert store is not None and name is not None and self.user is not None
-        box = store.box(name)
-        size = sum(m.size for u, m in box.msgs.items()
-                   if "\\Deleted" in m.flags and (uids is None or u in uids))
-        gone = store.expunge(name, set(uids) if uids is not None else None)
-        if gone and size:
-            self.ctx.users.add_used(self.user, -size)
-        return gone
+        assert store is not None and name is not None
+        return store.expunge(name, set(uids) if uids is not None else None)
 
     async def cmd_EXPUNGE(self, cmd: Command):
         if self.readonly:
@@ -743,46 +780,75 @@ class Session:
             return ("BAD", str(e))
         except MailboxError:
             return ("BAD", "Invalid message sequence number: the mailbox is empty")
-        atts: list[FetchAtt] = list(cmd.args["atts"])
-        if cmd.uid and not any(a.name == "UID" for a in atts):
-            atts.insert(0, FetchAtt("UID"))
+        atts = self._fetch_atts(cmd)
         store, name = self.store, self.selected
         assert store is not None and name is not None
         box = store.box(name)
+        since = cmd.args["changedsince"]
         sets_seen = not self.readonly and any(
             (a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT")
             for a in atts)
-        needs_body = any(a.section is not None or a.name in (
-            "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE", "BODYSTRUCTURE", "BODY")
-            for a in atts)
+        needs_file = any(a.section is not None or a.name in _FILE_ITEMS for a in atts)
+        needs_struct = any(a.section is None and a.name in _STRUCT_ITEMS for a in atts)
         missing = False
-        for seq, uid in targets:
-            msg = box.msgs.get(uid)
-            if msg is None:
-                missing = True
-                continue
-            part = None
-            if needs_body:
-                try:
-                    raw = await self._read(store.file(name, msg), msg.size)
-                except FileNotFoundError:
+        for i in range(0, len(targets), STRUCT_CHUNK):
+            chunk = targets[i:i + STRUCT_CHUNK]
+            cached = store.structures(name, [u for _, u in chunk]) if needs_struct else {}
+            computed: dict[int, tuple[bytes, bytes, bytes]] = {}
+            for seq, uid in chunk:
+                msg = box.msgs.get(uid)
+                if msg is None:
                     missing = True
                     continue
-                part = mime.Part(raw)
-            flags_changed = False
-            if sets_seen and "\\Seen" not in msg.flags:
-                store.store_flags(name, [uid], "add", ["\\Seen"])
-                self.vflags[uid] = msg.flags
-                flags_changed = True
-            items = self._fetch_items(msg, atts, part)
-            if flags_changed and not any(a.name == "FLAGS" for a in atts):
-                items.append(b"FLAGS " + flag_list(msg.flags, uid in self.recent))
-            self.send(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
-            if self.out_size > FLUSH_AT:
-                await self.flush()
+                if since is not None and msg.modseq <= since:
+                    continue
+                structs = cached.get(uid)
+                part = None
+                if needs_file or (needs_struct and structs is None):
+                    try:
+                        part = mime.Part(await self._read(store.file(name, msg), msg.size))
+                    except FileNotFoundError:
+                        missing = True
+                        continue
+                    if needs_struct and structs is None:
+                        structs = computed[uid] = _structures(part)
+                self._fetch_one(seq, msg, atts, part, structs, sets_seen)
+                if self.out_size > FLUSH_AT:
+                    await self.flush()
+            store.save_structures(name, computed)
         if missing:
             return ("NO", "Some of the requested messages no longer exist")
         return None
+
+    def _fetch_atts(self, cmd: Command) -> list[FetchAtt]:
+        """The items to send: as asked, plus UID for UID FETCH and MODSEQ for CHANGEDSINCE."""
+        atts: list[FetchAtt] = list(cmd.args["atts"])
+        if cmd.uid and not any(a.name == "UID" for a in atts):
+            atts.insert(0, FetchAtt("UID"))
+        if cmd.args["changedsince"] is not None and not any(a.name == "MODSEQ" for a in atts):
+            atts.append(FetchAtt("MODSEQ"))
+        if any(a.name == "MODSEQ" for a in atts):
+            self._condstore_on()
+        return atts
+
+    def _fetch_one(self, seq: int, msg: Message, atts: list[FetchAtt], part: mime.Part | None,
+                   structs: tuple[bytes, bytes, bytes] | None, sets_seen: bool) -> None:
+        flags_changed = False
+        if sets_seen and "\\Seen" not in msg.flags:
+            assert self.store is not None and self.selected is not None
+            self.store.store_flags(self.selected, [msg.uid], "add", ["\\Seen"])
+            self.vflags[msg.uid] = msg.flags
+            flags_changed = True
+        items = self._fetch_items(msg, atts, part, structs)
+        if flags_changed:  # the client learns the new flags (RFC 3501 6.4.5)
+            names = {a.name for a in atts if a.section is None}
+            if self.condstore and "UID" not in names:
+                items.append(b"UID %d" % msg.uid)
+            if self.condstore and "MODSEQ" not in names:
+                items.append(b"MODSEQ (%d)" % msg.modseq)
+            if "FLAGS" not in names:
+                items.append(b"FLAGS " + flag_list(msg.flags, msg.uid in self.recent))
+        self.send(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
 
     async def cmd_UID_FETCH(self, cmd: Command):
         return await self.cmd_FETCH(cmd)
@@ -793,8 +859,8 @@ class Session:
             return await asyncio.to_thread(path.read_bytes)
         return path.read_bytes()
 
-    def _fetch_items(self, msg: Message, atts: list[FetchAtt], part: mime.Part | None
-                     ) -> list[bytes]:
+    def _fetch_items(self, msg: Message, atts: list[FetchAtt], part: mime.Part | None,
+                     structs: tuple[bytes, bytes, bytes] | None) -> list[bytes]:
         items = []
         for a in atts:
             n = a.name
@@ -815,15 +881,14 @@ class Session:
                 items.append(b"RFC822.SIZE %d" % msg.size)
             elif n == "MODSEQ":
                 items.append(b"MODSEQ (%d)" % msg.modseq)
+            elif n in _STRUCT_ITEMS:
+                assert structs is not None
+                envelope, bodystructure, body = structs
+                items.append(n.encode() + b" " + (envelope if n == "ENVELOPE" else
+                                                  bodystructure if n == "BODYSTRUCTURE" else body))
             else:
                 assert part is not None
-                if n == "ENVELOPE":
-                    items.append(b"ENVELOPE " + mime.envelope(part))
-                elif n == "BODYSTRUCTURE":
-                    items.append(b"BODYSTRUCTURE " + mime.bodystructure(part))
-                elif n == "BODY":
-                    items.append(b"BODY " + mime.bodystructure(part, extended=False))
-                elif n == "RFC822":
+                if n == "RFC822":
                     items.append(b"RFC822 " + _literal(part.raw))
                 elif n == "RFC822.HEADER":
                     items.append(b"RFC822.HEADER " + _literal(part.header))
@@ -843,21 +908,37 @@ class Session:
         store, name = self.store, self.selected
         assert store is not None and name is not None
         args = cmd.args
-        _, failed = store.store_flags(name, [u for _, u in targets], args["mode"],
-                                      args["flags"], args["unchangedsince"])
-        box = store.box(name)
+        if args["unchangedsince"] is not None:
+            self._condstore_on()
+        changed, failed = store.store_flags(name, [u for _, u in targets], args["mode"],
+                                            args["flags"], args["unchangedsince"])
+        refused = set(failed)
+        self._store_replies(cmd, targets, {m.uid for m in changed}, refused)
+        if failed:
+            # RFC 7162 3.1.3: UIDs for UID STORE, sequence numbers for STORE.
+            nums = failed if cmd.uid else [q for q, u in targets if u in refused]
+            return ("OK", f"[MODIFIED {seqset_from(nums)}] Conditional STORE failed")
+        return None
+
+    def _store_replies(self, cmd: Command, targets: list[tuple[int, int]], changed: set[int],
+                       failed: set[int]) -> None:
+        """The untagged FETCHes after a STORE: the new flags (not for .SILENT); with
+        CONDSTORE on, UID and MODSEQ too, and for .SILENT still the new MODSEQ."""
+        assert self.store is not None and self.selected is not None
+        box = self.store.box(self.selected)
+        silent = cmd.args["silent"]
         for seq, uid in targets:
             msg = box.msgs.get(uid)
-            if msg is None:
+            if msg is None or uid in failed:
                 continue
             self.vflags[uid] = msg.flags
-            if not args["silent"]:
-                uid_item = b"UID %d " % uid if cmd.uid else b""
-                self.send(b"* %d FETCH (%sFLAGS %s)\r\n"
-                          % (seq, uid_item, flag_list(msg.flags, uid in self.recent)))
-        if failed:
-            return ("OK", f"[MODIFIED {seqset_from(failed)}] Conditional STORE failed")
-        return None
+            uid_item = b"UID %d " % uid if cmd.uid or self.condstore else b""
+            if not silent:
+                self.send(b"* %d FETCH (%s%sFLAGS %s)\r\n"
+                          % (seq, uid_item, self._modseq_item(msg),
+                             flag_list(msg.flags, uid in self.recent)))
+            elif self.condstore and uid in changed:
+                self.send(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, uid_item, msg.modseq))
 
     async def cmd_UID_STORE(self, cmd: Command):
         return await self.cmd_STORE(cmd)
@@ -877,16 +958,10 @@ class Session:
         if not store.exists(dst):
             return ("NO", f"[TRYCREATE] No mailbox named {dst[:100]!r}")
         uids = [u for _, u in targets]
-        if not move:
-            user = self.ctx.users.get(self.user)
-            size = store.expunged_size(name, uids)
-            if user is not None and user.quota and user.used + size > user.quota:
-                return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
+        if not move and self._over_quota(store.size_of(name, uids)):
+            return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
         pairs = await asyncio.to_thread(store.copy, name, uids, dst, move) \
             if len(uids) > 100 else store.copy(name, uids, dst, move)
-        if not move:
-            copied = sum(store.box(dst).msgs[d].size for _, d in pairs)
-            self.ctx.users.add_used(self.user, copied)
         verb = "MOVE" if move else "COPY"
         if not pairs:
             return ("OK", f"{verb} completed, nothing to do" if not uids else
@@ -926,6 +1001,11 @@ class Session:
         else:
             hits = searcher.run(cands)
         nums = [u if cmd.uid else seq for seq, u in hits]
+        # RFC 7162 3.1.5: a search on MODSEQ tells the highest MODSEQ of the hits.
+        modseq = None
+        if _has_key(keys, "MODSEQ"):
+            self._condstore_on()
+            modseq = max((box.msgs[u].modseq for _, u in hits if u in box.msgs), default=None)
         ret = cmd.args.get("return")
         if ret is not None:
             tag_part = f'(TAG "{cmd.tag}")' + (" UID" if cmd.uid else "")
@@ -938,9 +1018,12 @@ class Session:
                 parts.append(f"COUNT {len(nums)}")
             if nums and "ALL" in ret:
                 parts.append(f"ALL {seqset_from(nums)}")
+            if modseq is not None:
+                parts.append(f"MODSEQ {modseq}")
             self.untagged(" ".join(["ESEARCH", tag_part, *parts]))
         else:
-            self.untagged(" ".join(["SEARCH", *map(str, nums)]))
+            tail = [f"(MODSEQ {modseq})"] if modseq is not None else []
+            self.untagged(" ".join(["SEARCH", *map(str, nums), *tail]))
         return None
 
     async def cmd_UID_SEARCH(self, cmd: Command):
@@ -951,6 +1034,17 @@ def _prepare(path: Path) -> Path:
     for sub in ("tmp", "new", "cur"):
         (path / sub).mkdir(parents=True, exist_ok=True)
     return path
+
+
+_STRUCT_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})  # cached in the index
+_FILE_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+STRUCT_CHUNK = 256  # messages per look-up of cached structures
+
+
+def _structures(part: mime.Part) -> tuple[bytes, bytes, bytes]:
+    """The ENVELOPE, BODYSTRUCTURE and BODY of a message, computed together for the cache."""
+    return (mime.envelope(part), mime.bodystructure(part),
+            mime.bodystructure(part, extended=False))
 
 
 def _literal(data: bytes) -> bytes:
@@ -1082,6 +1176,20 @@ class _Searcher:
             return (needle in mime.decoded_words(part.header.decode("utf-8", "replace"))
                     .casefold() or needle in self._body(msg))
         return False
+
+
+def _has_key(key: tuple, name: str) -> bool:
+    """Whether a parsed SEARCH key uses `name` anywhere."""
+    k = key[0]
+    if k == name:
+        return True
+    if k == "AND":
+        return any(_has_key(x, name) for x in key[1])
+    if k == "NOT":
+        return _has_key(key[1], name)
+    if k == "OR":
+        return _has_key(key[1], name) or _has_key(key[2], name)
+    return False
 
 
 def _cmp_date(op: str, d: datetime.date, ref: datetime.date) -> bool:
