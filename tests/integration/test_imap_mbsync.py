@@ -397,6 +397,12 @@ def test_mbsync_syncs_1000_messages_both_ways(make_server, tmp_path):
     with server.smtp() as s:
         s.sendmail(BOB, [ALICE], make_message(BOB, ALICE, "late arrival", "Hello again.\r\n"))
     wait_for_files(inbox / "new", 1, 10)
+    # A program on the server (mutt, say) flags a message by renaming its file.
+    target = next(f for f in (inbox / "cur").iterdir()
+                  if subject_in(f.read_bytes(), f) == subject_of(400))
+    base, _, letters = target.name.partition(":2,")
+    assert letters == ""
+    target.rename(target.with_name(f"{base}:2,F"))
 
     sync.run()
     local = read_local(sync.inbox)
@@ -409,14 +415,18 @@ def test_mbsync_syncs_1000_messages_both_ways(make_server, tmp_path):
     for i in range(160, 165):
         assert local[subject_of(i)].flags == "P", local[subject_of(i)]
     assert local["late arrival"].flags == ""
+    assert local[subject_of(400)].flags == "F"
     assert set(read_local(sync.local / "Projects" / "alpha")) == {"project news",
                                                                  "more project news"}
 
-    # 4. Both sides agree, and a run with nothing to do changes nothing.
+    # 4. After a server restart (UIDs and UIDVALIDITY kept), a run with nothing to do
+    # neither writes nor downloads anything, and both sides agree.
+    server.restart()
     out = sync.run()
-    writes = re.findall(r"^F: >>> \d+ (?:UID STORE|APPEND|CREATE|UID EXPUNGE|EXPUNGE).*", out,
-                        re.M)
+    writes = re.findall(r"^F: >>> \d+ (?:UID STORE|APPEND|CREATE|UID EXPUNGE|EXPUNGE|UID FETCH "
+                        r"\d+ \(.*BODY).*", out, re.M)
     assert not writes, f"a run with nothing to do still sent {writes[:5]}"
+    assert "UIDVALIDITY" not in "".join(re.findall(r"^Notice.*", out, re.M))
     far = server_view(server)
     local = read_local(sync.inbox)
     assert set(far) == set(local) == expected
