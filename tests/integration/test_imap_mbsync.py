@@ -250,6 +250,7 @@ Near :local-near:
 Patterns {patterns}
 Sync All
 Create Both
+Remove Both
 Expunge Both
 CopyArrivalDate yes
 SyncState *
@@ -323,6 +324,7 @@ def test_mbsync_syncs_1000_messages_both_ways(make_server, tmp_path):
     composed = calendar.timegm((2019, 1, 2, 3, 4, 5))
     write_local(sync.inbox, "1700000000.local1.client:2,S",
                 make_message(ALICE, BOB, "written locally", "Composed offline.\r\n"), composed)
+    shutil.rmtree(sync.local / "Archive" / "cur")  # an empty folder removed (Remove Both)
     write_local(sync.local / "Old Mail", "1700000001.local2.client:2,S",
                 make_message(ALICE, ALICE, "a note", "In a folder made locally.\r\n"))
     big = make_message(ALICE, ALICE, "big local", "".join(
@@ -359,6 +361,7 @@ def test_mbsync_syncs_1000_messages_both_ways(make_server, tmp_path):
         typ, data = c.list()
         names = {re.search(rb'"\." "?(.*?)"?$', line).group(1).decode() for line in data}
         assert {"Old Mail", "Lists.pillarbox", "Projects.alpha"} <= names, names
+        assert "Archive" not in names, "the folder removed locally is still on the server"
         typ, data = c.select('"Lists.pillarbox"', readonly=True)
         typ, data = c.fetch("1", "(BODY.PEEK[])")
         assert re.sub(rb"X-TUID: \S+\r\n", b"", data[0][1]) == big, "the big message changed"
