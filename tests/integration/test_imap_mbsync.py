@@ -37,9 +37,10 @@ MBSYNC_TIMEOUT = 120.0
 LETTERS = {"D": "\\Draft", "F": "\\Flagged", "P": "$Forwarded", "R": "\\Answered",
            "S": "\\Seen", "T": "\\Deleted"}
 
-pytestmark = pytest.mark.skipif(shutil.which("mbsync") is None,
-                                reason="mbsync (Debian isync) not installed; "
-                                       "scripts/ensure-system-packages installs it")
+
+@pytest.fixture(autouse=True)
+def _mbsync_installed() -> None:
+    assert shutil.which("mbsync"), "mbsync is missing: run scripts/ensure-system-packages"
 
 
 # -- mail -----------------------------------------------------------------------
