@@ -23,6 +23,7 @@ import smtplib
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,8 +185,7 @@ class MBSync:
     """mbsync with its config in tmp_path: alice's IMAP account <-> a local Maildir tree."""
 
     def __init__(self, server: Server, root: Path, *, starttls: bool = False,
-                 account_extra: str = "", store_extra: str = "", channel_extra: str = "",
-                 patterns: str = "*") -> None:
+                 account_extra: str = "", store_extra: str = "", patterns: str = "*") -> None:
         self.root = root
         self.local = root / "Mail"
         self.local.mkdir(parents=True)
@@ -196,7 +196,7 @@ class MBSync:
         assert cert.is_file(), f"no server certificate at {cert}"
         port = server.imap_port if starttls else server.imaps_port
         self.rc.write_text(mbsyncrc(port, "STARTTLS" if starttls else "IMAPS", cert, self.local,
-                                    account_extra, store_extra, channel_extra, patterns))
+                                    account_extra, store_extra, patterns))
 
     def run(self) -> str:
         """One `mbsync -a`; fails on a non-zero exit or on any error or warning it prints."""
@@ -224,8 +224,8 @@ class MBSync:
 
 
 def mbsyncrc(port: int, ssltype: str, cert: Path, local: Path, account_extra: str = "",
-             store_extra: str = "", channel_extra: str = "", patterns: str = "*") -> str:
-    """The config docs/IMAP.md shows, pointed at the test server and tmp_path."""
+             store_extra: str = "", patterns: str = "*") -> str:
+    """The sample of docs/IMAP.md (plus Remove Both), pointed at the test server."""
     return f"""\
 IMAPAccount pillarbox
 Host 127.0.0.1
@@ -255,14 +255,14 @@ Remove Both
 Expunge Both
 CopyArrivalDate yes
 SyncState *
-{channel_extra}
 """
 
 
 # -- the tests --------------------------------------------------------------------
 
 
-def test_mbsync_syncs_1000_messages_both_ways(make_server, tmp_path):
+def test_mbsync_syncs_1000_messages_both_ways(make_server: Callable[..., Server],
+                                              tmp_path: Path) -> None:
     started = time.monotonic()
     server = make_server()
     inbox = server.maildir(ALICE)
@@ -439,7 +439,8 @@ def test_mbsync_syncs_1000_messages_both_ways(make_server, tmp_path):
     print(f"all done in {time.monotonic() - started:.1f}s")
 
 
-def test_mbsync_starttls_login_sync_literals_and_trash(make_server, tmp_path):
+def test_mbsync_starttls_login_sync_literals_and_trash(make_server: Callable[..., Server],
+                                                       tmp_path: Path) -> None:
     """The other way in: STARTTLS, LOGIN, synchronizing literals only; deletions are
     moved to the server's Trash (UID MOVE, COPYUID) before they are expunged."""
     server = make_server()
