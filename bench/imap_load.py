@@ -491,46 +491,53 @@ def frame_name(frame: str) -> str:
     return f"{m.group('fn')} ({f})"
 
 
-def summarize(path: Path, top: int = 8) -> list[str]:
-    """From py-spy's raw output (one `thread;frame;...;frame COUNT` per line): the share of
-    samples per thread kind, the functions most often on top of the stack (self), and the
-    pillarbox functions most often anywhere on it (inclusive)."""
+# Frames on every stack of the event loop (or of every worker), and worker threads waiting
+# for work (py-spy --nonblocking does not always see that they sleep).
+WRAPPERS = ("<module> (pillarbox/__main__.py)", "main (pillarbox/cli.py)",
+            "cmd_serve (pillarbox/cli.py)", "serve (pillarbox/server.py)",
+            "Session.run_guarded (pillarbox/endpoint/imap/session.py)",
+            "Session.run (pillarbox/endpoint/imap/session.py)",
+            "Session.dispatch (pillarbox/endpoint/imap/session.py)")
+IDLE_LEAVES = ("_worker (concurrent/futures/thread.py)", "wait (threading.py)")
+
+
+def summarize(path: Path, top: int = 6) -> list[str]:
+    """From py-spy's raw output (one `thread (TID): NAME;frame;...;frame COUNT` per line):
+    the share of samples in the main thread (the event loop) and in the others (asyncio's
+    thread pool), the functions most often on top of the stack (self), and the pillarbox
+    functions most often anywhere on it (inclusive)."""
     self_n: dict[str, int] = {}
     incl: dict[str, int] = {}
-    threads: dict[str, int] = {}
-    total = 0
-    main_tid = None
+    main = workers = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit() or not stack:
             continue
         count = int(n)
-        frames = stack.split(";")
-        thread = frames[0]
-        frames = [frame_name(f) for f in frames[1:]] or [thread]
-        total += count
-        # the event loop's thread is the one whose stack starts in pillarbox's main
-        is_main = any("run_until_complete" in f or "uvloop" in f or "cli.py" in f
-                      for f in frames[:6])
-        if is_main and main_tid is None:
-            main_tid = thread
-        kind = "event loop (main thread)" if thread == main_tid or is_main else "worker threads"
-        threads[kind] = threads.get(kind, 0) + count
+        thread, *raw = stack.split(";")
+        frames = [frame_name(f) for f in raw] or [thread]
+        if frames[-1] in IDLE_LEAVES:
+            continue
+        if "MainThread" in thread:
+            main += count
+        else:
+            workers += count
         self_n[frames[-1]] = self_n.get(frames[-1], 0) + count
         for f in set(frames):
-            if "pillarbox/" in f or f.endswith("(pillarbox)"):
+            if "pillarbox/" in f and f not in WRAPPERS:
                 incl[f] = incl.get(f, 0) + count
+    total = main + workers
     if not total:
-        return ["(no samples: the server was idle)"]
-    out = [f"{total} samples; " + ", ".join(
-        f"{k} {v * 100 / total:.0f} %" for k, v in sorted(threads.items(), key=lambda x: -x[1]))]
-    out.append("self: " + "; ".join(
-        f"{k} {v * 100 / total:.0f} %"
-        for k, v in sorted(self_n.items(), key=lambda x: -x[1])[:top]))
-    out.append("inclusive (pillarbox): " + "; ".join(
-        f"{k} {v * 100 / total:.0f} %"
-        for k, v in sorted(incl.items(), key=lambda x: -x[1])[:top]))
-    return out
+        return ["no samples (the server was idle)"]
+
+    def share(items: dict[str, int]) -> str:
+        return "; ".join(f"{k} {v * 100 / total:.0f} %"
+                         for k, v in sorted(items.items(), key=lambda x: -x[1])[:top])
+
+    return [f"{total} samples, main thread (event loop) {main * 100 / total:.0f} %, "
+            f"other threads {workers * 100 / total:.0f} %",
+            "self: " + share(self_n),
+            "inclusive (pillarbox): " + share(incl)]
 
 
 async def run_workers(n: int, worker: Callable[[int], Awaitable[None]], timeout: float
@@ -674,6 +681,8 @@ async def fetch_load(srv: Server, key: str, clients: list[Client], box: Mailbox,
     cmd = b"UID FETCH " + (seqset(uids) if key in ("fetch_small", "fetch_large") else b"1:*") \
         + b" " + atts
     want_octets = sum(box.sizes[u] for u in uids)
+    if key == "fetch_flags":  # so cheap that it needs more rounds to be measured
+        rounds *= 10
     ld = Load(key, label + f" ({len(uids):,})", len(clients))
 
     async def worker(k: int) -> None:
@@ -727,29 +736,38 @@ async def append_load(srv: Server, key: str, clients: list[Client], total: int, 
     return ld
 
 
+IDLE_MODES = {
+    "inbox": "IMAPS, LOGIN, SELECT INBOX, IDLE",
+    "auth": "IMAPS, LOGIN, IDLE (no mailbox selected)",
+    "plain": "plain TCP on the imap port, greeting only (no TLS, no login)",
+}
+
+
 @dataclass
 class IdleResult:
+    mode: str  # inbox | auth | plain
     connections: int
     rss_fresh_kb: int = 0
     rss_10_kb: int = 0
     rss_all_kb: int = 0
     rss_after_kb: int = 0  # after they all logged out
-    hwm_kb: int = 0
     setup_s: float = 0.0
     idle_cpu: float = 0.0  # server CPU s per s while they idle
     idle_s: float = 0.0
-    wake: list[float] = field(default_factory=list)  # s from the 250 to EXISTS
+    wake: list[float] = field(default_factory=list)  # s from the SMTP session to EXISTS
     errors: list[str] = field(default_factory=list)
-    client_fds: int = 0
+    held: int = 0  # connections set up
 
     @property
     def per_conn_kib(self) -> float:
-        n = self.connections - 10
+        n = self.held - 10
         return (self.rss_all_kb - self.rss_10_kb) / n if n > 0 else 0.0
 
 
-async def idle_load(srv: Server, n: int, timeout: float) -> IdleResult:
-    res = IdleResult(n)
+async def idle_load(srv: Server, mode: str, n: int, timeout: float) -> IdleResult:
+    """n connections held open on a fresh server: its RSS with 10 and with n; for "inbox"
+    also how fast a delivery reaches every IDLE connection."""
+    res = IdleResult(mode, n)
     res.rss_fresh_kb = srv.status_kb("VmRSS")
     conns: list[Client] = []
     gate = asyncio.Semaphore(50)
@@ -757,9 +775,13 @@ async def idle_load(srv: Server, n: int, timeout: float) -> IdleResult:
     async def one(_: int) -> None:
         async with gate:
             try:
+                if mode == "plain":
+                    conns.append(await Client.connect(srv.ports["imap"], "plain"))
+                    return
                 c = await Client.connect(srv.ports["imaps"], "imaps")
                 await c.login()
-                await c.ok(b"SELECT INBOX")
+                if mode == "inbox":
+                    await c.ok(b"SELECT INBOX")
                 c.n += 1
                 c.w.write(b"a%d IDLE\r\n" % c.n)
                 line = await c.r.readline()
@@ -777,17 +799,42 @@ async def idle_load(srv: Server, n: int, timeout: float) -> IdleResult:
             res.rss_10_kb = srv.status_kb("VmRSS")
             await asyncio.gather(*(one(k) for k in range(n - min(10, n))))
     except TimeoutError:
-        res.errors.append(f"only {len(conns)} of {n} connections in IDLE after {timeout} s")
+        res.errors.append(f"{mode}: only {len(conns)} of {n} connections set up after "
+                          f"{timeout} s")
     res.setup_s = time.perf_counter() - t0
-    res.client_fds = len(os.listdir("/proc/self/fd"))
+    res.held = len(conns)
+    if res.held != n and not res.errors:
+        res.errors.append(f"{mode}: {res.held} of {n} connections set up")
     await asyncio.sleep(2)
     res.rss_all_kb = srv.status_kb("VmRSS")
     c0, t1 = srv.cpu_seconds(), time.perf_counter()
     await asyncio.sleep(5)
     res.idle_s = time.perf_counter() - t1
     res.idle_cpu = (srv.cpu_seconds() - c0) / res.idle_s
+    gone = [c for c in conns if c.r.at_eof()]
+    if gone:
+        res.errors.append(f"{mode}: the server closed {len(gone)} idle connections")
 
-    # one delivery: how long until every IDLE connection hears of it
+    if mode == "inbox":
+        await fan_out(srv, conns, res)
+
+    async def leave(c: Client) -> None:
+        async with gate:
+            if mode != "plain":
+                c.w.write(b"DONE\r\n")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.response(b"a%d" % c.n), 10)
+            await c.close()
+
+    await asyncio.gather(*(leave(c) for c in conns))
+    await asyncio.sleep(1)
+    res.rss_after_kb = srv.status_kb("VmRSS")
+    return res
+
+
+async def fan_out(srv: Server, conns: list[Client], res: IdleResult) -> None:
+    """One message through SMTP: the time from the start of that SMTP session until each
+    IDLE connection got its `* N EXISTS`."""
     sent = [0.0]
 
     async def wait_exists(c: Client) -> None:
@@ -801,11 +848,10 @@ async def idle_load(srv: Server, n: int, timeout: float) -> IdleResult:
 
     waiters = [asyncio.ensure_future(wait_exists(c)) for c in conns]
     await asyncio.sleep(0.1)
-    loop = asyncio.get_running_loop()
     msg = make_message(200_000, 4096, f"{os.getpid()}idle")
     sent[0] = time.perf_counter()
-    await loop.run_in_executor(None, smtp_send, srv.ports["smtp"], [msg], 1)
-    # sent[0] stays the time the message went out: delivery is part of the wait
+    await asyncio.get_running_loop().run_in_executor(None, smtp_send, srv.ports["smtp"],
+                                                     [msg], 1)
     done, pending = await asyncio.wait(waiters, timeout=30)
     for w in pending:
         w.cancel()
@@ -815,19 +861,6 @@ async def idle_load(srv: Server, n: int, timeout: float) -> IdleResult:
     for w in done:
         if w.exception() is not None:
             res.errors.append(f"IDLE: {w.exception()!r}")
-    res.hwm_kb = srv.status_kb("VmHWM")
-
-    async def leave(c: Client) -> None:
-        async with gate:
-            c.w.write(b"DONE\r\n")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(c.response(b"a%d" % c.n), 10)
-            await c.close()
-
-    await asyncio.gather(*(leave(c) for c in conns))
-    await asyncio.sleep(1)
-    res.rss_after_kb = srv.status_kb("VmRSS")
-    return res
 
 
 # -- one whole run ----------------------------------------------------------------------------
@@ -836,7 +869,7 @@ async def idle_load(srv: Server, n: int, timeout: float) -> IdleResult:
 @dataclass
 class Run:
     loads: list[Load] = field(default_factory=list)
-    idle: IdleResult | None = None
+    idle: list[IdleResult] = field(default_factory=list)
     box: Mailbox | None = None
     plain: str = ""
     fill_s: float = 0.0
@@ -913,13 +946,20 @@ def measure(args: argparse.Namespace, root: Path, run: Run) -> None:
 
         if args.idle:
             srv.cheap_password()
+        for mode in IDLE_MODES if args.idle else ():
             srv.start()
             time.sleep(1)
-            log(f"fresh server (pid {srv.proc.pid if srv.proc else '?'}) for {args.idle} IDLE "
-                "connections")
-            run.idle = asyncio.run(idle_load(srv, args.idle, args.timeout))
+            log(f"fresh server (pid {srv.proc.pid if srv.proc else '?'}): {args.idle} "
+                f"connections, {IDLE_MODES[mode]}")
+            r = asyncio.run(idle_load(srv, mode, args.idle, args.timeout))
+            run.idle.append(r)
             srv.stop()
             run.server_log += srv.errors_logged()
+            log(f"  RSS {r.rss_fresh_kb / 1024:.0f} MB fresh, {r.rss_10_kb / 1024:.0f} MB with "
+                f"10, {r.rss_all_kb / 1024:.0f} MB with {r.held}: {r.per_conn_kib:.1f} KiB "
+                f"each; set-up {r.setup_s:.1f} s; idle CPU {r.idle_cpu * 100:.1f} %"
+                + (f"; EXISTS after {max(r.wake) * 1000:.0f} ms at most" if r.wake else "")
+                + (f"; {len(r.errors)} errors: {r.errors[0]}" if r.errors else ""))
     finally:
         srv.stop()
 
@@ -986,8 +1026,8 @@ def problems(run: Run) -> list[str]:
             out.append(f"{ld.key}: {len(ld.errors)} errors, first: {ld.errors[0]}")
         if ld.timed_out:
             out.append(f"{ld.key}: timed out")
-    if run.idle is not None:
-        out += run.idle.errors
+    for r in run.idle:
+        out += r.errors
     if "LOGINDISABLED" not in run.plain or "NO" not in run.plain:
         out.append(f"plain-text LOGIN was not refused: {run.plain}")
     return out
@@ -1018,20 +1058,22 @@ def table(run: Run) -> str:
     return "\n".join(lines)
 
 
-def idle_table(r: IdleResult) -> str:
-    wake = sorted(r.wake)
-    p50 = f"{statistics.median(wake) * 1000:.0f}" if wake else "n/a"
-    mx = f"{wake[-1] * 1000:.0f}" if wake else "n/a"
-    cols = ["IDLE connections (IMAPS, INBOX selected)", "server RSS fresh MB",
-            "with 10 MB", f"with {r.connections:,} MB", "KiB per connection",
-            "after they left MB", "set-up s", "server CPU while idle",
+def idle_table(rs: list[IdleResult]) -> str:
+    n = rs[0].connections
+    cols = ["connections held", "server RSS fresh MB", "with 10 MB", f"with {n:,} MB",
+            "KiB per connection", "after they left MB", "set-up s", "server CPU while idle",
             "delivery → EXISTS p50 ms", "max ms"]
-    vals = [f"{r.connections:,}", f"{r.rss_fresh_kb / 1024:.0f}", f"{r.rss_10_kb / 1024:.0f}",
-            f"{r.rss_all_kb / 1024:.0f}", f"{r.per_conn_kib:.0f}",
-            f"{r.rss_after_kb / 1024:.0f}", f"{r.setup_s:.1f}", f"{r.idle_cpu * 100:.1f} %",
-            p50, mx]
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
-                      "| " + " | ".join(vals) + " |"])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rs:
+        wake = sorted(r.wake)
+        lines.append("| " + " | ".join([
+            f"{r.held:,} × {IDLE_MODES[r.mode]}", f"{r.rss_fresh_kb / 1024:.0f}",
+            f"{r.rss_10_kb / 1024:.0f}", f"{r.rss_all_kb / 1024:.0f}",
+            f"{r.per_conn_kib:.0f}", f"{r.rss_after_kb / 1024:.0f}", f"{r.setup_s:.1f}",
+            f"{r.idle_cpu * 100:.1f} %",
+            f"{statistics.median(wake) * 1000:.0f}" if wake else "—",
+            f"{wake[-1] * 1000:.0f}" if wake else "—"]) + " |")
+    return "\n".join(lines)
 
 
 def bullet(text: str) -> str:
@@ -1098,16 +1140,27 @@ def reading(run: Run) -> list[str]:
             s += (f", {a1.rate:,.1f} msg/s of ~1 MiB ({a1.octets / a1.wall / 1e6:,.1f} MB/s, "
                   f"{a1.server_cpu / a1.ops * 1000:.1f} ms of server CPU each)")
         out.append(s + ".")
-    r = run.idle
+    idle = {r.mode: r for r in run.idle}
+    r = idle.get("inbox")
     if r is not None:
-        out.append(
-            f"IDLE: {r.connections:,} connections logged in over IMAPS with INBOX selected "
-            f"({len(run.box.sizes) if run.box else 0:,} messages) hold "
-            f"{(r.rss_all_kb - r.rss_10_kb) / 1024:.0f} MB more than 10 do, "
-            f"{r.per_conn_kib:.0f} KiB each; the server used {r.idle_cpu * 100:.1f} % of a "
-            f"CPU while they idled, and a message delivered through SMTP reached all of them "
-            f"as EXISTS within {max(r.wake) * 1000 if r.wake else 0:.0f} ms of the start of "
-            "its SMTP session.")
+        s = (f"IDLE: {r.held:,} connections logged in over IMAPS with INBOX selected "
+             f"({len(run.box.sizes) if run.box else 0:,} messages) hold "
+             f"{(r.rss_all_kb - r.rss_10_kb) / 1024:.0f} MB more than 10 do, "
+             f"{r.per_conn_kib:.0f} KiB each")
+        parts = []
+        if "auth" in idle:
+            parts.append(f"{idle['auth'].per_conn_kib:.0f} KiB logged in with no mailbox "
+                         "selected")
+        if "plain" in idle:
+            parts.append(f"{idle['plain'].per_conn_kib:.0f} KiB for a bare connection "
+                         "without TLS or login")
+        if parts:
+            s += " (" + ", ".join(parts) + ")"
+        s += (f"; the server used {r.idle_cpu * 100:.1f} % of a CPU while they idled, and a "
+              "message sent through SMTP reached all of them as EXISTS within "
+              f"{max(r.wake) * 1000 if r.wake else 0:.0f} ms of the start of its SMTP "
+              "session.")
+        out.append(s)
     return out
 
 
@@ -1158,8 +1211,9 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], run: Run, took: fl
         f"Plain-text LOGIN on the imap port was tried once: {run.plain} — pillarbox allows "
         "no login without TLS, so there is no plain-text figure.",
         f"*FETCH*: each client logged in once, INBOX selected, then ran the command "
-        f"{args.rounds} times; count is the untagged FETCH responses received, MB/s the "
-        "octets of the responses, latency is per command (all messages). Every response was "
+        f"{args.rounds} times ({args.rounds * 10} times the index-only one); count is the "
+        "untagged FETCH responses received, MB/s the octets of the responses, latency is "
+        "per command (all messages). Every response was "
         "checked: one FETCH per message, and for BODY.PEEK[] exactly the octets of "
         "RFC822.SIZE.",
         f"*APPEND*: the same clients, no mailbox selected, `APPEND Bench (\\Seen) {{n+}}` "
@@ -1261,9 +1315,11 @@ def main() -> int:
     ap.add_argument("--large", type=int, default=10, help="~1 MiB messages in INBOX (10)")
     ap.add_argument("--logins", type=int, default=100,
                     help="logins per login load (100; twice that without LOGIN)")
-    ap.add_argument("--rounds", type=int, default=3, help="FETCH commands per client (3)")
-    ap.add_argument("--appends", type=int, default=1000, help="4 KB APPENDs (1000)")
-    ap.add_argument("--big-appends", type=int, default=50, help="1 MiB APPENDs (50)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="FETCH commands per client and load (5; ten times that for the "
+                    "index-only FETCH)")
+    ap.add_argument("--appends", type=int, default=3000, help="4 KB APPENDs (3000)")
+    ap.add_argument("--big-appends", type=int, default=100, help="1 MiB APPENDs (100)")
     ap.add_argument("--idle", type=int, default=1000,
                     help="IDLE connections for the memory figure (1000; 0: skip)")
     ap.add_argument("--timeout", type=float, default=180.0,
