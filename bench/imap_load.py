@@ -973,7 +973,7 @@ async def main_loads(srv: Server, args: argparse.Namespace, run: Run,
     run.plain = await plain_login_refused(srv)
     log(f"plain-text LOGIN on the imap port: {run.plain}")
     for key in ("login_imaps", "login_starttls", "tls_only"):
-        total = args.logins * 2 if key == "tls_only" else args.logins
+        total = args.logins * 5 if key == "tls_only" else args.logins
         ld = await login_load(srv, key, total, args.clients, args.timeout, profiler)
         report(ld)
         run.loads.append(ld)
@@ -1314,7 +1314,7 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=1000, help="~4 KB messages in INBOX (1000)")
     ap.add_argument("--large", type=int, default=10, help="~1 MiB messages in INBOX (10)")
     ap.add_argument("--logins", type=int, default=100,
-                    help="logins per login load (100; twice that without LOGIN)")
+                    help="logins per login load (100; five times that without LOGIN)")
     ap.add_argument("--rounds", type=int, default=5,
                     help="FETCH commands per client and load (5; ten times that for the "
                     "index-only FETCH)")
