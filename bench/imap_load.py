@@ -67,6 +67,7 @@ import shlex
 import shutil
 import signal
 import smtplib
+import socket
 import sqlite3
 import ssl
 import statistics
@@ -81,6 +82,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import compare_postfix as cp
 import smtp_load as sl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -256,9 +258,19 @@ class Server(sl.Server):
             return (int(f[11]) + int(f[12])) / sl.CLK_TCK
         return 0.0
 
+    name = "pillarbox"
+    mem_what = "VmRSS"
+
     def errors_logged(self) -> list[str]:
         return [ln for ln in self.log_text().splitlines()
                 if ln.strip() and not sl.EXPECTED_LOG.search(ln)]
+
+    def mem_kb(self) -> int:
+        return self.status_kb("VmRSS")
+
+    def deliver_one(self, msg: bytes) -> None:
+        """As mail arrives: through SMTP on the MX port (queue, then Maildir)."""
+        smtp_send(self.ports["smtp"], [msg], 1)
 
     def count_files(self) -> int:
         n = 0
@@ -266,6 +278,202 @@ class Server(sl.Server):
             with contextlib.suppress(FileNotFoundError), os.scandir(self.maildir / sub) as it:
                 n += sum(1 for _ in it)
         return n
+
+
+# -- Dovecot, side by side -----------------------------------------------------------------
+
+DOVECOT_UID = 65534  # nobody/nogroup own the copy of the mailbox
+DOVECOT_CONF = """\
+# written by pillarbox bench/imap_load.py: a throwaway instance, 127.0.0.1 only
+protocols = imap
+listen = 127.0.0.1
+instance_name = dovecot-bench-{tag}
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+info_log_path = /dev/null
+ssl = required
+ssl_cert = <{cert}
+ssl_key = <{key}
+auth_mechanisms = plain
+mail_location = maildir:~/Maildir
+first_valid_uid = 1
+mail_max_userip_connections = {n}
+default_process_limit = {n}
+default_client_limit = {clients}
+default_vsz_limit = 0
+default_internal_user = dovecot
+default_login_user = dovenull
+passdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={uid} home={d}/home/%n
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps}
+    ssl = yes
+  }}
+}}
+"""
+
+
+def ensure_dovecot() -> str | None:
+    """Debian's dovecot-imapd, installed if missing (as root; service starts denied during
+    the install). None when it cannot be had."""
+    exe = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.access("/usr/sbin/dovecot",
+                                                                       os.X_OK) else None)
+    if exe:
+        return exe
+    if os.geteuid() != 0:
+        log("Dovecot is not installed and this is not root: no comparison")
+        return None
+    log("installing Debian's dovecot-imapd for the comparison ...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = not policy.exists()
+    if made_policy:
+        policy.write_text("#!/bin/sh\n# added by pillarbox bench/imap_load.py\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "dovecot-imapd"]
+        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900)
+            r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        if made_policy:
+            policy.unlink(missing_ok=True)
+    if r.returncode != 0:
+        log(f"apt-get install dovecot-imapd failed, no comparison:\n{r.stderr[-1000:]}")
+        return None
+    return shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+
+class Dovecot:
+    """A throwaway Dovecot (`dovecot -F -c DIR/dovecot.conf`) on a copy of pillarbox's
+    Maildir: its own base, state and log directories, 127.0.0.1 ports, no chroot, the
+    same TLS pair, the same user and password (argon2id, same memory and passes)."""
+
+    name = "Dovecot"
+    mem_what = "Pss"
+
+    def __init__(self, root: Path, exe: str, conn_limit: int) -> None:
+        self.dir, self.exe, self.conn_limit = root, exe, conn_limit
+        self.ports: dict[str, int] = {}
+        self.proc: subprocess.Popen | None = None
+        self.maildir = root / "home" / USER.split("@")[0] / "Maildir"
+        self.version = ""
+
+    def setup(self, src: Path, tls_dir: Path) -> None:
+        self.dir.mkdir(parents=True)
+        for d in (self.dir, self.dir.parent):
+            d.chmod(0o755)  # dovenull and nobody reach their sockets and files
+        for sub in ("run", "state"):
+            (self.dir / sub).mkdir()
+        shutil.copytree(src, self.maildir, symlinks=True, ignore=shutil.ignore_patterns(
+            "pillarbox-index.sqlite*", ".Bench"))
+        for base, dirs, files in os.walk(self.dir / "home"):
+            for x in [base, *(os.path.join(base, f) for f in dirs + files)]:
+                os.chown(x, DOVECOT_UID, DOVECOT_UID)
+        for kind in ("imap", "imaps"):
+            self.ports[kind] = sl.free_port()
+        self.set_password(cheap=False)
+        n = self.conn_limit
+        (self.dir / "dovecot.conf").write_text(DOVECOT_CONF.format(
+            tag=os.getpid(), d=self.dir, cert=tls_dir / "cert.pem", key=tls_dir / "key.pem",
+            n=n, clients=4 * n, uid=DOVECOT_UID, **self.ports))
+        r = subprocess.run([self.exe, "--version"], capture_output=True, text=True, timeout=30)
+        self.version = r.stdout.split()[0] if r.stdout else "?"
+
+    def set_password(self, cheap: bool) -> None:
+        """argon2id with pillarbox's memory and passes, but one lane (Dovecot verifies
+        through libsodium, which takes p=1 only); cheap: t=1, 1 MiB, for the IDLE load."""
+        from argon2 import PasswordHasher
+
+        h = (PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1) if cheap
+             else PasswordHasher(parallelism=1))
+        (self.dir / "passwd").write_text(f"{USER}:{{ARGON2ID}}{h.hash(PASSWORD)}\n")
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._log = open(self.dir / "stdout.log", "wb")
+        self.proc = subprocess.Popen([self.exe, "-F", "-c", str(self.dir / "dovecot.conf")],
+                                     stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"error: dovecot exited with {self.proc.returncode}:\n"
+                                 + (self.dir / "stdout.log").read_text(errors="replace"))
+            with contextlib.suppress(OSError):
+                with socket.create_connection((HOST, self.ports["imap"]), timeout=2) as sk:
+                    if sk.makefile("rb").readline().startswith(b"* OK"):
+                        return
+            time.sleep(0.05)
+        self.stop()
+        raise SystemExit(f"error: dovecot not answering after {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()  # the master stops its children
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """The master and all its processes, and the ones it reaped."""
+        assert self.proc is not None
+        return cp.tree_cpu(self.proc.pid)
+
+    def loop_cpu(self) -> float:
+        return -1.0  # no single event loop: a process per connection
+
+    def mem_kb(self) -> int:
+        """Proportional set size summed over the master and all its processes."""
+        assert self.proc is not None
+        return cp.tree_kb(self.proc.pid, "Pss", "smaps_rollup")
+
+    def processes(self) -> int:
+        assert self.proc is not None
+        return 1 + len(sl.descendants(self.proc.pid))
+
+    def deliver_one(self, msg: bytes) -> None:
+        """As an MDA would: write into tmp/, rename into new/ (Dovecot has no SMTP)."""
+        name = f"{time.time():.6f}.bench{os.getpid()}.{socket.gethostname()}"
+        tmp = self.maildir / "tmp" / name
+        tmp.write_bytes(msg)
+        os.chown(tmp, DOVECOT_UID, DOVECOT_UID)
+        os.rename(tmp, self.maildir / "new" / name)
+
+    def errors_logged(self) -> list[str]:
+        try:
+            text = (self.dir / "dovecot.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [ln for ln in text.splitlines()
+                if re.search(r"\b(Error|Fatal|Panic|Warning):", ln)
+                and f"Killed with signal 15 (by pid={os.getpid()} " not in ln]
+
+
+Target = Server | Dovecot
 
 
 def machine_cpu() -> float:
@@ -417,7 +625,7 @@ class Load:
 class Meter:
     """Server, event-loop, client and machine CPU and wall time over one load."""
 
-    def __init__(self, srv: Server, load: Load, profiler: Profiler | None) -> None:
+    def __init__(self, srv: Target, load: Load, profiler: Profiler | None) -> None:
         self.srv, self.load, self.profiler = srv, load, profiler
 
     def __enter__(self) -> Meter:
@@ -434,6 +642,8 @@ class Meter:
         ld.wall = t1 - self.t0
         ld.server_cpu, ld.loop_cpu, ld.client_cpu, ld.machine_cpu = (
             b - a for a, b in zip(self.c0, c1, strict=True))
+        if c1[1] < 0:
+            ld.loop_cpu = -1.0  # no event loop to tell apart (Dovecot)
         if self.profiler:
             ld.profile, ld.profiler_cpu = self.profiler.stop()
 
@@ -558,14 +768,15 @@ LOGIN_LABELS = {
     "login_imaps": "LOGIN + LOGOUT, IMAPS (implicit TLS)",
     "login_starttls": "LOGIN + LOGOUT, STARTTLS on the imap port",
     "tls_only": "TLS + LOGOUT, no LOGIN (IMAPS; what TLS costs)",
+    "login_plain": "LOGIN + LOGOUT, plain text on the imap port (no TLS)",
 }
 
 
-async def login_load(srv: Server, key: str, total: int, clients: int, timeout: float,
+async def login_load(srv: Target, key: str, total: int, clients: int, timeout: float,
                      profiler: Profiler | None) -> Load:
     ld = Load(key, LOGIN_LABELS[key], clients, unit="login")
-    mode = "starttls" if key == "login_starttls" else "imaps"
-    port = srv.ports["imap" if mode == "starttls" else "imaps"]
+    mode = {"login_starttls": "starttls", "login_plain": "plain"}.get(key, "imaps")
+    port = srv.ports["imaps" if mode == "imaps" else "imap"]
     left = [total]
 
     async def worker(_: int) -> None:
@@ -588,8 +799,9 @@ async def login_load(srv: Server, key: str, total: int, clients: int, timeout: f
     return ld
 
 
-async def plain_login_refused(srv: Server) -> str:
-    """What the non-TLS port says to a plain-text LOGIN."""
+async def plain_login_refused(srv: Target) -> str:
+    """What the non-TLS port says to a plain-text LOGIN (Dovecot allows it from the
+    machine itself: it counts loopback connections as secure)."""
     c = await Client.connect(srv.ports["imap"], "plain")
     try:
         rep = await c.command(b'LOGIN "%s" "%s"' % (USER.encode(), PASSWORD.encode()))
@@ -623,7 +835,7 @@ class Mailbox:
     first_select_s: float = 0.0
 
 
-async def first_look(srv: Server, expect: int) -> Mailbox:
+async def first_look(srv: Target, expect: int) -> Mailbox:
     """One login; the first SELECT takes the delivered files into the index (timed)."""
     c = await Client.connect(srv.ports["imaps"], "imaps")
     try:
@@ -649,7 +861,7 @@ async def first_look(srv: Server, expect: int) -> Mailbox:
     return Mailbox(small, large, sizes, took)
 
 
-async def open_clients(srv: Server, n: int, select: bytes | None) -> list[Client]:
+async def open_clients(srv: Target, n: int, select: bytes | None) -> list[Client]:
     async def one(_: int) -> Client:
         c = await Client.connect(srv.ports["imaps"], "imaps")
         await c.login()
@@ -669,7 +881,7 @@ FETCH_LOADS = {
 }
 
 
-async def fetch_load(srv: Server, key: str, clients: list[Client], box: Mailbox, rounds: int,
+async def fetch_load(srv: Target, key: str, clients: list[Client], box: Mailbox, rounds: int,
                      timeout: float, profiler: Profiler | None) -> Load:
     label, atts = FETCH_LOADS[key]
     if key == "fetch_small":
@@ -708,7 +920,7 @@ async def fetch_load(srv: Server, key: str, clients: list[Client], box: Mailbox,
     return ld
 
 
-async def append_load(srv: Server, key: str, clients: list[Client], total: int, size: int,
+async def append_load(srv: Target, key: str, clients: list[Client], total: int, size: int,
                       mailbox: bytes, timeout: float, profiler: Profiler | None) -> Load:
     label = f"APPEND {'~4 KB' if size < LARGE_AT else '~1 MiB'}, LITERAL+"
     ld = Load(key, label, len(clients))
@@ -757,6 +969,7 @@ class IdleResult:
     wake: list[float] = field(default_factory=list)  # s from the SMTP session to EXISTS
     errors: list[str] = field(default_factory=list)
     held: int = 0  # connections set up
+    processes: int = 1  # the server's processes with them all held
 
     @property
     def per_conn_kib(self) -> float:
@@ -764,11 +977,11 @@ class IdleResult:
         return (self.rss_all_kb - self.rss_10_kb) / n if n > 0 else 0.0
 
 
-async def idle_load(srv: Server, mode: str, n: int, timeout: float) -> IdleResult:
+async def idle_load(srv: Target, mode: str, n: int, timeout: float) -> IdleResult:
     """n connections held open on a fresh server: its RSS with 10 and with n; for "inbox"
     also how fast a delivery reaches every IDLE connection."""
     res = IdleResult(mode, n)
-    res.rss_fresh_kb = srv.status_kb("VmRSS")
+    res.rss_fresh_kb = srv.mem_kb()
     conns: list[Client] = []
     gate = asyncio.Semaphore(50)
 
@@ -796,7 +1009,7 @@ async def idle_load(srv: Server, mode: str, n: int, timeout: float) -> IdleResul
         async with asyncio.timeout(timeout):
             await asyncio.gather(*(one(k) for k in range(min(10, n))))
             await asyncio.sleep(1)
-            res.rss_10_kb = srv.status_kb("VmRSS")
+            res.rss_10_kb = srv.mem_kb()
             await asyncio.gather(*(one(k) for k in range(n - min(10, n))))
     except TimeoutError:
         res.errors.append(f"{mode}: only {len(conns)} of {n} connections set up after "
@@ -806,7 +1019,9 @@ async def idle_load(srv: Server, mode: str, n: int, timeout: float) -> IdleResul
     if res.held != n and not res.errors:
         res.errors.append(f"{mode}: {res.held} of {n} connections set up")
     await asyncio.sleep(2)
-    res.rss_all_kb = srv.status_kb("VmRSS")
+    res.rss_all_kb = srv.mem_kb()
+    if isinstance(srv, Dovecot):
+        res.processes = srv.processes()
     c0, t1 = srv.cpu_seconds(), time.perf_counter()
     await asyncio.sleep(5)
     res.idle_s = time.perf_counter() - t1
@@ -828,11 +1043,11 @@ async def idle_load(srv: Server, mode: str, n: int, timeout: float) -> IdleResul
 
     await asyncio.gather(*(leave(c) for c in conns))
     await asyncio.sleep(1)
-    res.rss_after_kb = srv.status_kb("VmRSS")
+    res.rss_after_kb = srv.mem_kb()
     return res
 
 
-async def fan_out(srv: Server, conns: list[Client], res: IdleResult) -> None:
+async def fan_out(srv: Target, conns: list[Client], res: IdleResult) -> None:
     """One message through SMTP: the time from the start of that SMTP session until each
     IDLE connection got its `* N EXISTS`."""
     sent = [0.0]
@@ -850,14 +1065,13 @@ async def fan_out(srv: Server, conns: list[Client], res: IdleResult) -> None:
     await asyncio.sleep(0.1)
     msg = make_message(200_000, 4096, f"{os.getpid()}idle")
     sent[0] = time.perf_counter()
-    await asyncio.get_running_loop().run_in_executor(None, smtp_send, srv.ports["smtp"],
-                                                     [msg], 1)
-    done, pending = await asyncio.wait(waiters, timeout=30)
+    await asyncio.get_running_loop().run_in_executor(None, srv.deliver_one, msg)
+    done, pending = await asyncio.wait(waiters, timeout=45)
     for w in pending:
         w.cancel()
     if pending:
         res.errors.append(f"{len(pending)} of {len(conns)} IDLE connections did not hear of "
-                          "the delivery within 30 s")
+                          "the delivery within 45 s")
     for w in done:
         if w.exception() is not None:
             res.errors.append(f"IDLE: {w.exception()!r}")
@@ -880,6 +1094,7 @@ class Run:
     server_log: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     profiled: bool = False
+    version: str = ""
 
 
 ARGON2_SNIPPET = r"""
@@ -922,13 +1137,32 @@ def fill(srv: Server, args: argparse.Namespace) -> float:
     return time.perf_counter() - t0
 
 
-def measure(args: argparse.Namespace, root: Path, run: Run) -> None:
-    srv = Server(root, args.idle + 100)
+def idle_modes(srv: Target, run: Run, args: argparse.Namespace, modes: list[str]) -> None:
+    for mode in modes:
+        srv.start()
+        time.sleep(1)
+        log(f"fresh {srv.name} (pid {srv.proc.pid if srv.proc else '?'}): {args.idle} "
+            f"connections, {IDLE_MODES[mode]}")
+        r = asyncio.run(idle_load(srv, mode, args.idle, args.timeout))
+        run.idle.append(r)
+        srv.stop()
+        run.server_log += srv.errors_logged()
+        log(f"  {srv.mem_what} {r.rss_fresh_kb / 1024:.0f} MB fresh, {r.rss_10_kb / 1024:.0f} "
+            f"MB with 10, {r.rss_all_kb / 1024:.0f} MB with {r.held}: {r.per_conn_kib:.1f} KiB "
+            f"each; set-up {r.setup_s:.1f} s; idle CPU {r.idle_cpu * 100:.1f} %"
+            + (f"; EXISTS after {max(r.wake) * 1000:.0f} ms at most" if r.wake else "")
+            + (f"; {len(r.errors)} errors: {r.errors[0]}" if r.errors else ""))
+
+
+def measure(args: argparse.Namespace, root: Path, runs: dict[str, Run]) -> None:
+    run = runs["pillarbox"] = Run()
+    srv = Server(root / "pillarbox", args.idle + 100)
     srv.setup()
+    dov: Dovecot | None = None
     try:
         srv.start()
-        run.rss_idle_kb = srv.status_kb("VmRSS")
-        log(f"server up (pid {srv.proc.pid if srv.proc else '?'}), idle RSS "
+        run.rss_idle_kb = srv.mem_kb()
+        log(f"pillarbox up (pid {srv.proc.pid if srv.proc else '?'}), idle RSS "
             f"{run.rss_idle_kb / 1024:.0f} MB; filling INBOX through SMTP: {args.small} x 4 KB "
             f"+ {args.large} x 1 MiB")
         run.fill_s = fill(srv, args)
@@ -944,27 +1178,34 @@ def measure(args: argparse.Namespace, root: Path, run: Run) -> None:
         srv.stop()
         run.server_log += srv.errors_logged()
 
+        if args.dovecot_exe:  # the same mailbox, before the IDLE load adds a message
+            drun = runs["Dovecot"] = Run()
+            dov = Dovecot(root / "dovecot", args.dovecot_exe, args.idle + 100)
+            dov.setup(srv.maildir, srv.dir / "var" / "tls")
+            dov.start()
+            drun.rss_idle_kb = dov.mem_kb()
+            log(f"Dovecot {dov.version} up (pid {dov.proc.pid if dov.proc else '?'}), "
+                f"{dov.processes()} processes, Pss {drun.rss_idle_kb / 1024:.0f} MB")
+            drun.fill_s = run.fill_s
+            drun.version = dov.version
+            asyncio.run(main_loads(dov, args, drun, None))
+            drun.hwm_kb = dov.mem_kb()
+            dov.stop()
+            drun.server_log += dov.errors_logged()
+
         if args.idle:
             srv.cheap_password()
-        for mode in IDLE_MODES if args.idle else ():
-            srv.start()
-            time.sleep(1)
-            log(f"fresh server (pid {srv.proc.pid if srv.proc else '?'}): {args.idle} "
-                f"connections, {IDLE_MODES[mode]}")
-            r = asyncio.run(idle_load(srv, mode, args.idle, args.timeout))
-            run.idle.append(r)
-            srv.stop()
-            run.server_log += srv.errors_logged()
-            log(f"  RSS {r.rss_fresh_kb / 1024:.0f} MB fresh, {r.rss_10_kb / 1024:.0f} MB with "
-                f"10, {r.rss_all_kb / 1024:.0f} MB with {r.held}: {r.per_conn_kib:.1f} KiB "
-                f"each; set-up {r.setup_s:.1f} s; idle CPU {r.idle_cpu * 100:.1f} %"
-                + (f"; EXISTS after {max(r.wake) * 1000:.0f} ms at most" if r.wake else "")
-                + (f"; {len(r.errors)} errors: {r.errors[0]}" if r.errors else ""))
+            idle_modes(srv, run, args, list(IDLE_MODES))
+            if dov is not None:
+                dov.set_password(cheap=True)
+                idle_modes(dov, runs["Dovecot"], args, ["inbox"])
     finally:
         srv.stop()
+        if dov is not None:
+            dov.stop()
 
 
-async def main_loads(srv: Server, args: argparse.Namespace, run: Run,
+async def main_loads(srv: Target, args: argparse.Namespace, run: Run,
                      profiler: Profiler | None) -> None:
     n_msgs = args.small + args.large
     run.box = await first_look(srv, n_msgs)
@@ -972,7 +1213,9 @@ async def main_loads(srv: Server, args: argparse.Namespace, run: Run,
         f"{run.box.first_select_s:.2f} s")
     run.plain = await plain_login_refused(srv)
     log(f"plain-text LOGIN on the imap port: {run.plain}")
-    for key in ("login_imaps", "login_starttls", "tls_only"):
+    plain_ok = "LOGIN: OK" in run.plain
+    for key in ("login_imaps", "login_starttls", "tls_only",
+                *(["login_plain"] if plain_ok else [])):
         total = args.logins * 5 if key == "tls_only" else args.logins
         ld = await login_load(srv, key, total, args.clients, args.timeout, profiler)
         report(ld)
@@ -1019,7 +1262,7 @@ def report(ld: Load) -> None:
         log("    " + ln)
 
 
-def problems(run: Run) -> list[str]:
+def problems(run: Run, pillarbox: bool = True) -> list[str]:
     out = list(run.problems)
     for ld in run.loads:
         if ld.errors:
@@ -1028,7 +1271,7 @@ def problems(run: Run) -> list[str]:
             out.append(f"{ld.key}: timed out")
     for r in run.idle:
         out += r.errors
-    if "LOGINDISABLED" not in run.plain or "NO" not in run.plain:
+    if pillarbox and ("LOGINDISABLED" not in run.plain or "LOGIN: NO" not in run.plain):
         out.append(f"plain-text LOGIN was not refused: {run.plain}")
     return out
 
@@ -1052,27 +1295,80 @@ def table(run: Run) -> str:
         lines.append("| " + " | ".join([
             ld.label, str(ld.clients), f"{ld.ops:,}", f"{ld.rate:,.0f} {unit}", mbs,
             fmt(ld.pct(50), 1), fmt(ld.pct(99), 1), f"{ld.server_cpu * per:.2f}",
-            f"{ld.server_cpu / ld.wall * 100:.0f} % ({ld.loop_cpu / ld.wall * 100:.0f} %)",
+            f"{ld.server_cpu / ld.wall * 100:.0f} %" + (
+                f" ({ld.loop_cpu / ld.wall * 100:.0f} %)" if ld.loop_cpu >= 0 else ""),
             f"{ld.client_cpu * per:.2f}",
             f"{ld.machine_cpu / ld.wall:.2f} of {NPROC}"]) + " |")
     return "\n".join(lines)
 
 
-def idle_table(rs: list[IdleResult]) -> str:
-    n = rs[0].connections
-    cols = ["connections held", "server RSS fresh MB", "with 10 MB", f"with {n:,} MB",
+def idle_table(runs: dict[str, Run]) -> str:
+    rs = [(name, r) for name, run in runs.items() for r in run.idle]
+    n = rs[0][1].connections
+    cols = ["server", "connections held", "memory fresh MB", "with 10 MB", f"with {n:,} MB",
             "KiB per connection", "after they left MB", "set-up s", "server CPU while idle",
             "delivery → EXISTS p50 ms", "max ms"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rs:
+    for name, r in rs:
         wake = sorted(r.wake)
         lines.append("| " + " | ".join([
-            f"{r.held:,} × {IDLE_MODES[r.mode]}", f"{r.rss_fresh_kb / 1024:.0f}",
+            name, f"{r.held:,} × {IDLE_MODES[r.mode]}", f"{r.rss_fresh_kb / 1024:.0f}",
             f"{r.rss_10_kb / 1024:.0f}", f"{r.rss_all_kb / 1024:.0f}",
             f"{r.per_conn_kib:.0f}", f"{r.rss_after_kb / 1024:.0f}", f"{r.setup_s:.1f}",
             f"{r.idle_cpu * 100:.1f} %",
             f"{statistics.median(wake) * 1000:.0f}" if wake else "—",
             f"{wake[-1] * 1000:.0f}" if wake else "—"]) + " |")
+    return "\n".join(lines)
+
+
+COMPARE = [  # (load key, what, figure)
+    ("login_imaps", "logins/s, LOGIN + LOGOUT over IMAPS", "rate"),
+    ("login_imaps", "server CPU ms per login (IMAPS)", "cpu_ms"),
+    ("login_starttls", "logins/s, LOGIN + LOGOUT with STARTTLS", "rate"),
+    ("tls_only", "connections/s, TLS + LOGOUT without LOGIN", "rate"),
+    ("tls_only", "server CPU ms per connection without LOGIN", "cpu_ms"),
+    ("fetch_flags", "msg/s, FETCH 1:* (FLAGS UID RFC822.SIZE)", "rate"),
+    ("fetch_envelope", "msg/s, FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE)", "rate"),
+    ("fetch_envelope", "server CPU µs per message, same", "cpu_us"),
+    ("fetch_small", "msg/s, BODY.PEEK[] of ~4 KB messages", "rate"),
+    ("fetch_small", "server CPU µs per message, same", "cpu_us"),
+    ("fetch_large", "MB/s, BODY.PEEK[] of ~1 MiB messages", "mbs"),
+    ("append_4k", "msg/s, APPEND ~4 KB", "rate"),
+    ("append_4k", "server CPU ms per message, same", "cpu_ms"),
+    ("append_1m", "MB/s, APPEND ~1 MiB", "mbs"),
+]
+
+
+def figure(ld: Load | None, what: str) -> float | None:
+    if ld is None or not ld.ops or not ld.wall:
+        return None
+    if what == "rate":
+        return ld.rate
+    if what == "mbs":
+        return ld.octets / ld.wall / 1e6
+    per = ld.server_cpu / ld.ops
+    return per * 1000 if what == "cpu_ms" else per * 1e6
+
+
+def compare_table(runs: dict[str, Run]) -> str:
+    pb, dv = by_key(runs["pillarbox"]), by_key(runs["Dovecot"])
+    lines = ["| figure | Dovecot | pillarbox | ratio |", "|---|---|---|---|"]
+
+    def add(what: str, d: float | None, p: float | None, digits: int = 0) -> None:
+        ratio = f"{p / d:.2f} ×" if d and p is not None else "—"
+        lines.append(f"| {what} | {fmt(d, digits)} | {fmt(p, digits)} | {ratio} |")
+
+    for key, what, fig in COMPARE:
+        d, p = figure(dv.get(key), fig), figure(pb.get(key), fig)
+        add(what, d, p, 2 if fig == "cpu_ms" else 1 if (d or 0) < 100 else 0)
+    di = next((r for r in runs["Dovecot"].idle if r.mode == "inbox"), None)
+    pi = next((r for r in runs["pillarbox"].idle if r.mode == "inbox"), None)
+    if di and pi:
+        add(f"KiB per IDLE connection ({pi.held:,} held, INBOX selected)", di.per_conn_kib,
+            pi.per_conn_kib)
+        add("memory with them all MB", di.rss_all_kb / 1024, pi.rss_all_kb / 1024)
+    add("idle memory at start MB", runs["Dovecot"].rss_idle_kb / 1024,
+        runs["pillarbox"].rss_idle_kb / 1024)
     return "\n".join(lines)
 
 
@@ -1089,8 +1385,9 @@ def by_key(run: Run) -> dict[str, Load]:
     return {ld.key: ld for ld in run.loads}
 
 
-def reading(run: Run) -> list[str]:
+def reading(runs: dict[str, Run]) -> list[str]:
     """What the figures say, from this run's own measurements."""
+    run = runs["pillarbox"]
     k = by_key(run)
     out = []
     li, tl = k.get("login_imaps"), k.get("tls_only")
@@ -1164,8 +1461,9 @@ def reading(run: Run) -> list[str]:
     return out
 
 
-def docs_section(args: argparse.Namespace, m: dict[str, str], run: Run, took: float,
-                 load_after: str) -> str:
+def docs_section(args: argparse.Namespace, m: dict[str, str], runs: dict[str, Run],
+                 took: float, load_after: str) -> str:
+    run = runs["pillarbox"]
     cmd = shlex.join([".venv/bin/python", "bench/imap_load.py", *sys.argv[1:]])
     where = sl.fs_type(Path(args.tmpdir or tempfile.gettempdir()))
     box = run.box
@@ -1237,14 +1535,59 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], run: Run, took: fl
         "Everything shares the 2 CPUs: pillarbox, the client process and whatever else runs "
         "on the machine.",
     ]
-    idle = idle_table(run.idle) if run.idle else "(no IDLE load in this run)"
-    notes = [bullet(x) for x in run.server_log[:5]] or ["- none"]
+    dv = runs.get("Dovecot")
+    if dv is not None:
+        di = next((r for r in dv.idle if r.mode == "inbox"), None)
+        how.append(
+            f"Dovecot {dv.version} (Debian's dovecot-imapd, installed by the script if "
+            "missing, service starts denied during the install): `dovecot -F -c "
+            "DIR/dovecot.conf`, its own base, state and log directories, listeners on free "
+            "127.0.0.1 ports (imap and imaps), `ssl = required` (so LOGINDISABLED before "
+            "STARTTLS, like pillarbox), pillarbox's TLS pair, no chroot for imap-login, "
+            "`info_log_path = /dev/null` (pillarbox logs at warning), everything else at "
+            "Debian's defaults: a process per login connection (imap-login, which also "
+            "carries the TLS) and one per logged-in session (imap), `mail_fsync = optimized`; "
+            "limits raised as for pillarbox (`mail_max_userip_connections`, "
+            "`default_process_limit`, `default_client_limit`). Dovecot allows a plain-text "
+            f"LOGIN from the machine itself (it counts loopback as secure): {dv.plain}; so it "
+            "has a plain-text row, pillarbox has none. User from a passwd-file, "
+            "password `{ARGON2ID}` with pillarbox's memory (64 MiB) and passes (t=3) but one "
+            "lane (libsodium verifies p=1 only); mail as uid/gid 65534 in "
+            "`maildir:~/Maildir`: a copy of pillarbox's Maildir taken after pillarbox's loads "
+            "(the same files, flags in the names; pillarbox's index and the APPEND mailbox "
+            "left out), so Dovecot builds its own index at its first SELECT"
+            + (f" ({dv.box.first_select_s:.2f} s)" if dv.box else "") + ".")
+        how.append(
+            "Dovecot ran the same loads with the same clients after pillarbox (one run each, "
+            "not alternated); CPU is the master's and all its processes' (and the ones it "
+            "reaped); memory is the proportional set size (Pss from smaps_rollup) summed over "
+            "all its processes, pillarbox's is VmRSS (one process, so the same thing for a "
+            "difference). For the IDLE load Dovecot has no SMTP: the message is written into "
+            "`tmp/` and renamed into `new/` as an MDA would, and the time runs from there. "
+            "Each IDLE imap process watches the Maildir with an inotify instance; this "
+            f"machine allows {inotify_limit()} per user (fs.inotify.max_user_instances, left "
+            "as it is), and the processes past that poll the Maildir every "
+            "`mailbox_idle_check_interval` (30 s by default) instead, as Dovecot's log says "
+            "below"
+            + (f"; with the {di.held:,} connections Dovecot ran {di.processes:,} processes"
+               if di else "") + ".")
+    idle = idle_table(runs) if run.idle else "(no IDLE load in this run)"
+    notes = [bullet(f"{name} logged{x}") for name, r in runs.items()
+             for x in distinct(r.server_log)[:5]] or ["- none"]
+    compare = ""
+    if dv is not None:
+        compare = ("Side by side with Dovecot (ratio is pillarbox ÷ Dovecot; the same "
+                   "mailbox, clients and loads, see below):\n\n" + compare_table(runs) + "\n\n")
+    dovecot_all = ""
+    if dv is not None:
+        dovecot_all = ("\nDovecot's figures, the same loads (no event-loop column: a process "
+                       "per connection):\n\n" + table(dv) + "\n")
     return f"""## {SECTION}
 
 {intro}
 
 Command (`make bench-imap` runs it with `--profile --write-docs`, installing py-spy into
-.venv; nothing to run as root, Dovecot is not compared yet):
+.venv; run as root for the side-by-side Dovecot, which it installs if missing):
 
     {cmd}
 
@@ -1252,7 +1595,7 @@ Command (`make bench-imap` runs it with `--profile --write-docs`, installing py-
 
 {idle}
 
-{chr(10).join(para(x) + chr(10) for x in reading(run)).rstrip()}
+{compare}{chr(10).join(para(x) + chr(10) for x in reading(runs)).rstrip()}
 
 Server peak RSS (VmHWM) over the loads above: {run.hwm_kb / 1024:.0f} MB (idle at start
 {run.rss_idle_kb / 1024:.0f} MB); the concurrent argon2id checks (64 MiB each) make most of it.
@@ -1270,7 +1613,24 @@ Anything odd in this run (server log lines other than start and stop):
 ### How it is measured (`bench/imap_load.py`)
 
 {chr(10).join(bullet(x) for x in how)}
-"""
+{dovecot_all}"""
+
+
+def distinct(lines: list[str]) -> list[str]:
+    """Log lines without their time stamps, process ids and session ids, counted."""
+    seen: dict[str, int] = {}
+    for ln in lines:
+        key = re.sub(r"^\w{3} +\d+ [\d:]+ ", "", ln)
+        key = re.sub(r"<\d+>|<[A-Za-z0-9+/]{16}>", "", key)
+        seen[key] = seen.get(key, 0) + 1
+    return [(f" ({n} times): " if n > 1 else ": ") + k[:300] for k, n in seen.items()]
+
+
+def inotify_limit() -> str:
+    try:
+        return Path("/proc/sys/fs/inotify/max_user_instances").read_text().strip()
+    except OSError:
+        return "?"
 
 
 def os_name() -> str:
@@ -1329,6 +1689,8 @@ def main() -> int:
     ap.add_argument("--rev", default=None,
                     help="benchmark this git revision's src/ (e.g. HEAD) instead of the "
                     "working tree, which others may be editing")
+    ap.add_argument("--no-dovecot", dest="dovecot", action="store_false",
+                    help="skip the side-by-side run of Dovecot (installed if missing, as root)")
     ap.add_argument("--profile", action="store_true",
                     help="sample the server with py-spy during every load (pip install py-spy)")
     ap.add_argument("--write-docs", action="store_true",
@@ -1377,33 +1739,38 @@ def run_all(args: argparse.Namespace, root: Path, commit: str | None) -> int:
     m = sl.machine()
     m["src"] = sl.git_rev(args.rev, commit)  # now, before anyone commits meanwhile
     log(f"load average before the run: {m['load']}; pillarbox at {m['src']}")
-    run = Run()
-    run.argon2 = argon2_cost()
-    if run.argon2:
-        log(f"argon2id on its own: {run.argon2['cpu_ms']:.0f} ms CPU, "
-            f"{run.argon2['wall_ms']:.0f} ms wall per verification")
+    argon2 = argon2_cost()
+    if argon2:
+        log(f"argon2id on its own: {argon2['cpu_ms']:.0f} ms CPU, "
+            f"{argon2['wall_ms']:.0f} ms wall per verification")
     signal.signal(signal.SIGTERM, on_sigterm)
-    measure(args, root / "server", run)
+    args.dovecot_exe = ensure_dovecot() if args.dovecot else None
+    runs: dict[str, Run] = {}
+    measure(args, root, runs)
+    runs["pillarbox"].argon2 = argon2
     took = time.monotonic() - started
     load_after = sl.machine()["load"]
     log(f"load average after the run: {load_after}")
-    print(table(run))
-    if run.idle:
-        print()
-        print(idle_table(run.idle))
-    print()
-    for x in reading(run):
+    for name, run in runs.items():
+        print(f"{name}:\n{table(run)}\n")
+    if any(r.idle for r in runs.values()):
+        print(idle_table(runs) + "\n")
+    if "Dovecot" in runs:
+        print(compare_table(runs) + "\n")
+    for x in reading(runs):
         print(para(x) + "\n")
-    bad = problems(run)
+    bad = [f"{name}: {p}" for name, run in runs.items()
+           for p in problems(run, name == "pillarbox")]
     for p in bad:
         log(f"FAIL: {p}")
-    for ln in run.server_log[:10]:
-        log(f"server logged: {ln[:300]}")
+    for name, run in runs.items():
+        for ln in run.server_log[:10]:
+            log(f"{name} logged: {ln[:300]}")
     if bad:
         log("error: the run had failures; docs not written")
         return 1
     if args.write_docs:
-        write_docs(docs_section(args, m, run, took, load_after))
+        write_docs(docs_section(args, m, runs, took, load_after))
     return 0
 
 
