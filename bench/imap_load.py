@@ -1255,7 +1255,8 @@ async def main_loads(srv: Target, args: argparse.Namespace, run: Run,
 def report(ld: Load) -> None:
     mb = f", {ld.octets / ld.wall / 1e6:.1f} MB/s" if ld.octets and ld.wall else ""
     log(f"  {ld.key:15} {ld.ops:6} {ld.unit}s in {ld.wall:5.1f} s: {ld.rate:8,.1f}/s{mb}, "
-        f"server CPU {ld.server_cpu:.1f} s (event loop {ld.loop_cpu:.1f} s), client CPU "
+        f"server CPU {ld.server_cpu:.1f} s"
+        + (f" (event loop {ld.loop_cpu:.1f} s)" if ld.loop_cpu >= 0 else "") + ", client CPU "
         f"{ld.client_cpu:.1f} s, machine {ld.machine_cpu / ld.wall if ld.wall else 0:.2f} CPUs"
         + (f", {len(ld.errors)} errors: {ld.errors[0]}" if ld.errors else ""))
     for ln in ld.profile:
