@@ -607,6 +607,7 @@ class Load:
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
+    shares: dict[str, float] = field(default_factory=dict)  # function -> share of samples
     unit: str = "msg"
     timed_out: bool = False
 
@@ -645,7 +646,7 @@ class Meter:
         if c1[1] < 0:
             ld.loop_cpu = -1.0  # no event loop to tell apart (Dovecot)
         if self.profiler:
-            ld.profile, ld.profiler_cpu = self.profiler.stop()
+            (ld.profile, ld.shares), ld.profiler_cpu = self.profiler.stop()
 
 
 class Profiler:
@@ -666,7 +667,7 @@ class Profiler:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.3)  # let it attach
 
-    def stop(self) -> tuple[list[str], float]:
+    def stop(self) -> tuple[tuple[list[str], dict[str, float]], float]:
         p = self.proc
         assert p is not None
         p.send_signal(signal.SIGINT)
@@ -678,7 +679,8 @@ class Profiler:
         self.proc = None
         cpu = children_cpu() - self.base  # py-spy is the only child reaped meanwhile
         if not self.path.exists():
-            return [f"(py-spy wrote nothing: {err.decode(errors='replace').strip()[-200:]})"], cpu
+            why = err.decode(errors="replace").strip()[-200:]
+            return ([f"(py-spy wrote nothing: {why})"], {}), cpu
         return summarize(self.path), cpu
 
 
@@ -689,33 +691,37 @@ def children_cpu() -> float:
 FRAME_RE = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
-def frame_name(frame: str) -> str:
+def frame_name(frame: str) -> tuple[str, bool]:
+    """("function (short/file.py)", whether it is pillarbox's own code)."""
     m = FRAME_RE.match(frame.strip())
     if not m:
-        return frame.strip()
+        return frame.strip(), False
     f = m.group("file")
     for cut in ("site-packages/", "/src/", "/lib/python3.11/", "/lib/python3.12/"):
         if cut in f:
             f = f.split(cut, 1)[1]
             break
-    return f"{m.group('fn')} ({f})"
+    ours = f.startswith("pillarbox/")
+    if ours:
+        f = f.removeprefix("pillarbox/").removeprefix("endpoint/")
+    return f"{m.group('fn')} ({f})", ours
 
 
-# Frames on every stack of the event loop (or of every worker), and worker threads waiting
-# for work (py-spy --nonblocking does not always see that they sleep).
-WRAPPERS = ("<module> (pillarbox/__main__.py)", "main (pillarbox/cli.py)",
-            "cmd_serve (pillarbox/cli.py)", "serve (pillarbox/server.py)",
-            "Session.run_guarded (pillarbox/endpoint/imap/session.py)",
-            "Session.run (pillarbox/endpoint/imap/session.py)",
-            "Session.dispatch (pillarbox/endpoint/imap/session.py)")
-IDLE_LEAVES = ("_worker (concurrent/futures/thread.py)", "wait (threading.py)")
+# Frames on every stack of the event loop (or of every worker) or that only pass a call on,
+# and worker threads waiting for work (py-spy --nonblocking does not always see they sleep).
+WRAPPERS = {"<module> (__main__.py)", "main (cli.py)", "cmd_serve (cli.py)",
+            "serve (server.py)", "Session.run_guarded (imap/session.py)",
+            "Session.run (imap/session.py)", "Session.dispatch (imap/session.py)",
+            "Session.cmd_UID_FETCH (imap/session.py)"}
+IDLE_LEAVES = {"_worker (concurrent/futures/thread.py)", "wait (threading.py)"}
+LOOP_IN_C = "Runner.run (asyncio/runners.py)"  # on top: uvloop's own C code (I/O, TLS)
 
 
-def summarize(path: Path, top: int = 6) -> list[str]:
+def summarize(path: Path, top: int = 5) -> tuple[list[str], dict[str, float]]:
     """From py-spy's raw output (one `thread (TID): NAME;frame;...;frame COUNT` per line):
     the share of samples in the main thread (the event loop) and in the others (asyncio's
     thread pool), the functions most often on top of the stack (self), and the pillarbox
-    functions most often anywhere on it (inclusive)."""
+    functions most often anywhere on it (inclusive; also returned as shares)."""
     self_n: dict[str, int] = {}
     incl: dict[str, int] = {}
     main = workers = 0
@@ -725,29 +731,33 @@ def summarize(path: Path, top: int = 6) -> list[str]:
             continue
         count = int(n)
         thread, *raw = stack.split(";")
-        frames = [frame_name(f) for f in raw] or [thread]
-        if frames[-1] in IDLE_LEAVES:
+        frames = [frame_name(f) for f in raw] or [(thread, False)]
+        leaf = frames[-1][0]
+        if leaf in IDLE_LEAVES:
             continue
+        if leaf == LOOP_IN_C:
+            leaf = "uvloop's C code (socket I/O, TLS)"
         if "MainThread" in thread:
             main += count
         else:
             workers += count
-        self_n[frames[-1]] = self_n.get(frames[-1], 0) + count
-        for f in set(frames):
-            if "pillarbox/" in f and f not in WRAPPERS:
+        self_n[leaf] = self_n.get(leaf, 0) + count
+        for f, ours in set(frames):
+            if ours and f not in WRAPPERS:
                 incl[f] = incl.get(f, 0) + count
     total = main + workers
     if not total:
-        return ["no samples (the server was idle)"]
+        return ["no samples (the server was idle)"], {}
 
     def share(items: dict[str, int]) -> str:
         return "; ".join(f"{k} {v * 100 / total:.0f} %"
                          for k, v in sorted(items.items(), key=lambda x: -x[1])[:top])
 
-    return [f"{total} samples, main thread (event loop) {main * 100 / total:.0f} %, "
-            f"other threads {workers * 100 / total:.0f} %",
-            "self: " + share(self_n),
-            "inclusive (pillarbox): " + share(incl)]
+    return ([f"{total} samples, event loop (main thread) {main * 100 / total:.0f} %, thread "
+             f"pool {workers * 100 / total:.0f} %",
+             "on top of the stack: " + share(self_n),
+             "pillarbox functions anywhere on it: " + share(incl)],
+            {k: v / total for k, v in incl.items()})
 
 
 async def run_workers(n: int, worker: Callable[[int], Awaitable[None]], timeout: float
@@ -806,8 +816,9 @@ async def plain_login_refused(srv: Target) -> str:
     try:
         rep = await c.command(b'LOGIN "%s" "%s"' % (USER.encode(), PASSWORD.encode()))
         disabled = b"LOGINDISABLED" in c.greeting
+        text = re.sub(r"^\[CAPABILITY [^\]]*\]\s*", "", rep.text.decode(errors="replace"))
         return (f"greeting {'announces' if disabled else 'does not announce'} LOGINDISABLED; "
-                f"LOGIN: {rep.status.decode()} {rep.text.decode(errors='replace')[:80]}")
+                f"LOGIN: {rep.status.decode()} {text[:80]}".rstrip())
     finally:
         await c.close()
 
@@ -1106,9 +1117,19 @@ n = 5
 t = time.process_time(); w = time.perf_counter()
 for _ in range(n):
     h.verify(hashed, "x" * 20)
-print(json.dumps({"cpu_ms": (time.process_time() - t) / n * 1000,
-                  "wall_ms": (time.perf_counter() - w) / n * 1000,
-                  "mib": h.memory_cost / 1024, "t": h.time_cost, "p": h.parallelism}))
+out = {"cpu_ms": (time.process_time() - t) / n * 1000,
+       "wall_ms": (time.perf_counter() - w) / n * 1000,
+       "mib": h.memory_cost / 1024, "t": h.time_cost, "p": h.parallelism}
+try:  # the same memory and passes through libsodium (PyNaCl, one lane), as Dovecot does
+    import nacl.pwhash.argon2id as a2
+    s = a2.str(b"x" * 20, opslimit=h.time_cost, memlimit=h.memory_cost * 1024)
+    t = time.process_time()
+    for _ in range(n):
+        a2.verify(s, b"x" * 20)
+    out["sodium_cpu_ms"] = (time.process_time() - t) / n * 1000
+except Exception:
+    pass
+print(json.dumps(out))
 """
 
 
@@ -1403,7 +1424,11 @@ def reading(runs: dict[str, Run]) -> list[str]:
                   f"LOGOUT (the same without LOGIN: {tl.rate:,.0f}/s)")
         if a2:
             s += (f"; one argon2id verification ({a2['mib']:.0f} MiB, t={a2['t']:.0f}, "
-                  f"p={a2['p']:.0f}) takes {a2['cpu_ms']:.0f} ms of CPU on its own")
+                  f"p={a2['p']:.0f}, argon2-cffi) takes {a2['cpu_ms']:.0f} ms of CPU on its "
+                  "own")
+            if "sodium_cpu_ms" in a2:
+                s += (f", the same memory and passes with one lane through libsodium (PyNaCl, "
+                      f"already a dependency; what Dovecot uses) {a2['sodium_cpu_ms']:.0f} ms")
         busy = li.server_cpu / li.wall
         s += (f". The server was {busy * 100:.0f} % busy (of one CPU) and the machine "
               f"{li.machine_cpu / li.wall:.2f} of its {NPROC} CPUs: the password hash, not the "
@@ -1458,7 +1483,103 @@ def reading(runs: dict[str, Run]) -> list[str]:
               "message sent through SMTP reached all of them as EXISTS within "
               f"{max(r.wake) * 1000 if r.wake else 0:.0f} ms of the start of its SMTP "
               "session.")
+        if "auth" in idle and run.box:
+            extra = r.per_conn_kib - idle["auth"].per_conn_kib
+            s += (f" Selecting INBOX adds about {extra:.0f} KiB per connection, "
+                  f"{extra * 1024 / len(run.box.sizes):.0f} bytes per message in the mailbox: "
+                  "each session keeps its own list of UIDs and dict of flags for every message "
+                  "(`Session.uids`, `Session.vflags`), so this grows with the mailbox (a "
+                  "50,000-message INBOX would cost about "
+                  f"{extra * 50_000 / len(run.box.sizes) / 1024:.1f} MB per connection).")
         out.append(s)
+    if "Dovecot" in runs:
+        out += reading_dovecot(runs)
+    return out
+
+
+def profile_reading(run: Run) -> str:
+    """The profile in one paragraph, from the shares of this run's samples."""
+    k = by_key(run)
+
+    def sh(key: str, fn: str) -> float:
+        ld = k.get(key)
+        return ld.shares.get(fn, 0.0) * 100 if ld else 0.0
+
+    if not any(ld.shares for ld in run.loads):
+        return ""
+    part, read = "Part.__init__ (imap/mime.py)", "Session._read (imap/session.py)"
+    flush = "Session.flush (imap/session.py)"
+    auth = sh("login_imaps", "Users.authenticate (directory/users.py)")
+    env = sh("fetch_envelope", "envelope (imap/mime.py)")
+    addrs = sh("fetch_envelope", "_addresses (imap/mime.py)")
+    write = sh("append_4k", "MailStore.write_file (store/mailbox_index.py)")
+    out = [f"In short: during the logins {auth:.0f} % of the samples are the argon2id check "
+           "(`Users.authenticate`, in the thread pool)."]
+    out.append(
+        f"FETCH with ENVELOPE: building the envelope {env:.0f} % (mostly parsing addresses "
+        f"with the email package, `_addresses` {addrs:.0f} %), parsing the MIME structure "
+        f"{sh('fetch_envelope', part):.0f} %, reading the file "
+        f"{sh('fetch_envelope', read):.0f} %, all on the event loop, for every message every "
+        "time.")
+    out.append(
+        f"BODY.PEEK[] of the ~4 KB messages: parsing the MIME structure "
+        f"{sh('fetch_small', part):.0f} % (FETCH parses every message it reads, though a whole "
+        f"message needs no parsing), reading the file {sh('fetch_small', read):.0f} %, writing "
+        f"out (TLS) {sh('fetch_small', flush):.0f} %; of the ~1 MiB ones, writing out "
+        f"{sh('fetch_large', flush):.0f} % and parsing {sh('fetch_large', part):.0f} %.")
+    out.append(
+        f"APPEND: writing and fsyncing the file (`MailStore.write_file`, in the thread pool) "
+        f"{write:.0f} % of the samples.")
+    return " ".join(out)
+
+
+def reading_dovecot(runs: dict[str, Run]) -> list[str]:
+    """The comparison, in words, from this run's figures."""
+    pb, dv = by_key(runs["pillarbox"]), by_key(runs["Dovecot"])
+    out = []
+
+    def ratio(key: str, fig: str) -> float | None:
+        p, d = figure(pb.get(key), fig), figure(dv.get(key), fig)
+        return p / d if p is not None and d else None
+
+    li, lc, tl = ratio("login_imaps", "rate"), ratio("login_imaps", "cpu_ms"), \
+        ratio("tls_only", "cpu_ms")
+    if li is not None and lc is not None:
+        s = (f"Against Dovecot: logins at {li:.2f} × Dovecot's rate, with {lc:.2f} × its "
+             "server CPU per login; the password check dominates both"
+             + (", and Dovecot's argon2id (libsodium, one lane) costs less CPU than "
+                "argon2-cffi's with four lanes for the same memory and passes" if lc > 1.1
+                else ""))
+        if tl is not None:
+            s += (f"; without the password check pillarbox needs {tl:.2f} × Dovecot's CPU "
+                  "per connection (Dovecot starts a login process for each connection by "
+                  "default)")
+        out.append(s + ".")
+    fe, fs, fb = (ratio("fetch_envelope", "rate"), ratio("fetch_small", "rate"),
+                  ratio("fetch_large", "mbs"))
+    if fe is not None:
+        s = (f"FETCH with ENVELOPE runs at {fe:.2f} × Dovecot's rate: Dovecot keeps what "
+             "clients fetch in its cache file (dovecot.index.cache) and answers from it after "
+             "the first time, pillarbox reads and parses every file every time")
+        if fs is not None:
+            s += f"; whole ~4 KB messages at {fs:.2f} ×"
+        if fb is not None:
+            s += f", ~1 MiB messages at {fb:.2f} × its MB/s"
+        out.append(s + ".")
+    a4 = ratio("append_4k", "rate")
+    if a4 is not None:
+        out.append(f"APPEND of ~4 KB messages runs at {a4:.2f} × Dovecot's rate with the 10 "
+                   "clients appending to one mailbox at once (presumably Dovecot's Maildir "
+                   "saves wait in turn for the mailbox's dovecot-uidlist lock; pillarbox "
+                   "writes each file in a thread and indexes it in the event loop).")
+    di = next((r for r in runs["Dovecot"].idle if r.mode == "inbox"), None)
+    pi = next((r for r in runs["pillarbox"].idle if r.mode == "inbox"), None)
+    if di and pi and di.per_conn_kib:
+        out.append(f"Memory per IDLE connection: {pi.per_conn_kib:.0f} KiB against "
+                   f"Dovecot's {di.per_conn_kib:,.0f} KiB ({pi.per_conn_kib / di.per_conn_kib:.2f}"
+                   f" ×; Dovecot ran {di.processes:,} processes for {di.held:,} connections), "
+                   f"while idle at start pillarbox takes {runs['pillarbox'].rss_idle_kb / 1024:.0f}"
+                   f" MB and Dovecot {runs['Dovecot'].rss_idle_kb / 1024:.0f} MB.")
     return out
 
 
@@ -1481,6 +1602,8 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], runs: dict[str, Ru
         if ld.profile:
             profile.append(bullet(f"*{ld.label}* (py-spy used {ld.profiler_cpu:.1f} s of CPU "
                                   f"itself): " + " — ".join(ld.profile)))
+    pr = profile_reading(run)
+    profile_para = para(pr) + "\n\n" if pr else ""
     profile_text = ("\n".join(profile) if profile else
                     "(not profiled in this run: add --profile)")
     how = [
@@ -1601,11 +1724,12 @@ Command (`make bench-imap` runs it with `--profile --write-docs`, installing py-
 Server peak RSS (VmHWM) over the loads above: {run.hwm_kb / 1024:.0f} MB (idle at start
 {run.rss_idle_kb / 1024:.0f} MB); the concurrent argon2id checks (64 MiB each) make most of it.
 
-What the profile says (py-spy, 100 Hz, server threads; *self* is the function on top of
-the stack, *inclusive* any pillarbox function anywhere on it; C code such as OpenSSL and
-argon2 shows as the Python function that called it):
+What the profile says (py-spy, 100 Hz, all the server's threads, idle ones left out; "on top
+of the stack" is where the time went, "anywhere on it" the pillarbox functions that time was
+spent under; C code such as OpenSSL and argon2 shows as the Python function that called it,
+uvloop's own C code as "uvloop's C code"):
 
-{profile_text}
+{profile_para}{profile_text}
 
 Anything odd in this run (server log lines other than start and stop):
 
