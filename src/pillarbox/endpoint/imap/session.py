@@ -755,6 +755,9 @@ class Session:
         needs_body = any(a.section is not None or a.name in (
             "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE", "BODYSTRUCTURE", "BODY")
             for a in atts)
+        # A whole message (BODY[], RFC822) goes out as stored: parse only for the rest.
+        needs_parse = any(not _whole(a) for a in atts if a.section is not None or a.name in (
+            "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE", "BODYSTRUCTURE", "BODY"))
         missing = False
         for seq, uid in targets:
             msg = box.msgs.get(uid)
@@ -768,7 +771,7 @@ class Session:
                 except FileNotFoundError:
                     missing = True
                     continue
-                part = mime.Part(raw)
+                part = mime.Part(raw) if needs_parse else _Whole(raw)
             flags_changed = False
             if sets_seen and "\\Seen" not in msg.flags:
                 store.store_flags(name, [uid], "add", ["\\Seen"])
@@ -793,14 +796,15 @@ class Session:
             return await asyncio.to_thread(path.read_bytes)
         return path.read_bytes()
 
-    def _fetch_items(self, msg: Message, atts: list[FetchAtt], part: mime.Part | None
+    def _fetch_items(self, msg: Message, atts: list[FetchAtt],
+                     part: mime.Part | _Whole | None
                      ) -> list[bytes]:
         items = []
         for a in atts:
             n = a.name
             if a.section is not None:
                 assert part is not None
-                data = mime.section(part, a.section)
+                data = part.raw if _whole(a) else mime.section(part, a.section)
                 if a.partial is not None:
                     off, count = a.partial
                     data = data[off:off + count]
@@ -815,16 +819,17 @@ class Session:
                 items.append(b"RFC822.SIZE %d" % msg.size)
             elif n == "MODSEQ":
                 items.append(b"MODSEQ (%d)" % msg.modseq)
-            else:
+            elif n == "RFC822":
                 assert part is not None
+                items.append(b"RFC822 " + _literal(part.raw))
+            else:
+                assert isinstance(part, mime.Part)
                 if n == "ENVELOPE":
                     items.append(b"ENVELOPE " + mime.envelope(part))
                 elif n == "BODYSTRUCTURE":
                     items.append(b"BODYSTRUCTURE " + mime.bodystructure(part))
                 elif n == "BODY":
                     items.append(b"BODY " + mime.bodystructure(part, extended=False))
-                elif n == "RFC822":
-                    items.append(b"RFC822 " + _literal(part.raw))
                 elif n == "RFC822.HEADER":
                     items.append(b"RFC822.HEADER " + _literal(part.header))
                 elif n == "RFC822.TEXT":
@@ -959,6 +964,20 @@ def _literal(data: bytes) -> bytes:
 
 class _Bad(Exception):
     pass
+
+
+class _Whole:
+    """A message FETCH sends only whole (BODY[], RFC822): its MIME structure unparsed."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+def _whole(a: FetchAtt) -> bool:
+    """BODY[] / BODY.PEEK[] (any partial): the message as stored."""
+    return a.section is not None and not a.section.part and not a.section.text
 
 
 class _Handled(Exception):
