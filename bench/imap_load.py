@@ -723,7 +723,8 @@ def summarize(path: Path, top: int = 5) -> tuple[list[str], dict[str, float]]:
     thread pool), the functions most often on top of the stack (self), and the pillarbox
     functions most often anywhere on it (inclusive; also returned as shares)."""
     self_n: dict[str, int] = {}
-    incl: dict[str, int] = {}
+    incl: dict[str, int] = {}  # pillarbox's functions, for the summary
+    anywhere: dict[str, int] = {}  # every function, for the shares returned
     main = workers = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
@@ -743,6 +744,7 @@ def summarize(path: Path, top: int = 5) -> tuple[list[str], dict[str, float]]:
             workers += count
         self_n[leaf] = self_n.get(leaf, 0) + count
         for f, ours in set(frames):
+            anywhere[f] = anywhere.get(f, 0) + count
             if ours and f not in WRAPPERS:
                 incl[f] = incl.get(f, 0) + count
     total = main + workers
@@ -757,7 +759,7 @@ def summarize(path: Path, top: int = 5) -> tuple[list[str], dict[str, float]]:
              f"pool {workers * 100 / total:.0f} %",
              "on top of the stack: " + share(self_n),
              "pillarbox functions anywhere on it: " + share(incl)],
-            {k: v / total for k, v in incl.items()})
+            {k: v / total for k, v in anywhere.items()})
 
 
 async def run_workers(n: int, worker: Callable[[int], Awaitable[None]], timeout: float
@@ -1507,7 +1509,7 @@ def profile_reading(run: Run) -> str:
 
     if not any(ld.shares for ld in run.loads):
         return ""
-    part, read = "Part.__init__ (imap/mime.py)", "Session._read (imap/session.py)"
+    part, read = "Part.__init__ (imap/mime.py)", "Path.read_bytes (pathlib.py)"
     flush = "Session.flush (imap/session.py)"
     auth = sh("login_imaps", "Users.authenticate (directory/users.py)")
     env = sh("fetch_envelope", "envelope (imap/mime.py)")
@@ -1518,9 +1520,9 @@ def profile_reading(run: Run) -> str:
     out.append(
         f"FETCH with ENVELOPE: building the envelope {env:.0f} % (mostly parsing addresses "
         f"with the email package, `_addresses` {addrs:.0f} %), parsing the MIME structure "
-        f"{sh('fetch_envelope', part):.0f} %, reading the file "
-        f"{sh('fetch_envelope', read):.0f} %, all on the event loop, for every message every "
-        "time.")
+        f"{sh('fetch_envelope', part):.0f} %, reading the whole file (for the header only) "
+        f"{sh('fetch_envelope', read):.0f} %, for every message every time, all on the event "
+        "loop but the reads of the large files.")
     out.append(
         f"BODY.PEEK[] of the ~4 KB messages: reading the file {sh('fetch_small', read):.0f} %, "
         f"writing out (TLS) {sh('fetch_small', flush):.0f} %, parsing the MIME structure "
@@ -1692,7 +1694,7 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], runs: dict[str, Ru
             f"machine allows {inotify_limit()} per user (fs.inotify.max_user_instances, left "
             "as it is), and the processes past that poll the Maildir every "
             "`mailbox_idle_check_interval` (30 s by default) instead, as Dovecot's log says "
-            "below"
+            "(\"Anything odd\" above)"
             + (f"; with the {di.held:,} connections Dovecot ran {di.processes:,} processes"
                if di else "") + ".")
     idle = idle_table(runs) if run.idle else "(no IDLE load in this run)"
