@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_CONFIG := dev/pillarbox.toml
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench bench-imap clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/compare_postfix.py --write-docs
+
+# IMAP logins, FETCH, APPEND and 1,000 IDLE connections (issue 5); py-spy profiles the
+# server meanwhile (installed into .venv here, not a dependency of pillarbox).
+bench-imap: $(STAMP)
+	$(BIN)/pip install --quiet py-spy==0.4.3
+	$(BIN)/python bench/imap_load.py --profile --write-docs
 
 clean:
 	rm -rf $(VENV) dev build src/*.egg-info
