@@ -80,6 +80,7 @@ class Limits:
     max_recipients: int = 100
     max_connections: int = 1000
     command_timeout: float = 300.0
+    login_cache: float = 600.0
 
 
 @dataclass
@@ -175,7 +176,8 @@ _SECTION_KEYS = {
     "tls": {"cert", "key"},
     "storage": {"url"},
     "dns": {"nameservers"},
-    "limits": {"max_message_size", "max_recipients", "max_connections", "command_timeout"},
+    "limits": {"max_message_size", "max_recipients", "max_connections", "command_timeout",
+               "login_cache"},
     "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
@@ -301,6 +303,8 @@ def from_dict(data: dict, path: Path) -> Config:
         limits.max_connections = _int(lim["max_connections"], "limits.max_connections", 1)
     if "command_timeout" in lim:
         limits.command_timeout = parse_duration(lim["command_timeout"], "limits.command_timeout")
+    if "login_cache" in lim:
+        limits.login_cache = parse_duration(lim["login_cache"], "limits.login_cache")
 
     q = _section(data, "queue")
     queue = QueueSettings()
@@ -452,6 +456,9 @@ max_message_size = "25M"   # larger messages get 552 5.3.4; advertised in SIZE
 max_recipients   = 100     # recipients per message; more get 452 4.5.3
 max_connections  = 1000    # concurrent SMTP connections; more get 421
 command_timeout  = "5m"    # idle time allowed between client commands
+# How long a successful login (SMTP AUTH, IMAP) is remembered in memory, so a
+# reconnecting client skips the argon2id check; "0s" checks every time.
+login_cache      = "10m"
 
 [queue]
 min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1

@@ -33,7 +33,7 @@ class ServeError(Exception):
 
 def open_directory(config: Config, cached: bool = False) -> tuple[Database, Users, Aliases]:
     db = Database(config.data_dir / "pillarbox.db")
-    users = Users(db, DirectoryCache(db) if cached else None)
+    users = Users(db, DirectoryCache(db) if cached else None, config.limits.login_cache)
     return db, users, Aliases(db, users, config.domains)
 
 

@@ -24,10 +24,10 @@ _hasher = PasswordHasher()  # argon2id with the library's current recommended co
 # own bound both under a login burst, and keep the default pool (spool writes,
 # DKIM, Maildir batches) free while they work.
 ARGON2_THREADS = 2
-# A successful login is remembered this long, so clients that reconnect often
-# (mbsync, chat clients) do not pay argon2 each time. Keyed by an HMAC of the
-# password under a per-process random key; dropped when the stored hash changes.
-AUTH_CACHE_SECONDS = 600.0
+# A successful login is remembered `login_cache` seconds ([limits]), so clients
+# that reconnect often (mbsync, chat clients) do not pay argon2 each time. Keyed
+# by an HMAC of the password under a per-process random key; dropped when the
+# stored hash changes.
 AUTH_CACHE_MAX = 10_000
 
 
@@ -53,9 +53,11 @@ class User:
 
 
 class Users:
-    def __init__(self, db: Database, cache: DirectoryCache | None = None) -> None:
+    def __init__(self, db: Database, cache: DirectoryCache | None = None,
+                 login_cache: float = 600.0) -> None:
         self.db = db
         self.cache = cache  # the server's in-memory copy; the CLI goes to SQLite
+        self.login_cache = login_cache
         self._argon2: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth_key = os.urandom(32)
         self._auth_cache: dict[tuple[str, bytes], tuple[float, str]] = {}
@@ -164,9 +166,10 @@ class Users:
             self._argon2, _verify, row[0] if row else None, password)
         if not ok or not row or not row[1]:
             return None
-        if len(self._auth_cache) >= AUTH_CACHE_MAX:
-            self._auth_cache.clear()
-        self._auth_cache[key] = (now + AUTH_CACHE_SECONDS, row[0])
+        if self.login_cache > 0:
+            if len(self._auth_cache) >= AUTH_CACHE_MAX:
+                self._auth_cache.clear()
+            self._auth_cache[key] = (now + self.login_cache, row[0])
         return address
 
 
