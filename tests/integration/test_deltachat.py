@@ -1,0 +1,306 @@
+"""Delta Chat, a real chat client, against a real pillarbox (issue 5).
+
+Two Delta Chat profiles run in one `deltachat-rpc-server` (the Delta Chat core,
+from PyPI), driven with `deltachat-rpc-client`. Each is configured by hand
+against 127.0.0.1 (no autoconfig, no DNS, no internet): alice over implicit
+TLS (IMAPS + submissions), bob over STARTTLS (IMAP + submission), both
+accepting pillarbox's self-signed certificate. They meet with a Securejoin QR
+code, whose handshake messages carry the Autocrypt keys through pillarbox,
+then exchange a message, a quoted reply and a further message. Every chat
+message must arrive end-to-end encrypted as the client reports it (padlock),
+and every file pillarbox stored in the two Maildirs must be an OpenPGP
+`multipart/encrypted` message without the plaintext.
+
+Every wait is bounded: events are read from the client's per-profile queue
+with a timeout, and blocking RPC calls that talk to the network run with one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import email
+import email.message
+import email.policy
+import os
+import queue
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deltachat_rpc_client import Account, DeltaChat, Message, Rpc
+
+from .support import ALICE, BOB, PASSWORD, Server, token
+
+STEP_TIMEOUT = 30.0  # one network step of the client (configure, a message's round trip)
+CLOSE_TIMEOUT = 15.0
+
+# The client's own protocol trace goes to a file beside the test's server, shown
+# when a test fails: IMAP and SMTP as the client saw them.
+RUST_LOG = "async_imap=trace,async_smtp=debug,deltachat_rpc_server=info"
+
+
+def rpc_server_path() -> str:
+    """The deltachat-rpc-server installed beside this Python (the dev extra)."""
+    found = (shutil.which("deltachat-rpc-server", path=str(Path(sys.executable).parent))
+             or shutil.which("deltachat-rpc-server"))
+    assert found, ("deltachat-rpc-server is not installed: pip install -e '.[dev]' "
+                   "(pyproject.toml pins it)")
+    return found
+
+
+@pytest.fixture
+def dc_rpc(tmp_path: Path) -> Iterator[Rpc]:
+    """A running deltachat-rpc-server with its accounts in tmp_path."""
+    trace = tmp_path / "deltachat-rpc-server.log"
+    with open(trace, "wb") as err:
+        rpc = Rpc(accounts_dir=str(tmp_path / "dc-accounts"), rpc_server_path=rpc_server_path(),
+                  stderr=err, env={**os.environ, "RUST_LOG": RUST_LOG})
+        rpc.start()
+        try:
+            yield rpc
+        finally:
+            closer = threading.Thread(target=rpc.close, daemon=True)
+            closer.start()
+            closer.join(CLOSE_TIMEOUT)
+            if closer.is_alive():  # a hung core: end the process we started
+                rpc.process.kill()
+                closer.join(CLOSE_TIMEOUT)
+            rpc.process.wait(CLOSE_TIMEOUT)
+    # shown by pytest only when the test failed
+    lines = trace.read_text(errors="replace").splitlines()
+    print(f"--- {trace} (tail) ---")
+    print("\n".join(re.sub(r"\x1b\[[0-9;]*m", "", line)[:400] for line in lines[-80:]))
+
+
+class Profile:
+    """One Delta Chat profile and the events it emitted, read with bounded waits."""
+
+    def __init__(self, rpc: Rpc, account: Account, name: str) -> None:
+        self.rpc = rpc
+        self.account = account
+        self.name = name
+        self.events: list[dict[str, Any]] = []
+        self._queue = rpc.get_queue(account.id)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def wait(self, what: str, pred: Callable[[dict[str, Any]], bool],
+             timeout: float = STEP_TIMEOUT) -> dict[str, Any]:
+        """Consume events until one matches `pred`; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.name}: no {what} within {timeout:.0f}s;"
+                                     f" last events:\n{self.tail()}")
+            try:
+                event = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self._record(event)
+            if event["kind"] == "Error":
+                raise AssertionError(f"{self.name}: Delta Chat error while waiting for {what}:"
+                                     f" {event.get('msg')}\nlast events:\n{self.tail()}")
+            if pred(event):
+                return event
+
+    def drain(self) -> None:
+        """Record the events queued so far, without waiting."""
+        while True:
+            try:
+                self._record(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def incoming(self, timeout: float = STEP_TIMEOUT) -> Message:
+        event = self.wait("incoming message", lambda e: e["kind"] == "IncomingMsg", timeout)
+        return self.account.get_message_by_id(event["msgId"])
+
+    def delivered(self, msg: Message, timeout: float = STEP_TIMEOUT) -> None:
+        """Wait until the core has handed `msg` to pillarbox's submission port."""
+        def done(e: dict[str, Any]) -> bool:
+            if e["kind"] == "MsgFailed" and e.get("msgId") == msg.id:
+                raise AssertionError(f"{self.name}: sending failed: {msg.get_info()}")
+            return e["kind"] == "MsgDelivered" and e.get("msgId") == msg.id
+
+        self.wait(f"delivery of message {msg.id}", done, timeout)
+
+    def problems(self) -> list[str]:
+        return [f"{self.name} {e['kind']}: {e.get('msg')}" for e in self.events
+                if e["kind"] in ("Warning", "Error")]
+
+    def hosts_contacted(self) -> set[str]:
+        hosts = set()
+        for e in self.events:
+            m = re.search(r"Attempting (?:IMAP|SMTP) connection to (\S+)", e.get("msg") or "")
+            if m:
+                hosts.add(m.group(1))
+        return hosts
+
+    def tail(self, n: int = 25) -> str:
+        return "\n".join(f"  {e['kind']}: {e.get('msg') or e}"[:300] for e in self.events[-n:])
+
+
+def bounded(call: Callable[[], Any], what: str, timeout: float = STEP_TIMEOUT) -> Any:
+    """Run a blocking RPC call (the client has no timeouts of its own) with a deadline."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(call).result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise AssertionError(f"{what}: no answer from the Delta Chat core within"
+                             f" {timeout:.0f}s") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def transport(server: Server, addr: str, implicit_tls: bool) -> dict[str, Any]:
+    """Explicit server settings (what a user types under "advanced" in the apps):
+    no autoconfig look-up, and the self-signed certificate accepted."""
+    imap_port = server.imaps_port if implicit_tls else server.imap_port
+    smtp_port = server.submissions_port if implicit_tls else server.submission_port
+    security = "ssl" if implicit_tls else "starttls"
+    return {
+        "addr": addr,
+        "password": PASSWORD,
+        "imapServer": "127.0.0.1",
+        "imapPort": imap_port,
+        "imapSecurity": security,
+        "imapUser": addr,
+        "smtpServer": "127.0.0.1",
+        "smtpPort": smtp_port,
+        "smtpSecurity": security,
+        "smtpUser": addr,
+        "certificateChecks": "acceptInvalidCertificates",
+    }
+
+
+def message_id(msg: Message) -> str:
+    """The Message-ID the core gave an outgoing message (from its info text)."""
+    info = msg.get_info()
+    m = re.search(r"^Message-ID: ?<?([^>\s]+)>?\s*$", info, re.M | re.I)
+    assert m, f"no Message-ID in the message info:\n{info}"
+    return m.group(1)
+
+
+def stored_files(server: Server, addr: str) -> dict[str, bytes]:
+    """Every message file of a user's INBOX Maildir (new/ and cur/), by file name."""
+    root = server.maildir(addr)
+    for _ in range(20):  # a file may be renamed (flags, new/ -> cur/) while we list
+        try:
+            return {p.name: p.read_bytes() for sub in ("new", "cur") if (root / sub).is_dir()
+                    for p in sorted((root / sub).iterdir())}
+        except FileNotFoundError:
+            continue
+    raise AssertionError(f"{root}: files kept changing while being read")
+
+
+def parse(raw: bytes) -> email.message.EmailMessage:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    return msg
+
+
+def assert_openpgp(raw: bytes, where: str, secrets: list[str]) -> None:
+    """A stored file is an RFC 3156 encrypted message and shows none of the plaintexts."""
+    msg = parse(raw)
+    assert msg.get_content_type() == "multipart/encrypted", (
+        f"{where}: stored as {msg.get_content_type()}, not multipart/encrypted:\n"
+        f"{raw[:1500].decode('utf-8', 'replace')}")
+    assert msg.get_param("protocol") == "application/pgp-encrypted", where
+    assert b"-----BEGIN PGP MESSAGE-----" in raw, f"{where}: no OpenPGP armour"
+    for s in secrets:
+        assert s.encode() not in raw, f"{where}: the plaintext {s!r} is readable on the server"
+
+
+def test_deltachat_encrypted_chat(make_server: Callable[..., Server], dc_rpc: Rpc) -> None:
+    started = time.monotonic()
+    server = make_server()
+    dc = DeltaChat(dc_rpc)
+    alice = Profile(dc_rpc, dc.add_account(), "alice")
+    bob = Profile(dc_rpc, dc.add_account(), "bob")
+
+    # -- configure: both at once, each against one of pillarbox's TLS flavours
+    configuring = [
+        alice.account.add_or_update_transport.future(transport(server, ALICE, True)),
+        bob.account.add_or_update_transport.future(transport(server, BOB, False)),
+    ]
+    for who, done in zip((alice, bob), configuring, strict=True):
+        bounded(done, f"configuring {who.name} against pillarbox")
+        assert who.account.is_configured(), f"{who.name} is not configured"
+    for p in (alice, bob):
+        # Multi-device mode: the core then leaves messages on the server (in
+        # single-device mode it deletes each one after download), so the test
+        # can look at the stored files afterwards.
+        p.account.set_config("bcc_self", "1")
+        p.account.start_io()
+    for p in (alice, bob):
+        p.wait("IMAP IDLE on INBOX", lambda e: e["kind"] == "ImapInboxIdle")
+
+    # -- meet: bob scans alice's QR code; the handshake goes through pillarbox
+    bob.account.secure_join(alice.account.get_qr_code())
+    alice.wait("Securejoin success (inviter)",
+               lambda e: e["kind"] == "SecurejoinInviterProgress" and e["progress"] == 1000)
+    bob.wait("Securejoin success (joiner)",
+             lambda e: e["kind"] == "SecurejoinJoinerProgress" and e["progress"] == 1000)
+    bob_contact = alice.account.get_contact_by_addr(BOB)
+    assert bob_contact, "alice has no contact for bob after Securejoin"
+    alice_chat = bob_contact.create_chat()
+    assert alice_chat.get_basic_snapshot().is_encrypted
+
+    # -- a message, a quoted reply, a further message; all end-to-end encrypted
+    texts = [f"first from alice {token()}", f"reply from bob {token()}",
+             f"further from alice {token()}"]
+    sent: list[tuple[Message, str]] = []  # (the sender's message, recipient address)
+
+    first = alice_chat.send_text(texts[0])
+    alice.delivered(first)
+    sent.append((first, BOB))
+    got = bob.incoming().get_snapshot()
+    assert got.text == texts[0] and got.show_padlock, got
+    assert got.chat.get_basic_snapshot().is_encrypted
+    assert not got.chat.get_basic_snapshot().is_contact_request
+
+    reply = got.chat.send_message(text=texts[1], quoted_msg=got.id)
+    bob.delivered(reply)
+    sent.append((reply, ALICE))
+    got = alice.incoming().get_snapshot()
+    assert got.text == texts[1] and got.show_padlock, got
+    assert got.quote and got.quote.text == texts[0], got.quote
+    assert got.chat_id == alice_chat.id
+
+    further = alice_chat.send_text(texts[2])
+    alice.delivered(further)
+    sent.append((further, BOB))
+    got = bob.incoming().get_snapshot()
+    assert got.text == texts[2] and got.show_padlock, got
+
+    # -- what pillarbox stored: OpenPGP only, the plaintext nowhere
+    for msg, rcpt in sent:
+        mid = message_id(msg)
+        files = stored_files(server, rcpt)
+        mine = [(name, raw) for name, raw in files.items()
+                if (parse(raw).get("Message-ID") or "").strip("<> ") == mid]
+        assert len(mine) == 1, (f"{rcpt}: expected one stored file with Message-ID <{mid}>,"
+                                f" found {len(mine)} among {sorted(files)}")
+        name, raw = mine[0]
+        assert_openpgp(raw, f"{rcpt} {name}", texts)
+    for addr in (ALICE, BOB):
+        files = stored_files(server, addr)
+        assert files, f"{addr}: no messages kept on the server"
+        for name, raw in files.items():
+            assert_openpgp(raw, f"{addr} {name}", texts)
+
+    # -- the client saw nothing wrong, and talked to nothing but 127.0.0.1
+    for p in (alice, bob):
+        p.drain()
+        assert not p.problems(), "\n".join(p.problems())
+        assert p.hosts_contacted() == {"127.0.0.1"}, p.hosts_contacted()
+    elapsed = time.monotonic() - started
+    assert elapsed < 60, f"the Delta Chat exchange took {elapsed:.0f}s"
