@@ -304,3 +304,110 @@ def test_deltachat_encrypted_chat(make_server: Callable[..., Server], dc_rpc: Rp
         assert p.hosts_contacted() == {"127.0.0.1"}, p.hosts_contacted()
     elapsed = time.monotonic() - started
     assert elapsed < 60, f"the Delta Chat exchange took {elapsed:.0f}s"
+
+
+def test_deltachat_second_device_attachment_and_deletion(
+        make_server: Callable[..., Server], dc_rpc: Rpc, tmp_path: Path) -> None:
+    """Alice on two devices (the second made from a backup file, so two IDLE
+    sessions of one user), bob on one: a 300 KB attachment reaches both of
+    alice's devices byte for byte, alice's read receipt reaches bob, what alice
+    sends from one device shows on the other, and bob's client, which deletes
+    each message after download in single-device mode, leaves his Maildir
+    empty on disk."""
+    started = time.monotonic()
+    server = make_server()
+    dc = DeltaChat(dc_rpc)
+    alice = Profile(dc_rpc, dc.add_account(), "alice")
+    bob = Profile(dc_rpc, dc.add_account(), "bob")
+    bounded(alice.account.add_or_update_transport.future(transport(server, ALICE, True)),
+            "configuring alice")
+    bounded(bob.account.add_or_update_transport.future(transport(server, BOB, False)),
+            "configuring bob")
+    alice.account.set_config("bcc_self", "1")
+    for p in (alice, bob):
+        p.account.start_io()
+    for p in (alice, bob):
+        p.wait("IMAP IDLE on INBOX", lambda e: e["kind"] == "ImapInboxIdle")
+    bob.account.secure_join(alice.account.get_qr_code())
+    alice.wait("Securejoin success (inviter)",
+               lambda e: e["kind"] == "SecurejoinInviterProgress" and e["progress"] == 1000)
+    bob.wait("Securejoin success (joiner)",
+             lambda e: e["kind"] == "SecurejoinJoinerProgress" and e["progress"] == 1000)
+
+    # -- alice's second device, from a backup file (no network needed)
+    backups = tmp_path / "backup"
+    backups.mkdir()
+    alice.account.stop_io()
+    bounded(lambda: alice.account.export_backup(backups), "exporting alice's backup")
+    [backup] = list(backups.iterdir())
+    alice2 = Profile(dc_rpc, dc.add_account(), "alice2")
+    bounded(lambda: alice2.account.import_backup(backup), "importing alice's backup")
+    for p in (alice, alice2):
+        p.account.start_io()
+    for p in (alice, alice2):
+        p.wait("IMAP IDLE on INBOX", lambda e: e["kind"] == "ImapInboxIdle")
+
+    # -- bob sends a file; both of alice's devices get it, encrypted, whole
+    payload = os.urandom(300_000)
+    attachment = tmp_path / "payload.bin"
+    attachment.write_bytes(payload)
+    bob_contact = alice.account.get_contact_by_addr(BOB)
+    alice_contact = bob.account.get_contact_by_addr(ALICE)
+    assert bob_contact and alice_contact
+    caption = f"a file for alice {token()}"
+    sent = alice_contact.create_chat().send_message(text=caption, file=str(attachment))
+    bob.delivered(sent)
+    received: dict[str, Message] = {}
+    for p in (alice, alice2):
+        msg = p.incoming()
+        snap = msg.get_snapshot()
+        # before the download, the text names the file: "caption [payload.bin – 292.97 KiB]"
+        assert snap.text.startswith(caption) and snap.show_padlock, snap
+        assert snap.file_bytes == len(payload), snap
+
+        def downloaded(e: dict[str, Any], p: Profile = p, msg: Message = msg) -> bool:
+            return (e["kind"] == "MsgsChanged" and e.get("msgId") == msg.id
+                    and p.account.get_message_by_id(msg.id).get_snapshot().download_state
+                    == "Done")
+
+        if snap.download_state != "Done":  # the full post-message follows the pre-message
+            p.wait("the attachment's download", downloaded)
+        snap = msg.get_snapshot()
+        assert snap.text == caption and snap.show_padlock, snap
+        assert snap.file and Path(snap.file).read_bytes() == payload, f"{p.name}: file differs"
+        received[p.name] = msg
+
+    # -- alice reads it: a read receipt goes back to bob through pillarbox
+    alice.account.mark_seen_messages([received["alice"]])
+    bob.wait("alice's read receipt",
+             lambda e: e["kind"] == "MsgRead" and e.get("msgId") == sent.id)
+
+    # -- what alice sends from one device shows on the other (the copy to self)
+    text = f"from alice's first device {token()}"
+    out = bob_contact.create_chat().send_text(text)
+    alice.delivered(out)
+
+    def on_second_device(e: dict[str, Any]) -> bool:
+        if e["kind"] != "MsgsChanged" or not e.get("msgId"):
+            return False
+        snap = alice2.account.get_message_by_id(e["msgId"]).get_snapshot()
+        return snap.text == text and snap.from_id == 1  # 1: the profile itself (SELF)
+
+    alice2.wait("alice's own message on her second device", on_second_device)
+    got = bob.incoming().get_snapshot()
+    assert got.text == text and got.show_padlock, got
+
+    # -- bob (single device) deleted what he downloaded: expunged on disk too
+    bob.wait("bob's client expunging INBOX",
+             lambda e: "Close/expunge succeeded" in (e.get("msg") or ""))
+    left = stored_files(server, BOB)
+    assert not left, f"{BOB}: files still in the Maildir after the client deleted them: {left}"
+    for name, raw in stored_files(server, ALICE).items():
+        assert_openpgp(raw, f"{ALICE} {name}", [caption, text])
+
+    for p in (alice, alice2, bob):
+        p.drain()
+        assert not p.problems(), "\n".join(p.problems())
+        assert p.hosts_contacted() <= {"127.0.0.1"}, p.hosts_contacted()
+    elapsed = time.monotonic() - started
+    assert elapsed < 60, f"the Delta Chat exchange took {elapsed:.0f}s"
