@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deltachat_rpc_client import Account, DeltaChat, Message, Rpc
+from deltachat_rpc_client import Account, Chat, DeltaChat, Message, Rpc
 
 from .support import ALICE, BOB, PASSWORD, Server, token
 
@@ -231,14 +231,18 @@ def assert_openpgp(raw: bytes, where: str, secrets: list[str]) -> None:
         assert s.encode() not in raw, f"{where}: the plaintext {s!r} is readable on the server"
 
 
-def test_deltachat_encrypted_chat(make_server: Callable[..., Server], dc_rpc: Rpc) -> None:
-    started = time.monotonic()
-    server = make_server()
-    dc = DeltaChat(dc_rpc)
-    alice = Profile(dc_rpc, dc.add_account(), "alice")
-    bob = Profile(dc_rpc, dc.add_account(), "bob")
+def online_pair(server: Server, rpc: Rpc, multi_device: tuple[bool, bool]
+                ) -> tuple[Profile, Profile]:
+    """alice (IMAPS + submissions) and bob (IMAP + submission, STARTTLS),
+    configured at once, online, and introduced by a Securejoin QR code whose
+    handshake (and so the Autocrypt keys) goes through pillarbox.
 
-    # -- configure: both at once, each against one of pillarbox's TLS flavours
+    Multi-device mode (`bcc_self`) makes the core leave messages on the server
+    and send a copy of its own messages to itself; in single-device mode it
+    deletes each message from the server after download."""
+    dc = DeltaChat(rpc)
+    alice = Profile(rpc, dc.add_account(), "alice")
+    bob = Profile(rpc, dc.add_account(), "bob")
     configuring = [
         alice.account.add_or_update_transport.future(transport(server, ALICE, True)),
         bob.account.add_or_update_transport.future(transport(server, BOB, False)),
@@ -246,25 +250,34 @@ def test_deltachat_encrypted_chat(make_server: Callable[..., Server], dc_rpc: Rp
     for who, done in zip((alice, bob), configuring, strict=True):
         bounded(done, f"configuring {who.name} against pillarbox")
         assert who.account.is_configured(), f"{who.name} is not configured"
-    for p in (alice, bob):
-        # Multi-device mode: the core then leaves messages on the server (in
-        # single-device mode it deletes each one after download), so the test
-        # can look at the stored files afterwards.
-        p.account.set_config("bcc_self", "1")
+    for p, multi in zip((alice, bob), multi_device, strict=True):
+        p.account.set_config("bcc_self", "1" if multi else "0")
         p.account.start_io()
     for p in (alice, bob):
         p.wait("IMAP IDLE on INBOX", lambda e: e["kind"] == "ImapInboxIdle")
-
-    # -- meet: bob scans alice's QR code; the handshake goes through pillarbox
     bob.account.secure_join(alice.account.get_qr_code())
     alice.wait("Securejoin success (inviter)",
                lambda e: e["kind"] == "SecurejoinInviterProgress" and e["progress"] == 1000)
     bob.wait("Securejoin success (joiner)",
              lambda e: e["kind"] == "SecurejoinJoinerProgress" and e["progress"] == 1000)
-    bob_contact = alice.account.get_contact_by_addr(BOB)
-    assert bob_contact, "alice has no contact for bob after Securejoin"
-    alice_chat = bob_contact.create_chat()
-    assert alice_chat.get_basic_snapshot().is_encrypted
+    return alice, bob
+
+
+def chat_with(p: Profile, addr: str) -> Chat:
+    contact = p.account.get_contact_by_addr(addr)
+    assert contact, f"{p.name} has no contact for {addr}"
+    chat = contact.create_chat()
+    assert chat.get_basic_snapshot().is_encrypted, f"{p.name}'s chat with {addr} is not encrypted"
+    return chat
+
+
+def test_deltachat_encrypted_chat(make_server: Callable[..., Server], dc_rpc: Rpc) -> None:
+    """A message, a quoted reply and a further message, all end-to-end
+    encrypted in the client and OpenPGP-only on pillarbox's disk."""
+    started = time.monotonic()
+    server = make_server()
+    alice, bob = online_pair(server, dc_rpc, multi_device=(True, True))
+    alice_chat = chat_with(alice, BOB)
 
     # -- a message, a quoted reply, a further message; all end-to-end encrypted
     texts = [f"first from alice {token()}", f"reply from bob {token()}",
@@ -328,23 +341,8 @@ def test_deltachat_second_device_attachment_and_deletion(
     empty on disk."""
     started = time.monotonic()
     server = make_server()
-    dc = DeltaChat(dc_rpc)
-    alice = Profile(dc_rpc, dc.add_account(), "alice")
-    bob = Profile(dc_rpc, dc.add_account(), "bob")
-    bounded(alice.account.add_or_update_transport.future(transport(server, ALICE, True)),
-            "configuring alice")
-    bounded(bob.account.add_or_update_transport.future(transport(server, BOB, False)),
-            "configuring bob")
-    alice.account.set_config("bcc_self", "1")
-    for p in (alice, bob):
-        p.account.start_io()
-    for p in (alice, bob):
-        p.wait("IMAP IDLE on INBOX", lambda e: e["kind"] == "ImapInboxIdle")
-    bob.account.secure_join(alice.account.get_qr_code())
-    alice.wait("Securejoin success (inviter)",
-               lambda e: e["kind"] == "SecurejoinInviterProgress" and e["progress"] == 1000)
-    bob.wait("Securejoin success (joiner)",
-             lambda e: e["kind"] == "SecurejoinJoinerProgress" and e["progress"] == 1000)
+    alice, bob = online_pair(server, dc_rpc, multi_device=(True, False))
+    dc = alice.account.manager
 
     # -- alice's second device, from a backup file (no network needed)
     backups = tmp_path / "backup"
@@ -363,11 +361,8 @@ def test_deltachat_second_device_attachment_and_deletion(
     payload = os.urandom(300_000)
     attachment = tmp_path / "payload.bin"
     attachment.write_bytes(payload)
-    bob_contact = alice.account.get_contact_by_addr(BOB)
-    alice_contact = bob.account.get_contact_by_addr(ALICE)
-    assert bob_contact and alice_contact
     caption = f"a file for alice {token()}"
-    sent = alice_contact.create_chat().send_message(text=caption, file=str(attachment))
+    sent = chat_with(bob, ALICE).send_message(text=caption, file=str(attachment))
     bob.delivered(sent)
     received: dict[str, Message] = {}
     for p in (alice, alice2):
@@ -396,7 +391,7 @@ def test_deltachat_second_device_attachment_and_deletion(
 
     # -- what alice sends from one device shows on the other (the copy to self)
     text = f"from alice's first device {token()}"
-    out = bob_contact.create_chat().send_text(text)
+    out = chat_with(alice, BOB).send_text(text)
     alice.delivered(out)
 
     def on_second_device(e: dict[str, Any]) -> bool:
@@ -421,5 +416,45 @@ def test_deltachat_second_device_attachment_and_deletion(
         p.drain()
         assert not p.problems(), "\n".join(p.problems())
         p.assert_offline()
+    elapsed = time.monotonic() - started
+    assert elapsed < 60, f"the Delta Chat exchange took {elapsed:.0f}s"
+
+
+def test_deltachat_survives_a_restart(make_server: Callable[..., Server], dc_rpc: Rpc) -> None:
+    """pillarbox restarts under two online clients: they are told (BYE),
+    reconnect, keep their place (same UIDVALIDITY, nothing fetched twice), and
+    a message sent after the restart arrives, encrypted."""
+    started = time.monotonic()
+    server = make_server()
+    alice, bob = online_pair(server, dc_rpc, multi_device=(True, True))
+    chat = chat_with(alice, BOB)
+    before = f"before the restart {token()}"
+    alice.delivered(chat.send_text(before))
+    got = bob.incoming().get_snapshot()
+    assert got.text == before and got.show_padlock, got
+    for p in (alice, bob):
+        p.drain()
+        assert not p.problems(), "\n".join(p.problems())
+    seen = {p.name: len(p.events) for p in (alice, bob)}
+
+    server.restart()
+    after = f"after the restart {token()}"
+    alice.delivered(chat.send_text(after))  # over a new SMTP connection
+    got = bob.incoming().get_snapshot()
+    assert got.text == after and got.show_padlock, got
+    assert [m.get_snapshot().text for m in got.chat.get_messages()
+            if m.get_snapshot().text in (before, after)] == [before, after]
+
+    for p in (alice, bob):
+        p.drain()
+        since = p.events[seen[p.name]:]
+        assert not [e for e in since if e["kind"] == "Error"], p.tail()
+        changed = [e["msg"] for e in since if "UID validity for folder" in (e.get("msg") or "")]
+        assert not changed, f"{p.name}: {changed}"
+        assert any(e["kind"] == "ImapConnected" for e in since), f"{p.name} did not reconnect"
+        p.assert_offline()
+    files = stored_files(server, BOB)
+    assert len([raw for raw in files.values()
+                if b"-----BEGIN PGP MESSAGE-----" in raw]) == len(files) >= 2, sorted(files)
     elapsed = time.monotonic() - started
     assert elapsed < 60, f"the Delta Chat exchange took {elapsed:.0f}s"
