@@ -1,20 +1,24 @@
 """Delta Chat, a real chat client, against a real pillarbox (issue 5).
 
-Two Delta Chat profiles run in one `deltachat-rpc-server` (the Delta Chat core,
+Delta Chat profiles run in one `deltachat-rpc-server` (the Delta Chat core,
 from PyPI), driven with `deltachat-rpc-client`. Each is configured by hand
-against 127.0.0.1 (no autoconfig, no DNS, no internet): alice over implicit
-TLS (IMAPS + submissions), bob over STARTTLS (IMAP + submission), both
-accepting pillarbox's self-signed certificate. They meet with a Securejoin QR
-code, whose handshake messages carry the Autocrypt keys through pillarbox,
-then exchange a message, a quoted reply and a further message. Every chat
-message must arrive end-to-end encrypted as the client reports it (padlock),
-and every file pillarbox stored in the two Maildirs must be an OpenPGP
-`multipart/encrypted` message without the plaintext.
+against 127.0.0.1 (no autoconfig, no DNS, no internet; checked from the core's
+own log events): alice over implicit TLS (IMAPS + submissions), bob over
+STARTTLS (IMAP + submission), both accepting pillarbox's self-signed
+certificate. They meet with a Securejoin QR code, whose handshake messages
+carry the Autocrypt keys through pillarbox. Then:
+
+- a message, a quoted reply and a further message: each shows the padlock in
+  the client, and every file pillarbox stored is OpenPGP `multipart/encrypted`
+  without the plaintext;
+- alice on a second device: an attachment reaches both devices whole, a read
+  receipt and a copy to self go through, and bob's client, which deletes what
+  it downloaded, leaves his Maildir empty;
+- pillarbox restarts under the clients, which reconnect and go on.
 
 Every wait is bounded: events are read from the client's per-profile queue
 with a timeout, and blocking RPC calls that talk to the network run with one.
 """
-
 from __future__ import annotations
 
 import concurrent.futures
@@ -88,9 +92,6 @@ class Profile:
         self.events: list[dict[str, Any]] = []
         self._queue = rpc.get_queue(account.id)
 
-    def _record(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
     def wait(self, what: str, pred: Callable[[dict[str, Any]], bool],
              timeout: float = STEP_TIMEOUT) -> dict[str, Any]:
         """Consume events until one matches `pred`; fail after `timeout` seconds."""
@@ -104,7 +105,7 @@ class Profile:
                 event = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
-            self._record(event)
+            self.events.append(event)
             if event["kind"] == "Error":
                 raise AssertionError(f"{self.name}: Delta Chat error while waiting for {what}:"
                                      f" {event.get('msg')}\nlast events:\n{self.tail()}")
@@ -124,7 +125,7 @@ class Profile:
         """Record the events queued so far, without waiting."""
         while True:
             try:
-                self._record(self._queue.get_nowait())
+                self.events.append(self._queue.get_nowait())
             except queue.Empty:
                 return
 
