@@ -448,18 +448,36 @@ def test_deltachat_survives_a_restart(make_server: Callable[..., Server], dc_rpc
     seen = {p.name: len(p.events) for p in (alice, bob)}
 
     server.restart()
+    for p in (alice, bob):  # told by BYE, both reconnect and IDLE again
+        p.seen_or_wait(seen[p.name], "IMAP reconnection after the restart",
+                       lambda e: e["kind"] == "ImapConnected")
+        p.seen_or_wait(seen[p.name], "IMAP IDLE after the restart",
+                       lambda e: e["kind"] == "ImapInboxIdle")
     after = f"after the restart {token()}"
-    alice.delivered(chat.send_text(after))  # over a new SMTP connection
+    out = chat.send_text(after)
+    # The core sends over the SMTP connection it kept open, which the restart
+    # closed: that attempt fails and the core plans the next one 30 s later,
+    # unless woken. maybe_network() is the call the apps make to wake it when
+    # connectivity returns; it makes the core reconnect at once.
+    woken = False
+
+    def delivered_after_restart(e: dict[str, Any]) -> bool:
+        nonlocal woken
+        if (e["kind"] == "Warning" and "send_smtp_messages failed" in (e.get("msg") or "")
+                and not woken):
+            woken = True
+            dc_rpc.maybe_network()
+        if e["kind"] == "MsgFailed" and e.get("msgId") == out.id:
+            raise AssertionError(f"sending after the restart failed: {out.get_info()}")
+        return e["kind"] == "MsgDelivered" and e.get("msgId") == out.id
+
+    alice.wait("delivery after the restart", delivered_after_restart)
     got = bob.incoming().get_snapshot()
     assert got.text == after and got.show_padlock, got
     assert [m.get_snapshot().text for m in got.chat.get_messages()
             if m.get_snapshot().text in (before, after)] == [before, after]
 
     for p in (alice, bob):
-        p.seen_or_wait(seen[p.name], "IMAP reconnection after the restart",
-                       lambda e: e["kind"] == "ImapConnected")
-        p.seen_or_wait(seen[p.name], "IMAP IDLE after the restart",
-                       lambda e: e["kind"] == "ImapInboxIdle")
         p.drain()
         since = p.events[seen[p.name]:]
         assert not [e for e in since if e["kind"] == "Error"], p.tail()
