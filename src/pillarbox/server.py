@@ -135,8 +135,10 @@ class Server:
             s.close()
         sweeper.cancel()
         imap_sweeper.cancel()
-        for conn in [*ctx.sessions, *ictx.sessions]:
+        for conn in list(ctx.sessions):
             conn.close()
+        for conn in list(ictx.sessions):  # RFC 3501 7.1.5: BYE announces a shutdown
+            conn.close_saying(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
         await queue.stop()
         signing.close()
         stores.close_all()

@@ -341,3 +341,43 @@ def test_connections_per_user_limit(make_server):
     assert third.login(ALICE, PASSWORD)[0] == "OK"
     two.logout()
     third.logout()
+
+
+def test_fetch_reply_holds_only_the_requested_messages(server):
+    """A flag change made by another session is not reported inside the reply
+    to FETCH or STORE (whose FETCH responses clients such as Delta Chat and
+    imaplib take as the answer, so an unsolicited one for another message, e.g.
+    without the RFC822.SIZE asked for, breaks them), but at the next command
+    that is not a FETCH or STORE, or at once in IDLE."""
+    deliver(server, ALICE, "flags elsewhere", n=3)
+    server.wait_for_messages(ALICE, 3)
+    a = server.imaps(ALICE)
+    b = server.imaps(ALICE)
+    a.select("INBOX")
+    b.select("INBOX")
+    a.uid("STORE", "1", "+FLAGS", "(\\Seen)")
+    typ, data = b.uid("FETCH", "3", "(UID RFC822.SIZE)")
+    assert typ == "OK" and len(data) == 1 and data[0].startswith(b"3 (UID 3 RFC822.SIZE "), data
+    typ, data = b.uid("STORE", "2", "+FLAGS", "(\\Flagged)")
+    assert typ == "OK" and data == [b"2 (UID 2 FLAGS (\\Flagged))"], data
+    typ, data = b.fetch("3", "(FLAGS)")
+    assert typ == "OK" and len(data) == 1 and data[0].startswith(b"3 (FLAGS"), data
+    b.noop()
+    assert any(b"1 (UID 1 FLAGS (\\Seen" in d for d in b.untagged_responses.pop("FETCH", [])), \
+        "the other session's flag change never came"
+    # imapclient too gets only what it asked for (its fetch() merges every FETCH).
+    c = client(server)
+    c.select_folder("INBOX")
+    a.uid("STORE", "2", "+FLAGS", "(\\Answered)")
+    assert set(c.fetch([3], ["RFC822.SIZE"])) == {3}
+    # Held back by a FETCH, the change comes at once when the session goes IDLE.
+    typ, data = b.uid("FETCH", "3", "(UID RFC822.SIZE)")
+    assert len(data) == 1, data
+    b.send(b"i1 IDLE\r\n")
+    assert b.readline().startswith(b"+ ")
+    assert b.readline().startswith(b"* 2 FETCH (UID 2 FLAGS (\\Answered \\Flagged"), "no update"
+    b.send(b"DONE\r\n")
+    assert b.readline().startswith(b"i1 OK")
+    for conn in (a, b):
+        conn.logout()
+    c.logout()

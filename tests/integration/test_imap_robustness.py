@@ -153,3 +153,27 @@ def test_connections_per_ip_limit(make_server):
     assert c.greeting.startswith(b"* BYE")
     a.close()
     b.close()
+
+
+def test_shutdown_says_bye(make_server):
+    """A graceful stop announces itself (RFC 3501 7.1.5) to sessions in IDLE
+    and between commands, over implicit TLS and STARTTLS alike, then closes."""
+    srv = make_server()
+    idling = RawIMAP(srv.imaps_port)
+    login(idling)
+    idling.cmd(b"i1 SELECT INBOX")
+    idling.send(b"i2 IDLE\r\n")
+    assert idling.line().startswith(b"+ ")
+    waiting = RawIMAP(srv.imap_port, tls=False)
+    assert waiting.cmd(b"s1 STARTTLS")[-1].startswith(b"s1 OK")
+    waiting.sock = client_ssl_context().wrap_socket(waiting.sock)
+    login(waiting)
+    srv.stop()
+    for raw in (idling, waiting):
+        assert raw.line() == b"* BYE [UNAVAILABLE] Server shutting down"
+        try:
+            extra = raw.line()
+            raise AssertionError(f"connection still open after BYE: {extra!r}")
+        except (EOFError, ConnectionError, OSError):
+            pass
+        raw.close()

@@ -107,6 +107,13 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
+    def close_saying(self, line: bytes) -> None:
+        """Close, saying `line` first if the session is waiting for input (between
+        commands, or in IMAP IDLE), where it cannot cut into another reply."""
+        if self.transport is not None and not self.closed and self._waiter is not None:
+            self.transport.write(line)
+        self.close()
+
     def timed_out(self, now: float, limit: float) -> bool:
         return self._waiter is not None and now - self.last_active > limit
 

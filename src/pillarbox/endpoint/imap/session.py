@@ -295,6 +295,9 @@ class Session:
                  "UID EXPUNGE"}
     # Sequence numbers must not shift under these (RFC 3501 7.4.1): no EXPUNGE after them.
     _NO_EXPUNGE = {"FETCH", "STORE", "SEARCH"}
+    # Their replies are FETCH responses that clients take as the answer (Delta Chat,
+    # imaplib): flag changes of other messages wait for the next command (or IDLE).
+    _NO_FLAG_UPDATES = {"FETCH", "STORE", "UID FETCH", "UID STORE"}
 
     async def dispatch(self, lines: list[bytes], literals: list[bytes]) -> None:
         try:
@@ -325,7 +328,8 @@ class Session:
         if result is None:
             result = ("OK", f"{name} completed")
         if self.selected is not None and not self.logout:
-            self.poll(expunges=name not in self._NO_EXPUNGE)
+            self.poll(expunges=name not in self._NO_EXPUNGE,
+                      flags=name not in self._NO_FLAG_UPDATES)
         self.tagged(cmd.tag, *result)
 
     def _bad(self, cmd: Command, text: str) -> None:
@@ -341,8 +345,11 @@ class Session:
         if self.idling:
             self.conn.wake()
 
-    def poll(self, expunges: bool = True) -> None:
-        """Bring this session's view up to date; queue EXISTS/EXPUNGE/FETCH."""
+    def poll(self, expunges: bool = True, flags: bool = True) -> None:
+        """Bring this session's view up to date; queue EXISTS/EXPUNGE/FETCH.
+
+        With flags=False, flag changes are not reported yet: the session stays
+        dirty, so the next poll (a later command, or IDLE at once) reports them."""
         name, store = self.selected, self.store
         if name is None or store is None:
             return
@@ -378,7 +385,9 @@ class Session:
                 self.vflags[u] = msgs[u].flags
             self.untagged(f"{len(self.uids)} EXISTS")
             self.untagged(f"{len(self.recent)} RECENT")
-        if box.highestmodseq != self.seen_modseq:
+        if box.highestmodseq != self.seen_modseq and not flags:
+            self.dirty = True
+        elif box.highestmodseq != self.seen_modseq:
             for i, u in enumerate(self.uids):
                 m = msgs.get(u)
                 if m is not None and m.flags != self.vflags.get(u):
