@@ -177,3 +177,36 @@ def test_shutdown_says_bye(make_server):
         except (EOFError, ConnectionError, OSError):
             pass
         raw.close()
+
+
+def test_big_literals_wait_for_their_share_of_memory(make_server):
+    """imap.max_literal_memory bounds what all sessions hold in literals at once:
+    a second large APPEND is asked for its data only when the first is done."""
+    srv = make_server(imap__max_literal_size="600K", imap__max_literal_memory="1M")
+    first, second = RawIMAP(srv.imaps_port), RawIMAP(srv.imaps_port)
+    login(first)
+    login(second)
+    body = b"Subject: big\r\n\r\n" + b"y" * 600_000 + b"\r\n"  # two do not fit in 1M
+    first.send(b"a1 APPEND INBOX {%d}\r\n" % len(body))
+    assert first.line().startswith(b"+ ")
+    first.send(body[:1000])  # holds its share while it sends
+    second.send(b"b1 APPEND INBOX {%d}\r\n" % len(body))
+    second.sock.settimeout(1.0)  # proving an absence needs a bound
+    try:
+        early = second.line()
+    except TimeoutError:
+        early = None
+    assert early is None, f"the second literal was asked for too soon: {early!r}"
+    # A small command from a third session is not held up by the waiting one
+    # when it needs no literal.
+    third = RawIMAP(srv.imaps_port)
+    login(third)
+    assert third.cmd(b"c1 NOOP")[-1].startswith(b"c1 OK")
+    first.send(body[1000:] + b"\r\n")
+    assert first.until_tag(b"a1")[-1].startswith(b"a1 OK [APPENDUID")
+    second.sock.settimeout(10)
+    assert second.line().startswith(b"+ "), "the share freed by the first APPEND"
+    second.send(body + b"\r\n")
+    assert second.until_tag(b"b1")[-1].startswith(b"b1 OK [APPENDUID")
+    for raw in (first, second, third):
+        raw.close()

@@ -10,6 +10,7 @@ server (`sweep_idle`) instead of a timer per read.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 
@@ -132,3 +133,43 @@ async def sweep_idle(sessions: set, limit: Callable[[Connection], float], goodby
                         conn.transport.write(goodbye)
                 finally:
                     conn.close()
+
+
+class MemoryBudget:
+    """Bytes that all sessions together may hold in memory at once (IMAP
+    literals): a session waits for its share, first come first served, so many
+    large APPENDs at a time cost at most `limit`, not their sum."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+
+    async def acquire(self, n: int) -> int:
+        """Wait until n bytes (at most the whole budget) are free; return what was taken."""
+        n = min(n, self.limit)
+        if not self._waiters and self.used + n <= self.limit:
+            self.used += n
+            return n
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted just as we were cancelled
+                self.release(n)
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        while self._waiters:
+            m, fut = self._waiters[0]
+            if fut.done():  # its session went away while waiting
+                self._waiters.popleft()
+                continue
+            if self.used + m > self.limit:
+                break
+            self._waiters.popleft()
+            self.used += m
+            fut.set_result(None)

@@ -26,7 +26,7 @@ from pillarbox import __version__
 from pillarbox.config import Config
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
-from pillarbox.endpoint.connection import Connection, Disconnect
+from pillarbox.endpoint.connection import Connection, Disconnect, MemoryBudget
 from pillarbox.endpoint.imap import mime
 from pillarbox.endpoint.imap.parser import (
     LITERAL_RE,
@@ -64,6 +64,11 @@ class IMAPContext:
     sessions: set = field(default_factory=set)
     per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     per_user: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    literals: MemoryBudget | None = None  # made from config.imap.max_literal_memory
+
+    def __post_init__(self) -> None:
+        if self.literals is None:
+            self.literals = MemoryBudget(self.config.imap.max_literal_memory)
 
 
 class IMAPProtocol(Connection):
@@ -98,6 +103,7 @@ class Session:
         self.ctx = ctx
         self.cfg = ctx.config
         self.limits = ctx.config.imap
+        self.literal_held = 0  # bytes of ctx.literals this session holds
         self.kind = kind
         self.conn = conn
         assert conn.transport is not None
@@ -208,6 +214,13 @@ class Session:
             if len(lines) > 1000:
                 self.untagged("BYE Too many literals in one command")
                 raise Disconnect()
+            # Wait for a share of the literal budget before asking for (or
+            # reading) the data; the client waits, or TCP holds what it sent.
+            assert self.ctx.literals is not None
+            want = min(n, self.ctx.literals.limit - self.literal_held)
+            if want > 0:
+                await self.flush()
+                self.literal_held += await self.ctx.literals.acquire(want)
             if sync:
                 self.send(b"+ Ready for literal data\r\n")
             literals.append(await self.read_exact(n))
@@ -242,19 +255,30 @@ class Session:
             while not self.logout:
                 got = await self.read_command()
                 if got is None:
+                    self._release_literals()
                     if self._count_error():
                         return
                     continue
-                await self.dispatch(*got)
+                try:
+                    await self.dispatch(*got)
+                finally:
+                    self._release_literals()
         except Disconnect:
             pass
         except (ConnectionError, ssl.SSLError, OSError) as e:
             log.debug("connection lost peer=%s error=%r", self.peer_ip, e)
         finally:
+            self._release_literals()
             try:
                 await self.flush()
             except (Disconnect, ConnectionError, ssl.SSLError, OSError, RuntimeError):
                 pass
+
+    def _release_literals(self) -> None:
+        if self.literal_held:
+            assert self.ctx.literals is not None
+            self.ctx.literals.release(self.literal_held)
+            self.literal_held = 0
 
     def _count_error(self) -> bool:
         self.errors += 1
