@@ -140,7 +140,7 @@ class Server:
         for conn in list(ictx.sessions):  # RFC 3501 7.1.5: BYE announces a shutdown
             conn.close_saying(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
         await queue.stop()
-        signing.close()
+        await asyncio.to_thread(signing.close)
         stores.close_all()
         if users.cache is not None:
             users.cache.flush()

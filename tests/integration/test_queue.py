@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 
 from .support import ALICE, BOB, assert_reply, free_ports, make_message, token, wait_until
 
 CAROL = "carol@remote.test"
 
 
+_held: list[socket.socket] = []
+
+
+def _closed_tcp_port() -> int:
+    """A port bound but never listening: connections are refused, and no other
+    test's server can take it meanwhile (a released free port once was, and its
+    530 reply bounced the message). Held until the test process ends."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    _held.append(s)
+    return s.getsockname()[1]
+
+
 def _no_dns(make_server):
     # remote.test is routed to a closed local port, and the resolver is a closed
     # local port too: delivery attempts fail fast and temporarily, so remote mail
     # is deferred (never bounced, never sent to the internet).
-    closed_smtp, closed_dns = free_ports(2)
+    closed_smtp, (closed_dns,) = _closed_tcp_port(), free_ports(1)
     return make_server(
         dns__nameservers=[f"127.0.0.1:{closed_dns}"],
         extra_toml=(

@@ -68,6 +68,8 @@ class Signing:
         return self._pool
 
     def close(self) -> None:
+        """Stop the workers. Blocking: waits for them to exit, since a pool left
+        to the interpreter's exit hook fails there (EBADF on Python 3.11)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
