@@ -1440,7 +1440,7 @@ def reading(runs: dict[str, Run]) -> list[str]:
         busy = li.server_cpu / li.wall
         s += (f". The server was {busy * 100:.0f} % busy (of one CPU) and the machine "
               f"{li.machine_cpu / li.wall:.2f} of its {NPROC} CPUs: the password hash, not the "
-              "protocol, sets the login rate; it runs in asyncio's default thread pool, "
+              "protocol, sets the login rate; it runs in two threads of its own, "
               "outside the event loop (event loop "
               f"{li.loop_cpu / li.wall * 100:.0f} % of a CPU).")
         out.append(s)
@@ -1450,8 +1450,9 @@ def reading(runs: dict[str, Run]) -> list[str]:
             f"FETCH: the index-only sync (FLAGS UID RFC822.SIZE) ran at {fl.rate:,.0f} msg/s "
             f"({fl.server_cpu / fl.ops * 1e6:.0f} µs of server CPU per message); adding "
             f"ENVELOPE brings it to {fe.rate:,.0f} msg/s ({fe.server_cpu / fe.ops * 1e6:.0f} "
-            "µs per message), because every ENVELOPE reads and parses the message file "
-            "(envelopes are not cached, docs/IMAP.md).")
+            "µs per message): the envelope comes from the index, where the first FETCH of "
+            "it stored it (docs/IMAP.md), but each is a row to read and a response to "
+            "build.")
     fs, fb = k.get("fetch_small"), k.get("fetch_large")
     if fs and fs.ops:
         s = (f"Whole messages: {fs.rate:,.0f} msg/s ({fs.octets / fs.wall / 1e6:,.1f} MB/s) "
@@ -1566,9 +1567,9 @@ def reading_dovecot(runs: dict[str, Run]) -> list[str]:
     fe, fs, fb = (ratio("fetch_envelope", "rate"), ratio("fetch_small", "rate"),
                   ratio("fetch_large", "mbs"))
     if fe is not None:
-        s = (f"FETCH with ENVELOPE runs at {fe:.2f} × Dovecot's rate: Dovecot keeps what "
-             "clients fetch in its cache file (dovecot.index.cache) and answers from it after "
-             "the first time, pillarbox reads and parses every file every time")
+        s = (f"FETCH with ENVELOPE runs at {fe:.2f} × Dovecot's rate: both answer from a "
+             "cache after the first fetch (Dovecot's dovecot.index.cache, pillarbox's index "
+             "rows), Dovecot with compiled code in one process per connection")
         if fs is not None:
             s += f"; whole ~4 KB messages at {fs:.2f} ×"
         if fb is not None:
