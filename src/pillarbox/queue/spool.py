@@ -48,7 +48,7 @@ class SpoolFull(Exception):
     """Not enough free disk to accept a message safely; nothing was stored."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Envelope:
     id: str
     mail_from: str
@@ -99,7 +99,7 @@ class State:
         return cls(deliveries=[Delivery(**x) for x in d["deliveries"]], expanded=d["expanded"])
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """Where a queued message's body is."""
 
@@ -483,6 +483,7 @@ class Spool:
         self.index.clear()
         self.live.clear()
         numbers = sorted(int(p.stem) for p in self.segments.glob("*.seg"))
+        same: dict[str, str] = {}
         for n in numbers:
             done = self._read_done(n)
             path = self._seg_path(n)
@@ -494,6 +495,11 @@ class Spool:
                     self.live[old.segment].discard(env.id)
                 if env.id in done:
                     continue
+                # A backlog repeats a few senders many times: keep one copy of each.
+                env.mail_from = same.setdefault(env.mail_from, env.mail_from)
+                if env.auth is not None:
+                    env.auth = same.setdefault(env.auth, env.auth)
+                env.source = same.setdefault(env.source, env.source)
                 self.index[env.id] = Entry(env, n, off, length)
                 self.live.setdefault(n, set()).add(env.id)
             if path.stat().st_size != end:
