@@ -179,14 +179,15 @@ def test_shutdown_says_bye(make_server):
         raw.close()
 
 
-def test_big_literals_wait_for_their_share_of_memory(make_server):
+def test_literals_in_memory_wait_for_their_share(make_server):
     """imap.max_literal_memory bounds what all sessions hold in literals at once:
-    a second large APPEND is asked for its data only when the first is done."""
-    srv = make_server(imap__max_literal_size="600K", imap__max_literal_memory="1M")
+    a second APPEND is asked for its data only when the first is done. (Literals
+    under 256K are held in memory; larger APPENDs stream to disk, see below.)"""
+    srv = make_server(imap__max_literal_size="200K", imap__max_literal_memory="300K")
     first, second = RawIMAP(srv.imaps_port), RawIMAP(srv.imaps_port)
     login(first)
     login(second)
-    body = b"Subject: big\r\n\r\n" + b"y" * 600_000 + b"\r\n"  # two do not fit in 1M
+    body = b"Subject: mid\r\n\r\n" + b"y" * 190_000 + b"\r\n"  # two do not fit in 300K
     first.send(b"a1 APPEND INBOX {%d}\r\n" % len(body))
     assert first.line().startswith(b"+ ")
     first.send(body[:1000])  # holds its share while it sends
@@ -197,8 +198,7 @@ def test_big_literals_wait_for_their_share_of_memory(make_server):
     except TimeoutError:
         early = None
     assert early is None, f"the second literal was asked for too soon: {early!r}"
-    # A small command from a third session is not held up by the waiting one
-    # when it needs no literal.
+    # A command without a literal from a third session is not held up.
     third = RawIMAP(srv.imaps_port)
     login(third)
     assert third.cmd(b"c1 NOOP")[-1].startswith(b"c1 OK")
@@ -210,3 +210,43 @@ def test_big_literals_wait_for_their_share_of_memory(make_server):
     assert second.until_tag(b"b1")[-1].startswith(b"b1 OK [APPENDUID")
     for raw in (first, second, third):
         raw.close()
+
+
+def test_large_appends_stream_to_disk(make_server):
+    """An APPEND literal of 256K or more goes to a file in tmp/ as it arrives:
+    it takes no memory budget, and a refused one leaves nothing behind."""
+    srv = make_server(imap__max_literal_size="5M", imap__max_literal_memory="5M")
+    first, second = RawIMAP(srv.imaps_port), RawIMAP(srv.imaps_port)
+    login(first)
+    login(second)
+    bodies = [b"Subject: big %d\r\n\r\n" % i + bytes([0x61 + i]) * 3_000_000 + b"\r\n"
+              for i in range(2)]
+    first.send(b"a1 APPEND INBOX {%d}\r\n" % len(bodies[0]))
+    assert first.line().startswith(b"+ ")
+    first.send(bodies[0][:1_000_000])
+    # Two 3 MB literals would not fit a 5M budget in memory; streamed, both go ahead.
+    second.send(b"b1 APPEND INBOX {%d}\r\n" % len(bodies[1]))
+    assert second.line().startswith(b"+ ")
+    tmp = srv.maildir(ALICE) / "tmp"
+    deadline = time.monotonic() + 10
+    while not any(f.stat().st_size >= 1_000_000 for f in tmp.iterdir()):
+        assert time.monotonic() < deadline, "the first literal is not being written to tmp/"
+        time.sleep(0.02)
+    second.send(bodies[1] + b"\r\n")
+    assert second.until_tag(b"b1")[-1].startswith(b"b1 OK [APPENDUID")
+    first.send(bodies[0][1_000_000:] + b"\r\n")
+    assert first.until_tag(b"a1")[-1].startswith(b"a1 OK [APPENDUID")
+    stored = sorted(f.read_bytes() for f in (srv.maildir(ALICE) / "cur").iterdir())
+    assert stored == sorted(bodies)
+    # Refused after the data came (no such mailbox): the tmp/ file goes away.
+    first.send(b"a2 APPEND Nowhere {%d+}\r\n%s\r\n" % (len(bodies[0]), bodies[0]))
+    assert b"TRYCREATE" in first.until_tag(b"a2")[-1]
+    assert list(tmp.iterdir()) == []
+    # Only the message may be that large, not the mailbox name before it.
+    first.send(b"a3 APPEND {300000+}\r\n" + b"x" * 300_000 + b" {5+}\r\nhello\r\n")
+    reply = first.until_tag(b"a3")[-1]
+    assert reply.startswith(b"a3 BAD") and b"only taken as an APPEND message" in reply, reply
+    assert list(tmp.iterdir()) == []
+    assert first.cmd(b"a4 NOOP")[-1].startswith(b"a4 OK")
+    first.close()
+    second.close()

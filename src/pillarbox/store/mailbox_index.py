@@ -153,6 +153,22 @@ def new_base() -> str:
     return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
 
 
+@dataclass
+class TmpMessage:
+    """A message already written (not yet fsync'd) into the user's Maildir tmp/,
+    as a large APPEND literal is streamed: `write_file` takes it instead of bytes."""
+
+    path: Path
+    size: int
+    failed: bool = False  # the write failed (disk full): the data was read and dropped
+
+    def __len__(self) -> int:
+        return self.size
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class MailStore:
     """One user's mailboxes: Maildir files plus their index."""
 
@@ -533,18 +549,23 @@ class MailStore:
             raise
 
     @staticmethod
-    def write_file(folder: Path, data: bytes, flags: Iterable[str],
+    def write_file(folder: Path, data: bytes | TmpMessage, flags: Iterable[str],
                    date: float | None) -> tuple[str, str]:
         """Blocking (run it in a thread): write a message durably into folder/cur/.
 
         Returns (base, file name)."""
         base = f"{new_base()},S={len(data)}"
-        tmp = folder / "tmp" / base
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if isinstance(data, TmpMessage):  # streamed already: make it durable, move it
+            tmp = data.path
+            fd = os.open(tmp, os.O_WRONLY)
+        else:
+            tmp = folder / "tmp" / base
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            if not isinstance(data, TmpMessage):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)

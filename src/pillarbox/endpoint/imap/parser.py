@@ -243,7 +243,7 @@ class Reader:
                 raise ParseError("quoted string with CR, LF or NUL")
             out.append(c)
 
-    def literal(self) -> bytes:
+    def literal(self, streamed_ok: bool = False) -> bytes:
         m = LITERAL_RE.fullmatch(self.line, self.pos)
         if m is None:
             raise ParseError(f"malformed literal {self.where()}")
@@ -253,6 +253,8 @@ class Reader:
         data = self.literals[k]
         if len(data) != int(m.group(1)):
             raise ParseError("literal length mismatch")
+        if not streamed_ok and not isinstance(data, bytes | bytearray):
+            raise ParseError("a literal this large is only taken as an APPEND message")
         self.li += 1
         self.pos = 0
         return data
@@ -567,7 +569,7 @@ def _append(r: Reader, cmd: Command) -> None:
         r.sp()
     if r.peek() not in (0x7B, 0x7E):
         raise ParseError(f"expected the message as a literal {r.where()}")
-    cmd.args["message"] = r.literal()
+    cmd.args["message"] = r.literal(streamed_ok=True)
 
 
 def _enable(r: Reader, cmd: Command) -> None:

@@ -16,6 +16,7 @@ import datetime
 import email.utils
 import functools
 import logging
+import os
 import re
 import ssl
 from collections import defaultdict
@@ -45,6 +46,8 @@ from pillarbox.store.mailbox_index import (
     MailStore,
     Message,
     StoreRegistry,
+    TmpMessage,
+    new_base,
 )
 from pillarbox.target import mailbox
 
@@ -53,6 +56,8 @@ log = logging.getLogger("pillarbox.imap")
 MAX_AUTH_FAILURES = 5
 FLUSH_AT = 256 * 1024  # write out long FETCH responses as they grow
 THREAD_READ_AT = 256 * 1024  # read message files larger than this in a thread
+STREAM_AT = 256 * 1024  # APPEND literals this large go to a tmp/ file, not to memory
+APPEND_RE = re.compile(rb"^\S+ +(?:UID +)?APPEND ", re.I)
 
 
 @dataclass
@@ -104,6 +109,7 @@ class Session:
         self.cfg = ctx.config
         self.limits = ctx.config.imap
         self.literal_held = 0  # bytes of ctx.literals this session holds
+        self.streamed: list[TmpMessage] = []  # this command's literals in tmp/ files
         self.kind = kind
         self.conn = conn
         assert conn.transport is not None
@@ -187,6 +193,43 @@ class Session:
             del self.buf[:take]
         return bytes(acc)
 
+    async def read_to_tmp(self, n: int) -> TmpMessage:
+        """Stream an n-octet literal into a new file in the user's Maildir tmp/."""
+        assert self.store is not None
+        msg = TmpMessage(self.store.path("INBOX") / "tmp" / f"{new_base()},S={n}", n)
+        self.streamed.append(msg)
+        try:
+            fd: int | None = os.open(msg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            log.warning("imap literal to disk failed user=%s error=%r", self.user, e)
+            msg.failed, fd = True, None
+        left = n
+        try:
+            while left:
+                if not self.buf:
+                    await self._fill()
+                    continue
+                take = min(left, len(self.buf))
+                if fd is not None:
+                    try:
+                        with memoryview(self.buf) as view:  # released before the del
+                            done = 0
+                            while done < take:  # page-cache writes; fsync runs in a thread
+                                with view[done:take] as chunk:
+                                    done += os.write(fd, chunk)
+                    except OSError as e:  # disk full: keep reading, answer NO
+                        log.warning("imap literal to disk failed user=%s error=%r",
+                                    self.user, e)
+                        msg.failed = True
+                        os.close(fd)
+                        fd = None
+                del self.buf[:take]
+                left -= take
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return msg
+
     async def read_command(self) -> tuple[list[bytes], list[bytes]] | None:
         """A command's lines and literals; None if refused (answered already)."""
         lines: list[bytes] = []
@@ -214,6 +257,13 @@ class Session:
             if len(lines) > 1000:
                 self.untagged("BYE Too many literals in one command")
                 raise Disconnect()
+            if n >= STREAM_AT and self.store is not None and APPEND_RE.match(lines[0]):
+                # A large message goes straight to the Maildir's tmp/, not to memory.
+                if sync:
+                    self.send(b"+ Ready for literal data\r\n")
+                literals.append(await self.read_to_tmp(n))
+                total += n
+                continue
             # Wait for a share of the literal budget before asking for (or
             # reading) the data; the client waits, or TCP holds what it sent.
             assert self.ctx.literals is not None
@@ -275,6 +325,9 @@ class Session:
                 pass
 
     def _release_literals(self) -> None:
+        for msg in self.streamed:  # APPEND moved the ones it kept
+            msg.discard()
+        self.streamed.clear()
         if self.literal_held:
             assert self.ctx.literals is not None
             self.ctx.literals.release(self.literal_held)
@@ -706,11 +759,13 @@ class Session:
         store = self.store
         assert store is not None and self.user is not None
         name = cmd.args["mailbox"]
-        data: bytes = cmd.args["message"]
+        data: bytes | TmpMessage = cmd.args["message"]
         if not store.exists(name):
             return ("NO", f"[TRYCREATE] No mailbox named {name[:100]!r}")
         if not data:
             return ("NO", "Empty message")
+        if isinstance(data, TmpMessage) and data.failed:
+            return ("NO", "[SERVERBUG] Could not store the message (disk full?); try later")
         if self._over_quota(len(data)):
             return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
         date = cmd.args["date"].timestamp() if cmd.args["date"] else None
