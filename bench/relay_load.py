@@ -236,7 +236,7 @@ FACTS: dict[str, float] = {}
 FACTS_SNIPPET = r"""
 import json, sys, time
 from pathlib import Path
-from pillarbox.directory import users
+from pillarbox.directory import passwords
 from pillarbox.modify.dkim_sign import DKIMSigner
 dkim_dir, domain, path = sys.argv[1:4]
 msg = Path(path).read_bytes()
@@ -247,9 +247,9 @@ t = time.process_time()
 for _ in range(n):
     signer.sign(msg, domain)
 print(json.dumps({"dkim_ms": (time.process_time() - t) / n * 1000,
-                  "argon2_mib": users._hasher.memory_cost / 1024,
-                  "argon2_t": users._hasher.time_cost,
-                  "argon2_p": users._hasher.parallelism}))
+                  "argon2_mib": passwords.MEMLIMIT / 2**20,
+                  "argon2_t": passwords.OPSLIMIT,
+                  "argon2_p": 1}))
 """
 
 

@@ -127,3 +127,28 @@ def test_password_check_cache(directory: Aliases, monkeypatch: pytest.MonkeyPatc
         assert await users.check_password("not an address", "pw") is None
 
     asyncio.run(run())
+
+
+def test_older_password_hashes_still_work_and_are_replaced(directory: Aliases) -> None:
+    """A hash with argon2-cffi's parameters (p=4, as written before) verifies, and
+    a good login replaces it with the current one-lane hash."""
+    import asyncio
+
+    from argon2 import PasswordHasher
+
+    from pillarbox.directory import passwords
+
+    users = directory.users
+    alice = "alice@example.test"
+    old = PasswordHasher().hash("pw")
+    assert ",p=4$" in old and passwords.needs_rehash(old)
+    users.db.execute("UPDATE users SET password_hash = ? WHERE address = ?", (old, alice))
+    assert users.authenticate(alice, "pw") == alice
+    assert asyncio.run(users.check_password(alice, "wrong")) is None
+    assert users._password_row(alice)[0] == old  # a failed login changes nothing
+    assert asyncio.run(users.check_password(alice, "pw")) == alice
+    new = users._password_row(alice)[0]
+    assert new.startswith("$argon2id$v=19$m=65536,t=3,p=1$") and not passwords.needs_rehash(new)
+    assert users.authenticate(alice, "pw") == alice
+    assert users.authenticate(alice, "wrong") is None
+    assert passwords.verify(None, "pw") is False

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import hashlib
 import hmac
 import os
 import time
 from dataclasses import dataclass
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
-
 from pillarbox.address import normalize
+from pillarbox.directory import passwords
 from pillarbox.directory.cache import DirectoryCache
 from pillarbox.store.sqlite import Database
 
-_hasher = PasswordHasher()  # argon2id with the library's current recommended cost
-
-# Each argon2id check takes ~64 MiB and ~0.3 s of a core. Two threads of their
+# Each argon2id check takes 64 MiB and ~70 ms of a core. Two threads of their
 # own bound both under a login burst, and keep the default pool (spool writes,
 # DKIM, Maildir batches) free while they work.
 ARGON2_THREADS = 2
@@ -29,11 +24,6 @@ ARGON2_THREADS = 2
 # by an HMAC of the password under a per-process random key; dropped when the
 # stored hash changes.
 AUTH_CACHE_MAX = 10_000
-
-
-@functools.cache
-def _dummy_hash() -> str:
-    return _hasher.hash("pillarbox-dummy-password-for-timing")
 
 
 class DirectoryError(Exception):
@@ -78,7 +68,7 @@ class Users:
             raise DirectoryError(f"user {address} already exists")
         self.db.execute(
             "INSERT INTO users (address, password_hash, quota, created) VALUES (?, ?, ?, ?)",
-            (address, _hasher.hash(password), quota, time.time()),
+            (address, passwords.hash_password(password), quota, time.time()),
         )
         return User(address, True, quota, 0)
 
@@ -98,7 +88,7 @@ class Users:
             raise DirectoryError("the password must not be empty")
         self.db.execute(
             "UPDATE users SET password_hash = ? WHERE address = ?",
-            (_hasher.hash(password), address),
+            (passwords.hash_password(password), address),
         )
 
     def set_enabled(self, address: str, enabled: bool) -> None:
@@ -166,16 +156,23 @@ class Users:
             self._argon2, _verify, row[0] if row else None, password)
         if not ok or not row or not row[1]:
             return None
+        stored = row[0]
+        if passwords.needs_rehash(stored):  # older parameters: replace on a good login
+            stored = await asyncio.get_running_loop().run_in_executor(
+                self._argon2, self._rehash, address, stored, password)
         if self.login_cache > 0:
             if len(self._auth_cache) >= AUTH_CACHE_MAX:
                 self._auth_cache.clear()
-            self._auth_cache[key] = (now + self.login_cache, row[0])
+            self._auth_cache[key] = (now + self.login_cache, stored)
         return address
+
+    def _rehash(self, address: str, old: str, password: str) -> str:
+        new = passwords.hash_password(password)
+        changed = self.db.execute(
+            "UPDATE users SET password_hash = ? WHERE address = ? AND password_hash = ?",
+            (new, address, old)).rowcount
+        return new if changed else old  # changed meanwhile (`user passwd`): leave it
 
 
 def _verify(password_hash: str | None, password: str) -> bool:
-    try:
-        # Verify even for unknown users so timing does not reveal which exist.
-        return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
-    except (VerificationError, InvalidHashError):
-        return False
+    return passwords.verify(password_hash, password)
