@@ -218,7 +218,16 @@ def _entries(cfg: Config, finished: bool = False) -> list[dict]:
 
     out = []
     now = time.time()
-    for e in offline_entries(_spool_root(cfg)):
+    progress = None
+    if sys.stderr.isatty():  # a long queue takes seconds to read: show how far
+
+        def progress(done: int, total: int) -> None:
+            if total >= 10_000:
+                end = "\n" if done == total else ""
+                print(f"\rreading the queue: {done:,} of {total:,}", end=end, file=sys.stderr,
+                      flush=True)
+
+    for e in offline_entries(_spool_root(cfg), progress):
         env, state = e.env, e.state
         if state and state.deliveries:
             rcpts = [{"addr": d.to, "rcpt": d.rcpt, "kind": d.kind, "state": d.state,

@@ -31,7 +31,7 @@ import secrets
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -653,8 +653,11 @@ class OfflineEntry:
     segment: int = 0
 
 
-def offline_entries(root: Path) -> list[OfflineEntry]:
-    """Queued messages as the CLI sees them, straight from disk (server running or not)."""
+def offline_entries(root: Path,
+                    progress: Callable[[int, int], None] | None = None) -> list[OfflineEntry]:
+    """Queued messages as the CLI sees them, straight from disk (server running or not).
+
+    `progress(done, total)` is called now and then while the state files are read."""
     segments, states, maildrop = root / "segments", root / "state", root / "maildrop"
     out: list[OfflineEntry] = []
     if not segments.exists():
@@ -673,7 +676,10 @@ def offline_entries(root: Path) -> list[OfflineEntry]:
                 seen[env.id] = OfflineEntry(env, None, "queue", p, off, n)
     with_state = set(os.listdir(states)) if states.exists() else set()
     state_dir = str(states)  # plain strings: pathlib cost a fifth of a 100k listing
-    for entry in sorted(seen.values(), key=lambda e: e.env.id):
+    total = len(seen)
+    for i, entry in enumerate(sorted(seen.values(), key=lambda e: e.env.id)):
+        if progress is not None and i % 5000 == 0:
+            progress(i, total)
         if entry.env.id in with_state:
             try:
                 with open(os.path.join(state_dir, entry.env.id), "rb") as f:
@@ -681,6 +687,8 @@ def offline_entries(root: Path) -> list[OfflineEntry]:
             except FileNotFoundError:
                 pass
         out.append(entry)
+    if progress is not None:
+        progress(total, total)
     for name in sorted(os.listdir(maildrop)):
         try:
             with open(maildrop / name, "rb") as f:
