@@ -130,3 +130,18 @@ def test_over_quota_refusals_end_when_expunge_frees_room(carol_server):
         assert refused == {}
     srv.wait_for_messages(CAROL, 1)
 
+
+
+def test_append_over_quota_is_refused_before_the_data(carol_server):
+    """A synchronizing literal that would not fit gets NO [OVERQUOTA] instead of
+    "+", so the client does not send megabytes for nothing; the session goes on,
+    however often it happens."""
+    srv = carol_server("100K")
+    with RawIMAP(srv.imaps_port, CAROL) as c:
+        for _ in range(12):  # more than imap.max_bad_commands: not counted as errors
+            c.sock.sendall(b"a APPEND INBOX {500000}\r\n")
+            reply = c.line()
+            assert reply.startswith(b"a NO [OVERQUOTA]"), reply
+        c.ok("NOOP")
+        assert c.append("INBOX", sized(10 * KIB)).startswith(b"OK [APPENDUID")
+        assert quota(c)[0] >= 10

@@ -230,8 +230,9 @@ class Session:
                 os.close(fd)
         return msg
 
-    async def read_command(self) -> tuple[list[bytes], list[bytes]] | None:
-        """A command's lines and literals; None if refused (answered already)."""
+    async def read_command(self) -> tuple[list[bytes], list[bytes]] | None | bool:
+        """A command's lines and literals; None if refused as bad input, False if
+        refused otherwise (answered already in both cases)."""
         lines: list[bytes] = []
         literals: list[bytes] = []
         total = 0
@@ -257,6 +258,11 @@ class Session:
             if len(lines) > 1000:
                 self.untagged("BYE Too many literals in one command")
                 raise Disconnect()
+            if sync and self.user is not None and APPEND_RE.match(lines[0]) \
+                    and self._over_quota(n):
+                # Refused before the client sends it (RFC 3501 7.5 allows NO for "+").
+                self.tagged(tag, "NO", "[OVERQUOTA] Mailbox quota exceeded")
+                return False  # a full mailbox is no client error: not counted
             if n >= STREAM_AT and self.store is not None and APPEND_RE.match(lines[0]):
                 # A large message goes straight to the Maildir's tmp/, not to memory.
                 if sync:
@@ -304,6 +310,9 @@ class Session:
                           "pillarbox IMAP ready")
             while not self.logout:
                 got = await self.read_command()
+                if got is False:
+                    self._release_literals()
+                    continue
                 if got is None:
                     self._release_literals()
                     if self._count_error():
