@@ -176,3 +176,24 @@ def test_capabilities_enable_and_logout_with_imapclient(server):
     c.select_folder("INBOX")
     assert c.noop()[0].startswith(b"NOOP")
     assert c.logout()
+
+
+def test_folder_names_are_modified_utf7(server):
+    """Non-ASCII folder names travel as modified UTF-7 (RFC 3501 5.1.3): imapclient
+    encodes them, the server keeps them so, other clients decode them alike; a raw
+    8-bit name is refused rather than stored garbled."""
+    c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
+                              ssl_context=client_ssl_context(), timeout=10)
+    c.login(ALICE, PASSWORD)
+    c.create_folder("Entwürfe alt")
+    assert "Entwürfe alt" in [name for _, _, name in c.list_folders()]
+    assert (server.maildir(ALICE) / ".Entw&APw-rfe alt" / "cur").is_dir()
+    c.logout()
+    raw = server.imaps(ALICE)
+    typ, data = raw.list('""', "Entw*")
+    assert typ == "OK" and b'"Entw&APw-rfe alt"' in data[0], data
+    for bad in ("Entwürfe".encode(), b"a&b", b"&AGE-"):  # 8-bit, bad shift, shifted "a"
+        typ, data = raw._simple_command("CREATE", b'"' + bad + b'"')
+        assert typ == "NO" and b"modified UTF-7" in data[-1], (bad, typ, data)
+    assert raw.create('"Tom &- Jerry"')[0] == "OK"  # "&-" is a plain "&"
+    raw.logout()

@@ -27,9 +27,11 @@ FETCH to their clients.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -145,7 +147,37 @@ def valid_name(name: str) -> str | None:
         return "mailbox names must not hold \"/\" or control characters"
     if "*" in name or "%" in name:
         return "mailbox names must not hold wildcards"
+    if not _modified_utf7(name):
+        return ("mailbox names are ASCII, other characters in modified UTF-7 "
+                "(RFC 3501 5.1.3; Entw&APw-rfe for Entwürfe)")
     return None
+
+
+_SHIFTED = re.compile(r"&([A-Za-z0-9+,]*)-")
+
+
+def _modified_utf7(name: str) -> bool:
+    """Is `name` valid modified UTF-7? IMAP4rev1 clients send names in it and
+    other clients show them decoded, so a raw UTF-8 name would look garbled."""
+    if not name.isascii():
+        return False
+    pos = 0
+    while (amp := name.find("&", pos)) >= 0:
+        m = _SHIFTED.match(name, amp)
+        if m is None:
+            return False
+        b64 = m.group(1)
+        if b64:
+            try:
+                raw = base64.b64decode(b64.replace(",", "/") + "=" * (-len(b64) % 4),
+                                       validate=True)
+                text = raw.decode("utf-16-be")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            if len(raw) % 2 or any(0x20 <= ord(c) <= 0x7E for c in text):
+                return False  # printable ASCII must stand for itself
+        pos = m.end()
+    return True
 
 
 def new_base() -> str:
