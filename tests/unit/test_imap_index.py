@@ -205,3 +205,46 @@ def test_usage_changes_are_reported(tmp_path):
     s.expunge("INBOX")
     s.delete("Archive")
     assert deltas[4:] == [-100, -50]
+
+
+def test_files_added_or_removed_by_other_programs_move_the_usage(tmp_path):
+    """Deliveries (new/) were counted by the Maildir writer; files another program
+    puts into cur/ or removes count when the store next looks."""
+    root = tmp_path / "u"
+    s = MailStore(root)
+    deltas: list[int] = []
+    s.usage_changed = deltas.append
+    drop(root, "1.delivered")  # a delivery: counted elsewhere
+    assert len(s.sync("INBOX")) == 1 and deltas == []
+    outside = b"Subject: from mutt\r\n\r\n" + b"m" * 500 + b"\r\n"
+    (root / "cur" / "2.by-mutt:2,S").write_bytes(outside)
+    _touch(root / "cur")
+    assert len(s.sync("INBOX")) == 1
+    assert deltas == [len(outside)]
+    delivered = next(m for m in s.box("INBOX").msgs.values() if m.base == "1.delivered")
+    os.unlink(root / "cur" / delivered.fname)
+    _touch(root / "cur")
+    assert s.sync("INBOX") == []
+    assert deltas == [len(outside), -delivered.size]
+
+
+def _touch(d: Path) -> None:
+    """Move a directory's mtime on, as the next change would within a clock tick."""
+    st = os.stat(d)
+    os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def test_an_append_taken_in_by_a_sync_meanwhile_is_indexed_once(tmp_path):
+    """APPEND writes its file in a thread; another session's sync may see it in cur/
+    before the APPEND indexes it: one UID, counted once."""
+    root = tmp_path / "u"
+    s = MailStore(root)
+    deltas: list[int] = []
+    s.usage_changed = deltas.append
+    data = b"Subject: appended\r\n\r\nhello\r\n"
+    base, fname = MailStore.write_file(s.path("INBOX"), data, ["\\Seen"], None)
+    _touch(root / "cur")
+    assert len(s.sync("INBOX")) == 1  # the other session's look
+    msg = s.add_file("INBOX", base, fname, ["\\Seen"])
+    assert [m.uid for m in s.box("INBOX").msgs.values()] == [msg.uid]
+    assert deltas == [len(data)]

@@ -417,7 +417,9 @@ class MailStore:
             cur_mtime = os.stat(path / "cur").st_mtime_ns
         except FileNotFoundError:
             cur_mtime = box.cur_mtime
-        if cur_mtime != box.cur_mtime:
+        cur_mtime_moved = cur_mtime != box.cur_mtime
+        from_new = len(found)
+        if cur_mtime_moved:
             box.cur_mtime = cur_mtime
             on_disk: dict[str, str] = {}
             for fn in os.listdir(path / "cur"):
@@ -440,6 +442,10 @@ class MailStore:
                 found.append((base, fn, st))
         if not (found or vanished or changed):
             return []
+        # Files another program (mutt, a script) put into cur/ or removed count at
+        # once; new/ holds deliveries, counted when the Maildir writer made them.
+        outside = (sum(st.st_size for _, _, st in found[from_new:])
+                   - sum(box.msgs[u].size for u in vanished))
         new_uids: list[int] = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -482,6 +488,7 @@ class MailStore:
             box.msgs[m.uid] = m
             box.by_base[m.base] = m.uid
             new_uids.append(m.uid)
+        self._usage(outside)
         self._changed(name)
         return new_uids
 
@@ -615,6 +622,9 @@ class MailStore:
     def add_file(self, name: str, base: str, fname: str, flags: Iterable[str]) -> Message:
         """Index a file already in name/cur/ (after write_file); returns it with its UID."""
         box = self.box(name)
+        uid = box.by_base.get(base)
+        if uid is not None:  # a sync took it in (and counted it) while it was written
+            return box.msgs[uid]
         st = os.stat(self.path(name) / "cur" / fname)
         return self._insert(box, [(base, fname, frozenset(flags), st.st_mtime, st.st_size)])[0]
 
