@@ -197,3 +197,31 @@ def test_folder_names_are_modified_utf7(server):
         assert typ == "NO" and b"modified UTF-7" in data[-1], (bad, typ, data)
     assert raw.create('"Tom &- Jerry"')[0] == "OK"  # "&-" is a plain "&"
     raw.logout()
+
+
+def test_copy_and_move_of_many_messages_while_another_session_looks(server):
+    """COPY/MOVE of more messages than one slice (200): every message once in the
+    target, with the UIDs COPYUID names, while a second session keeps looking."""
+    n = 450
+    with server.smtp() as s:  # delivered in batches: much faster than n APPENDs
+        for i in range(n):
+            s.sendmail(BOB, [ALICE], _msg(f"many {i}"))
+    server.wait_for_messages(ALICE, n, timeout=30)
+    c = server.imaps(ALICE)
+    watcher = server.imaps(ALICE)
+    watcher.select("Archive")
+    c.select("INBOX")
+    typ, data = c.copy("1:*", "Archive")
+    assert typ == "OK", data
+    m = re.search(rb"\[COPYUID \d+ ([\d:,]+) ([\d:,]+)\]", data[0])
+    assert m and m.group(2) == b"1:%d" % n, data
+    assert watcher.noop()[0] == "OK"
+    typ, data = watcher.select("Archive")
+    assert data == [b"%d" % n]
+    typ, data = c.uid("MOVE", "1:*", "Trash")
+    assert typ == "OK", data
+    assert c.select("INBOX")[1] == [b"0"] and c.select("Trash")[1] == [b"%d" % n]
+    typ, data = c.search(None, "ALL")
+    assert len(data[0].split()) == n
+    for x in (c, watcher):
+        x.logout()

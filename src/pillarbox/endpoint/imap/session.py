@@ -56,6 +56,7 @@ MAX_AUTH_FAILURES = 5
 FLUSH_AT = 256 * 1024  # write out long FETCH responses as they grow
 THREAD_READ_AT = 256 * 1024  # read message files larger than this in a thread
 STREAM_AT = 256 * 1024  # APPEND literals this large go to a tmp/ file, not to memory
+COPY_SLICE = 200  # messages linked and indexed between two turns of the event loop
 APPEND_RE = re.compile(rb"^\S+ +(?:UID +)?APPEND ", re.I)
 
 
@@ -1064,8 +1065,13 @@ class Session:
         uids = [u for _, u in targets]
         if not move and self._over_quota(store.size_of(name, uids)):
             return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
-        pairs = await asyncio.to_thread(store.copy, name, uids, dst, move) \
-            if len(uids) > 100 else store.copy(name, uids, dst, move)
+        # On the event loop, in slices: in a thread, another session's look at the
+        # folder could take the new links in before they are indexed (twice over).
+        pairs = []
+        for i in range(0, len(uids), COPY_SLICE):
+            pairs += store.copy(name, uids[i:i + COPY_SLICE], dst, move)
+            if i + COPY_SLICE < len(uids):
+                await asyncio.sleep(0)
         verb = "MOVE" if move else "COPY"
         if not pairs:
             return ("OK", f"{verb} completed, nothing to do" if not uids else
