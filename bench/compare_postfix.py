@@ -1151,7 +1151,27 @@ def notes_for(runs: list[Run], paced: list[Paced], mem: dict[str, Memory],
             else:
                 out.append(f"target missed: {row.figure}: pillarbox {row.fmt(row.pillarbox)}, "
                            f"target {row.target} (Postfix {row.fmt(row.postfix)})")
+            if row.figure.startswith("p99") and "each its own" in row.figure:
+                out.append(p99_reading(paced, rows))
     return out
+
+
+def p99_reading(paced: list[Paced], rows: list[Row]) -> str:
+    """What is behind a missed p99 target, from this run's own figures."""
+    own = max((x.rate for x in paced if x.server == "pillarbox" and not x.same), default=0.0)
+    pf = max((x.rate for x in paced if x.server == "Postfix"), default=0.0)
+    same = next((r for r in rows if "both at half Postfix's peak" in r.figure), None)
+    text = (f"Reading the p99 miss: each server is paced at half its own peak, so pillarbox "
+            f"answers {own:,.0f} msg/s there against Postfix's {pf:,.0f}/s")
+    if same is not None and same.pillarbox is not None and same.postfix is not None:
+        text += (f"; at Postfix's rate pillarbox's p99 is {same.fmt(same.pillarbox)} against "
+                 f"{same.fmt(same.postfix)}")
+    return (text + ". At its own half-peak the tail is queueing: one event loop about half "
+            "busy, and a message that ends DATA while a group commit's fdatasync is in flight "
+            "waits for that one and then its own (two fsyncs; turning off the Maildir "
+            "writer's syncfs did not change it). Left to try: start the next batch's write "
+            "while the previous fdatasync runs (pipelined group commit), and deliver in a "
+            "second process.")
 
 
 def main() -> int:
