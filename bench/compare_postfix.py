@@ -1168,13 +1168,15 @@ def p99_reading(paced: list[Paced], rows: list[Row]) -> str:
                  f"{same.fmt(same.postfix)}")
     return (text + ". The tail at its own half-peak is queueing in the one event loop: the "
             "peak is the accepted rate, which outruns delivery (the queue takes the burst), "
-            "while a paced run has to deliver as fast as it accepts, so the loop does both: "
+            "while a paced run has to deliver as fast as it accepts: "
             "a profile at 1,150 msg/s finds it busy two thirds of the time and sharing the "
             "interpreter lock with the delivery threads (p50 is already 2-3 ms). It is not "
             "the disk (an fdatasync "
             "takes about 0.2 ms here), nor the garbage collector or the Maildir writer's "
-            "syncfs (a run with each turned off gave the same p99). Left to try: deliver "
-            "in a second process, so that the intake loop only takes mail.")
+            "syncfs (a run with each turned off gave the same p99). The SMTP sessions "
+            "are most of the loop's time, queue work under a tenth: what is left to try is "
+            "a second intake process on the same port (SO_REUSEPORT), which needs the spool "
+            "to take appends from two processes.")
 
 
 def main() -> int:
