@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import email
+import os
 import re
+from pathlib import Path
 
 import dkim
 
@@ -21,7 +23,7 @@ from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
     submit,
     wait_queue_empty,
 )
-from .support import ALICE, DOMAIN, HOSTNAME, make_message, token
+from .support import ALICE, DOMAIN, HOSTNAME, make_message, token, wait_until
 
 CAROL = f"carol@{REMOTE}"
 
@@ -106,3 +108,37 @@ def test_bounce_to_a_remote_sender_is_dkim_signed(outbound, dns, double):
     assert len(sigs) == 2, sigs
     assert {s.get("d") for s in sigs} == {DOMAIN}, (sigs, HOSTNAME)
     assert _verify_all(msg.content, dns) == [True, True]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def test_signing_processes_end_with_a_killed_server(outbound, dns, double):
+    """The DKIM workers (under a forkserver) must not outlive a server killed
+    with SIGKILL: they watch it and exit."""
+    srv = outbound(start=False)
+    _publish(srv, dns)
+    point_mx(dns)
+    srv.start()
+    submit(srv, CAROL)  # starts the signing processes
+    double.wait_for_messages(1)
+    helpers = _descendants(srv.pid)
+    assert helpers, "no signing processes under the server"
+    srv.kill9()
+    wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in helpers), 10,
+               f"the signing processes {sorted(helpers)} to end after the server's SIGKILL")

@@ -17,6 +17,9 @@ import email.parser
 import email.policy
 import multiprocessing
 import os
+import select
+import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from email.utils import getaddresses
 from pathlib import Path
@@ -64,7 +67,8 @@ class Signing:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["pillarbox.modify.dkim_sign"])
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=os.cpu_count() or 1, mp_context=ctx)
+                max_workers=os.cpu_count() or 1, mp_context=ctx,
+                initializer=watch_server, initargs=(os.getpid(),))
         return self._pool
 
     def close(self) -> None:
@@ -73,3 +77,30 @@ class Signing:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def watch_server(pid: int) -> None:
+    """In each signing worker: exit when the server process is gone.
+
+    A worker waits on its task pipe, whose write end it holds itself, so it
+    would outlive a server killed with SIGKILL (and keep the forkserver alive
+    with it). A thread waits on a pidfd of the server instead.
+    """
+
+    def wait() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd (old kernel): look every second
+            while True:
+                time.sleep(1)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    os._exit(0)
+                except PermissionError:
+                    pass
+        select.select([fd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=wait, name="watch-server", daemon=True).start()
+
