@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import imapclient
+
 HOSTNAME = "mx.example.test"
 DOMAIN = "example.test"
 CLIENT_NAME = "client.test"  # our EHLO name; avoids a slow getfqdn() in smtplib
@@ -654,6 +656,15 @@ class Server:
         """imaplib client on the implicit-TLS IMAP port (and LOGIN if user)."""
         c = imaplib.IMAP4_SSL("127.0.0.1", self.imaps_port, ssl_context=client_ssl_context(),
                               timeout=timeout)
+        if user is not None:
+            c.login(user, password)
+        return c
+
+    def imapclient(self, user: str | None = None, password: str = PASSWORD,
+                   timeout: float = 10) -> imapclient.IMAPClient:
+        """imapclient on the implicit-TLS IMAP port (and LOGIN if user)."""
+        c = imapclient.IMAPClient("127.0.0.1", port=self.imaps_port, ssl=True,
+                                  ssl_context=client_ssl_context(), timeout=timeout)
         if user is not None:
             c.login(user, password)
         return c

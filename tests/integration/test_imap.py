@@ -34,13 +34,6 @@ def wait_exists(c: imaplib.IMAP4, n: int, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def client(server, user=ALICE) -> imapclient.IMAPClient:
-    c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
-                              ssl_context=client_ssl_context(), timeout=10)
-    c.login(user, PASSWORD)
-    return c
-
-
 # -- login --------------------------------------------------------------------
 
 
@@ -199,7 +192,7 @@ def test_append_literal_plus_too_big(make_server):
 
 
 def test_special_use_folders_and_management(server):
-    c = client(server)
+    c = server.imapclient(ALICE)
     folders = {name: flags for flags, _, name in c.list_folders()}
     for name, use in [("Sent", b"\\Sent"), ("Drafts", b"\\Drafts"), ("Trash", b"\\Trash"),
                       ("Junk", b"\\Junk"), ("Archive", b"\\Archive")]:
@@ -252,8 +245,8 @@ def test_quota_root(make_server):
 def test_copy_move_expunge_seen_by_a_second_session(server):
     deliver(server, ALICE, "concurrent", n=4)
     server.wait_for_messages(ALICE, 4)
-    a = client(server)
-    b = client(server)
+    a = server.imapclient(ALICE)
+    b = server.imapclient(ALICE)
     a.select_folder("INBOX")
     b.select_folder("INBOX")
     assert sorted(a.search()) == [1, 2, 3, 4]
@@ -282,7 +275,7 @@ def test_copy_move_expunge_seen_by_a_second_session(server):
 
 
 def test_idle_woken_by_smtp_delivery(server):
-    c = client(server)
+    c = server.imapclient(ALICE)
     c.select_folder("INBOX")
     c.idle()
     started = threading.Event()
@@ -309,7 +302,7 @@ def test_uids_and_flags_survive_a_restart(make_server):
     srv = make_server()
     deliver(srv, ALICE, "persist", n=3)
     srv.wait_for_messages(ALICE, 3)
-    c = client(srv)
+    c = srv.imapclient(ALICE)
     info = c.select_folder("INBOX")
     validity = info[b"UIDVALIDITY"]
     c.add_flags([2], [imapclient.DELETED])
@@ -320,7 +313,7 @@ def test_uids_and_flags_survive_a_restart(make_server):
     srv.restart()
     deliver(srv, ALICE, "after restart")
     srv.wait_for_messages(ALICE, 1)
-    c = client(srv)
+    c = srv.imapclient(ALICE)
     info = c.select_folder("INBOX")
     assert info[b"UIDVALIDITY"] == validity
     after = c.fetch(c.search(), ["UID", "FLAGS"])
@@ -369,7 +362,7 @@ def test_fetch_reply_holds_only_the_requested_messages(server):
     assert any(b"1 (UID 1 FLAGS (\\Seen" in d for d in b.untagged_responses.pop("FETCH", [])), \
         "the other session's flag change never came"
     # imapclient too gets only what it asked for (its fetch() merges every FETCH).
-    c = client(server)
+    c = server.imapclient(ALICE)
     c.select_folder("INBOX")
     a.uid("STORE", "2", "+FLAGS", "(\\Answered)")
     assert set(c.fetch([3], ["RFC822.SIZE"])) == {3}

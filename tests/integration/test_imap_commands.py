@@ -9,10 +9,9 @@ import imaplib
 import re
 import time
 
-import imapclient
 import pytest
 
-from .support import ALICE, BOB, PASSWORD, client_ssl_context
+from .support import ALICE, BOB, PASSWORD
 
 CAROL = "carol@example.test"
 
@@ -163,8 +162,7 @@ def test_fetch_items_examine_check_close_and_uid_expunge(server):
 
 
 def test_capabilities_enable_and_logout_with_imapclient(server):
-    c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
-                              ssl_context=client_ssl_context(), timeout=10)
+    c = server.imapclient()
     before = set(c.capabilities())
     assert b"IMAP4REV1" in before and b"AUTH=PLAIN" in before
     c.login(ALICE, PASSWORD)
@@ -182,9 +180,7 @@ def test_folder_names_are_modified_utf7(server):
     """Non-ASCII folder names travel as modified UTF-7 (RFC 3501 5.1.3): imapclient
     encodes them, the server keeps them so, other clients decode them alike; a raw
     8-bit name is refused rather than stored garbled."""
-    c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
-                              ssl_context=client_ssl_context(), timeout=10)
-    c.login(ALICE, PASSWORD)
+    c = server.imapclient(ALICE)
     c.create_folder("Entwürfe alt")
     assert "Entwürfe alt" in [name for _, _, name in c.list_folders()]
     assert (server.maildir(ALICE) / ".Entw&APw-rfe alt" / "cur").is_dir()

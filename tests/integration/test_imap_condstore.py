@@ -7,10 +7,8 @@ from __future__ import annotations
 import re
 import sqlite3
 
-import imapclient
-
 from .imap_raw import RawIMAP, code_number, modseqs
-from .support import ALICE, BOB, PASSWORD, client_ssl_context, make_message
+from .support import ALICE, BOB, make_message
 
 INDEX = "pillarbox-index.sqlite"
 
@@ -42,9 +40,7 @@ def test_capability_and_highestmodseq_on_select_and_examine(server):
         assert b"READ-WRITE" in tagged
         untagged, _ = c.ok("EXAMINE INBOX")  # sent on every SELECT/EXAMINE
         assert code_number(untagged, "HIGHESTMODSEQ") == selected
-    c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
-                              ssl_context=client_ssl_context(), timeout=10)
-    c.login(ALICE, PASSWORD)
+    c = server.imapclient(ALICE)
     assert c.has_capability("CONDSTORE")
     info = c.select_folder("INBOX")
     assert info[b"HIGHESTMODSEQ"] == selected
@@ -103,9 +99,7 @@ def test_fetch_modseq_and_changedsince(server):
         assert len(untagged) == 3 and all(b"UID " in u and b"MODSEQ (" in u for u in untagged)
         _, tagged = c.cmd("FETCH 1:* (FLAGS) (CHANGEDSINCE x)")
         assert tagged.startswith(b"BAD")
-    c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
-                              ssl_context=client_ssl_context(), timeout=10)
-    c.login(ALICE, PASSWORD)
+    c = server.imapclient(ALICE)
     c.select_folder("INBOX")
     got = c.fetch([1, 2, 3], ["FLAGS"], modifiers=[f"CHANGEDSINCE {high}"])
     assert list(got) == [2] and got[2][b"MODSEQ"] == (after[2],)
@@ -170,9 +164,7 @@ def test_idle_hears_flag_changes_with_modseq(server):
     with raw(server) as writer:
         fill(writer, 1)
         writer.ok("SELECT INBOX")
-        c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
-                                  ssl_context=client_ssl_context(), timeout=10)
-        c.login(ALICE, PASSWORD)
+        c = server.imapclient(ALICE)
         assert c.enable("CONDSTORE") == [b"CONDSTORE"]
         c.select_folder("INBOX")
         c.idle()
@@ -217,9 +209,7 @@ def test_search_modseq(server):
         assert untagged[-1].endswith(b"COUNT 2 MODSEQ %d" % new_high), untagged
         _, tagged = c.cmd('SEARCH MODSEQ "/flags/\\\\seen" sometimes 1')
         assert tagged.startswith(b"BAD")
-    c = imapclient.IMAPClient("127.0.0.1", port=server.imaps_port, ssl=True,
-                              ssl_context=client_ssl_context(), timeout=10)
-    c.login(ALICE, PASSWORD)
+    c = server.imapclient(ALICE)
     c.select_folder("INBOX")
     hits = c.search(["MODSEQ", str(high + 1)])
     assert sorted(hits) == [2, 4] and hits.modseq == new_high
