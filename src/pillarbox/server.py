@@ -8,7 +8,6 @@ import functools
 import gc
 import logging
 import signal
-import time
 
 from pillarbox import control, tls
 from pillarbox.config import Config
@@ -23,6 +22,7 @@ from pillarbox.queue.spool import Spool
 from pillarbox.store.mailbox_index import StoreRegistry
 from pillarbox.store.sqlite import Database
 from pillarbox.target import mailbox
+from pillarbox.tasks import cancel_all
 
 log = logging.getLogger("pillarbox.server")
 
@@ -193,11 +193,6 @@ async def _end_leftovers(timeout: float = 5.0) -> None:
     the spool is fsync'd, so leaving such a task behind loses nothing.
     """
     me = asyncio.current_task()
-    pending = {t for t in asyncio.all_tasks() if t is not me}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for t in pending:
-            t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
+    pending = await cancel_all((t for t in asyncio.all_tasks() if t is not me), timeout)
     if pending:
         log.warning("stop: %d tasks did not end in %.0fs; exiting anyway", len(pending), timeout)

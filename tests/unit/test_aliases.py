@@ -98,16 +98,16 @@ def test_password_check_cache(directory: Aliases, monkeypatch: pytest.MonkeyPatc
     """A repeated good login skips argon2; a changed password or a disabled user does not."""
     import asyncio
 
-    from pillarbox.directory import users as users_mod
+    from pillarbox.directory import passwords
 
     calls: list[str] = []
-    real_verify = users_mod._verify
+    real_verify = passwords.verify
 
     def counting_verify(password_hash: str | None, password: str) -> bool:
         calls.append(password)
         return real_verify(password_hash, password)
 
-    monkeypatch.setattr(users_mod, "_verify", counting_verify)
+    monkeypatch.setattr(passwords, "verify", counting_verify)
     users = directory.users
     alice = "alice@example.test"
 

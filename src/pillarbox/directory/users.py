@@ -134,7 +134,7 @@ class Users:
         except ValueError:
             return None
         row = self._password_row(address)
-        ok = _verify(row[0] if row else None, password)
+        ok = passwords.verify(row[0] if row else None, password)
         return address if ok and row and row[1] else None
 
     async def check_password(self, address: str, password: str) -> str | None:
@@ -152,27 +152,28 @@ class Users:
             return address if row[1] else None
         if self._argon2 is None:
             self._argon2 = concurrent.futures.ThreadPoolExecutor(ARGON2_THREADS, "argon2")
-        ok = await asyncio.get_running_loop().run_in_executor(
-            self._argon2, _verify, row[0] if row else None, password)
-        if not ok or not row or not row[1]:
+        stored = await asyncio.get_running_loop().run_in_executor(
+            self._argon2, self._check, address, row, password)
+        if stored is None:
             return None
-        stored = row[0]
-        if passwords.needs_rehash(stored):  # older parameters: replace on a good login
-            stored = await asyncio.get_running_loop().run_in_executor(
-                self._argon2, self._rehash, address, stored, password)
         if self.login_cache > 0:
             if len(self._auth_cache) >= AUTH_CACHE_MAX:
                 self._auth_cache.clear()
             self._auth_cache[key] = (now + self.login_cache, stored)
         return address
 
-    def _rehash(self, address: str, old: str, password: str) -> str:
+    def _check(self, address: str, row: tuple[str, bool] | None, password: str) -> str | None:
+        """Blocking: verify (at full cost for an unknown user too). For an enabled user
+        with the right password, return the stored hash, replaced first by a current
+        one when it has older parameters (unless `user passwd` changed it meanwhile)."""
+        stored = row[0] if row else None
+        if not passwords.verify(stored, password) or row is None or not row[1]:
+            return None
+        assert stored is not None
+        if not passwords.needs_rehash(stored):
+            return stored
         new = passwords.hash_password(password)
         changed = self.db.execute(
             "UPDATE users SET password_hash = ? WHERE address = ? AND password_hash = ?",
-            (new, address, old)).rowcount
-        return new if changed else old  # changed meanwhile (`user passwd`): leave it
-
-
-def _verify(password_hash: str | None, password: str) -> bool:
-    return passwords.verify(password_hash, password)
+            (new, address, stored)).rowcount
+        return new if changed else stored

@@ -31,6 +31,7 @@ from pillarbox.queue.spool import (
 )
 from pillarbox.target import mailbox, pipe
 from pillarbox.target.remote import RemoteTarget
+from pillarbox.tasks import cancel_all
 
 log = logging.getLogger("pillarbox.queue")
 
@@ -104,17 +105,9 @@ class Queue:
             log.info("queue loaded messages=%d", len(envs))
 
     async def stop(self) -> None:
-        # A cancel can be lost (asyncio.wait_for in aiosmtplib on Python 3.11
-        # swallows it when the inner call finishes at the same moment), so
-        # cancel again until every task has ended, and give up after a while:
-        # anything not finished is still in the spool for the next start.
+        # Anything not finished in time is still in the spool for the next start.
         self._stopping = True
-        deadline = time.monotonic() + STOP_TIMEOUT
-        pending = {t for t in self._tasks if not t.done()}
-        while pending and time.monotonic() < deadline:
-            for t in pending:
-                t.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.5)
+        pending = await cancel_all(self._tasks, STOP_TIMEOUT)
         if pending:
             log.warning("queue stop: %d tasks did not end; their messages stay queued",
                         len(pending))

@@ -28,6 +28,7 @@ FETCH to their clients.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import logging
 import os
@@ -36,7 +37,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,8 +218,8 @@ class MailStore:
         self.listeners: set = set()  # objects with .selected (name) and .notify()
         self.on_change: list[Callable[[str], None]] = []
         # Told the bytes added (> 0) or removed (< 0) by APPEND, COPY, EXPUNGE,
-        # MOVE and DELETE, so quota usage follows at once. Deliveries are counted
-        # by the queue, files changed by other programs at the next start.
+        # MOVE, DELETE and by other programs' changes to cur/ (seen at `sync`), so
+        # quota usage follows at once. Deliveries are counted by the queue.
         self.usage_changed: Callable[[int], None] | None = None
         self.users = 0  # sessions holding this store open
         self._load_boxes()
@@ -228,15 +229,10 @@ class MailStore:
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for stmt in filter(str.strip, sql.split(";")):
                     self.db.execute(stmt)
                 self.db.execute(f"PRAGMA user_version={i}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
 
     def close(self) -> None:
         self.db.close()
@@ -273,15 +269,10 @@ class MailStore:
         return v
 
     def _add_box(self, name: str, special: str | None) -> Box:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             v = self._next_uidvalidity()
             self.db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, special) "
                             "VALUES (?, ?, 1, ?)", (name, v, special))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         box = self.boxes[name] = Box(name, v, 1, 1, special)
         return box
 
@@ -331,10 +322,9 @@ class MailStore:
         if name == "INBOX":
             raise MailboxError("INBOX cannot be deleted", "CANNOT")
         box = self.box(name)
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("DELETE FROM messages WHERE mailbox = ?", (name,))
-        self.db.execute("DELETE FROM mailboxes WHERE name = ?", (name,))
-        self.db.execute("COMMIT")
+        with self._transaction():
+            self.db.execute("DELETE FROM messages WHERE mailbox = ?", (name,))
+            self.db.execute("DELETE FROM mailboxes WHERE name = ?", (name,))
         del self.boxes[name]
         self._usage(-sum(m.size for m in box.msgs.values()))
         path = self.path(name)
@@ -362,18 +352,13 @@ class MailStore:
         for _, b in moves:
             if b in self.boxes:
                 raise MailboxError(f"mailbox {b[:100]!r} already exists", "ALREADYEXISTS")
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for a, b in moves:
                 os.rename(self.path(a), self.path(b))
                 self.db.execute("UPDATE mailboxes SET name = ? WHERE name = ?", (b, a))
                 self.db.execute("UPDATE messages SET mailbox = ? WHERE mailbox = ?", (b, a))
                 self.db.execute("UPDATE OR IGNORE subscriptions SET name = ? WHERE name = ?",
                                 (b, a))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         for a, b in moves:
             box = self.boxes.pop(a)
             box.name = b
@@ -417,9 +402,8 @@ class MailStore:
             cur_mtime = os.stat(path / "cur").st_mtime_ns
         except FileNotFoundError:
             cur_mtime = box.cur_mtime
-        cur_mtime_moved = cur_mtime != box.cur_mtime
         from_new = len(found)
-        if cur_mtime_moved:
+        if cur_mtime != box.cur_mtime:
             box.cur_mtime = cur_mtime
             on_disk: dict[str, str] = {}
             for fn in os.listdir(path / "cur"):
@@ -447,8 +431,7 @@ class MailStore:
         outside = (sum(st.st_size for _, _, st in found[from_new:])
                    - sum(box.msgs[u].size for u in vanished))
         new_uids: list[int] = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             modseq = box.highestmodseq + 1
             for uid in vanished:
                 self.db.execute("DELETE FROM messages WHERE mailbox = ? AND uid = ?", (name, uid))
@@ -472,10 +455,6 @@ class MailStore:
                 uid += 1
             self.db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE name = ?",
                             (uid, modseq, name))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         box.uidnext, box.highestmodseq = uid, modseq
         for u in vanished:
             del box.by_base[box.msgs.pop(u).base]
@@ -503,8 +482,7 @@ class MailStore:
         changed: list[Message] = []
         failed: list[int] = []
         modseq = box.highestmodseq + 1
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for uid in uids:
                 msg = box.msgs.get(uid)
                 if msg is None:
@@ -535,14 +513,21 @@ class MailStore:
             if changed:
                 self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
                                 (modseq, name))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         if changed:
             box.highestmodseq = modseq
             self._changed(name)
         return changed, failed
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     # -- cached ENVELOPE / BODYSTRUCTURE / BODY -------------------------------
 
@@ -562,30 +547,20 @@ class MailStore:
         """Keep computed structures (a message expunged meanwhile just matches no row)."""
         if not rows:
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self.db.executemany(
                 "UPDATE messages SET envelope = ?, bodystructure = ?, body = ? "
                 "WHERE mailbox = ? AND uid = ?",
                 [(*v, name, uid) for uid, v in rows.items()])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def _copy_structures(self, src: str, dst: str, pairs: list[tuple[int, int]]) -> None:
         """A copy has the same content: carry its cached structures along."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self.db.executemany(
                 "UPDATE messages SET (envelope, bodystructure, body) = "
                 "(SELECT envelope, bodystructure, body FROM messages WHERE mailbox = ? AND uid = ?)"
                 " WHERE mailbox = ? AND uid = ?",
                 [(src, old, dst, new) for old, new in pairs])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def write_file(folder: Path, data: bytes | TmpMessage, flags: Iterable[str],
@@ -595,16 +570,14 @@ class MailStore:
         Returns (base, file name)."""
         base = f"{new_base()},S={len(data)}"
         if isinstance(data, TmpMessage):  # streamed already: make it durable, move it
-            tmp = data.path
+            tmp, view = data.path, memoryview(b"")
             fd = os.open(tmp, os.O_WRONLY)
         else:
-            tmp = folder / "tmp" / base
+            tmp, view = folder / "tmp" / base, memoryview(data)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if not isinstance(data, TmpMessage):
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -633,8 +606,7 @@ class MailStore:
         modseq = box.highestmodseq + 1
         uid = box.uidnext
         out = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for base, fname, flags, idate, size in rows:
                 self.db.execute(
                     "INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate, size,"
@@ -644,10 +616,6 @@ class MailStore:
                 uid += 1
             self.db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE name = ?",
                             (uid, modseq, box.name))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         box.uidnext, box.highestmodseq = uid, modseq
         for m in out:
             box.msgs[m.uid] = m
@@ -713,16 +681,11 @@ class MailStore:
 
     def _remove(self, box: Box, uids: list[int]) -> None:
         modseq = box.highestmodseq + 1
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self.db.executemany("DELETE FROM messages WHERE mailbox = ? AND uid = ?",
                                 [(box.name, u) for u in uids])
             self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
                             (modseq, box.name))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         box.highestmodseq = modseq
         freed = 0
         for u in uids:

@@ -28,19 +28,7 @@ class Searcher:
         self.nseq = nseq
         self.last_uid = last_uid
         self.recent = recent
-        self.needs_file = self._needs(keys)
-
-    def _needs(self, key: tuple) -> bool:
-        k = key[0]
-        if k in self._FILE_KEYS:
-            return True
-        if k == "AND":
-            return any(self._needs(x) for x in key[1])
-        if k == "NOT":
-            return self._needs(key[1])
-        if k == "OR":
-            return self._needs(key[1]) or self._needs(key[2])
-        return False
+        self.needs_file = uses(keys, self._FILE_KEYS)
 
     def run(self, cands: list[tuple[int, int, Message]]) -> list[tuple[int, int]]:
         out = []
@@ -134,17 +122,17 @@ class Searcher:
         return False
 
 
-def has_key(key: tuple, name: str) -> bool:
-    """Whether a parsed SEARCH key uses `name` anywhere."""
+def uses(key: tuple, names: set[str] | frozenset[str]) -> bool:
+    """Whether a parsed SEARCH key uses any of `names` anywhere."""
     k = key[0]
-    if k == name:
+    if k in names:
         return True
     if k == "AND":
-        return any(has_key(x, name) for x in key[1])
+        return any(uses(x, names) for x in key[1])
     if k == "NOT":
-        return has_key(key[1], name)
+        return uses(key[1], names)
     if k == "OR":
-        return has_key(key[1], name) or has_key(key[2], name)
+        return uses(key[1], names) or uses(key[2], names)
     return False
 
 

@@ -69,11 +69,10 @@ class IMAPContext:
     sessions: set = field(default_factory=set)
     per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     per_user: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    literals: MemoryBudget | None = None  # made from config.imap.max_literal_memory
+    literals: MemoryBudget = field(init=False)  # imap.max_literal_memory, all sessions
 
     def __post_init__(self) -> None:
-        if self.literals is None:
-            self.literals = MemoryBudget(self.config.imap.max_literal_memory)
+        self.literals = MemoryBudget(self.config.imap.max_literal_memory)
 
 
 class IMAPProtocol(Connection):
@@ -258,12 +257,12 @@ class Session:
             if len(lines) > 1000:
                 self.untagged("BYE Too many literals in one command")
                 raise Disconnect()
-            if sync and self.user is not None and APPEND_RE.match(lines[0]) \
-                    and self._over_quota(n):
+            append = self.store is not None and APPEND_RE.match(lines[0]) is not None
+            if append and sync and self._over_quota(n):
                 # Refused before the client sends it (RFC 3501 7.5 allows NO for "+").
                 self.tagged(tag, "NO", "[OVERQUOTA] Mailbox quota exceeded")
                 return False  # a full mailbox is no client error: not counted
-            if n >= STREAM_AT and self.store is not None and APPEND_RE.match(lines[0]):
+            if append and n >= STREAM_AT:
                 # A large message goes straight to the Maildir's tmp/, not to memory.
                 if sync:
                     self.send(b"+ Ready for literal data\r\n")
@@ -272,7 +271,6 @@ class Session:
                 continue
             # Wait for a share of the literal budget before asking for (or
             # reading) the data; the client waits, or TCP holds what it sent.
-            assert self.ctx.literals is not None
             want = min(n, self.ctx.literals.limit - self.literal_held)
             if want > 0:
                 await self.flush()
@@ -309,25 +307,20 @@ class Session:
             self.untagged(f"OK [CAPABILITY {self.capabilities()}] {self.cfg.hostname} "
                           "pillarbox IMAP ready")
             while not self.logout:
-                got = await self.read_command()
-                if got is False:
-                    self._release_literals()
-                    continue
-                if got is None:
-                    self._release_literals()
-                    if self._count_error():
-                        return
-                    continue
                 try:
-                    await self.dispatch(*got)
-                finally:
+                    got = await self.read_command()
+                    if got is None:
+                        if self._count_error():
+                            return
+                    elif got is not False:
+                        await self.dispatch(*got)
+                finally:  # the command's literals are done with, however it ended
                     self._release_literals()
         except Disconnect:
             pass
         except (ConnectionError, ssl.SSLError, OSError) as e:
             log.debug("connection lost peer=%s error=%r", self.peer_ip, e)
         finally:
-            self._release_literals()
             try:
                 await self.flush()
             except (Disconnect, ConnectionError, ssl.SSLError, OSError, RuntimeError):
@@ -338,7 +331,6 @@ class Session:
             msg.discard()
         self.streamed.clear()
         if self.literal_held:
-            assert self.ctx.literals is not None
             self.ctx.literals.release(self.literal_held)
             self.literal_held = 0
 
@@ -1113,7 +1105,7 @@ class Session:
         nums = [u if cmd.uid else seq for seq, u in hits]
         # RFC 7162 3.1.5: a search on MODSEQ tells the highest MODSEQ of the hits.
         modseq = None
-        if search.has_key(keys, "MODSEQ"):
+        if search.uses(keys, {"MODSEQ"}):
             self._condstore_on()
             modseq = max((box.msgs[u].modseq for _, u in hits if u in box.msgs), default=None)
         ret = cmd.args.get("return")
