@@ -65,9 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import smtp_load as sl
+from common import apt_install, bullet, log, os_name, write_section
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "Side by side with Postfix (issue 3)"
 HOST = "127.0.0.1"
 DOMAIN = "example.test"
@@ -77,10 +76,6 @@ SENDER = "sender@remote.test"
 RELAY_DOMAIN = "relay.test"  # pillarbox relays alice@example.test -> alice@relay.test
 PREFIX = "pillarbox-vs-postfix-"
 POSTFIX_LOG_TO_FILE = False  # --postfix-log
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- what this script started, for the clean-up --------------------------------
@@ -137,26 +132,11 @@ def ensure_postfix() -> None:
         raise SystemExit("error: smtp-source/smtp-sink missing; as root: "
                          "DEBIAN_FRONTEND=noninteractive apt-get install -y postfix")
     log("installing Debian's postfix (for smtp-source, smtp-sink and the comparison) ...")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["debconf-set-selections"], text=True, check=True, timeout=60,
                    input="postfix postfix/main_mailer_type select No configuration\n")
-    # Deny service starts during the install, as Debian's own container images do.
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = not policy.exists()
-    if made_policy:
-        policy.write_text("#!/bin/sh\n# added by pillarbox bench/compare_postfix.py\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "postfix"]
-        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900)
-            r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            raise SystemExit(f"error: apt-get install postfix failed:\n{r.stderr[-2000:]}")
-    finally:
-        if made_policy:
-            policy.unlink(missing_ok=True)
+    r = apt_install("postfix", "bench/compare_postfix.py")
+    if r.returncode != 0:
+        raise SystemExit(f"error: apt-get install postfix failed:\n{r.stderr[-2000:]}")
     stop_system_postfix()
     if not have_postfix():
         raise SystemExit("error: postfix installed but smtp-source/smtp-sink not found")
@@ -967,32 +947,8 @@ def runs_table(runs: list[Run], paced: list[Paced]) -> str:
 # -- docs -----------------------------------------------------------------------------------
 
 
-def write_docs(text: str) -> None:
-    old = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pat = re.compile(rf"(?ms)^## {re.escape(SECTION)}\n.*?(?=^## |\Z)")
-    if pat.search(old):
-        new = pat.sub(lambda _: text.rstrip("\n") + "\n\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    DOCS.write_text(new.rstrip("\n") + "\n")
-    print(f"wrote {DOCS.relative_to(REPO)}")
-
-
-def bullet(text: str) -> str:
-    return textwrap.fill(" ".join(text.split()), 92, initial_indent="- ",
-                         subsequent_indent="  ", break_on_hyphens=False)
-
-
 def block(text: str, indent: str = "      ") -> str:
     return "\n".join(indent + ln if ln else "" for ln in text.splitlines())
-
-
-def os_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    return "unknown OS"
 
 
 def docs_section(args: argparse.Namespace, m: dict[str, str], rows: list[Row],
@@ -1326,7 +1282,7 @@ def run_all(args: argparse.Namespace, loads: list[str], commit: str | None) -> i
         print("\nnotes:\n" + "\n".join("- " + n for n in notes))
     print(f"\ntook {took:.0f} s")
     if args.write_docs:
-        write_docs(docs_section(args, m, rows, runs, paced, relay_na, notes, took))
+        write_section(SECTION, docs_section(args, m, rows, runs, paced, relay_na, notes, took))
     failed = any(r.problems for r in runs) or any(x.failures for x in paced) \
         or any(x.problems for x in mem.values())
     return 1 if failed else 0

@@ -69,12 +69,10 @@ import signal
 import smtplib
 import socket
 import sqlite3
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import tomllib
@@ -84,9 +82,8 @@ from pathlib import Path
 
 import compare_postfix as cp
 import smtp_load as sl
+from common import apt_install, bullet, client_tls, fmt, log, os_name, para, write_section
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "IMAP (issue 5)"
 HOST = "127.0.0.1"
 DOMAIN = "example.test"
@@ -97,17 +94,6 @@ NPROC = len(os.sched_getaffinity(0))
 LARGE_AT = 100_000  # messages larger than this are "large"
 READ_LIMIT = 1 << 20  # StreamReader line limit
 LIT_RE = re.compile(rb"\{(\d+)\+?\}\r\n\Z")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def client_tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False  # the throwaway server has a self-signed certificate
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 TLS = client_tls()
@@ -344,21 +330,7 @@ def ensure_dovecot() -> str | None:
         log("Dovecot is not installed and this is not root: no comparison")
         return None
     log("installing Debian's dovecot-imapd for the comparison ...")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = not policy.exists()
-    if made_policy:
-        policy.write_text("#!/bin/sh\n# added by pillarbox bench/imap_load.py\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "dovecot-imapd"]
-        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=900)
-            r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    finally:
-        if made_policy:
-            policy.unlink(missing_ok=True)
+    r = apt_install("dovecot-imapd", "bench/imap_load.py")
     if r.returncode != 0:
         log(f"apt-get install dovecot-imapd failed, no comparison:\n{r.stderr[-1000:]}")
         return None
@@ -1299,10 +1271,6 @@ def problems(run: Run, pillarbox: bool = True) -> list[str]:
 # -- reporting ---------------------------------------------------------------------------------
 
 
-def fmt(v: float | None, digits: int = 0) -> str:
-    return "n/a" if v is None else f"{v:,.{digits}f}"
-
-
 def table(run: Run) -> str:
     cols = ["load", "clients", "count", "rate", "MB/s", "p50 ms", "p99 ms",
             "server CPU ms / op", "server CPU busy (event loop)", "client CPU ms / op",
@@ -1390,15 +1358,6 @@ def compare_table(runs: dict[str, Run]) -> str:
     add("idle memory at start MB", runs["Dovecot"].rss_idle_kb / 1024,
         runs["pillarbox"].rss_idle_kb / 1024)
     return "\n".join(lines)
-
-
-def bullet(text: str) -> str:
-    return textwrap.fill(" ".join(text.split()), 92, initial_indent="- ",
-                         subsequent_indent="  ", break_on_hyphens=False)
-
-
-def para(text: str) -> str:
-    return textwrap.fill(" ".join(text.split()), 92, break_on_hyphens=False)
 
 
 def by_key(run: Run) -> dict[str, Load]:
@@ -1755,25 +1714,6 @@ def inotify_limit() -> str:
         return "?"
 
 
-def os_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    return "unknown OS"
-
-
-def write_docs(text: str) -> None:
-    old = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pat = re.compile(rf"(?ms)^## {re.escape(SECTION)}\n.*?(?=^## |\Z)")
-    if pat.search(old):
-        new = pat.sub(lambda _: text.rstrip("\n") + "\n\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    DOCS.write_text(new.rstrip("\n") + "\n")
-    print(f"wrote {DOCS.relative_to(REPO)}")
-
-
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -1892,7 +1832,7 @@ def run_all(args: argparse.Namespace, root: Path, commit: str | None) -> int:
         log("error: the run had failures; docs not written")
         return 1
     if args.write_docs:
-        write_docs(docs_section(args, m, runs, took, load_after))
+        write_section(SECTION, docs_section(args, m, runs, took, load_after))
     return 0
 
 

@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import smtp_load as sl
+from common import write_section
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "A deferred backlog of 100,000 messages (issue 4)"
 REMOTE = "far-away.test"
 
@@ -222,13 +221,7 @@ def main() -> int:
             "a timer heap and sleeps until the earliest is due, so the backlog costs\n"
             "memory (its index) and start-up time (reading it), not CPU.\n\n"
             + text)
-        old = DOCS.read_text()
-        import re
-        pat = re.compile(rf"(?ms)^## {re.escape(SECTION)}\n.*?(?=^## |\Z)")
-        new = pat.sub(lambda _: section + "\n", old, count=1) if pat.search(old) \
-            else old.rstrip("\n") + "\n\n" + section
-        DOCS.write_text(new.rstrip("\n") + "\n")
-        print(f"wrote {DOCS.relative_to(REPO)}")
+        write_section(SECTION, section)
     return 0
 
 

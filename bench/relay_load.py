@@ -81,12 +81,10 @@ import resource
 import shlex
 import shutil
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -94,9 +92,8 @@ from pathlib import Path
 
 import compare_postfix as cp
 import smtp_load as sl
+from common import bullet, client_tls, fmt, log, os_name, para, write_section
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "BENCHMARKS.md"
 SECTION = "Outbound relay from authenticated clients (issue 4)"
 HOST = "127.0.0.1"
 DOMAIN = "example.test"
@@ -113,17 +110,6 @@ VARIANTS = {
     "implicit": "submissions, implicit TLS",
     "unsigned": "submission, STARTTLS, no DKIM keys (for comparison)",
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def client_tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False  # the throwaway server has a self-signed certificate
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 # -- the sink: smtp-sink -c, dumping every message ------------------------------------
@@ -814,10 +800,6 @@ def median(xs: list[float | None]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def fmt(v: float | None, digits: int = 0) -> str:
-    return "n/a" if v is None else f"{v:,.{digits}f}"
-
-
 def pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.0f} %"
 
@@ -919,15 +901,6 @@ def notes_for(runs: list[Result]) -> list[str]:
     return out
 
 
-def bullet(text: str) -> str:
-    return textwrap.fill(" ".join(text.split()), 92, initial_indent="- ",
-                         subsequent_indent="  ", break_on_hyphens=False)
-
-
-def para(text: str) -> str:
-    return textwrap.fill(" ".join(text.split()), 92, break_on_hyphens=False)
-
-
 def reading(runs: list[Result], clients: int, n: int) -> str:
     """What the figures say, from this run's own measurements."""
     ok = [r for r in runs if not r.problems()]
@@ -1014,7 +987,7 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], runs: list[Result]
     n = args.messages
     intro = para(
         f"Measured {dt.date.today().isoformat()} on this machine: {m['nproc']} CPUs "
-        f"({m['cpu']}), {cp.os_name()}, Linux {m['kernel']}, Python {m['python']}; "
+        f"({m['cpu']}), {os_name()}, Linux {m['kernel']}, Python {m['python']}; "
         f"pillarbox at {m['src']}; spool on {where}; load average before the run "
         f"{m['load']} and after it {load_after} (other work on the machine shows up in the "
         f"figures). The whole run took {took / 60:.1f} minutes.")
@@ -1106,17 +1079,6 @@ All runs, in order:
 
 {runs_table(runs)}
 """
-
-
-def write_docs(text: str) -> None:
-    old = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pat = re.compile(rf"(?ms)^## {re.escape(SECTION)}\n.*?(?=^## |\Z)")
-    if pat.search(old):
-        new = pat.sub(lambda _: text.rstrip("\n") + "\n\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    DOCS.write_text(new.rstrip("\n") + "\n")
-    print(f"wrote {DOCS.relative_to(REPO)}")
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -1217,7 +1179,7 @@ def run_all(args: argparse.Namespace, variants: list[str], commit: str | None) -
         log("error: not every message was accepted and relayed intact; docs not written")
         return 1
     if args.write_docs:
-        write_docs(docs_section(args, m, RUNS, notes, took, load_after))
+        write_section(SECTION, docs_section(args, m, RUNS, notes, took, load_after))
     return 0
 
 
