@@ -177,8 +177,6 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
         users.set_enabled(args.address, args.action == "enable")
         print(f"{args.action}d {addr.normalize(args.address)}")
     elif args.action == "quota":
-        if args.quota is None:
-            raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
         users.set_quota(args.address, configmod.parse_size(args.quota, "--quota"))
         print(f"quota set for {addr.normalize(args.address)}")
 
@@ -482,6 +480,16 @@ def build_parser() -> argparse.ArgumentParser:
 _NEEDS_ADDRESS = {("user", a) for a in ("add", "del", "passwd", "disable", "enable", "quota")}
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """What argparse cannot say: the arguments an action needs (CLIError if missing)."""
+    if (args.command, getattr(args, "action", None)) in _NEEDS_ADDRESS and not args.address:
+        raise CLIError(f"{args.command} {args.action} needs an ADDRESS")
+    if args.command == "user" and args.action == "quota" and args.quota is None:
+        raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
+    if args.command == "alias" and args.action in ("add", "del") and not args.alias:
+        raise CLIError(f"alias {args.action} needs an ALIAS")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if Path(sys.argv[0]).name == "sendmail" and (not argv or argv[0] != "sendmail"):
@@ -489,10 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = _sendmail_compat(argv)
     args = build_parser().parse_args(argv)
     try:
-        if (args.command, getattr(args, "action", None)) in _NEEDS_ADDRESS and not args.address:
-            raise CLIError(f"{args.command} {args.action} needs an ADDRESS")
-        if args.command == "alias" and args.action in ("add", "del") and not args.alias:
-            raise CLIError(f"alias {args.action} needs an ALIAS")
+        check_args(args)
         return args.func(args)
     except (CLIError, ConfigError, DirectoryError, addr.AddressError) as e:
         print(f"error: {e}", file=sys.stderr)
