@@ -34,7 +34,7 @@ def prepare(data_dir: Path) -> int:
     if stat.S_IMODE(data_dir.stat().st_mode) == DIR_MODE:
         return 0
     changed = tighten(data_dir)
-    log.warning("data directory was readable by others: closed it and %d files in it "
+    log.warning("data directory was readable by others: closed it and %d entries in it "
                 "(directories 0700, files 0600) path=%s", changed, data_dir)
     return changed
 
