@@ -550,37 +550,48 @@ class MailStore:
         changed: list[Message] = []
         failed: list[int] = []
         modseq = box.highestmodseq + 1
-        with self._transaction():
-            for uid in uids:
-                msg = box.msgs.get(uid)
-                if msg is None:
-                    continue
-                if unchangedsince is not None and msg.modseq > unchangedsince:
-                    failed.append(uid)
-                    continue
-                if mode == "add":
-                    new = msg.flags | flags
-                elif mode == "remove":
-                    new = msg.flags - flags
-                else:
-                    new = flags
-                if new == msg.flags:
-                    continue
-                base, info = split_name(msg.fname)
-                fname = f"{base}:2,{letters_for(new, info)}"
-                if fname != msg.fname:
-                    try:
+        before: list[tuple[Message, str, frozenset[str], int]] = []
+        try:
+            with self._transaction():
+                for uid in uids:
+                    msg = box.msgs.get(uid)
+                    if msg is None:
+                        continue
+                    if unchangedsince is not None and msg.modseq > unchangedsince:
+                        failed.append(uid)
+                        continue
+                    if mode == "add":
+                        new = msg.flags | flags
+                    elif mode == "remove":
+                        new = msg.flags - flags
+                    else:
+                        new = flags
+                    if new == msg.flags:
+                        continue
+                    base, info = split_name(msg.fname)
+                    fname = f"{base}:2,{letters_for(new, info)}"
+                    if fname != msg.fname:
+                        try:
+                            os.rename(path / msg.fname, path / fname)
+                        except FileNotFoundError:
+                            continue  # gone meanwhile; the next sync expunges it
+                    before.append((msg, msg.fname, msg.flags, msg.modseq))
+                    self.db.execute("UPDATE messages SET fname = ?, flags = ?, modseq = ? "
+                                    "WHERE mailbox = ? AND uid = ?",
+                                    (fname, " ".join(sorted(new)), modseq, name, uid))
+                    msg.fname, msg.flags, msg.modseq = fname, new, modseq
+                    changed.append(msg)
+                if changed:
+                    self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
+                                    (modseq, name))
+        except BaseException:
+            # The index is full (disk): files and memory back as the index has them.
+            for msg, fname, old_flags, old_modseq in before:
+                if msg.fname != fname:
+                    with contextlib.suppress(OSError):
                         os.rename(path / msg.fname, path / fname)
-                    except FileNotFoundError:
-                        continue  # gone meanwhile; the next sync expunges it
-                self.db.execute("UPDATE messages SET fname = ?, flags = ?, modseq = ? "
-                                "WHERE mailbox = ? AND uid = ?",
-                                (fname, " ".join(sorted(new)), modseq, name, uid))
-                msg.fname, msg.flags, msg.modseq = fname, new, modseq
-                changed.append(msg)
-            if changed:
-                self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
-                                (modseq, name))
+                msg.fname, msg.flags, msg.modseq = fname, old_flags, old_modseq
+            raise
         if changed:
             box.highestmodseq = modseq
             self._changed(name)
