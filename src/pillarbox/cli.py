@@ -1,4 +1,5 @@
-"""The `pillarbox` command line. Every error prints `error: ...` and exits 1."""
+"""The `pillarbox` command line. Every error prints `error: ...` and exits 1
+(`sendmail` with too little disk space: 75, EX_TEMPFAIL, as sendmail does)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from pillarbox.directory.users import DirectoryError
 
 class CLIError(Exception):
     pass
+
+
+EX_TEMPFAIL = 75  # sysexits.h: try again later (sendmail on a full disk)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -69,7 +73,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     configmod.from_dict(__import__("tomllib").loads(text), cfg_path)  # the template is valid
     cfg_path.write_text(text)
     cfg = configmod.load(cfg_path)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    from pillarbox.store import datadir
+
+    datadir.prepare(cfg.data_dir)
     tls.make_self_signed(cfg.cert_path, cfg.key_path, hostname)
     from pillarbox.modify import dkim_sign
 
@@ -337,7 +343,7 @@ def _retry_offline(cfg: Config, msg_id: str | None) -> int:
 # -- sendmail -----------------------------------------------------------------
 
 def cmd_sendmail(args: argparse.Namespace) -> int:
-    from pillarbox.queue.spool import Envelope, SpoolFull, new_id
+    from pillarbox.queue.spool import Envelope, SpoolFull, disk_full, new_id
     from pillarbox.server import open_directory
 
     cfg = _load(args)
@@ -398,11 +404,18 @@ def cmd_sendmail(args: argparse.Namespace) -> int:
                    size=len(data), auth=None, source="sendmail")
     from pillarbox.queue.spool import Spool
 
-    spool = Spool(_spool_root(cfg), cfg.queue.min_free_space)
     try:
+        spool = Spool(_spool_root(cfg), cfg.queue.min_free_space)
         spool.drop(env, data)
-    except SpoolFull:
-        raise CLIError("not enough free disk space for the queue; nothing was sent") from None
+    except (SpoolFull, OSError) as e:
+        if not (isinstance(e, SpoolFull) or disk_full(e)):
+            raise
+        # A temporary failure, in sendmail's convention: the caller keeps the
+        # message and tries again.
+        print(f"error: not enough free disk space for the queue (less than "
+              f"queue.min_free_space = {_human(cfg.queue.min_free_space)} would be left); "
+              "nothing was sent, try again later", file=sys.stderr)
+        return EX_TEMPFAIL
     control.request(cfg.data_dir, "pickup")
     return 0
 
@@ -491,6 +504,11 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pillarbox.store import datadir
+
+    # Everything the CLI and the server write (database, keys, mail, queue)
+    # is for the service user alone.
+    datadir.set_umask()
     argv = sys.argv[1:] if argv is None else argv
     if Path(sys.argv[0]).name == "sendmail" and (not argv or argv[0] != "sendmail"):
         argv = ["sendmail", *argv]

@@ -29,7 +29,7 @@ from pillarbox.endpoint.connection import Connection, Disconnect
 from pillarbox.modify import received, submission
 from pillarbox.modify.signing import Signing
 from pillarbox.queue.scheduler import Queue
-from pillarbox.queue.spool import BodyBuffer, SpoolFull, new_id
+from pillarbox.queue.spool import BodyBuffer, SpoolFull, disk_full, new_id
 
 log = logging.getLogger("pillarbox.smtp")
 
@@ -464,6 +464,9 @@ class Session:
             body.discard()
             self.send(fault)
             return
+        if body.error is not None:  # a large body could not be spilled to disk
+            self._refuse_unstored(body.error)
+            return
         protocol = "ESMTP" if self.esmtp else "SMTP"
         if self.tls:
             protocol += "S"
@@ -483,17 +486,21 @@ class Session:
             await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, head, total,
                                          auth=self.user, source=self.kind, msg_id=msg_id,
                                          body=body)
-        except SpoolFull:
-            log.warning("queue disk full: refusing mail peer=%s", self.peer_ip)
-            self.reply(452, "4.3.1 Insufficient system storage, try again later")
-            return
-        except OSError as e:
-            log.error("queue write failed: %s", e)
-            self.reply(451, "4.3.0 Local error in processing, try again later")
+        except (SpoolFull, OSError) as e:
+            self._refuse_unstored(e)
             return
         log.info("accepted id=%s from=%s rcpts=%d size=%d", msg_id, tx.mail_from,
                  len(tx.rcpts), total)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
+
+    def _refuse_unstored(self, e: Exception) -> None:
+        """The queue could not store the message: a temporary failure, nothing kept."""
+        if isinstance(e, SpoolFull) or disk_full(e):
+            log.warning("queue disk full: refusing mail peer=%s", self.peer_ip)
+            self.reply(452, "4.3.1 Insufficient system storage, try again later")
+        else:
+            log.error("queue write failed: %r", e)
+            self.reply(451, "4.3.0 Local error in processing, try again later")
 
     async def _dkim_signature(self, body: BodyBuffer, added: list[bytes], mail_from: str) -> bytes:
         """DKIM-Signature fields for a submitted message (b"" when not ours to sign)."""
