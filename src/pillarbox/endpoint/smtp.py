@@ -325,6 +325,10 @@ class Session:
             log.info("auth refused peer=%s user=%r locked=%s", self.peer_ip, username[:100],
                      why)
             self.reply(454, "4.7.0 Too many failed logins, try again later")
+            self.auth_failures += 1  # cheap for us, but no endless retries on one connection
+            if self.auth_failures >= MAX_AUTH_FAILURES:
+                self.reply(421, "4.7.0 Too many failed authentications, closing connection")
+                return False
             return None
         user = await self.ctx.users.check_password(username, password)
         if user is None:

@@ -598,6 +598,10 @@ class Session:
         if why is not None:  # before the password check: no argon2, no way in
             log.info("imap auth refused peer=%s user=%r locked=%s", self.peer_ip,
                      username[:100], why)
+            self.auth_failures += 1  # cheap for us, but no endless retries on one connection
+            if self.auth_failures >= MAX_AUTH_FAILURES:
+                self.untagged("BYE Too many failed logins")
+                self.logout = True
             return ("NO", "[UNAVAILABLE] Too many failed logins, try again later")
         addr = await self.ctx.users.check_password(username, password)
         if addr is None:
