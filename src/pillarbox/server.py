@@ -11,6 +11,7 @@ import signal
 import sqlite3
 
 from pillarbox import control, tls
+from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
@@ -116,14 +117,15 @@ class Server:
         self.queue = queue = Queue(cfg, spool, users, aliases)
         signing = Signing(cfg)
         queue.signing = signing
-        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, signing)
+        throttle = LoginThrottle(cfg.limits)  # one for SMTP and IMAP: failures add up
+        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, throttle, signing)
         try:
             for kind in ("smtp", "submission", "submissions"):
                 factory = functools.partial(smtp.SMTPProtocol, ctx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "submissions" else None)
             stores = StoreRegistry(cfg.data_dir / "mail")
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
-            ictx = imap.IMAPContext(cfg, users, tls_ctx, stores)
+            ictx = imap.IMAPContext(cfg, users, tls_ctx, stores, throttle)
             for kind in ("imap", "imaps"):
                 factory = functools.partial(imap.IMAPProtocol, ictx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "imaps" else None)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from pillarbox import address as addr
 from pillarbox.check import Reply, recipient, relay, sender
+from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
@@ -57,6 +58,7 @@ class SMTPContext:
     aliases: Aliases
     queue: Queue
     tls: ssl.SSLContext | None
+    throttle: LoginThrottle
     signing: Signing | None = None
     sessions: set = field(default_factory=set)
 
@@ -317,15 +319,28 @@ class Session:
         else:
             self.reply(504, "5.5.4 Unrecognized authentication mechanism; use PLAIN or LOGIN")
             return None
+        throttle = self.ctx.throttle
+        why = throttle.refusal(self.peer_ip, username)
+        if why is not None:  # before the password check: no argon2, no way in
+            log.info("auth refused peer=%s user=%r locked=%s", self.peer_ip, username[:100],
+                     why)
+            self.reply(454, "4.7.0 Too many failed logins, try again later")
+            self.auth_failures += 1  # cheap for us, but no endless retries on one connection
+            if self.auth_failures >= MAX_AUTH_FAILURES:
+                self.reply(421, "4.7.0 Too many failed authentications, closing connection")
+                return False
+            return None
         user = await self.ctx.users.check_password(username, password)
         if user is None:
             self.auth_failures += 1
             log.info("auth failed peer=%s user=%r", self.peer_ip, username[:100])
+            await throttle.failed(self.peer_ip, username)
             self.reply(535, "5.7.8 Authentication credentials invalid")
             if self.auth_failures >= MAX_AUTH_FAILURES:
                 self.reply(421, "4.7.0 Too many failed authentications, closing connection")
                 return False
             return None
+        throttle.succeeded(self.peer_ip, username)
         self.user = user
         self.reply(235, "2.7.0 Authentication successful")
         return None

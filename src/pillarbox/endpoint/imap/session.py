@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pillarbox import __version__
+from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
@@ -68,6 +69,7 @@ class IMAPContext:
     users: Users
     tls: ssl.SSLContext | None
     stores: StoreRegistry
+    throttle: LoginThrottle
     sessions: set = field(default_factory=set)
     per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     per_user: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -593,14 +595,26 @@ class Session:
         return await self._login(user, password)
 
     async def _login(self, username: str, password: str):
+        throttle = self.ctx.throttle
+        why = throttle.refusal(self.peer_ip, username)
+        if why is not None:  # before the password check: no argon2, no way in
+            log.info("imap auth refused peer=%s user=%r locked=%s", self.peer_ip,
+                     username[:100], why)
+            self.auth_failures += 1  # cheap for us, but no endless retries on one connection
+            if self.auth_failures >= MAX_AUTH_FAILURES:
+                self.untagged("BYE Too many failed logins")
+                self.logout = True
+            return ("NO", "[UNAVAILABLE] Too many failed logins, try again later")
         addr = await self.ctx.users.check_password(username, password)
         if addr is None:
             self.auth_failures += 1
             log.info("imap auth failed peer=%s user=%r", self.peer_ip, username[:100])
+            await throttle.failed(self.peer_ip, username)
             if self.auth_failures >= MAX_AUTH_FAILURES:
                 self.untagged("BYE Too many failed logins")
                 self.logout = True
             return ("NO", "[AUTHENTICATIONFAILED] Invalid credentials")
+        throttle.succeeded(self.peer_ip, username)
         if self.ctx.per_user[addr] >= self.limits.max_connections_per_user:
             return ("NO", "[LIMIT] Too many connections for this user")
         path = mailbox.maildir_path(self.cfg.data_dir / "mail", addr)
