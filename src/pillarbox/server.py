@@ -96,14 +96,14 @@ class Server:
         self.queue = queue = Queue(cfg, spool, users, aliases)
         signing = Signing(cfg)
         queue.signing = signing
-        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, signing)
+        self.smtp = ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, signing)
         try:
             for kind in ("smtp", "submission", "submissions"):
                 factory = functools.partial(smtp.SMTPProtocol, ctx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "submissions" else None)
             stores = StoreRegistry(cfg.data_dir / "mail")
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
-            ictx = imap.IMAPContext(cfg, users, tls_ctx, stores)
+            self.imap = ictx = imap.IMAPContext(cfg, users, tls_ctx, stores)
             for kind in ("imap", "imaps"):
                 factory = functools.partial(imap.IMAPProtocol, ictx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "imaps" else None)
@@ -147,6 +147,8 @@ class Server:
         control.socket_path(cfg.data_dir).unlink(missing_ok=True)
 
     async def _control(self, cmd: str, arg: str) -> str:
+        if cmd == "status":  # live connections, as the connection limits count them
+            return f"ok smtp={len(self.smtp.sessions)} imap={len(self.imap.sessions)}"
         if cmd == "reload-directory":
             if self.users.cache is not None:
                 self.users.cache.invalidate()
