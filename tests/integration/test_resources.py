@@ -254,20 +254,31 @@ def test_command_line_sent_byte_by_byte_is_cut_at_the_command_deadline(make_serv
     srv = make_server(SHORT, imap__idle_timeout="30m")
     base = {"smtp": 0, "imap": 0}  # no client yet (the start-up probes are gone)
     wait_sessions(srv, base)
-    smtp = socket.create_connection(("127.0.0.1", srv.smtp_port), timeout=5)
-    read_until(smtp, rb"^220 .*\r\n")
-    imap = socket.create_connection(("127.0.0.1", srv.imap_port), timeout=5)
-    read_until(imap, rb"^\* OK .*\r\n")
-    logged_in = client_ssl_context().wrap_socket(
-        socket.create_connection(("127.0.0.1", srv.imaps_port), timeout=5))
-    read_until(logged_in, rb"^\* OK .*\r\n")
-    logged_in.sendall(f"l LOGIN {ALICE} {PASSWORD}\r\n".encode())
-    read_until(logged_in, rb"l OK [^\r\n]*\r\n")
-    slow = b"EHLO a-very-slow-client.example\r\n"
-    for sock, line in ((smtp, slow), (imap, b"a1 CAPABILITY\r\n" * 3),
-                       (logged_in, b"a2 SELECT INBOX\r\n" * 3)):
+
+    def smtp() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", srv.smtp_port), timeout=5)
+        read_until(s, rb"^220 .*\r\n")
+        return s
+
+    def imap() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", srv.imap_port), timeout=5)
+        read_until(s, rb"^\* OK .*\r\n")
+        return s
+
+    def logged_in() -> socket.socket:
+        s = client_ssl_context().wrap_socket(
+            socket.create_connection(("127.0.0.1", srv.imaps_port), timeout=5))
+        read_until(s, rb"^\* OK .*\r\n")
+        s.sendall(f"l LOGIN {ALICE} {PASSWORD}\r\n".encode())
+        read_until(s, rb"l OK [^\r\n]*\r\n")
+        return s
+
+    for connect, line in ((smtp, b"EHLO a-very-slow-client.example\r\n"),
+                          (imap, b"a1 CAPABILITY\r\n" * 3),
+                          (logged_in, b"a2 SELECT INBOX\r\n" * 3)):
+        sock = connect()
         took = closed_within(sock, 5, trickle=line)
-        assert took > 0.8, f"closed after {took:.1f}s, before the 1 s deadline"
+        assert took > 0.8, f"{connect.__name__}: closed after {took:.1f}s, before the deadline"
         sock.close()
         assert_served(srv)
     wait_sessions(srv, base)
@@ -372,32 +383,30 @@ def assert_prompt_tls_close(sock: socket.socket, obj, incoming, final: bytes) ->
     """After the final reply: close_notify, then the TCP connection ends, at once."""
     start = time.monotonic()
     sock.settimeout(PROMPT)
-    plain = b""
-    while True:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            raise AssertionError(f"TCP still open {PROMPT:.0f}s after {final!r}; "
-                                 f"got {plain!r}") from None
-        if not data:
-            break
-        incoming.write(data)
-        try:
-            while chunk := obj.read(65536):
-                plain += chunk
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:
-            pass
+    raw = b""
+    while data := _recv(sock, final, raw):
+        raw += data
     assert time.monotonic() - start < PROMPT
-    assert final in plain, f"final reply {final!r} not in {plain!r}"
-    try:
-        obj.read(65536)
-        raise AssertionError("data after the final reply")
+    incoming.write(raw)
+    incoming.write_eof()
+    plain = b""
+    try:  # b"" (or SSLZeroReturnError): a close_notify came before the TCP end
+        while chunk := obj.read(65536):
+            plain += chunk
     except ssl.SSLZeroReturnError:
-        pass  # close_notify came before the TCP end
+        pass
     except ssl.SSLError as e:
-        raise AssertionError(f"no TLS close_notify before the TCP end: {e!r}") from None
+        raise AssertionError(f"no TLS close_notify before the TCP end: {e!r}; "
+                             f"got {plain!r}") from None
+    assert final in plain, f"final reply {final!r} not in {plain!r}"
+
+
+def _recv(sock: socket.socket, final: bytes, before: bytes) -> bytes:
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        raise AssertionError(f"TCP still open {PROMPT:.0f}s after {final!r} "
+                             f"({len(before)} bytes of TLS records came)") from None
 
 
 def test_quit_and_logout_over_tls_close_at_once(make_server):
