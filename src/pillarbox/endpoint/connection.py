@@ -106,7 +106,7 @@ class Connection(asyncio.Protocol):
         raise NotImplementedError
 
     def refusal(self, why: str) -> bytes:
-        """What to say, in clear, to a connection over a limit (b"": nothing)."""
+        """What to say to a connection over a limit before closing it."""
         raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
