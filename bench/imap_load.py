@@ -205,10 +205,17 @@ class Server(sl.Server):
         self.port = self.ports["smtp"]  # sl.Server.start waits for its banner
         text = self.cfg.read_text()
         n = self.conn_limit
-        for key in ("max_connections", "max_connections_per_ip", "max_connections_per_user"):
+        for key in ("max_connections", "max_connections_per_user"):
             text, k = re.subn(rf"(?m)^{key}\s*=\s*\d+", f"{key} = {n}", text)
             if k != 1:
                 raise SystemExit(f"error: could not set {key} in {self.cfg}")
+        # [imap] max_connections_per_ip, after [limits]' own (set by rewrite_config)
+        head, sep, tail = text.partition("\n[imap]\n")
+        tail, k = re.subn(r"(?m)^max_connections_per_ip\s*=\s*\d+",
+                          f"max_connections_per_ip = {n}", tail)
+        text = head + sep + tail
+        if k != 1 or not sep:
+            raise SystemExit(f"error: could not set imap.max_connections_per_ip in {self.cfg}")
         # Every login pays argon2id, as in Dovecot's default (no auth cache); with
         # pillarbox's default login_cache a repeat login costs about "TLS only".
         text, k = re.subn(r'(?m)^login_cache\s*=.*$', 'login_cache = "0s"', text)

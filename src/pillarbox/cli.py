@@ -114,6 +114,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    reply = control.request(cfg.data_dir, "status")
+    if reply is None:
+        raise CLIError(f"no server is running for {cfg.path}")
+    if not reply.startswith("ok "):
+        raise CLIError(reply.removeprefix("error "))
+    counts = dict(item.split("=", 1) for item in reply.split()[1:])
+    print(f"running; live connections: SMTP {counts.get('smtp', '?')}, "
+          f"IMAP {counts.get('imap', '?')}")
+    return 0
+
+
 def cmd_dns(args: argparse.Namespace) -> int:
     from pillarbox import dnsrecords
 
@@ -457,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
     sub.add_parser("check", help="validate the config").set_defaults(func=cmd_check)
     sub.add_parser("dns", help="print the DNS records to publish").set_defaults(func=cmd_dns)
+    sub.add_parser("status", help="is the server running, and its live connections"
+                   ).set_defaults(func=cmd_status)
 
     s = sub.add_parser("user", help="manage users")
     s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",

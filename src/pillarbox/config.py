@@ -79,7 +79,9 @@ class Limits:
     max_message_size: int = 25 * 1024**2
     max_recipients: int = 100
     max_connections: int = 1000
+    max_connections_per_ip: int = 50
     command_timeout: float = 300.0
+    min_data_rate: int = 500  # bytes per second, as Postfix's smtpd_min_data_rate
     login_cache: float = 600.0
     # failed logins (SMTP AUTH, IMAP): see check/ratelimit.py
     auth_max_failures: int = 10
@@ -183,8 +185,9 @@ _SECTION_KEYS = {
     "tls": {"cert", "key"},
     "storage": {"url"},
     "dns": {"nameservers"},
-    "limits": {"max_message_size", "max_recipients", "max_connections", "command_timeout",
-               "login_cache", "auth_max_failures", "auth_account_max_failures",
+    "limits": {"max_message_size", "max_recipients", "max_connections",
+               "max_connections_per_ip", "command_timeout", "min_data_rate", "login_cache",
+               "auth_max_failures", "auth_account_max_failures",
                "auth_failure_window", "auth_lockout", "auth_failure_delay"},
     "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
@@ -308,10 +311,17 @@ def from_dict(data: dict, path: Path) -> Config:
         limits.max_message_size = parse_size(lim["max_message_size"], "limits.max_message_size")
     if "max_recipients" in lim:
         limits.max_recipients = _int(lim["max_recipients"], "limits.max_recipients", 1)
-    if "max_connections" in lim:
-        limits.max_connections = _int(lim["max_connections"], "limits.max_connections", 1)
+    for k in ("max_connections", "max_connections_per_ip"):
+        if k in lim:
+            setattr(limits, k, _int(lim[k], f"limits.{k}", 1))
     if "command_timeout" in lim:
         limits.command_timeout = parse_duration(lim["command_timeout"], "limits.command_timeout")
+        if limits.command_timeout <= 0:
+            raise ConfigError("limits.command_timeout", "must be more than 0")
+    if "min_data_rate" in lim:
+        limits.min_data_rate = parse_size(lim["min_data_rate"], "limits.min_data_rate")
+        if limits.min_data_rate < 1:
+            raise ConfigError("limits.min_data_rate", "must be at least 1 (bytes per second)")
     if "login_cache" in lim:
         limits.login_cache = parse_duration(lim["login_cache"], "limits.login_cache")
     for key in ("auth_max_failures", "auth_account_max_failures"):
@@ -475,8 +485,15 @@ nameservers = []
 [limits]
 max_message_size = "25M"   # larger messages get 552 5.3.4; advertised in SIZE
 max_recipients   = 100     # recipients per message; more get 452 4.5.3
-max_connections  = 1000    # concurrent SMTP connections; more get 421
-command_timeout  = "5m"    # idle time allowed between client commands
+max_connections  = 1000    # concurrent SMTP connections (IMAP: as many again); more get 421
+max_connections_per_ip = 50  # concurrent SMTP connections from one address; more get 421 4.7.0
+# A client has this long to begin a command, and again to complete it from its
+# first byte; also the limit for a TLS handshake and for answering a reply.
+command_timeout  = "5m"
+# Message data (DATA, IMAP literals) and large replies must move at least this
+# many bytes per second; each byte buys 1/rate seconds, never more than
+# command_timeout ahead.
+min_data_rate    = 500
 # How long a successful login (SMTP AUTH, IMAP) is remembered in memory, so a
 # reconnecting client skips the argon2id check; "0s" checks every time.
 login_cache      = "10m"

@@ -29,6 +29,8 @@ from pillarbox.tasks import cancel_all
 
 log = logging.getLogger("pillarbox.server")
 
+TLS_CLOSE_GRACE = 1.0  # seconds an implicit-TLS close waits for the peer's close_notify
+
 
 class ServeError(Exception):
     """The server cannot start; the message is the one-line reason."""
@@ -79,13 +81,17 @@ class Server:
         self._stop = asyncio.Event()
 
     async def _listen(self, kind: str, factory, ssl_ctx=None) -> None:
+        # Implicit TLS: the handshake has limits.command_timeout; after our
+        # close_notify the peer's is awaited TLS_CLOSE_GRACE at most.
+        tls = {"ssl": ssl_ctx, "ssl_handshake_timeout": self.config.limits.command_timeout,
+               "ssl_shutdown_timeout": TLS_CLOSE_GRACE} if ssl_ctx else {}
         loop = asyncio.get_running_loop()
         for host, port in self.config.listen.get(kind, []):
             try:
                 # Bound now (a busy port fails the start at once), serving only
                 # once the queue has loaded: a message taken in meanwhile would
                 # race the spool's rebuild of its index.
-                srv = await loop.create_server(factory, host, port, ssl=ssl_ctx,
+                srv = await loop.create_server(factory, host, port, **tls,
                                                reuse_address=True, backlog=1024,
                                                start_serving=False)
             except OSError as e:
@@ -118,14 +124,14 @@ class Server:
         signing = Signing(cfg)
         queue.signing = signing
         throttle = LoginThrottle(cfg.limits)  # one for SMTP and IMAP: failures add up
-        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, throttle, signing)
+        self.smtp = ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, throttle, signing)
         try:
             for kind in ("smtp", "submission", "submissions"):
                 factory = functools.partial(smtp.SMTPProtocol, ctx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "submissions" else None)
             stores = StoreRegistry(cfg.data_dir / "mail")
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
-            ictx = imap.IMAPContext(cfg, users, tls_ctx, stores, throttle)
+            self.imap = ictx = imap.IMAPContext(cfg, users, tls_ctx, stores, throttle)
             for kind in ("imap", "imaps"):
                 factory = functools.partial(imap.IMAPProtocol, ictx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "imaps" else None)
@@ -145,8 +151,8 @@ class Server:
                 s.close()
             await queue.stop()
             raise
-        sweeper = asyncio.create_task(smtp.sweep_idle(ctx))
-        imap_sweeper = asyncio.create_task(imap.sweep_idle(ictx))
+        sweeper = asyncio.create_task(smtp.sweep(ctx))
+        imap_sweeper = asyncio.create_task(imap.sweep(ictx))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
@@ -157,9 +163,9 @@ class Server:
             s.close()
         sweeper.cancel()
         imap_sweeper.cancel()
-        for conn in list(ctx.sessions):
+        for conn in ctx.sessions:
             conn.close()
-        for conn in list(ictx.sessions):  # RFC 3501 7.1.5: BYE announces a shutdown
+        for conn in ictx.sessions:  # RFC 3501 7.1.5: BYE announces a shutdown
             conn.close_saying(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
         await queue.stop()
         await asyncio.to_thread(signing.close)
@@ -169,6 +175,8 @@ class Server:
         control.socket_path(cfg.data_dir).unlink(missing_ok=True)
 
     async def _control(self, cmd: str, arg: str) -> str:
+        if cmd == "status":  # live connections, as the connection limits count them
+            return f"ok smtp={len(self.smtp.sessions)} imap={len(self.imap.sessions)}"
         if cmd == "reload-directory":
             if self.users.cache is not None:
                 self.users.cache.invalidate()
@@ -184,6 +192,11 @@ class Server:
 
 def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     exc = context.get("exception")
+    if context.get("message") == "SSL handshake failed":  # on an implicit-TLS port
+        transport = context.get("transport")
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        log.info("TLS handshake failed peer=%s error=%r", peer[0] if peer else "unknown", exc)
+        return
     # A client that vanishes mid-handshake, or a session cut short by shutdown,
     # is not our error.
     if (isinstance(exc, ConnectionError | TimeoutError | asyncio.CancelledError)

@@ -31,6 +31,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.limits.max_message_size == 25 * 1024 * 1024
     assert cfg.queue.retry_schedule[0] == 60
     assert cfg.listen["smtp"] == []
+    assert cfg.limits.max_connections_per_ip == 50
+    assert cfg.limits.min_data_rate == 500
 
 
 @pytest.mark.parametrize(
@@ -43,6 +45,10 @@ def test_defaults(tmp_path: Path) -> None:
         ("[listen]\nsmtp = [\"127.0.0.1\"]\n", "listen.smtp"),
         ("[listen]\nsmtp = [\"127.0.0.1:99999\"]\n", "listen.smtp"),
         ("[queue]\nmax_lifetime = \"forever\"\n", "queue.max_lifetime"),
+        ("[limits]\nmax_connections_per_ip = 0\n", "limits.max_connections_per_ip"),
+        ("[limits]\nmin_data_rate = 0\n", "limits.min_data_rate"),
+        ("[limits]\nmin_data_rate = \"fast\"\n", "limits.min_data_rate"),
+        ("[limits]\ncommand_timeout = \"0s\"\n", "limits.command_timeout"),
         ("[tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n", "tls.cert"),
         ("mode = \"party\"\n", "mode"),
     ],

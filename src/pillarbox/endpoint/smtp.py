@@ -26,7 +26,7 @@ from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
-from pillarbox.endpoint.connection import Connection, Disconnect
+from pillarbox.endpoint.connection import Connection, Disconnect, SessionTable
 from pillarbox.modify import received, submission
 from pillarbox.modify.signing import Signing
 from pillarbox.queue.scheduler import Queue
@@ -60,25 +60,32 @@ class SMTPContext:
     tls: ssl.SSLContext | None
     throttle: LoginThrottle
     signing: Signing | None = None
-    sessions: set = field(default_factory=set)
+    sessions: SessionTable = field(init=False)  # all SMTP ports together
+
+    def __post_init__(self) -> None:
+        limits = self.config.limits
+        self.sessions = SessionTable(limits.max_connections, limits.max_connections_per_ip)
 
 
 class SMTPProtocol(Connection):
-    """One SMTP connection: refuses over the limit, else starts a Session."""
+    """One SMTP connection: refused over the limits, else a Session."""
 
     def __init__(self, ctx: SMTPContext, kind: str) -> None:
         super().__init__()
         self.ctx = ctx
         self.kind = kind
-        self.sessions = ctx.sessions
+        self.table = ctx.sessions
+        self.implicit_tls = kind == "submissions"
+        self.timeout = ctx.config.limits.command_timeout
+        self.min_rate = ctx.config.limits.min_data_rate
         self.session: Session | None = None
 
+    def refusal(self, why: str) -> bytes:
+        who = " from your address" if why == "address" else ""
+        return f"421 4.7.0 {self.ctx.config.hostname} too many connections{who}, try later\r\n" \
+            .encode()
+
     def start(self) -> None:
-        cfg = self.ctx.config
-        if len(self.sessions) > cfg.limits.max_connections:
-            self.refuse(f"421 4.7.0 {cfg.hostname} too many connections, try later\r\n"
-                        .encode())
-            return
         self.session = Session(self.ctx, self.kind, self)
         self._task = asyncio.get_running_loop().create_task(self.session.run_guarded())
 
@@ -89,9 +96,7 @@ class Session:
         self.cfg = ctx.config
         self.kind = kind  # smtp | submission | submissions
         self.conn = conn
-        assert conn.transport is not None
-        peer = conn.transport.get_extra_info("peername") or ("unknown", 0)
-        self.peer_ip = str(peer[0])
+        self.peer_ip = conn.peer_ip
         self.buf = conn.buf
         self.out: list[bytes] = []
         self.helo: str | None = None
@@ -154,7 +159,9 @@ class Session:
         try:
             self.reply(220, f"{self.cfg.hostname} ESMTP ready")
             while True:
+                self.conn.await_command(self.cfg.limits.command_timeout)
                 line = await self.read_line()
+                self.conn.working()
                 if line is None:
                     if self._count_error():
                         return
@@ -258,20 +265,8 @@ class Session:
             return None
         self.reply(220, "2.0.0 Ready to start TLS")
         await self.flush()
-        # Anything pipelined after STARTTLS was sent in clear: drop it (CVE-2011-0411).
-        self.buf.clear()
-        conn = self.conn
-        try:
-            async with asyncio.timeout(30):
-                new = await asyncio.get_running_loop().start_tls(
-                    conn.transport, conn, self.ctx.tls, server_side=True)
-        except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as e:
-            log.debug("TLS handshake failed peer=%s error=%r", self.peer_ip, e)
-            return False
-        if new is None:
-            return False
-        conn.transport = new
-        self.buf.clear()
+        # Anything pipelined after STARTTLS was sent in clear is dropped (CVE-2011-0411).
+        await self.conn.start_tls(self.ctx.tls)
         self.tls = True
         self.helo, self.esmtp, self.tx = None, False, Transaction()
         return None
@@ -469,11 +464,13 @@ class Session:
         self.reply(354, "End data with <CR><LF>.<CR><LF>")
         msg_id = new_id()
         body = self.ctx.queue.spool.body_buffer(msg_id)
+        self.conn.await_transfer(self.cfg.limits.max_message_size)
         try:
             fault = await self._read_data(body)
         except BaseException:
             body.discard()
             raise
+        self.conn.working()
         tx, self.tx = self.tx, Transaction()
         if fault:
             body.discard()
@@ -603,9 +600,7 @@ class Session:
         return None
 
 
-async def sweep_idle(ctx: SMTPContext) -> None:
-    """Close SMTP connections idle longer than limits.command_timeout."""
-    timeout = ctx.config.limits.command_timeout
-    await connection.sweep_idle(ctx.sessions, lambda conn: timeout,
-                                b"421 4.4.2 Idle too long, closing connection\r\n",
-                                every=min(10.0, max(timeout / 4, 0.5)))
+async def sweep(ctx: SMTPContext) -> None:
+    """Close SMTP connections past their deadline (see endpoint.connection)."""
+    await connection.sweep(ctx.sessions, b"421 4.4.2 Timeout exceeded, closing connection\r\n",
+                           connection.sweep_interval(ctx.config.limits.command_timeout))

@@ -28,7 +28,7 @@ from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
-from pillarbox.endpoint.connection import Connection, Disconnect, MemoryBudget
+from pillarbox.endpoint.connection import Connection, Disconnect, MemoryBudget, SessionTable
 from pillarbox.endpoint.imap import mime, search
 from pillarbox.endpoint.imap.parser import (
     LITERAL_RE,
@@ -70,13 +70,14 @@ class IMAPContext:
     tls: ssl.SSLContext | None
     stores: StoreRegistry
     throttle: LoginThrottle
-    sessions: set = field(default_factory=set)
-    per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    sessions: SessionTable = field(init=False)  # imap and imaps together
     per_user: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     literals: MemoryBudget = field(init=False)  # imap.max_literal_memory, all sessions
 
     def __post_init__(self) -> None:
         self.literals = MemoryBudget(self.config.imap.max_literal_memory)
+        self.sessions = SessionTable(self.config.limits.max_connections,
+                                     self.config.imap.max_connections_per_ip)
 
 
 class IMAPProtocol(Connection):
@@ -86,8 +87,16 @@ class IMAPProtocol(Connection):
         super().__init__()
         self.ctx = ctx
         self.kind = kind
-        self.sessions = ctx.sessions
+        self.table = ctx.sessions
+        self.implicit_tls = kind == "imaps"
+        self.timeout = ctx.config.limits.command_timeout
+        self.min_rate = ctx.config.limits.min_data_rate
         self.session: Session | None = None
+
+    def refusal(self, why: str) -> bytes:
+        if why == "address":
+            return b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+        return b"* BYE [UNAVAILABLE] Too many connections, try later\r\n"
 
     def start(self) -> None:
         self.session = Session(self.ctx, self.kind, self)
@@ -115,9 +124,7 @@ class Session:
         self.streamed: list[TmpMessage] = []  # this command's literals in tmp/ files
         self.kind = kind
         self.conn = conn
-        assert conn.transport is not None
-        peer = conn.transport.get_extra_info("peername") or ("unknown", 0)
-        self.peer_ip = str(peer[0])
+        self.peer_ip = conn.peer_ip
         self.buf = conn.buf
         self.out: list[bytes] = []
         self.out_size = 0
@@ -186,6 +193,7 @@ class Session:
             await self._fill()
 
     async def read_exact(self, n: int) -> bytes:
+        self.conn.await_transfer(n)
         acc = bytearray()
         while len(acc) < n:
             if not self.buf:
@@ -194,6 +202,7 @@ class Session:
             take = min(n - len(acc), len(self.buf))
             acc += self.buf[:take]
             del self.buf[:take]
+        self.conn.working()  # the rest of the command
         return bytes(acc)
 
     async def read_to_tmp(self, n: int) -> TmpMessage:
@@ -201,6 +210,7 @@ class Session:
         assert self.store is not None
         msg = TmpMessage(self.store.path("INBOX") / "tmp" / f"{new_base()},S={n}", n)
         self.streamed.append(msg)
+        self.conn.await_transfer(n)
         try:
             fd: int | None = os.open(msg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
@@ -231,6 +241,7 @@ class Session:
         finally:
             if fd is not None:
                 os.close(fd)
+        self.conn.working()  # the rest of the command
         return msg
 
     async def read_command(self) -> tuple[list[bytes], list[bytes]] | None | bool:
@@ -277,6 +288,7 @@ class Session:
             # reading) the data; the client waits, or TCP holds what it sent.
             want = min(n, self.ctx.literals.limit - self.literal_held)
             if want > 0:
+                self.conn.working()  # waiting for other sessions is not the client's time
                 await self.flush()
                 self.literal_held += await self.ctx.literals.acquire(want)
             if sync:
@@ -287,32 +299,28 @@ class Session:
     # -- main loop ----------------------------------------------------------
 
     async def run_guarded(self) -> None:
-        ip = self.peer_ip
-        self.ctx.per_ip[ip] += 1
         try:
             await self.run()
         except Exception:
             log.exception("IMAP session crashed peer=%s", self.peer_ip)
         finally:
-            self.ctx.per_ip[ip] -= 1
-            if not self.ctx.per_ip[ip]:
-                del self.ctx.per_ip[ip]
             self._end_login()
             self.conn.close()
 
+    def _idle_timeout(self) -> float:
+        """Silence allowed between commands (before login no more than a command's time)."""
+        idle = self.limits.idle_timeout
+        return idle if self.user is not None else min(idle, self.cfg.limits.command_timeout)
+
     async def run(self) -> None:
         try:
-            if self.ctx.per_ip[self.peer_ip] > self.limits.max_connections_per_ip:
-                self.untagged("BYE [UNAVAILABLE] Too many connections from your address")
-                return
-            if len(self.ctx.sessions) > self.cfg.limits.max_connections:
-                self.untagged("BYE [UNAVAILABLE] Too many connections, try later")
-                return
             self.untagged(f"OK [CAPABILITY {self.capabilities()}] {self.cfg.hostname} "
                           "pillarbox IMAP ready")
             while not self.logout:
                 try:
+                    self.conn.await_command(self._idle_timeout())
                     got = await self.read_command()
+                    self.conn.working()
                     if got is None:
                         if self._count_error():
                             return
@@ -546,19 +554,7 @@ class Session:
             return ("BAD", "TLS is already active" if self.tls else "TLS is not available")
         self.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
         await self.flush()
-        self.buf.clear()  # anything sent in clear after STARTTLS is dropped
-        conn = self.conn
-        try:
-            async with asyncio.timeout(30):
-                new = await asyncio.get_running_loop().start_tls(
-                    conn.transport, conn, self.ctx.tls, server_side=True)
-        except (TimeoutError, ssl.SSLError, ConnectionError, OSError) as e:
-            log.debug("TLS handshake failed peer=%s error=%r", self.peer_ip, e)
-            raise Disconnect() from None
-        if new is None:
-            raise Disconnect()
-        conn.transport = new
-        self.buf.clear()
+        await self.conn.start_tls(self.ctx.tls)  # drops what was sent in clear after STARTTLS
         self.tls = True
         raise _Handled()
 
@@ -810,6 +806,7 @@ class Session:
     async def cmd_IDLE(self, cmd: Command):
         self.send(b"+ idling\r\n")
         self.idling = True
+        self.conn.await_command(self._idle_timeout())  # DONE may take that long to begin
         try:
             while True:
                 if self.selected is not None and self.dirty:
@@ -1214,16 +1211,8 @@ class _Handled(Exception):
     """The handler already wrote its tagged reply (STARTTLS)."""
 
 
-async def sweep_idle(ctx: IMAPContext) -> None:
-    """Close connections silent longer than imap.idle_timeout (before login:
-    limits.command_timeout)."""
-    limit = ctx.config.imap.idle_timeout
-    pre_login = min(limit, ctx.config.limits.command_timeout)
-
-    def limit_for(conn: IMAPProtocol) -> float:
-        s = conn.session
-        return limit if s is not None and s.user is not None else pre_login
-
-    await connection.sweep_idle(ctx.sessions, limit_for,
-                                b"* BYE Autologout; idle for too long\r\n",
-                                every=min(10.0, max(pre_login / 4, 0.2)))
+async def sweep(ctx: IMAPContext) -> None:
+    """Close IMAP connections past their deadline (see endpoint.connection)."""
+    await connection.sweep(ctx.sessions, b"* BYE Autologout; time limit exceeded\r\n",
+                           connection.sweep_interval(min(ctx.config.limits.command_timeout,
+                                                         ctx.config.imap.idle_timeout)))
