@@ -154,7 +154,7 @@ def test_command_timeout_gives_the_documented_reply(make_server):
         c.expect(f"EHLO {CLIENT_NAME}", 250)
         replies = c.replies_until_close(timeout=15)  # say nothing; wait for the server
     assert [line_of(r) for r in replies] == [
-        documented("Connection", "nothing received for `limits.command_timeout`")]
+        documented("Connection", "no command begun within `limits.command_timeout`")]
 
 
 def test_min_free_space_gives_the_documented_reply_at_mail(make_server):

@@ -81,9 +81,11 @@ class SMTPProtocol(Connection):
         self.session: Session | None = None
 
     def refusal(self, why: str) -> bytes:
-        who = " from your address" if why == "address" else ""
-        return f"421 4.7.0 {self.ctx.config.hostname} too many connections{who}, try later\r\n" \
-            .encode()
+        host = self.ctx.config.hostname
+        if why == "address":
+            return f"421 4.7.0 {host} too many connections from your address, try later\r\n" \
+                .encode()
+        return f"421 4.7.0 {host} too many connections, try later\r\n".encode()
 
     def start(self) -> None:
         self.session = Session(self.ctx, self.kind, self)
