@@ -60,6 +60,7 @@ FLUSH_AT = 256 * 1024  # write out long FETCH responses as they grow
 THREAD_READ_AT = 256 * 1024  # read message files larger than this in a thread
 STREAM_AT = 256 * 1024  # APPEND literals this large go to a tmp/ file, not to memory
 COPY_SLICE = 200  # messages linked and indexed between two turns of the event loop
+LOOP_SLICE = 1000  # messages searched or flagged between two turns of the event loop
 APPEND_RE = re.compile(rb"^\S+ +(?:UID +)?APPEND ", re.I)
 
 
@@ -504,20 +505,18 @@ class Session:
     def _targets(self, cmd: Command) -> list[tuple[int, int]]:
         """(sequence number, UID) of the messages a command's set names."""
         s: SeqSet = cmd.args["set"]
+        uids = self.uids
         if cmd.uid:
-            if not self.uids:
+            if not uids:
                 return []
-            ranges = s.resolve(self.uids[-1])
-            return [(i + 1, u) for i, u in enumerate(self.uids)
-                    if any(a <= u <= b for a, b in ranges)]
-        n = len(self.uids)
+            return [(i + 1, uids[i]) for i in s.merged(uids[-1]).indexes(uids)]
+        n = len(uids)
         if n == 0:
             raise MailboxError("the mailbox is empty: no sequence numbers exist", "")
-        ranges = s.resolve(n)
-        if any(b > n for a, b in ranges):
+        ranges = s.merged(n)
+        if ranges.highs[-1] > n:
             raise _Bad("Invalid message sequence number")
-        seqs = sorted({i for a, b in ranges for i in range(a, b + 1)})
-        return [(i, self.uids[i - 1]) for i in seqs]
+        return [(i + 1, uids[i]) for i in ranges.indexes(range(1, n + 1))]
 
     # -- any state ----------------------------------------------------------
 
@@ -941,6 +940,7 @@ class Session:
                 if self.out_size > FLUSH_AT:
                     await self.flush()
             store.save_structures(name, computed)
+            await asyncio.sleep(0)  # others are served between two chunks
         if missing:
             return ("NO", "Some of the requested messages no longer exist")
         return None
@@ -1036,8 +1036,16 @@ class Session:
         args = cmd.args
         if args["unchangedsince"] is not None:
             self._condstore_on()
-        changed, failed = store.store_flags(name, [u for _, u in targets], args["mode"],
-                                            args["flags"], args["unchangedsince"])
+        # In slices, as COPY: a set of 100,000 messages must not hold the event loop.
+        changed, failed = [], []
+        uids = [u for _, u in targets]
+        for i in range(0, len(uids), LOOP_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            c, f = store.store_flags(name, uids[i:i + LOOP_SLICE], args["mode"], args["flags"],
+                                     args["unchangedsince"])
+            changed += c
+            failed += f
         refused = set(failed)
         self._store_replies(cmd, targets, {m.uid for m in changed}, refused)
         if failed:
@@ -1129,8 +1137,12 @@ class Session:
         searcher = search.Searcher(keys, folder, len(self.uids), self._last_uid(), self.recent)
         if searcher.needs_file:
             hits = await asyncio.to_thread(searcher.run, cands)
-        else:
-            hits = searcher.run(cands)
+        else:  # on the event loop, in slices: others are served between two
+            hits = []
+            for i in range(0, len(cands), LOOP_SLICE):
+                if i:
+                    await asyncio.sleep(0)
+                hits += searcher.run(cands[i:i + LOOP_SLICE])
         nums = [u if cmd.uid else seq for seq, u in hits]
         # RFC 7162 3.1.5: a search on MODSEQ tells the highest MODSEQ of the hits.
         modseq = None
