@@ -59,6 +59,7 @@ MAX_AUTH_FAILURES = 5
 FLUSH_AT = 256 * 1024  # write out long FETCH responses as they grow
 THREAD_READ_AT = 256 * 1024  # read message files larger than this in a thread
 STREAM_AT = 256 * 1024  # APPEND literals this large go to a tmp/ file, not to memory
+PRE_AUTH_LITERALS = 8 * 1024  # octets of literals one command may carry before login
 COPY_SLICE = 200  # messages linked and indexed between two turns of the event loop
 LOOP_SLICE = 1000  # messages searched or flagged between two turns of the event loop
 APPEND_RE = re.compile(rb"^\S+ +(?:UID +)?APPEND ", re.I)
@@ -240,6 +241,7 @@ class Session:
         lines: list[bytes] = []
         literals: list[bytes] = []
         total = 0
+        in_memory = 0  # octets of this command's literals held in memory
         while True:
             line = await self.read_line()
             if line is None:
@@ -252,8 +254,19 @@ class Session:
             n = int(m.group(1))
             sync = not m.group(2)
             tag = parse_tag(lines[0]) or "*"
+            append = self.store is not None and APPEND_RE.match(lines[0]) is not None
+            share = self.limits.max_literal_memory_per_session
+            streamed = append and (n >= STREAM_AT or in_memory + n > share)
+            text = ""
             if n > self.limits.max_literal_size or total + n > self.limits.max_literal_size * 2:
                 text = f"[TOOBIG] Literal too large ({self.limits.max_literal_size} octets at most)"
+            elif self.user is None and in_memory + n > PRE_AUTH_LITERALS:
+                # Strangers get only a few KB, so they cannot take the shared budget.
+                text = (f"[TOOBIG] Literals too large before login ({PRE_AUTH_LITERALS} "
+                        "octets at most)")
+            elif not streamed and in_memory + n > share:
+                text = f"[TOOBIG] Literals too large to hold ({share} octets at most)"
+            if text:
                 if sync:
                     self.tagged(tag, "NO" if tag != "*" else "BAD", text)
                     return None
@@ -262,12 +275,11 @@ class Session:
             if len(lines) > 1000:
                 self.untagged("BYE Too many literals in one command")
                 raise Disconnect()
-            append = self.store is not None and APPEND_RE.match(lines[0]) is not None
             if append and sync and self._over_quota(n):
                 # Refused before the client sends it (RFC 3501 7.5 allows NO for "+").
                 self.tagged(tag, "NO", "[OVERQUOTA] Mailbox quota exceeded")
                 return False  # a full mailbox is no client error: not counted
-            if append and n >= STREAM_AT:
+            if streamed:
                 # A large message goes straight to the Maildir's tmp/, not to memory.
                 if sync:
                     self.send(b"+ Ready for literal data\r\n")
@@ -284,6 +296,7 @@ class Session:
                 self.send(b"+ Ready for literal data\r\n")
             literals.append(await self.read_exact(n))
             total += n
+            in_memory += n
 
     # -- main loop ----------------------------------------------------------
 
