@@ -212,3 +212,31 @@ def test_each_session_holds_at_most_its_share_of_literal_memory(make_server):
     assert raw.cmd(b"n1 NOOP")[-1].startswith(b"n1 OK")
     raw.close()
 
+
+
+def test_messages_of_many_parts_are_parsed_off_the_event_loop(make_server):
+    """A message cut into tens of thousands of tiny parts costs its parse by the part:
+    FETCH BODYSTRUCTURE of twenty such does not hold up another session."""
+    srv = make_server()
+    new = srv.maildir(ALICE) / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    body = b"--b\r\n\r\nx\r\n" * 20_000 + b"--b--\r\n"
+    for i in range(20):
+        (new / f"{1700000000 + i}.M{i}P1.test").write_bytes(
+            b"Subject: parts %d\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" % i + body)
+    busy, other = RawIMAP(srv.imaps_port), RawIMAP(srv.imaps_port)
+    login(busy)
+    login(other)
+    assert busy.cmd(b"s0 SELECT INBOX")[-1].startswith(b"s0 OK")
+    busy.send(b"f1 FETCH 1:* (BODYSTRUCTURE)\r\n")
+    assert busy.line().startswith(b"* 1 FETCH (BODYSTRUCTURE ((")  # the parsing has begun
+    t0 = time.monotonic()
+    assert other.cmd(b"n1 NOOP")[-1].startswith(b"n1 OK")
+    noop_time = time.monotonic() - t0
+    lines = busy.until_tag(b"f1")
+    assert lines[-1].startswith(b"f1 OK"), lines[-1][:200]
+    # At most 10,000 parts each: the rest of the body stays in the last one.
+    assert all(ln.count(b'("TEXT" "PLAIN"') <= 10_000 for ln in lines)
+    assert noop_time < 1.0, f"NOOP on another connection took {noop_time:.1f}s"
+    busy.close()
+    other.close()

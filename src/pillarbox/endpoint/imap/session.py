@@ -944,11 +944,17 @@ class Session:
                     except FileNotFoundError:
                         missing = True
                         continue
-                    parse = needs_parse or (needs_struct and structs is None)
-                    part = mime.Part(raw) if parse else _Whole(raw)
-                    if needs_struct and structs is None:
-                        assert isinstance(part, mime.Part)
-                        structs = computed[uid] = _structures(part)
+                    want = needs_struct and structs is None
+                    if not (needs_parse or want):
+                        part, made = _Whole(raw), None
+                    elif len(raw) > THREAD_READ_AT or raw.count(b"\n--") > 100:
+                        # Parsing costs by the part: one of thousands of parts (each
+                        # needs a "--" delimiter line) is parsed off the event loop.
+                        part, made = await asyncio.to_thread(_parse, raw, want)
+                    else:
+                        part, made = _parse(raw, want)
+                    if made is not None:
+                        structs = computed[uid] = made
                 self._fetch_one(seq, msg, atts, part, structs, sets_seen)
                 if self.out_size > FLUSH_AT:
                     await self.flush()
@@ -1211,6 +1217,12 @@ def _structures(part: mime.Part) -> tuple[bytes, bytes, bytes]:
     """The ENVELOPE, BODYSTRUCTURE and BODY of a message, computed together for the cache."""
     return (mime.envelope(part), mime.bodystructure(part),
             mime.bodystructure(part, extended=False))
+
+
+def _parse(raw: bytes, structures: bool) -> tuple[mime.Part, tuple[bytes, bytes, bytes] | None]:
+    """The MIME tree of a message, and its cached structures if asked for."""
+    part = mime.Part(raw)
+    return part, _structures(part) if structures else None
 
 
 def _literal(data: bytes) -> bytes:
