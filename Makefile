@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_CONFIG := dev/pillarbox.toml
 
-.PHONY: serve test lint bench bench-imap clean
+.PHONY: serve test lint fuzz bench bench-imap clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+
+# The fuzz targets in tests/fuzz, each for FUZZ_SECONDS (default 10 minutes) of fresh
+# random examples; `make test` runs them briefly. Keep every crash as an @example.
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_SECONDS=$(FUZZ_SECONDS) \
+		$(BIN)/python -m pytest -n 2 -q -s -o timeout=0 tests/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python bench/compare_postfix.py --write-docs

@@ -96,6 +96,7 @@ class IMAPSettings:
     max_line_length: int = 64 * 1024
     max_literal_size: int = 50 * 1024**2
     max_literal_memory: int = 200 * 1024**2
+    max_literal_memory_per_session: int = 1024**2
     max_connections_per_user: int = 20
     max_connections_per_ip: int = 50
     idle_timeout: float = 1800.0
@@ -193,8 +194,8 @@ _SECTION_KEYS = {
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
-             "max_connections_per_user", "max_connections_per_ip", "idle_timeout",
-             "max_bad_commands"},
+             "max_literal_memory_per_session", "max_connections_per_user",
+             "max_connections_per_ip", "idle_timeout", "max_bad_commands"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
@@ -371,11 +372,18 @@ def from_dict(data: dict, path: Path) -> Config:
 
     im = _section(data, "imap")
     imap = IMAPSettings()
-    for k in ("max_line_length", "max_literal_size", "max_literal_memory"):
+    for k in ("max_line_length", "max_literal_size", "max_literal_memory",
+              "max_literal_memory_per_session"):
         if k in im:
             setattr(imap, k, parse_size(im[k], f"imap.{k}"))
     if imap.max_literal_memory < imap.max_literal_size:
         raise ConfigError("imap.max_literal_memory", "must be at least imap.max_literal_size")
+    if "max_literal_memory_per_session" not in im:
+        imap.max_literal_memory_per_session = min(imap.max_literal_memory_per_session,
+                                                  imap.max_literal_memory)
+    elif imap.max_literal_memory_per_session > imap.max_literal_memory:
+        raise ConfigError("imap.max_literal_memory_per_session",
+                          "must be at most imap.max_literal_memory")
     if imap.max_line_length < 1024:
         raise ConfigError("imap.max_line_length", "must be at least 1K")
     for k in ("max_connections_per_user", "max_connections_per_ip", "max_bad_commands"):
@@ -531,6 +539,7 @@ mta_sts             = true   # fetch and enforce the recipient domain's MTA-STS 
 max_line_length          = "64K"  # one command line; longer gets BAD
 max_literal_size         = "50M"  # one literal, so the largest APPEND; larger gets NO [TOOBIG]
 max_literal_memory       = "200M" # literals of all sessions held at once; more wait their turn
+max_literal_memory_per_session = "1M" # one command's literals in memory; more: NO [TOOBIG]
 max_connections_per_user = 20     # concurrent logins of one user; more get NO [LIMIT]
 max_connections_per_ip   = 50     # concurrent connections from one address; more get BYE
 idle_timeout             = "30m"  # silence (also in IDLE) before BYE; RFC 3501 asks for 30m+

@@ -51,6 +51,8 @@ def test_defaults(tmp_path: Path) -> None:
         ("[limits]\ncommand_timeout = \"0s\"\n", "limits.command_timeout"),
         ("[tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n", "tls.cert"),
         ("mode = \"party\"\n", "mode"),
+        ("[imap]\nmax_literal_memory_per_session = \"300M\"\n",
+         "imap.max_literal_memory_per_session"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, extra: str, key: str) -> None:

@@ -17,6 +17,10 @@ import re
 from pillarbox.endpoint.imap.parser import Section
 
 _FIELD_RE = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:", re.M)
+MAX_DEPTH = 20  # nesting of multiparts and messages followed; deeper ones are leaves
+# Parts one message is cut into: each costs a parse, and a 25 MB message could
+# otherwise hold millions and keep FETCH BODYSTRUCTURE busy for a minute.
+MAX_PARTS = 10_000
 
 
 def split(raw: bytes) -> tuple[bytes, bytes]:
@@ -59,8 +63,17 @@ def field_value(block: bytes) -> bytes:
     return re.sub(rb"\r?\n([ \t])", rb"\1", value).strip(b"\r\n").strip()
 
 
+class _Count:
+    """Parts a message may still be cut into (shared by the whole tree)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_PARTS
+
+
 class Part:
-    def __init__(self, raw: bytes, default_type: str = "text/plain", depth: int = 0) -> None:
+    def __init__(self, raw: bytes, default_type: str = "text/plain", depth: int = 0,
+                 count: _Count | None = None) -> None:
+        count = count if count is not None else _Count()
         self.raw = raw
         self.header, self.body = split(raw)
         self.fields = fields(self.header)
@@ -79,19 +92,21 @@ class Part:
         self.maintype, _, self.subtype = ctype.partition("/")
         self.children: list[Part] = []
         self.message: Part | None = None
-        if depth < 20:
-            if self.maintype == "multipart":
-                boundary = msg.get_param("boundary")
-                if isinstance(boundary, tuple):
-                    boundary = email.utils.collapse_rfc2231_value(boundary)
-                if boundary:
-                    sub_default = "message/rfc822" if self.subtype == "digest" else "text/plain"
-                    self.children = [Part(p, sub_default, depth + 1)
-                                     for p in split_multipart(self.body, boundary.encode())]
-                if not self.children:  # multipart without parts: treat as text
-                    self.children = [Part(b"\r\n", "text/plain", depth + 1)]
-            elif (self.maintype, self.subtype) == ("message", "rfc822"):
-                self.message = Part(self.body, "text/plain", depth + 1)
+        if self.maintype == "multipart":
+            boundary = msg.get_param("boundary") if depth < MAX_DEPTH else None
+            if isinstance(boundary, tuple):
+                boundary = email.utils.collapse_rfc2231_value(boundary)
+            if boundary and count.left > 0:
+                sub_default = "message/rfc822" if self.subtype == "digest" else "text/plain"
+                pieces = split_multipart(self.body, boundary.encode("utf-8", "replace"),
+                                         count.left)
+                count.left -= len(pieces)
+                self.children = [Part(p, sub_default, depth + 1, count) for p in pieces]
+            if not self.children:  # no parts (or too deep): one empty text part, as
+                self.children = [Part(b"\r\n", "text/plain", MAX_DEPTH)]  # BODY needs 1+
+        elif (self.maintype, self.subtype) == ("message", "rfc822"):  # too deep: empty
+            self.message = Part(self.body if depth < MAX_DEPTH else b"\r\n", "text/plain",
+                                depth + 1, count)
 
     def get(self, name: str) -> bytes | None:
         name = name.lower()
@@ -126,7 +141,9 @@ class Part:
         return b"".join(blocks) + b"\r\n"
 
 
-def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
+def split_multipart(body: bytes, boundary: bytes, limit: int = MAX_PARTS) -> list[bytes]:
+    """The parts between the delimiters; at most `limit`, the last one then running
+    to the end of the body."""
     delim = b"--" + boundary
     parts: list[bytes] = []
     if body.startswith(delim):
@@ -145,7 +162,7 @@ def split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
             break
         start = eol + 1
         nxt = body.find(b"\n" + delim, start - 1) if start > 0 else -1
-        if nxt < 0:
+        if nxt < 0 or len(parts) + 1 >= limit:
             parts.append(body[start:])
             break
         end = nxt - 1 if nxt > 0 and body[nxt - 1:nxt] == b"\r" else nxt
@@ -199,6 +216,8 @@ def quote(s: bytes | str | None) -> bytes:
         return b"NIL"
     if isinstance(s, str):
         s = s.encode("utf-8", "surrogateescape")
+    # No IMAP4rev1 string may hold NUL (a literal is CHAR8, %x01-ff): header text loses it.
+    s = s.replace(b"\x00", b"")
     if len(s) < 1000 and not re.search(rb"[\x00\r\n\x80-\xff]", s):
         return b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(s) + s
@@ -206,6 +225,10 @@ def quote(s: bytes | str | None) -> bytes:
 
 def _nstring(v: bytes | None) -> bytes:
     return quote(v) if v else b"NIL"
+
+
+def _raw(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
 
 
 def _addresses(values: list[bytes]) -> bytes:
@@ -219,9 +242,10 @@ def _addresses(values: list[bytes]) -> bytes:
         mailbox, at, host = addr.rpartition("@")
         if not at:
             mailbox, host = addr, None
-        out.append(b"(" + b" ".join([_nstring(name.encode("utf-8", "surrogateescape") or None),
-                                     b"NIL", quote(mailbox), _nstring(
-                                         host.encode() if host else None)]) + b")")
+        # Header octets that are not UTF-8 came in as surrogates: they go back out as
+        # the same octets (in a literal), never as an encoding error.
+        out.append(b"(" + b" ".join([_nstring(_raw(name)), b"NIL", quote(_raw(mailbox)),
+                                     _nstring(_raw(host) if host else None)]) + b")")
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 

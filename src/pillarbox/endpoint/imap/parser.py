@@ -10,8 +10,10 @@ in a BAD reply.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 LITERAL_RE = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
@@ -57,20 +59,47 @@ class SeqSet:
             out.append((a, b) if a <= b else (b, a))
         return out
 
+    def merged(self, largest: int) -> Ranges:
+        """The set resolved once: overlaps (`*:1,1:*`) merged, then tested by bisection
+        (a 55 KB set tested range by range against each of 3,000 messages took 5 s)."""
+        out: list[list[int]] = []
+        for a, b in sorted(self.resolve(largest)):
+            if out and a <= out[-1][1] + 1:
+                out[-1][1] = max(out[-1][1], b)
+            else:
+                out.append([a, b])
+        return Ranges([a for a, _ in out], [b for _, b in out])
+
     def contains(self, n: int, largest: int) -> bool:
-        return any(a <= n <= b for a, b in self.resolve(largest))
+        return n in self.merged(largest)
 
     def select(self, numbers: list[int]) -> list[int]:
         """The members of sorted `numbers` inside the set (`*` = the last one)."""
         if not numbers:
             return []
-        ranges = self.resolve(numbers[-1])
-        return [n for n in numbers if any(a <= n <= b for a, b in ranges)]
+        return [numbers[i] for i in self.merged(numbers[-1]).indexes(numbers)]
 
     def __str__(self) -> str:
         def one(n: int) -> str:
             return "*" if n == STAR else str(n)
         return ",".join(one(a) if a == b else f"{one(a)}:{one(b)}" for a, b in self.ranges)
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Disjoint ascending ranges lows[i]..highs[i] (a resolved SeqSet)."""
+
+    lows: list[int]
+    highs: list[int]
+
+    def __contains__(self, n: int) -> bool:
+        i = bisect.bisect_right(self.lows, n) - 1
+        return i >= 0 and n <= self.highs[i]
+
+    def indexes(self, numbers: Sequence[int]) -> Iterator[int]:
+        """Ascending indexes of the members among sorted, distinct `numbers`."""
+        for a, b in zip(self.lows, self.highs, strict=True):
+            yield from range(bisect.bisect_left(numbers, a), bisect.bisect_right(numbers, b))
 
 
 def seqset_from(numbers: list[int]) -> str:

@@ -23,12 +23,27 @@ class Searcher:
 
     def __init__(self, keys: tuple, folder: Path, nseq: int, last_uid: int,
                  recent: set[int]) -> None:
-        self.keys = keys
         self.folder = folder
         self.nseq = nseq
         self.last_uid = last_uid
         self.recent = recent
         self.needs_file = uses(keys, self._FILE_KEYS)
+        self.keys = self._resolve(keys)
+
+    def _resolve(self, key: tuple) -> tuple:
+        """The key with its sequence sets resolved once, not once per message."""
+        k = key[0]
+        if k == "SEQ":
+            return (k, key[1].merged(self.nseq))
+        if k == "UID":
+            return (k, key[1].merged(self.last_uid))
+        if k == "AND":
+            return (k, [self._resolve(x) for x in key[1]])
+        if k == "NOT":
+            return (k, self._resolve(key[1]))
+        if k == "OR":
+            return (k, self._resolve(key[1]), self._resolve(key[2]))
+        return key
 
     def run(self, cands: list[tuple[int, int, Message]]) -> list[tuple[int, int]]:
         out = []
@@ -74,9 +89,9 @@ class Searcher:
         if k == "OR":
             return self._match(key[1], seq, uid, msg) or self._match(key[2], seq, uid, msg)
         if k == "SEQ":
-            return key[1].contains(seq, self.nseq)
+            return seq in key[1]
         if k == "UID":
-            return key[1].contains(uid, self.last_uid)
+            return uid in key[1]
         simple = {"ANSWERED": "\\Answered", "DELETED": "\\Deleted", "DRAFT": "\\Draft",
                   "FLAGGED": "\\Flagged", "SEEN": "\\Seen"}
         if k in simple:

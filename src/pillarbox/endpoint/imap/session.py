@@ -59,7 +59,9 @@ MAX_AUTH_FAILURES = 5
 FLUSH_AT = 256 * 1024  # write out long FETCH responses as they grow
 THREAD_READ_AT = 256 * 1024  # read message files larger than this in a thread
 STREAM_AT = 256 * 1024  # APPEND literals this large go to a tmp/ file, not to memory
+PRE_AUTH_LITERALS = 8 * 1024  # octets of literals one command may carry before login
 COPY_SLICE = 200  # messages linked and indexed between two turns of the event loop
+LOOP_SLICE = 1000  # messages searched or flagged between two turns of the event loop
 APPEND_RE = re.compile(rb"^\S+ +(?:UID +)?APPEND ", re.I)
 
 
@@ -250,6 +252,7 @@ class Session:
         lines: list[bytes] = []
         literals: list[bytes] = []
         total = 0
+        in_memory = 0  # octets of this command's literals held in memory
         while True:
             line = await self.read_line()
             if line is None:
@@ -262,8 +265,19 @@ class Session:
             n = int(m.group(1))
             sync = not m.group(2)
             tag = parse_tag(lines[0]) or "*"
+            append = self.store is not None and APPEND_RE.match(lines[0]) is not None
+            share = self.limits.max_literal_memory_per_session
+            streamed = append and (n >= STREAM_AT or in_memory + n > share)
+            text = ""
             if n > self.limits.max_literal_size or total + n > self.limits.max_literal_size * 2:
                 text = f"[TOOBIG] Literal too large ({self.limits.max_literal_size} octets at most)"
+            elif self.user is None and in_memory + n > PRE_AUTH_LITERALS:
+                # Strangers get only a few KB, so they cannot take the shared budget.
+                text = (f"[TOOBIG] Literals too large before login ({PRE_AUTH_LITERALS} "
+                        "octets at most)")
+            elif not streamed and in_memory + n > share:
+                text = f"[TOOBIG] Literals too large to hold ({share} octets at most)"
+            if text:
                 if sync:
                     self.tagged(tag, "NO" if tag != "*" else "BAD", text)
                     return None
@@ -272,12 +286,11 @@ class Session:
             if len(lines) > 1000:
                 self.untagged("BYE Too many literals in one command")
                 raise Disconnect()
-            append = self.store is not None and APPEND_RE.match(lines[0]) is not None
             if append and sync and self._over_quota(n):
                 # Refused before the client sends it (RFC 3501 7.5 allows NO for "+").
                 self.tagged(tag, "NO", "[OVERQUOTA] Mailbox quota exceeded")
                 return False  # a full mailbox is no client error: not counted
-            if append and n >= STREAM_AT:
+            if streamed:
                 # A large message goes straight to the Maildir's tmp/, not to memory.
                 if sync:
                     self.send(b"+ Ready for literal data\r\n")
@@ -295,6 +308,7 @@ class Session:
                 self.send(b"+ Ready for literal data\r\n")
             literals.append(await self.read_exact(n))
             total += n
+            in_memory += n
 
     # -- main loop ----------------------------------------------------------
 
@@ -512,20 +526,18 @@ class Session:
     def _targets(self, cmd: Command) -> list[tuple[int, int]]:
         """(sequence number, UID) of the messages a command's set names."""
         s: SeqSet = cmd.args["set"]
+        uids = self.uids
         if cmd.uid:
-            if not self.uids:
+            if not uids:
                 return []
-            ranges = s.resolve(self.uids[-1])
-            return [(i + 1, u) for i, u in enumerate(self.uids)
-                    if any(a <= u <= b for a, b in ranges)]
-        n = len(self.uids)
+            return [(i + 1, uids[i]) for i in s.merged(uids[-1]).indexes(uids)]
+        n = len(uids)
         if n == 0:
             raise MailboxError("the mailbox is empty: no sequence numbers exist", "")
-        ranges = s.resolve(n)
-        if any(b > n for a, b in ranges):
+        ranges = s.merged(n)
+        if ranges.highs[-1] > n:
             raise _Bad("Invalid message sequence number")
-        seqs = sorted({i for a, b in ranges for i in range(a, b + 1)})
-        return [(i, self.uids[i - 1]) for i in seqs]
+        return [(i + 1, uids[i]) for i in ranges.indexes(range(1, n + 1))]
 
     # -- any state ----------------------------------------------------------
 
@@ -929,15 +941,22 @@ class Session:
                     except FileNotFoundError:
                         missing = True
                         continue
-                    parse = needs_parse or (needs_struct and structs is None)
-                    part = mime.Part(raw) if parse else _Whole(raw)
-                    if needs_struct and structs is None:
-                        assert isinstance(part, mime.Part)
-                        structs = computed[uid] = _structures(part)
+                    want = needs_struct and structs is None
+                    if not (needs_parse or want):
+                        part, made = _Whole(raw), None
+                    elif len(raw) > THREAD_READ_AT or raw.count(b"\n--") > 100:
+                        # Parsing costs by the part: one of thousands of parts (each
+                        # needs a "--" delimiter line) is parsed off the event loop.
+                        part, made = await asyncio.to_thread(_parse, raw, want)
+                    else:
+                        part, made = _parse(raw, want)
+                    if made is not None:
+                        structs = computed[uid] = made
                 self._fetch_one(seq, msg, atts, part, structs, sets_seen)
                 if self.out_size > FLUSH_AT:
                     await self.flush()
             store.save_structures(name, computed)
+            await asyncio.sleep(0)  # others are served between two chunks
         if missing:
             return ("NO", "Some of the requested messages no longer exist")
         return None
@@ -1033,8 +1052,16 @@ class Session:
         args = cmd.args
         if args["unchangedsince"] is not None:
             self._condstore_on()
-        changed, failed = store.store_flags(name, [u for _, u in targets], args["mode"],
-                                            args["flags"], args["unchangedsince"])
+        # In slices, as COPY: a set of 100,000 messages must not hold the event loop.
+        changed, failed = [], []
+        uids = [u for _, u in targets]
+        for i in range(0, len(uids), LOOP_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            c, f = store.store_flags(name, uids[i:i + LOOP_SLICE], args["mode"], args["flags"],
+                                     args["unchangedsince"])
+            changed += c
+            failed += f
         refused = set(failed)
         self._store_replies(cmd, targets, {m.uid for m in changed}, refused)
         if failed:
@@ -1126,8 +1153,12 @@ class Session:
         searcher = search.Searcher(keys, folder, len(self.uids), self._last_uid(), self.recent)
         if searcher.needs_file:
             hits = await asyncio.to_thread(searcher.run, cands)
-        else:
-            hits = searcher.run(cands)
+        else:  # on the event loop, in slices: others are served between two
+            hits = []
+            for i in range(0, len(cands), LOOP_SLICE):
+                if i:
+                    await asyncio.sleep(0)
+                hits += searcher.run(cands[i:i + LOOP_SLICE])
         nums = [u if cmd.uid else seq for seq, u in hits]
         # RFC 7162 3.1.5: a search on MODSEQ tells the highest MODSEQ of the hits.
         modseq = None
@@ -1183,6 +1214,12 @@ def _structures(part: mime.Part) -> tuple[bytes, bytes, bytes]:
     """The ENVELOPE, BODYSTRUCTURE and BODY of a message, computed together for the cache."""
     return (mime.envelope(part), mime.bodystructure(part),
             mime.bodystructure(part, extended=False))
+
+
+def _parse(raw: bytes, structures: bool) -> tuple[mime.Part, tuple[bytes, bytes, bytes] | None]:
+    """The MIME tree of a message, and its cached structures if asked for."""
+    part = mime.Part(raw)
+    return part, _structures(part) if structures else None
 
 
 def _literal(data: bytes) -> bytes:
