@@ -18,6 +18,7 @@ from pillarbox import control
 from pillarbox.check import recipient
 from pillarbox.config import Config, ConfigError
 from pillarbox.directory.users import DirectoryError
+from pillarbox.printable import escape
 
 
 class CLIError(Exception):
@@ -147,7 +148,7 @@ def cmd_user(args: argparse.Namespace) -> int:
         for u in users.list():
             quota = _human(u.quota) if u.quota else "unlimited"
             state = "enabled" if u.enabled else "disabled"
-            print(f"{u.address}\t{state}\t{_human(u.used)}/{quota}")
+            print(f"{escape(u.address)}\t{state}\t{_human(u.used)}/{quota}")
         return 0
     try:
         _change_user(args, cfg, users)
@@ -187,7 +188,7 @@ def cmd_alias(args: argparse.Namespace) -> int:
     cfg, _, aliases = _directory(args)
     if args.action == "list":
         for alias, targets in aliases.list().items():
-            print(f"{alias}\t{', '.join(targets)}")
+            print(f"{escape(alias)}\t{escape(', '.join(targets))}")
         return 0
     if args.action == "add":
         if not args.targets:
@@ -263,13 +264,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
         out = []
         for e in entries:
             out.append(f"{e['id']}  {_age(e['age']):>4}  {_human(e['size']):>6}  "
-                       f"<{e['mail_from']}>")
+                       f"<{escape(e['mail_from'])}>")
             for r in e["rcpts"]:
                 extra = ""
                 if r["state"] == "deferred":
                     extra = f"  next in {_age(max(0, r['next_attempt'] - now))}"
-                err = f"  ({r['last_error']})" if r["last_error"] else ""
-                out.append(f"    {r['state']:<8} {r['addr']}{extra}{err}")
+                err = f"  ({escape(r['last_error'])})" if r["last_error"] else ""
+                out.append(f"    {r['state']:<8} {escape(r['addr'])}{extra}{err}")
         total = sum(e["size"] for e in entries)
         deferred = sum(1 for e in entries if any(r["state"] == "deferred" for r in e["rcpts"]))
         out.append(f"{len(entries)} message(s) in the queue ({deferred} deferred), "
@@ -287,7 +288,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         with open(entry.path, "rb") as f:
             f.seek(entry.offset)
             head = f.read(min(64 * 1024, entry.env.size or 64 * 1024))
-        print(head.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace"))
+        text = head.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+        print("\n".join(escape(line) for line in text.split("\r\n")))
         return 0
     if args.action == "retry":
         reply = control.request(cfg.data_dir, f"retry {args.id or ''}".strip())
@@ -487,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     if Path(sys.argv[0]).name == "sendmail" and (not argv or argv[0] != "sendmail"):
         argv = ["sendmail", *argv]
     argv = _sendmail_compat(argv)
+    bad = next((a for a in argv if not a.replace("\t", " ").isprintable()), None)
+    if bad is not None:  # a newline in an address or alias would forge listing lines
+        print(f"error: control character in argument {escape(bad)!r}", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         if (args.command, getattr(args, "action", None)) in _NEEDS_ADDRESS and not args.address:
