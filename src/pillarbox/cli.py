@@ -177,6 +177,15 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
     elif args.action in ("disable", "enable"):
         users.set_enabled(args.address, args.action == "enable")
         print(f"{args.action}d {addr.normalize(args.address)}")
+    elif args.action == "from":
+        for pattern in args.allow or []:
+            print(f"{users.allow_sender(args.address, pattern)} allowed")
+        for pattern in args.disallow or []:
+            print(f"{users.disallow_sender(args.address, pattern)} no longer allowed")
+        a = addr.normalize(args.address)
+        rights = users.sender_rights(a)
+        print(f"{a} may send as itself, its aliases"
+              + "".join(f", {escape(r)}" for r in rights))
     elif args.action == "quota":
         if args.quota is None:
             raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
@@ -451,11 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("user", help="manage users")
     s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",
-                                      "quota"])
+                                      "quota", "from"])
     s.add_argument("address", nargs="?")
     s.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of stdin")
     s.add_argument("--quota", help="mailbox size limit, e.g. 1G (default: unlimited)")
+    s.add_argument("--allow", action="append", metavar="SENDER",
+                   help="user from: may also send as SENDER (an address, @domain or *)")
+    s.add_argument("--disallow", action="append", metavar="SENDER",
+                   help="user from: take back a right given with --allow")
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", help="manage aliases")
@@ -481,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_NEEDS_ADDRESS = {("user", a) for a in ("add", "del", "passwd", "disable", "enable", "quota")}
+_NEEDS_ADDRESS = {("user", a) for a in ("add", "del", "passwd", "disable", "enable", "quota",
+                                          "from")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,3 +179,87 @@ def test_alias_whose_targets_are_all_unknown_is_refused_at_rcpt(server):
     with server.smtp() as s:
         assert_reply(s.mail(OUTSIDER), 250)
         assert_reply(s.rcpt("void@example.test"), 550, "5.1.1")
+
+
+# -------------------------------------------------------- From header of submitted mail (14)
+
+
+def _submit_raw_message(server, message: bytes, mail_from: str = ALICE, rcpt: str = BOB):
+    with server.submission(user=ALICE) as s:
+        assert_reply(s.mail(mail_from), 250)
+        assert_reply(s.rcpt(rcpt), 250)
+        return s.data(message)
+
+
+def _with_from(from_lines: list[str], tok: str) -> bytes:
+    lines = [*from_lines, f"To: <{BOB}>", f"Subject: {tok}",
+             "Date: Mon, 01 Jan 2024 00:00:00 +0000", f"Message-ID: <{tok}@client.test>"]
+    return ("\r\n".join(lines) + "\r\n\r\nbody\r\n").encode()
+
+
+@pytest.mark.parametrize("from_lines", [
+    ["From: <ceo@bigbank.test>"],
+    [f"From: {BOB}"],
+    [f'From: "{ALICE}" <{BOB}>'],
+    [f"From: <{ALICE}>, <{BOB}>"],
+    [f"From: <{ALICE}>", f"From: <{BOB}>"],
+    ["From: undisclosed-recipients:;"],
+    [f"From: team: <{ALICE}>, <{BOB}>;"],
+    [f"From: =?utf-8?q?Alice?= <{BOB}>"],
+    ["From: <alice@example.test\r\n  >, bob@example.test"],
+    ["From: not an address"],
+])
+def test_from_header_not_owned_is_refused_550_571(server, from_lines):
+    code, text = _submit_raw_message(server, _with_from(from_lines, token()))
+    assert (code, text[:5]) == (550, b"5.7.1"), (from_lines, code, text)
+
+
+@pytest.mark.parametrize("from_lines", [
+    [f"From: <{ALICE}>"],
+    [f"From: Alice <{ALICE.upper()}>"],
+    [f"From: =?utf-8?b?QWxpY2Ugw4Q=?= <{ALICE}>"],
+    [f"From: team: <{ALICE}>;"],
+    ["From: <sales@example.test>"],  # an alias that delivers to alice
+])
+def test_from_header_owned_is_accepted(server, from_lines):
+    server.add_alias("sales@example.test", ALICE)
+    tok = token()
+    code, text = _submit_raw_message(server, _with_from(from_lines, tok))
+    assert code == 250, (from_lines, code, text)
+    (raw,) = server.wait_for_messages(BOB, 1)
+    assert parse(raw)["Subject"] == tok
+
+
+def test_missing_from_gets_the_sender(server):
+    tok = token()
+    message = f"To: <{BOB}>\r\nSubject: {tok}\r\n\r\nbody\r\n".encode()
+    code, text = _submit_raw_message(server, message)
+    assert code == 250, text
+    (raw,) = server.wait_for_messages(BOB, 1)
+    assert parse(raw).get_all("From") == [f"<{ALICE}>"]
+
+
+def test_from_header_exceptions_per_user(server):
+    """`pillarbox user from` names what a user may send as besides its own
+    addresses: an address, a whole domain, or anything."""
+    msg = _with_from(["From: <boss@example.test>"], token())
+    assert _submit_raw_message(server, msg)[0] == 550
+    out = server.cli_ok("user", "from", ALICE, "--allow", "Boss@Example.test").stdout
+    assert "boss@example.test" in out
+    assert _submit_raw_message(server, msg)[0] == 250
+    # the envelope follows the same rights
+    assert _submit_raw_message(server, msg, mail_from="boss@example.test")[0] == 250
+    other = _with_from(["From: <news@partner.test>"], token())
+    assert _submit_raw_message(server, other)[0] == 550
+    server.cli_ok("user", "from", ALICE, "--allow", "@partner.test",
+                  "--disallow", "boss@example.test")
+    assert _submit_raw_message(server, other)[0] == 250
+    assert _submit_raw_message(server, msg)[0] == 550
+    assert "@partner.test" in server.cli_ok("user", "from", ALICE).stdout
+    p = server.cli("user", "from", ALICE, "--allow", "bad@@x")
+    assert p.returncode == 1 and p.stderr.startswith("error:"), p
+    # BOB has no such right
+    with server.submission(user=BOB) as s:
+        assert_reply(s.mail(BOB), 250)
+        assert_reply(s.rcpt(ALICE), 250)
+        assert s.data(other)[0] == 550

@@ -469,6 +469,8 @@ class Session:
             body.discard()
             raise
         tx, self.tx = self.tx, Transaction()
+        if fault is None and self.user:
+            fault = sender.check_from(self.ctx.aliases, self.user, await _header_block(body))
         if fault:
             body.discard()
             self.send(fault)
@@ -484,7 +486,8 @@ class Session:
                                 hostname=self.cfg.hostname, protocol=protocol, msg_id=msg_id,
                                 rcpts=tx.rcpts, tls=tls_desc)]
         if self.kind != "smtp":
-            head.append(submission.missing_headers(body.first, self.cfg.hostname))
+            head.append(submission.missing_headers(body.first, self.cfg.hostname,
+                                                   tx.mail_from or self.user or ""))
         if self.user and self.ctx.signing is not None:
             head[1:1] = [await self._dkim_signature(body, head[1:], tx.mail_from or "")]
         total = body.size + sum(len(h) for h in head)
@@ -590,6 +593,14 @@ class Session:
         if len(block) >= MAX_TEXT_LINE and max(map(len, block.split(b"\r\n"))) > 998:
             return Reply(554, "5.6.0 Message has a line longer than 998 octets")
         return None
+
+
+async def _header_block(body: BodyBuffer) -> bytes:
+    """The message's header; past the first block only when it goes on (rare)."""
+    first = body.first
+    if b"\r\n\r\n" in first or body.size == len(first) or first.startswith(b"\r\n"):
+        return submission.header_block(first)
+    return submission.header_block(await asyncio.to_thread(body.read_all))
 
 
 def _strip_source_route(path: str) -> str:
