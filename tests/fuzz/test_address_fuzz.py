@@ -86,3 +86,31 @@ def test_escape_leaves_nothing_unprintable(text: str) -> None:
     assert out.isprintable()
     if text.isprintable():
         assert out == text
+
+
+_HEADER_PIECES = st.sampled_from([
+    "From:", "from:", "FROM :", " ", "\t", "\r\n", "\r\n ", "<", ">", "@", ",", ";", ":",
+    '"', "\\", "(", ")", "=?utf-8?b?", "=?utf-8?q?", "?=", "alice@example.test",
+    "bob@example.test", "group:", "[IPv6:::1]", "\x00", "\x1b", "é", "\udcff",
+])
+_HEADER = st.lists(st.one_of(_HEADER_PIECES, st.text(max_size=5)), max_size=16).map(
+    lambda parts: ("".join(parts) + "\r\n\r\n").encode("utf-8", "surrogateescape"))
+
+
+@given(_HEADER)
+@example(b"From: <alice@example.test\r\n  >, bob@example.test\r\n\r\n")
+@example(b"From: undisclosed-recipients:;\r\n\r\n")
+@example(b"From: a@b.test\r\nFrom: c@d.test\r\n\r\n")
+def test_from_header_parse_is_addresses_or_refusal(header: bytes) -> None:
+    """The From check on hostile headers: a list of valid addresses, None (no
+    From), or a refusal; never another exception."""
+    from pillarbox.check import sender
+
+    try:
+        found = sender.from_addresses(header)
+    except sender._Unparsable:
+        return
+    if found is not None:
+        assert found, "an empty address list must be refused, not returned"
+        for a in found:
+            assert address.normalize(a) == a
