@@ -83,6 +83,9 @@ def test_bad_input(directory: Aliases) -> None:
         directory.add("x@example.test", [])
     with pytest.raises(DirectoryError):
         directory.add("x@example.test", ["not an address"])
+    for bad in ("|true\nrm -rf /", "|printf '\x1b[2J'", 'x"\x00"@example.test'):
+        with pytest.raises(DirectoryError):
+            directory.add("x@example.test", [bad])
     with pytest.raises(DirectoryError):
         directory.delete("nonexistent@example.test")
     with pytest.raises(DirectoryError):
