@@ -1,4 +1,5 @@
-"""The `pillarbox` command line. Every error prints `error: ...` and exits 1."""
+"""The `pillarbox` command line. Every error prints `error: ...` and exits 1
+(`sendmail` with too little disk space: 75, EX_TEMPFAIL, as sendmail does)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from pillarbox.printable import escape
 
 class CLIError(Exception):
     pass
+
+
+EX_TEMPFAIL = 75  # sysexits.h: try again later (sendmail on a full disk)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -70,7 +74,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     configmod.from_dict(__import__("tomllib").loads(text), cfg_path)  # the template is valid
     cfg_path.write_text(text)
     cfg = configmod.load(cfg_path)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    from pillarbox.store import datadir
+
+    datadir.prepare(cfg.data_dir)
     tls.make_self_signed(cfg.cert_path, cfg.key_path, hostname)
     from pillarbox.modify import dkim_sign
 
@@ -187,8 +193,6 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
         print(f"{a} may send as itself, its aliases"
               + "".join(f", {escape(r)}" for r in rights))
     elif args.action == "quota":
-        if args.quota is None:
-            raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
         users.set_quota(args.address, configmod.parse_size(args.quota, "--quota"))
         print(f"quota set for {addr.normalize(args.address)}")
 
@@ -350,7 +354,7 @@ def _retry_offline(cfg: Config, msg_id: str | None) -> int:
 # -- sendmail -----------------------------------------------------------------
 
 def cmd_sendmail(args: argparse.Namespace) -> int:
-    from pillarbox.queue.spool import Envelope, SpoolFull, new_id
+    from pillarbox.queue.spool import Envelope, SpoolFull, disk_full, new_id
     from pillarbox.server import open_directory
 
     cfg = _load(args)
@@ -411,11 +415,18 @@ def cmd_sendmail(args: argparse.Namespace) -> int:
                    size=len(data), auth=None, source="sendmail")
     from pillarbox.queue.spool import Spool
 
-    spool = Spool(_spool_root(cfg), cfg.queue.min_free_space)
     try:
+        spool = Spool(_spool_root(cfg), cfg.queue.min_free_space)
         spool.drop(env, data)
-    except SpoolFull:
-        raise CLIError("not enough free disk space for the queue; nothing was sent") from None
+    except (SpoolFull, OSError) as e:
+        if not (isinstance(e, SpoolFull) or disk_full(e)):
+            raise
+        # A temporary failure, in sendmail's convention: the caller keeps the
+        # message and tries again.
+        print(f"error: not enough free disk space for the queue (less than "
+              f"queue.min_free_space = {_human(cfg.queue.min_free_space)} would be left); "
+              "nothing was sent, try again later", file=sys.stderr)
+        return EX_TEMPFAIL
     control.request(cfg.data_dir, "pickup")
     return 0
 
@@ -498,7 +509,22 @@ _NEEDS_ADDRESS = {("user", a) for a in ("add", "del", "passwd", "disable", "enab
                                           "from")}
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """What argparse cannot say: the arguments an action needs (CLIError if missing)."""
+    if (args.command, getattr(args, "action", None)) in _NEEDS_ADDRESS and not args.address:
+        raise CLIError(f"{args.command} {args.action} needs an ADDRESS")
+    if args.command == "user" and args.action == "quota" and args.quota is None:
+        raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
+    if args.command == "alias" and args.action in ("add", "del") and not args.alias:
+        raise CLIError(f"alias {args.action} needs an ALIAS")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pillarbox.store import datadir
+
+    # Everything the CLI and the server write (database, keys, mail, queue)
+    # is for the service user alone.
+    datadir.set_umask()
     argv = sys.argv[1:] if argv is None else argv
     if Path(sys.argv[0]).name == "sendmail" and (not argv or argv[0] != "sendmail"):
         argv = ["sendmail", *argv]
@@ -509,10 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args = build_parser().parse_args(argv)
     try:
-        if (args.command, getattr(args, "action", None)) in _NEEDS_ADDRESS and not args.address:
-            raise CLIError(f"{args.command} {args.action} needs an ADDRESS")
-        if args.command == "alias" and args.action in ("add", "del") and not args.alias:
-            raise CLIError(f"alias {args.action} needs an ALIAS")
+        check_args(args)
         return args.func(args)
     except (CLIError, ConfigError, DirectoryError, addr.AddressError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -81,6 +81,12 @@ class Limits:
     max_connections: int = 1000
     command_timeout: float = 300.0
     login_cache: float = 600.0
+    # failed logins (SMTP AUTH, IMAP): see check/ratelimit.py
+    auth_max_failures: int = 10
+    auth_account_max_failures: int = 30
+    auth_failure_window: float = 900.0
+    auth_lockout: float = 900.0
+    auth_failure_delay: float = 2.0
 
 
 @dataclass
@@ -178,7 +184,8 @@ _SECTION_KEYS = {
     "storage": {"url"},
     "dns": {"nameservers"},
     "limits": {"max_message_size", "max_recipients", "max_connections", "command_timeout",
-               "login_cache"},
+               "login_cache", "auth_max_failures", "auth_account_max_failures",
+               "auth_failure_window", "auth_lockout", "auth_failure_delay"},
     "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
@@ -307,6 +314,16 @@ def from_dict(data: dict, path: Path) -> Config:
         limits.command_timeout = parse_duration(lim["command_timeout"], "limits.command_timeout")
     if "login_cache" in lim:
         limits.login_cache = parse_duration(lim["login_cache"], "limits.login_cache")
+    for key in ("auth_max_failures", "auth_account_max_failures"):
+        if key in lim:
+            setattr(limits, key, _int(lim[key], f"limits.{key}", 1))
+    for key in ("auth_failure_window", "auth_lockout", "auth_failure_delay"):
+        if key in lim:
+            setattr(limits, key, parse_duration(lim[key], f"limits.{key}"))
+    if limits.auth_failure_delay > 60:
+        raise ConfigError("limits.auth_failure_delay", "must be at most 1m")
+    if limits.auth_lockout > 86400:
+        raise ConfigError("limits.auth_lockout", "must be at most 1d")
 
     q = _section(data, "queue")
     queue = QueueSettings()
@@ -463,6 +480,19 @@ command_timeout  = "5m"    # idle time allowed between client commands
 # How long a successful login (SMTP AUTH, IMAP) is remembered in memory, so a
 # reconnecting client skips the argon2id check; "0s" checks every time.
 login_cache      = "10m"
+# Failed logins (SMTP AUTH, IMAP LOGIN/AUTHENTICATE), counted over all
+# connections. After auth_max_failures from one address (IPv6: its /64) within
+# auth_failure_window, logins from it are refused (454 4.7.0, NO [UNAVAILABLE])
+# for auth_lockout, before the password is checked. After
+# auth_account_max_failures for one account (from any addresses), that account
+# refuses logins from addresses that have not logged into it in the last 7 days,
+# also for auth_lockout. Each failure is answered after a delay that grows with
+# the square of the failures, up to auth_failure_delay.
+auth_max_failures         = 10
+auth_account_max_failures = 30
+auth_failure_window       = "15m"
+auth_lockout              = "15m"
+auth_failure_delay        = "2s"
 
 [queue]
 min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1

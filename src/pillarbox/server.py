@@ -8,8 +8,10 @@ import functools
 import gc
 import logging
 import signal
+import sqlite3
 
 from pillarbox import control, tls
+from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
@@ -19,6 +21,7 @@ from pillarbox.endpoint.imap import session as imap
 from pillarbox.modify.signing import Signing
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import Spool
+from pillarbox.store import datadir
 from pillarbox.store.mailbox_index import StoreRegistry
 from pillarbox.store.sqlite import Database
 from pillarbox.target import mailbox
@@ -46,7 +49,22 @@ def recount_usage(users: Users, mail_root) -> None:
         folders = [p for p in root.glob(".*") if p.is_dir()] if root.is_dir() else []
         used = mailbox.usage(root) + sum(mailbox.usage(p) for p in folders)
         if used != user.used:
-            users.set_used(user.address, used)
+            try:
+                users.set_used(user.address, used)
+            except sqlite3.Error as e:  # disk full: the count catches up at the next start
+                log.warning("quota usage not recounted user=%s error=%r", user.address, e)
+
+
+def migrate_maildirs(users: Users, mail_root) -> None:
+    """Move Maildirs named by the old, ambiguous address mapping (see
+    mailbox.path_name) to their new names, before anything is served."""
+    renamed, conflicts = mailbox.migrate_paths(mail_root, [u.address for u in users.list()])
+    for old, new in renamed:
+        log.warning("maildir renamed to the new address mapping old=%s new=%s", old, new)
+    for old, owners in conflicts:
+        log.warning("maildir %s was shared by users %s under the old address mapping; left "
+                    "in place (its mail is mixed): move each user's messages to their "
+                    "Maildir by hand", old, ",".join(owners))
 
 
 def ensure_tls(config: Config) -> None:
@@ -82,13 +100,16 @@ class Server:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_exceptions)
         try:
-            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(datadir.prepare, cfg.data_dir)
             ensure_tls(cfg)
             tls_ctx = tls.server_context(cfg.cert_path, cfg.key_path)
+        except PermissionError as e:
+            raise ServeError(f"data_dir: {e}") from None
         except (OSError, ValueError) as e:
             raise ServeError(f"tls: cannot load the certificate: {e}") from None
         _, users, aliases = open_directory(cfg, cached=True)
         self.users = users
+        await asyncio.to_thread(migrate_maildirs, users, cfg.data_dir / "mail")
         # Before anything is served: an IMAP APPEND or EXPUNGE during the
         # recount would be counted twice or lost.
         await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
@@ -96,14 +117,15 @@ class Server:
         self.queue = queue = Queue(cfg, spool, users, aliases)
         signing = Signing(cfg)
         queue.signing = signing
-        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, signing)
+        throttle = LoginThrottle(cfg.limits)  # one for SMTP and IMAP: failures add up
+        ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, throttle, signing)
         try:
             for kind in ("smtp", "submission", "submissions"):
                 factory = functools.partial(smtp.SMTPProtocol, ctx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "submissions" else None)
             stores = StoreRegistry(cfg.data_dir / "mail")
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
-            ictx = imap.IMAPContext(cfg, users, tls_ctx, stores)
+            ictx = imap.IMAPContext(cfg, users, tls_ctx, stores, throttle)
             for kind in ("imap", "imaps"):
                 factory = functools.partial(imap.IMAPProtocol, ictx, kind)
                 await self._listen(kind, factory, tls_ctx if kind == "imaps" else None)

@@ -388,6 +388,7 @@ class Server:
             shutil.copytree(seed, self.data_dir)
         else:
             self.data_dir.mkdir(exist_ok=True)
+        self.data_dir.chmod(0o700)  # as `init` makes it; an open one is closed with a warning
         (self.smtp_port, self.submission_port, self.submissions_port, self.imap_port,
          self.imaps_port) = free_ports(5)
         self.config = default_config(self.smtp_port, self.submission_port, self.submissions_port,

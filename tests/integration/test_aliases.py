@@ -154,3 +154,51 @@ def test_pipe_alias_and_user_in_one_fan_out(server, tmp_path):
     assert parse(raw)["Subject"] == tok
     (data,) = wait_until(lambda: _outputs(out), 10, "the pipe command's output")
     assert parse(data)["Subject"] == tok
+
+
+def _counting_script(tmp: Path, status: int) -> tuple[Path, Path]:
+    """A command that never reads its stdin: it appends one line per run and exits."""
+    runs = tmp / "runs"
+    script = tmp / f"count-{status}.sh"
+    script.write_text(f"#!/bin/sh\necho \"$RECIPIENT\" >> '{runs}'\nexit {status}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script, runs
+
+
+def _runs(runs: Path) -> int:
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+def test_pipe_command_that_does_not_read_stdin_runs_once_per_message(server, tmp_path):
+    # Exit 0 means delivered, read or not; the write into a closed pipe must
+    # not turn that into a deferral and a second run.
+    script, runs = _counting_script(tmp_path, 0)
+    server.add_alias("noread@example.test", f"|{script}")
+    n = 32
+    with server.smtp() as s:
+        for i in range(n):
+            # mostly 2 MB bodies: the command exits while we still write, and the
+            # write fails (as RuntimeError under uvloop in about half the runs)
+            body = ("x" * 998 + "\r\n") * (2000 if i % 4 else 1)
+            msg = make_message(SENDER, "noread@example.test", f"noread {i}", body=body)
+            assert s.sendmail(SENDER, ["noread@example.test"], msg) == {}
+    wait_until(lambda: _runs(runs) >= n, 15, f"{n} runs of the command")
+    wait_until(lambda: server.queue_list() == [], 15, "the queue to drain")
+    assert _runs(runs) == n, f"{_runs(runs)} runs for {n} messages"
+    assert "delivery deferred" not in server.log_text()
+
+
+def test_pipe_command_that_does_not_read_and_exits_75_is_deferred_once(server, tmp_path):
+    script, runs = _counting_script(tmp_path, 75)
+    server.add_alias("tempfail@example.test", f"|{script}")
+    body = ("y" * 998 + "\r\n") * 1000
+    with server.smtp() as s:
+        s.sendmail(SENDER, ["tempfail@example.test"],
+                   make_message(SENDER, "tempfail@example.test", "tempfail", body=body))
+
+    def deferred():
+        return [r for e in server.queue_list() for r in e["rcpts"] if r["state"] == "deferred"]
+
+    (rcpt,) = wait_until(deferred, 15, "the delivery to be deferred")
+    assert rcpt["attempts"] == 1 and "status 75" in rcpt["last_error"], rcpt
+    assert _runs(runs) == 1

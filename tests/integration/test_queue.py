@@ -129,9 +129,11 @@ def test_low_disk_refuses_new_mail_and_keeps_queued_mail(make_server):
                 r = (e.smtp_code, e.smtp_error)
         assert_reply(r, 452, "4.3.1", "new mail with the disk below min_free_space")
     p = server.cli("sendmail", "-i", BOB, input="Subject: no room\n\nbody\n")
-    assert p.returncode == 1 and p.stderr.startswith("error:"), (
-        f"sendmail with a full disk must fail loudly, not drop the message: {p}"
+    assert p.returncode == 75 and p.stderr.startswith("error:"), (
+        f"sendmail below min_free_space must exit EX_TEMPFAIL (75), not drop the message: {p}"
     )
+    assert "queue.min_free_space" in p.stderr, p.stderr
+    assert list((server.data_dir / "queue" / "maildrop").iterdir()) == []
     again = _entry_for(server, CAROL)
     assert again is not None and again["id"] == entry["id"], "queued mail lost on low disk"
     assert server.messages(BOB) == []

@@ -203,7 +203,7 @@ def test_done_messages_do_not_come_back_after_load(tmp_path):
             await spool.append(e, [f"message {i}\r\n".encode()])
         spool.done(envs[1].id)
         spool.done(envs[3].id)
-        spool.flush_done()  # else written DONE_FLUSH_DELAY later
+        spool.flush_done()  # else written at the end of this loop turn
 
     asyncio.run(main())
     spool = Spool(root)

@@ -11,6 +11,9 @@ second (a crash loses at most that second of accounting, never mail).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -19,7 +22,10 @@ from pillarbox.store.sqlite import Database
 if TYPE_CHECKING:
     from pillarbox.directory.users import User
 
+log = logging.getLogger("pillarbox.directory")
+
 FLUSH_EVERY = 1.0
+FLUSH_RETRY = 10.0  # after a failed write (disk full)
 CHECK_EVERY = 1.0
 
 
@@ -83,7 +89,22 @@ class DirectoryCache:
             return
         pending, self._pending_used = self._pending_used, {}
         c = self.db.conn()
-        c.execute("BEGIN IMMEDIATE")
-        c.executemany("UPDATE users SET used = MAX(0, used + ?) WHERE address = ?",
-                      [(d, a) for a, d in pending.items()])
-        c.execute("COMMIT")
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            c.executemany("UPDATE users SET used = MAX(0, used + ?) WHERE address = ?",
+                          [(d, a) for a, d in pending.items()])
+            c.execute("COMMIT")
+        except sqlite3.Error as e:
+            # Disk full: keep the counts in memory and try again later.
+            if c.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+            for a, d in pending.items():
+                self._pending_used[a] = self._pending_used.get(a, 0) + d
+            log.warning("quota usage not saved, retrying error=%r", e)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            if self._flush_handle is None:
+                self._flush_handle = loop.call_later(FLUSH_RETRY, self.flush)

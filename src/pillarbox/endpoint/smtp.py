@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from pillarbox import address as addr
 from pillarbox.check import Reply, recipient, relay, sender
+from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
@@ -30,7 +31,7 @@ from pillarbox.modify import received, submission
 from pillarbox.modify.signing import Signing
 from pillarbox.printable import escape
 from pillarbox.queue.scheduler import Queue
-from pillarbox.queue.spool import BodyBuffer, SpoolFull, new_id
+from pillarbox.queue.spool import BodyBuffer, SpoolFull, disk_full, new_id
 
 log = logging.getLogger("pillarbox.smtp")
 
@@ -58,6 +59,7 @@ class SMTPContext:
     aliases: Aliases
     queue: Queue
     tls: ssl.SSLContext | None
+    throttle: LoginThrottle
     signing: Signing | None = None
     sessions: set = field(default_factory=set)
 
@@ -322,15 +324,28 @@ class Session:
         else:
             self.reply(504, "5.5.4 Unrecognized authentication mechanism; use PLAIN or LOGIN")
             return None
+        throttle = self.ctx.throttle
+        why = throttle.refusal(self.peer_ip, username)
+        if why is not None:  # before the password check: no argon2, no way in
+            log.info("auth refused peer=%s user=%r locked=%s", self.peer_ip, username[:100],
+                     why)
+            self.reply(454, "4.7.0 Too many failed logins, try again later")
+            self.auth_failures += 1  # cheap for us, but no endless retries on one connection
+            if self.auth_failures >= MAX_AUTH_FAILURES:
+                self.reply(421, "4.7.0 Too many failed authentications, closing connection")
+                return False
+            return None
         user = await self.ctx.users.check_password(username, password)
         if user is None:
             self.auth_failures += 1
             log.info("auth failed peer=%s user=%r", self.peer_ip, username[:100])
+            await throttle.failed(self.peer_ip, username)
             self.reply(535, "5.7.8 Authentication credentials invalid")
             if self.auth_failures >= MAX_AUTH_FAILURES:
                 self.reply(421, "4.7.0 Too many failed authentications, closing connection")
                 return False
             return None
+        throttle.succeeded(self.peer_ip, username)
         self.user = user
         self.reply(235, "2.7.0 Authentication successful")
         return None
@@ -475,6 +490,9 @@ class Session:
             body.discard()
             self.send(fault)
             return
+        if body.error is not None:  # a large body could not be spilled to disk
+            self._refuse_unstored(body.error)
+            return
         protocol = "ESMTP" if self.esmtp else "SMTP"
         if self.tls:
             protocol += "S"
@@ -495,17 +513,21 @@ class Session:
             await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, head, total,
                                          auth=self.user, source=self.kind, msg_id=msg_id,
                                          body=body)
-        except SpoolFull:
-            log.warning("queue disk full: refusing mail peer=%s", self.peer_ip)
-            self.reply(452, "4.3.1 Insufficient system storage, try again later")
-            return
-        except OSError as e:
-            log.error("queue write failed: %s", e)
-            self.reply(451, "4.3.0 Local error in processing, try again later")
+        except (SpoolFull, OSError) as e:
+            self._refuse_unstored(e)
             return
         log.info("accepted id=%s from=%s rcpts=%d size=%d", msg_id, tx.mail_from,
                  len(tx.rcpts), total)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
+
+    def _refuse_unstored(self, e: Exception) -> None:
+        """The queue could not store the message: a temporary failure, nothing kept."""
+        if isinstance(e, SpoolFull) or disk_full(e):
+            log.warning("queue disk full: refusing mail peer=%s", self.peer_ip)
+            self.reply(452, "4.3.1 Insufficient system storage, try again later")
+        else:
+            log.error("queue write failed: %r", e)
+            self.reply(451, "4.3.0 Local error in processing, try again later")
 
     async def _dkim_signature(self, body: BodyBuffer, added: list[bytes], mail_from: str) -> bytes:
         """DKIM-Signature fields for a submitted message (b"" when not ours to sign)."""

@@ -28,6 +28,7 @@ from pillarbox.queue.spool import (
     Spool,
     SpoolFull,
     State,
+    disk_full,
     new_id,
 )
 from pillarbox.target import mailbox, pipe
@@ -38,6 +39,7 @@ log = logging.getLogger("pillarbox.queue")
 
 COMPACT_EVERY = 60.0
 STOP_TIMEOUT = 10.0
+PICKUP_RETRY = 30.0  # seconds; maildrop files wait this long when the disk was full
 
 
 
@@ -58,6 +60,7 @@ class Queue:
         self._active: set[str] = set()
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task] = []
+        self._pickup_retry: asyncio.Task | None = None
         self._stopping = False
 
     # -- intake -----------------------------------------------------------
@@ -115,11 +118,26 @@ class Queue:
         await self.remote.close()
 
     async def pickup(self) -> int:
-        """Take messages that `pillarbox sendmail` dropped into maildrop/."""
-        ids = await self.spool.pickup()
+        """Take messages that `pillarbox sendmail` dropped into maildrop/.
+
+        On a full disk they stay there, and another pickup is tried later."""
+        try:
+            ids = await self.spool.pickup()
+        except (SpoolFull, OSError) as e:
+            log.warning("maildrop pickup failed, retrying in %.0fs error=%r", PICKUP_RETRY, e)
+            if self._pickup_retry is None or self._pickup_retry.done():
+                self._pickup_retry = asyncio.create_task(self._pickup_later())
+                self._tasks.append(self._pickup_retry)
+            return 0
         for msg_id in ids:
             self._schedule_now(msg_id)
         return len(ids)
+
+    async def _pickup_later(self) -> None:
+        await asyncio.sleep(PICKUP_RETRY)
+        self._tasks.remove(asyncio.current_task())  # type: ignore[arg-type]
+        self._pickup_retry = None
+        await self.pickup()
 
     async def retry(self, msg_id: str | None = None) -> int:
         """Make deferred deliveries due now (one message, or all)."""
@@ -184,6 +202,10 @@ class Queue:
                 await self._process(msg_id)
             except FileNotFoundError:
                 pass  # deleted by `queue delete` meanwhile
+            except (SpoolFull, OSError) as e:
+                # Disk full while writing the state or a bounce: all stays queued.
+                log.warning("queue attempt not recorded id=%s error=%r", msg_id, e)
+                self._schedule_at(time.time() + self.config.queue.retry_schedule[0], msg_id)
             except Exception:
                 log.exception("queue attempt failed id=%s", msg_id)
                 self._schedule_at(time.time() + self.config.queue.retry_schedule[0], msg_id)
@@ -254,6 +276,8 @@ class Queue:
             return {id(d): await self._attempt(env, d)}
         except Exception as e:
             log.warning("delivery error id=%s to=%s error=%r", env.id, d.to, e)
+            if disk_full(e):  # retried like any 4xx; never a bounce
+                return {id(d): f"4.3.1 Mail system full: {e.strerror}"}
             return {id(d): _failure(e)}
 
     async def _attempt_remote(self, env: Envelope, domain: str, ds: list[Delivery],

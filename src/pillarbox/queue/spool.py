@@ -13,9 +13,11 @@ the header is the JSON envelope. A torn record at a segment's tail (a crash
 during a write, never acknowledged) fails its length or CRC check and is
 dropped at start-up.
 
-Finished messages are listed in `<n>.done` beside their segment (a plain
-write, no fsync: a lost line means at worst a duplicate delivery, never a
-loss). When every message in a segment is finished, the segment goes.
+Finished messages are listed in `<n>.done` beside their segment: a plain
+write, no fsync (a line lost in a power cut means at worst a duplicate
+delivery, never a loss), made in the same event-loop turn as the delivery
+finished, so a killed process repeats only the deliveries in flight.
+When every message in a segment is finished, the segment goes.
 Delivery progress of a message that is not finished in one attempt lives in
 `queue/state/<id>`, replaced atomically. Messages from `pillarbox sendmail`
 arrive as single files in `queue/maildrop/` and are moved into a segment.
@@ -24,8 +26,10 @@ arrive as single files in `queue/maildrop/` and are moved into a segment.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
+import logging
 import os
 import secrets
 import struct
@@ -35,10 +39,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+log = logging.getLogger("pillarbox.queue")
+
 MAGIC = b"PBQ1"
 _REC = struct.Struct(">4sIQI")  # magic, header length, body length, crc32
 SEGMENT_MAX_BYTES = 64 * 1024 * 1024
-DONE_FLUSH_DELAY = 0.05
+DONE_RETRY_DELAY = 5.0  # after a failed write of done marks (disk full)
 SPILL_AT = 512 * 1024  # larger bodies stream to a file of their own
 SEGMENT_MAX_AGE = 300.0  # seconds; old segments rotate so finished ones can be deleted
 COMPACT_AFTER = 600.0  # seconds since a segment was last written
@@ -46,6 +52,11 @@ COMPACT_AFTER = 600.0  # seconds since a segment was last written
 
 class SpoolFull(Exception):
     """Not enough free disk to accept a message safely; nothing was stored."""
+
+
+def disk_full(e: BaseException) -> bool:
+    """Is this the file system saying it has no room (ENOSPC, EDQUOT)?"""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(slots=True)
@@ -179,7 +190,10 @@ class BodyBuffer:
     """A message body as it arrives: in memory while small, then in a file.
 
     Past `spill_at` bytes everything goes to queue/tmp/<id>.body, so a 25 MB
-    message costs the server a buffer, not 25 MB of memory.
+    message costs the server a buffer, not 25 MB of memory. When that file
+    cannot be written (disk full), it is removed at once, the rest of the
+    message is only counted, and `error` says why: the session reads the data
+    to their end and refuses the message then.
     """
 
     def __init__(self, tmp_dir: Path, msg_id: str, spill_at: int) -> None:
@@ -188,6 +202,7 @@ class BodyBuffer:
         self.path = tmp_dir / f"{msg_id}.body"
         self._spill_at = spill_at
         self._fd: int | None = None
+        self.error: OSError | None = None
 
     @property
     def spilled(self) -> bool:
@@ -199,15 +214,21 @@ class BodyBuffer:
 
     def write(self, block: bytes) -> None:
         self.size += len(block)
-        if self._fd is None:
-            if not self.chunks or self.size <= self._spill_at:
-                self.chunks.append(block)
-                return
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            for c in self.chunks[1:]:
-                _write_all(self._fd, c)
-            del self.chunks[1:]  # keep the first block for header checks
-        _write_all(self._fd, block)
+        if self.error is not None:
+            return
+        try:
+            if self._fd is None:
+                if not self.chunks or self.size <= self._spill_at:
+                    self.chunks.append(block)
+                    return
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                for c in self.chunks[1:]:
+                    _write_all(self._fd, c)
+                del self.chunks[1:]  # keep the first block for header checks
+            _write_all(self._fd, block)
+        except OSError as e:
+            self.discard()
+            self.error = e
 
     def read_all(self) -> bytes:
         """The whole body (for signing). Blocking when spilled."""
@@ -221,7 +242,7 @@ class BodyBuffer:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
 
     def seal(self, bodies: Path, name: str) -> None:
         """Make the spilled file durable under bodies/<name>. Blocking."""
@@ -231,8 +252,12 @@ class BodyBuffer:
         finally:
             os.close(self._fd)
             self._fd = None
-        os.rename(self.path, bodies / name)
-        _fsync_dir(bodies)
+        try:
+            os.rename(self.path, bodies / name)
+            _fsync_dir(bodies)
+        except OSError:
+            (bodies / name).unlink(missing_ok=True)
+            raise
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:
@@ -308,7 +333,8 @@ class Spool:
         self._free = 0
         self._done_fds: dict[int, int] = {}
         self._done_buf: dict[int, list[str]] = {}
-        self._done_handle: asyncio.TimerHandle | None = None
+        self._done_handle: asyncio.Handle | None = None
+        self._done_torn: set[int] = set()
 
     # -- space --------------------------------------------------------------
 
@@ -332,7 +358,11 @@ class Spool:
 
     def _create_segment(self, n: int) -> int:
         fd = os.open(self._seg_path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        _fsync_dir(self.segments)
+        try:
+            _fsync_dir(self.segments)
+        except OSError:
+            os.close(fd)
+            raise
         return fd
 
     async def _rotate_if_due(self) -> None:
@@ -352,6 +382,7 @@ class Spool:
         """Delete a segment that is no longer written to and has nothing left."""
         if n != self._seg_no and not self.live.get(n):
             self.live.pop(n, None)
+            self._done_torn.discard(n)
             fd = self._done_fds.pop(n, None)
             if fd is not None:
                 os.close(fd)
@@ -389,6 +420,8 @@ class Spool:
         `chunks` come first (trace headers), then `body`. Raises SpoolFull
         when the disk is too full; nothing is stored then.
         """
+        if body is not None and body.error is not None:
+            raise SpoolFull() if disk_full(body.error) else body.error
         if not self.has_room(env.size):
             if body is not None:
                 body.discard()
@@ -400,7 +433,7 @@ class Spool:
                 await asyncio.to_thread(body.seal, self.bodies, env.id)
             except OSError as e:
                 body.discard()
-                raise SpoolFull() if e.errno in (28, 122) else e from e
+                raise SpoolFull() if disk_full(e) else e from e
             env.body_file = env.id
         elif body is not None:
             chunks.extend(body.chunks)
@@ -425,10 +458,11 @@ class Spool:
                     assert self._seg_fd is not None
                     await asyncio.to_thread(self._write_batch, self._seg_fd, start, parts)
                 except OSError as e:
-                    full = e.errno in (28, 122)  # ENOSPC, EDQUOT
-                    for _, _, fut in batch:
+                    for _, env, fut in batch:
+                        if env.body_file:  # sealed for a record that never landed
+                            (self.bodies / env.body_file).unlink(missing_ok=True)
                         if not fut.done():
-                            fut.set_exception(SpoolFull() if full else e)
+                            fut.set_exception(SpoolFull() if disk_full(e) else e)
                     continue
                 self._seg_size = pos
                 live = self.live.setdefault(seg, set())
@@ -549,11 +583,15 @@ class Spool:
 
     def write_state(self, msg_id: str, state: State) -> None:
         tmp = self.tmp / f"{msg_id}.state"
-        with open(tmp, "wb") as f:
-            f.write(state.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.states / msg_id)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(state.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.states / msg_id)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         self.has_state.add(msg_id)
 
     def done(self, msg_id: str) -> None:
@@ -563,13 +601,14 @@ class Spool:
             return
         if entry.env.body_file:
             (self.bodies / entry.env.body_file).unlink(missing_ok=True)
-        # Done marks are written in small batches: a lost mark costs a duplicate
-        # delivery after a crash, never a loss, and one write per message is slow.
+        # The marks of every message finished in this loop turn go out in one
+        # write at its end: before any further delivery can finish, so a kill
+        # repeats only what the workers hold. (A delay here let every message
+        # finished in the last 50 ms be delivered again after a kill -9.)
         self._done_buf.setdefault(entry.segment, []).append(msg_id)
         if self._done_handle is None:
             try:
-                loop = asyncio.get_running_loop()
-                self._done_handle = loop.call_later(DONE_FLUSH_DELAY, self.flush_done)
+                self._done_handle = asyncio.get_running_loop().call_soon(self.flush_done)
             except RuntimeError:
                 self.flush_done()
         if msg_id in self.has_state:
@@ -588,12 +627,27 @@ class Spool:
         for seg, ids in buf.items():
             if seg not in self.live:
                 continue  # the segment is gone, and its done file with it
-            fd = self._done_fds.get(seg)
-            if fd is None:
-                fd = os.open(self._done_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                             0o600)
-                self._done_fds[seg] = fd
-            os.write(fd, "".join(i + "\n" for i in ids).encode())
+            try:
+                fd = self._done_fds.get(seg)
+                if fd is None:
+                    fd = os.open(self._done_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                 0o600)
+                    self._done_fds[seg] = fd
+                # After a failed write, a newline first ends any torn line.
+                line = ("\n" if seg in self._done_torn else "") + "".join(i + "\n" for i in ids)
+                self._done_torn.add(seg)
+                _write_all(fd, line.encode())
+                self._done_torn.discard(seg)
+            except OSError as e:
+                # Disk full: keep the marks and try again later.
+                log.warning("queue done marks not written, retrying error=%r", e)
+                self._done_buf.setdefault(seg, []).extend(ids)
+        if self._done_buf and self._done_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._done_handle = loop.call_later(DONE_RETRY_DELAY, self.flush_done)
 
     # -- maildrop (pillarbox sendmail) --------------------------------------------
 
@@ -625,7 +679,10 @@ class Spool:
             return env, f.read()
 
     async def pickup(self) -> list[str]:
-        """Move maildrop files into the queue; return their ids."""
+        """Move maildrop files into the queue; return their ids.
+
+        Raises SpoolFull when the disk is too full; the files not yet moved
+        stay in maildrop/ for the next pickup."""
         moved = []
         for msg_id in await asyncio.to_thread(self.maildrop_ids):
             try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -82,11 +83,27 @@ MIGRATIONS = [
     ALTER TABLE messages ADD COLUMN bodystructure BLOB;
     ALTER TABLE messages ADD COLUMN body BLOB;
     """,
+    # First-login set-up (INBOX, the special-use folders, their subscriptions)
+    # is one transaction that ends by setting meta 'provisioned'; an index
+    # made before that already has its folders.
+    """
+    INSERT OR IGNORE INTO meta (key, value)
+        SELECT 'provisioned', 1 WHERE EXISTS (SELECT 1 FROM mailboxes);
+    """,
 ]
 STRUCTURE_CHUNK = 500  # UIDs per query when reading cached structures
 
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+def disk_full(e: BaseException) -> bool:
+    """Is this the disk (or a disk quota) being full, from the OS or from SQLite?"""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return False
 
 
 class MailboxError(Exception):
@@ -209,11 +226,6 @@ class MailStore:
         self.root = root
         for sub in ("tmp", "new", "cur"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(root / INDEX_NAME, isolation_level=None,
-                                  check_same_thread=False, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
         self.boxes: dict[str, Box] = {}
         self.listeners: set = set()  # objects with .selected (name) and .notify()
         self.on_change: list[Callable[[str], None]] = []
@@ -222,7 +234,23 @@ class MailStore:
         # quota usage follows at once. Deliveries are counted by the queue.
         self.usage_changed: Callable[[int], None] | None = None
         self.users = 0  # sessions holding this store open
-        self._load_boxes()
+        index = root / INDEX_NAME
+        made = not index.exists()
+        self.db = sqlite3.connect(index, isolation_level=None, check_same_thread=False,
+                                  timeout=30)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+            self._load_boxes()
+        except BaseException:
+            # Disk full on a first login: leave no half-made index behind; the
+            # next login starts afresh.
+            self.db.close()
+            if made:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{index}{suffix}").unlink(missing_ok=True)
+            raise
 
     # -- set-up -------------------------------------------------------------
 
@@ -241,9 +269,11 @@ class MailStore:
         for name, v, n, m, special in self.db.execute(
                 "SELECT name, uidvalidity, uidnext, highestmodseq, special FROM mailboxes"):
             self.boxes[name] = Box(name, v, n, m, special)
-        fresh = not self.boxes
+        provisioned = self.db.execute(
+            "SELECT 1 FROM meta WHERE key = 'provisioned'").fetchone() is not None
+        add: dict[str, str | None] = {}
         if "INBOX" not in self.boxes:
-            self._add_box("INBOX", None)
+            add["INBOX"] = None
         # Folders made by another program (or before the index existed).
         try:
             entries = list(os.scandir(self.root))
@@ -253,13 +283,25 @@ class MailStore:
             if e.name.startswith(".") and e.is_dir() and (Path(e.path) / "cur").is_dir():
                 name = e.name[1:]
                 if name not in self.boxes and valid_name(name) is None:
-                    self._add_box(name, SPECIAL_USE.get(name))
-        if fresh:  # first login: the special-use folders, subscribed
+                    add[name] = SPECIAL_USE.get(name)
+        if not provisioned:  # first login: the special-use folders, subscribed
             for name, use in SPECIAL_USE.items():
-                if name not in self.boxes:
-                    self.create(name, use)
-            for name in ["INBOX", *SPECIAL_USE]:
-                self.subscribe(name)
+                if name not in self.boxes and name not in add:
+                    self._make_folder(name)
+                    add[name] = use
+        if not add and provisioned:
+            return
+        # All of it in one transaction: a full disk leaves nothing half-made,
+        # and the next login does the whole set-up again.
+        with self._transaction():
+            boxes = [self._insert_box(name, use) for name, use in add.items()]
+            if not provisioned:
+                self.db.executemany("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)",
+                                    [(n,) for n in ["INBOX", *SPECIAL_USE]])
+                self.db.execute("INSERT OR REPLACE INTO meta (key, value) "
+                                "VALUES ('provisioned', 1)")
+        for box in boxes:
+            self.boxes[box.name] = box
 
     def _next_uidvalidity(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
@@ -268,13 +310,24 @@ class MailStore:
                         (v,))
         return v
 
+    def _insert_box(self, name: str, special: str | None) -> Box:
+        """The row of a new mailbox (inside a transaction); its Box, not yet in self.boxes."""
+        v = self._next_uidvalidity()
+        self.db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, special) "
+                        "VALUES (?, ?, 1, ?)", (name, v, special))
+        return Box(name, v, 1, 1, special)
+
     def _add_box(self, name: str, special: str | None) -> Box:
         with self._transaction():
-            v = self._next_uidvalidity()
-            self.db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, special) "
-                            "VALUES (?, ?, 1, ?)", (name, v, special))
-        box = self.boxes[name] = Box(name, v, 1, 1, special)
+            box = self._insert_box(name, special)
+        self.boxes[name] = box
         return box
+
+    def _make_folder(self, name: str) -> None:
+        path = self.path(name)
+        for sub in ("tmp", "new", "cur"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        (path / "maildirfolder").touch()
 
     # -- names and paths ----------------------------------------------------
 
@@ -313,10 +366,15 @@ class MailStore:
         if why:
             raise MailboxError(why, "CANNOT")
         path = self.path(name)
-        for sub in ("tmp", "new", "cur"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        (path / "maildirfolder").touch()
-        self._add_box(name, special)
+        existed = path.exists()
+        try:
+            self._make_folder(name)
+            self._add_box(name, special)
+        except BaseException:
+            # Not indexed: remove the folder we made, or a later login would adopt it.
+            if not existed:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
 
     def delete(self, name: str) -> None:
         if name == "INBOX":
@@ -431,30 +489,40 @@ class MailStore:
         outside = (sum(st.st_size for _, _, st in found[from_new:])
                    - sum(box.msgs[u].size for u in vanished))
         new_uids: list[int] = []
-        with self._transaction():
-            modseq = box.highestmodseq + 1
-            for uid in vanished:
-                self.db.execute("DELETE FROM messages WHERE mailbox = ? AND uid = ?", (name, uid))
-            for msg, fn in changed:
-                keywords = {f for f in msg.flags if f not in _LETTER_OF}
-                flags = frozenset(flags_from_letters(split_name(fn)[1]) | keywords)
-                self.db.execute("UPDATE messages SET fname = ?, flags = ?, modseq = ? "
-                                "WHERE mailbox = ? AND uid = ?",
-                                (fn, " ".join(sorted(flags)), modseq, name, msg.uid))
-            uid = box.uidnext
-            added = []
-            for base, fn, st in found:
-                flags = frozenset(flags_from_letters(split_name(fn)[1]))
-                m = Message(uid, base, fn, flags, st.st_mtime, st.st_size, modseq)
-                self.db.execute(
-                    "INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate, size,"
-                    " modseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, uid, base, fn, " ".join(sorted(flags)), st.st_mtime, st.st_size,
-                     modseq))
-                added.append(m)
-                uid += 1
-            self.db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE name = ?",
-                            (uid, modseq, name))
+        try:
+            with self._transaction():
+                modseq = box.highestmodseq + 1
+                for uid in vanished:
+                    self.db.execute("DELETE FROM messages WHERE mailbox = ? AND uid = ?",
+                                    (name, uid))
+                for msg, fn in changed:
+                    keywords = {f for f in msg.flags if f not in _LETTER_OF}
+                    flags = frozenset(flags_from_letters(split_name(fn)[1]) | keywords)
+                    self.db.execute("UPDATE messages SET fname = ?, flags = ?, modseq = ? "
+                                    "WHERE mailbox = ? AND uid = ?",
+                                    (fn, " ".join(sorted(flags)), modseq, name, msg.uid))
+                uid = box.uidnext
+                added = []
+                for base, fn, st in found:
+                    flags = frozenset(flags_from_letters(split_name(fn)[1]))
+                    m = Message(uid, base, fn, flags, st.st_mtime, st.st_size, modseq)
+                    self.db.execute(
+                        "INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate,"
+                        " size, modseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (name, uid, base, fn, " ".join(sorted(flags)), st.st_mtime, st.st_size,
+                         modseq))
+                    added.append(m)
+                    uid += 1
+                self.db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? "
+                                "WHERE name = ?", (uid, modseq, name))
+        except BaseException:
+            # The index is full (disk): back to new/, to be taken in later and
+            # not counted a second time as another program's files.
+            for _, fn, _ in found[:from_new]:
+                with contextlib.suppress(OSError):
+                    os.rename(path / "cur" / fn, path / "new" / fn)
+            box.cur_mtime = -1
+            raise
         box.uidnext, box.highestmodseq = uid, modseq
         for u in vanished:
             del box.by_base[box.msgs.pop(u).base]
@@ -482,37 +550,48 @@ class MailStore:
         changed: list[Message] = []
         failed: list[int] = []
         modseq = box.highestmodseq + 1
-        with self._transaction():
-            for uid in uids:
-                msg = box.msgs.get(uid)
-                if msg is None:
-                    continue
-                if unchangedsince is not None and msg.modseq > unchangedsince:
-                    failed.append(uid)
-                    continue
-                if mode == "add":
-                    new = msg.flags | flags
-                elif mode == "remove":
-                    new = msg.flags - flags
-                else:
-                    new = flags
-                if new == msg.flags:
-                    continue
-                base, info = split_name(msg.fname)
-                fname = f"{base}:2,{letters_for(new, info)}"
-                if fname != msg.fname:
-                    try:
+        before: list[tuple[Message, str, frozenset[str], int]] = []
+        try:
+            with self._transaction():
+                for uid in uids:
+                    msg = box.msgs.get(uid)
+                    if msg is None:
+                        continue
+                    if unchangedsince is not None and msg.modseq > unchangedsince:
+                        failed.append(uid)
+                        continue
+                    if mode == "add":
+                        new = msg.flags | flags
+                    elif mode == "remove":
+                        new = msg.flags - flags
+                    else:
+                        new = flags
+                    if new == msg.flags:
+                        continue
+                    base, info = split_name(msg.fname)
+                    fname = f"{base}:2,{letters_for(new, info)}"
+                    if fname != msg.fname:
+                        try:
+                            os.rename(path / msg.fname, path / fname)
+                        except FileNotFoundError:
+                            continue  # gone meanwhile; the next sync expunges it
+                    before.append((msg, msg.fname, msg.flags, msg.modseq))
+                    self.db.execute("UPDATE messages SET fname = ?, flags = ?, modseq = ? "
+                                    "WHERE mailbox = ? AND uid = ?",
+                                    (fname, " ".join(sorted(new)), modseq, name, uid))
+                    msg.fname, msg.flags, msg.modseq = fname, new, modseq
+                    changed.append(msg)
+                if changed:
+                    self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
+                                    (modseq, name))
+        except BaseException:
+            # The index is full (disk): files and memory back as the index has them.
+            for msg, fname, old_flags, old_modseq in before:
+                if msg.fname != fname:
+                    with contextlib.suppress(OSError):
                         os.rename(path / msg.fname, path / fname)
-                    except FileNotFoundError:
-                        continue  # gone meanwhile; the next sync expunges it
-                self.db.execute("UPDATE messages SET fname = ?, flags = ?, modseq = ? "
-                                "WHERE mailbox = ? AND uid = ?",
-                                (fname, " ".join(sorted(new)), modseq, name, uid))
-                msg.fname, msg.flags, msg.modseq = fname, new, modseq
-                changed.append(msg)
-            if changed:
-                self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
-                                (modseq, name))
+                msg.fname, msg.flags, msg.modseq = fname, old_flags, old_modseq
+            raise
         if changed:
             box.highestmodseq = modseq
             self._changed(name)
@@ -526,7 +605,10 @@ class MailStore:
             yield
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL at COMMIT).
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
             raise
 
     # -- cached ENVELOPE / BODYSTRUCTURE / BODY -------------------------------
@@ -569,6 +651,7 @@ class MailStore:
 
         Returns (base, file name)."""
         base = f"{new_base()},S={len(data)}"
+        fname = f"{base}:2,{letters_for(flags)}"
         if isinstance(data, TmpMessage):  # streamed already: make it durable, move it
             tmp, view = data.path, memoryview(b"")
             fd = os.open(tmp, os.O_WRONLY)
@@ -576,20 +659,27 @@ class MailStore:
             tmp, view = folder / "tmp" / base, memoryview(data)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if date is not None:
-            os.utime(tmp, (date, date))
-        fname = f"{base}:2,{letters_for(flags)}"
-        os.rename(tmp, folder / "cur" / fname)
-        dfd = os.open(folder / "cur", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if date is not None:
+                os.utime(tmp, (date, date))
+            os.rename(tmp, folder / "cur" / fname)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # disk full: no partial message stays behind
+            raise
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            dfd = os.open(folder / "cur", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            (folder / "cur" / fname).unlink(missing_ok=True)
+            raise
         return base, fname
 
     def add_file(self, name: str, base: str, fname: str, flags: Iterable[str]) -> Message:
@@ -630,28 +720,43 @@ class MailStore:
         sbox, dbox = self.box(src), self.box(dst)
         spath, dpath = self.path(src) / "cur", self.path(dst) / "cur"
         rows, pairs_src = [], []
-        for uid in uids:
-            msg = sbox.msgs.get(uid)
-            if msg is None:
-                continue
-            base = msg.base if move and msg.base not in dbox.by_base else \
-                f"{new_base()},S={msg.size}"
-            fname = f"{base}:2,{split_name(msg.fname)[1]}"
-            try:
-                if move:
-                    os.rename(spath / msg.fname, dpath / fname)
-                else:
-                    try:
-                        os.link(spath / msg.fname, dpath / fname)
-                    except OSError:
-                        shutil.copy2(spath / msg.fname, dpath / fname)
-            except FileNotFoundError:
-                continue
-            rows.append((base, fname, msg.flags, msg.internaldate, msg.size))
-            pairs_src.append(uid)
-        if not rows:
-            return []
-        added = self._insert(dbox, rows)
+        try:
+            for uid in uids:
+                msg = sbox.msgs.get(uid)
+                if msg is None:
+                    continue
+                base = msg.base if move and msg.base not in dbox.by_base else \
+                    f"{new_base()},S={msg.size}"
+                fname = f"{base}:2,{split_name(msg.fname)[1]}"
+                try:
+                    if move:
+                        os.rename(spath / msg.fname, dpath / fname)
+                    else:
+                        try:
+                            os.link(spath / msg.fname, dpath / fname)
+                        except OSError:
+                            try:
+                                shutil.copy2(spath / msg.fname, dpath / fname)
+                            except OSError:
+                                (dpath / fname).unlink(missing_ok=True)  # a partial copy
+                                raise
+                except FileNotFoundError:
+                    continue
+                rows.append((base, fname, msg.flags, msg.internaldate, msg.size))
+                pairs_src.append(uid)
+            if not rows:
+                return []
+            added = self._insert(dbox, rows)
+        except BaseException:
+            # Disk full (a copy, or the index): undo the files, or the next sync
+            # would take them in as new messages of a COPY that said NO.
+            for (_, fname, *_), uid in zip(rows, pairs_src, strict=True):
+                with contextlib.suppress(OSError):
+                    if move:
+                        os.rename(dpath / fname, spath / sbox.msgs[uid].fname)
+                    else:
+                        os.unlink(dpath / fname)
+            raise
         pairs = list(zip(pairs_src, [m.uid for m in added], strict=True))
         self._copy_structures(src, dst, pairs)
         if move:

@@ -68,7 +68,8 @@ class Database:
                 c.execute(f"PRAGMA user_version={i}")
                 c.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                if c.in_transaction:  # SQLite may have rolled back itself (disk full)
+                    c.execute("ROLLBACK")
                 raise
 
     def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:

@@ -37,13 +37,62 @@ except (OSError, AttributeError):
     _syncfs = None
 
 
+def path_name(part: str) -> str:
+    """One path component for a local part or domain, one-to-one.
+
+    "%" becomes "%25" first, then "/" "%2f" and NUL "%00"; "." and ".." are
+    spelled "%2e". Every "%" in the result starts an escape, so two parts
+    never share a name; ordinary names (alice, example.org) stay as they are,
+    so Dovecot's %n/%d find them.
+    """
+    safe = part.replace("%", "%25").replace("/", "%2f").replace("\0", "%00")
+    return safe.replace(".", "%2e") if safe in (".", "..") else safe
+
+
 def maildir_path(mail_root: Path, address: str) -> Path:
     local, _, domain = address.lower().rpartition("@")
-    # A local part may hold characters that are unsafe in a path.
+    return mail_root / path_name(domain) / path_name(local)
+
+
+def _old_maildir_path(mail_root: Path, address: str) -> Path:
+    """The mapping before path_name: "a/b" and "a%2fb" shared one Maildir."""
+    local, _, domain = address.lower().rpartition("@")
     safe = local.replace("/", "%2f").replace("\0", "")
     if safe in (".", ".."):
         safe = safe.replace(".", "%2e")
     return mail_root / domain / safe
+
+
+def migrate_paths(mail_root: Path, addresses: list[str]) -> tuple[list[tuple[Path, Path]],
+                                                                  list[tuple[Path, list[str]]]]:
+    """Rename Maildirs made under the old, ambiguous mapping to their path_name.
+
+    Only names with "%" (or NUL) move. A directory that more than one user
+    mapped to, or that is now another user's, holds mixed mail and cannot be
+    split: it stays, and is returned among the conflicts for the log.
+    Returns (renamed, conflicts). Blocking; run before anything is served.
+    """
+    new_paths = {a: maildir_path(mail_root, a) for a in addresses}
+    taken = set(new_paths.values())
+    by_old: dict[Path, list[str]] = {}
+    for a in addresses:
+        by_old.setdefault(_old_maildir_path(mail_root, a), []).append(a)
+    renamed, conflicts = [], []
+    for old, owners in by_old.items():
+        moving = [a for a in owners if new_paths[a] != old]
+        if not moving or not old.is_dir():
+            continue
+        if len(owners) > 1 or old in taken:
+            conflicts.append((old, owners))
+            continue
+        new = new_paths[moving[0]]
+        if new.exists():
+            conflicts.append((old, owners))
+            continue
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, new)
+        renamed.append((old, new))
+    return renamed, conflicts
 
 
 def usage(path: Path) -> int:

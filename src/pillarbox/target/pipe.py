@@ -1,6 +1,7 @@
 """Delivery to a `|command` alias: the message on the command's stdin.
 
-A non-zero exit is a temporary failure (the queue retries), as is a command
+Exit 0 is a delivery, whether or not the command read all of its input. A
+non-zero exit is a temporary failure (the queue retries), as is a command
 that runs longer than the timeout.
 """
 
@@ -17,6 +18,25 @@ class PipeFailed(Exception):
     pass
 
 
+async def _write(stdin: asyncio.StreamWriter, data: bytes) -> bool:
+    """Write to the command's stdin; False once the command has closed it.
+
+    A command may exit without reading its input (exit 0 still means it
+    took the message). The pipe then fails as BrokenPipeError or
+    ConnectionResetError, or, under uvloop, as RuntimeError on the closed
+    handle; none of them is a failed delivery.
+    """
+    if stdin.is_closing():
+        return False
+    try:
+        stdin.write(data)
+        await stdin.drain()
+    except (OSError, RuntimeError):
+        stdin.close()
+        return False
+    return True
+
+
 async def deliver(command: str, prefix: bytes, message: BinaryIO, sender: str, rcpt: str) -> None:
     env = dict(os.environ, SENDER=sender, RECIPIENT=rcpt)
     proc = await asyncio.create_subprocess_shell(
@@ -30,14 +50,12 @@ async def deliver(command: str, prefix: bytes, message: BinaryIO, sender: str, r
     assert proc.stdin is not None and proc.stderr is not None
 
     async def feed() -> None:
-        try:
-            proc.stdin.write(prefix)
-            while chunk := message.read(1 << 16):
-                proc.stdin.write(chunk)
-                await proc.stdin.drain()
-            proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the command did not read everything; its exit code decides
+        chunk = prefix
+        while chunk:
+            if not await _write(proc.stdin, chunk):
+                return  # the command stopped reading; its exit code decides
+            chunk = message.read(1 << 16)  # a spool read error is ours: it propagates
+        proc.stdin.close()
 
     try:
         _, err, _ = await asyncio.wait_for(

@@ -17,12 +17,14 @@ import functools
 import logging
 import os
 import re
+import sqlite3
 import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pillarbox import __version__
+from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
@@ -46,6 +48,7 @@ from pillarbox.store.mailbox_index import (
     Message,
     StoreRegistry,
     TmpMessage,
+    disk_full,
     new_base,
 )
 from pillarbox.target import mailbox
@@ -66,6 +69,7 @@ class IMAPContext:
     users: Users
     tls: ssl.SSLContext | None
     stores: StoreRegistry
+    throttle: LoginThrottle
     sessions: set = field(default_factory=set)
     per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     per_user: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -400,9 +404,9 @@ class Session:
             return
         except MailboxError as e:
             result = ("NO", f"[{e.code}] {e}" if e.code else str(e))
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
             log.warning("IMAP %s failed user=%s error=%r", name, self.user, e)
-            result = ("NO", "[SERVERBUG] Internal error, try again later")
+            result = _storage_failure(e)
         if result is None:
             result = ("OK", f"{name} completed")
         if self.selected is not None and not self.logout:
@@ -591,19 +595,38 @@ class Session:
         return await self._login(user, password)
 
     async def _login(self, username: str, password: str):
+        throttle = self.ctx.throttle
+        why = throttle.refusal(self.peer_ip, username)
+        if why is not None:  # before the password check: no argon2, no way in
+            log.info("imap auth refused peer=%s user=%r locked=%s", self.peer_ip,
+                     username[:100], why)
+            self.auth_failures += 1  # cheap for us, but no endless retries on one connection
+            if self.auth_failures >= MAX_AUTH_FAILURES:
+                self.untagged("BYE Too many failed logins")
+                self.logout = True
+            return ("NO", "[UNAVAILABLE] Too many failed logins, try again later")
         addr = await self.ctx.users.check_password(username, password)
         if addr is None:
             self.auth_failures += 1
             log.info("imap auth failed peer=%s user=%r", self.peer_ip, username[:100])
+            await throttle.failed(self.peer_ip, username)
             if self.auth_failures >= MAX_AUTH_FAILURES:
                 self.untagged("BYE Too many failed logins")
                 self.logout = True
             return ("NO", "[AUTHENTICATIONFAILED] Invalid credentials")
+        throttle.succeeded(self.peer_ip, username)
         if self.ctx.per_user[addr] >= self.limits.max_connections_per_user:
             return ("NO", "[LIMIT] Too many connections for this user")
         path = mailbox.maildir_path(self.cfg.data_dir / "mail", addr)
-        store = await asyncio.to_thread(_prepare, path)
-        self.store = self.ctx.stores.open(store)
+        try:
+            store = await asyncio.to_thread(_prepare, path)
+            self.store = self.ctx.stores.open(store)
+        except (OSError, sqlite3.Error) as e:  # disk full on a first login: not logged in
+            log.warning("imap login cannot open the mailbox user=%s error=%r", addr, e)
+            if disk_full(e):
+                return ("NO", "[UNAVAILABLE] Not enough disk space to set up the mailbox, "
+                              "try again later")
+            return ("NO", "[UNAVAILABLE] Cannot open the mailbox, try again later")
         # One store per Maildir, so per user: its changes move that user's quota usage.
         self.store.usage_changed = functools.partial(self.ctx.users.add_used, addr)
         self.user = addr
@@ -765,8 +788,8 @@ class Session:
             return ("NO", f"[TRYCREATE] No mailbox named {name[:100]!r}")
         if not data:
             return ("NO", "Empty message")
-        if isinstance(data, TmpMessage) and data.failed:
-            return ("NO", "[SERVERBUG] Could not store the message (disk full?); try later")
+        if isinstance(data, TmpMessage) and data.failed:  # its write to tmp/ failed
+            return ("NO", f"[OVERQUOTA] {NO_SPACE}")
         if self._over_quota(len(data)):
             return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
         date = cmd.args["date"].timestamp() if cmd.args["date"] else None
@@ -775,7 +798,13 @@ class Session:
                                               flags, date)
         if not store.exists(name):  # deleted while we wrote
             return ("NO", "[TRYCREATE] The mailbox was deleted")
-        msg = store.add_file(name, base, fname, flags)
+        try:
+            msg = store.add_file(name, base, fname, flags)
+        except sqlite3.Error:
+            # The index is full: the file goes too, or a later sync would take in
+            # a message whose APPEND said NO.
+            (store.path(name) / "cur" / fname).unlink(missing_ok=True)
+            raise
         return ("OK", f"[APPENDUID {store.box(name).uidvalidity} {msg.uid}] APPEND completed")
 
     async def cmd_IDLE(self, cmd: Command):
@@ -1130,6 +1159,16 @@ class Session:
 
     async def cmd_UID_SEARCH(self, cmd: Command):
         return await self.cmd_SEARCH(cmd)
+
+
+NO_SPACE = "Not enough disk space, try again later"
+
+
+def _storage_failure(e: OSError | sqlite3.Error) -> tuple[str, str]:
+    """The NO for a command that storage could not carry out."""
+    if disk_full(e):  # as Dovecot: a full disk is OVERQUOTA, a temporary state
+        return ("NO", f"[OVERQUOTA] {NO_SPACE}")
+    return ("NO", "[SERVERBUG] Internal error, try again later")
 
 
 def _prepare(path: Path) -> Path:
