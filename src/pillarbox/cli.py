@@ -19,6 +19,7 @@ from pillarbox import control
 from pillarbox.check import recipient
 from pillarbox.config import Config, ConfigError
 from pillarbox.directory.users import DirectoryError
+from pillarbox.printable import escape
 
 
 class CLIError(Exception):
@@ -166,7 +167,7 @@ def cmd_user(args: argparse.Namespace) -> int:
         for u in users.list():
             quota = _human(u.quota) if u.quota else "unlimited"
             state = "enabled" if u.enabled else "disabled"
-            print(f"{u.address}\t{state}\t{_human(u.used)}/{quota}")
+            print(f"{escape(u.address)}\t{state}\t{_human(u.used)}/{quota}")
         return 0
     try:
         _change_user(args, cfg, users)
@@ -195,6 +196,15 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
     elif args.action in ("disable", "enable"):
         users.set_enabled(args.address, args.action == "enable")
         print(f"{args.action}d {addr.normalize(args.address)}")
+    elif args.action == "from":
+        for pattern in args.allow or []:
+            print(f"{users.allow_sender(args.address, pattern)} allowed")
+        for pattern in args.disallow or []:
+            print(f"{users.disallow_sender(args.address, pattern)} no longer allowed")
+        a = addr.normalize(args.address)
+        rights = users.sender_rights(a)
+        print(f"{a} may send as itself, its aliases"
+              + "".join(f", {escape(r)}" for r in rights))
     elif args.action == "quota":
         users.set_quota(args.address, configmod.parse_size(args.quota, "--quota"))
         print(f"quota set for {addr.normalize(args.address)}")
@@ -204,7 +214,7 @@ def cmd_alias(args: argparse.Namespace) -> int:
     cfg, _, aliases = _directory(args)
     if args.action == "list":
         for alias, targets in aliases.list().items():
-            print(f"{alias}\t{', '.join(targets)}")
+            print(f"{escape(alias)}\t{escape(', '.join(targets))}")
         return 0
     if args.action == "add":
         if not args.targets:
@@ -280,13 +290,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
         out = []
         for e in entries:
             out.append(f"{e['id']}  {_age(e['age']):>4}  {_human(e['size']):>6}  "
-                       f"<{e['mail_from']}>")
+                       f"<{escape(e['mail_from'])}>")
             for r in e["rcpts"]:
                 extra = ""
                 if r["state"] == "deferred":
                     extra = f"  next in {_age(max(0, r['next_attempt'] - now))}"
-                err = f"  ({r['last_error']})" if r["last_error"] else ""
-                out.append(f"    {r['state']:<8} {r['addr']}{extra}{err}")
+                err = f"  ({escape(r['last_error'])})" if r["last_error"] else ""
+                out.append(f"    {r['state']:<8} {escape(r['addr'])}{extra}{err}")
         total = sum(e["size"] for e in entries)
         deferred = sum(1 for e in entries if any(r["state"] == "deferred" for r in e["rcpts"]))
         out.append(f"{len(entries)} message(s) in the queue ({deferred} deferred), "
@@ -304,7 +314,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         with open(entry.path, "rb") as f:
             f.seek(entry.offset)
             head = f.read(min(64 * 1024, entry.env.size or 64 * 1024))
-        print(head.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace"))
+        text = head.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+        print("\n".join(escape(line) for line in text.split("\r\n")))
         return 0
     if args.action == "retry":
         reply = control.request(cfg.data_dir, f"retry {args.id or ''}".strip())
@@ -475,11 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("user", help="manage users")
     s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",
-                                      "quota"])
+                                      "quota", "from"])
     s.add_argument("address", nargs="?")
     s.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of stdin")
     s.add_argument("--quota", help="mailbox size limit, e.g. 1G (default: unlimited)")
+    s.add_argument("--allow", action="append", metavar="SENDER",
+                   help="user from: may also send as SENDER (an address, @domain or *)")
+    s.add_argument("--disallow", action="append", metavar="SENDER",
+                   help="user from: take back a right given with --allow")
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", help="manage aliases")
@@ -505,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_NEEDS_ADDRESS = {("user", a) for a in ("add", "del", "passwd", "disable", "enable", "quota")}
+_NEEDS_ADDRESS = {("user", a) for a in ("add", "del", "passwd", "disable", "enable", "quota",
+                                          "from")}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -528,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     if Path(sys.argv[0]).name == "sendmail" and (not argv or argv[0] != "sendmail"):
         argv = ["sendmail", *argv]
     argv = _sendmail_compat(argv)
+    bad = next((a for a in argv if not a.replace("\t", " ").isprintable()), None)
+    if bad is not None:  # a newline in an address or alias would forge listing lines
+        print(f"error: control character in argument {escape(bad)!r}", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         check_args(args)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 
+from pillarbox.printable import escape
+
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
-        line = f"{ts} level={record.levelname.lower()} mod={record.name} {record.getMessage()}"
+        # Addresses and names in a message come from the network: escaped, so
+        # that no control character can forge a line or drive a terminal.
+        msg = escape(record.getMessage())
+        line = f"{ts} level={record.levelname.lower()} mod={record.name} {msg}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -7,8 +7,12 @@ differently and never repeats a finished delivery.
 
 from __future__ import annotations
 
+import logging
+
 from pillarbox.directory.aliases import Aliases
 from pillarbox.queue.spool import Delivery
+
+log = logging.getLogger("pillarbox.route")
 
 
 def expand(aliases: Aliases, rcpts: list[str]) -> list[Delivery]:
@@ -29,10 +33,15 @@ def expand(aliases: Aliases, rcpts: list[str]) -> list[Delivery]:
             add("pipe", cmd, rcpt)
         for addr in x.remote:
             add("remote", addr, rcpt)
-        for user in x.unknown:
-            add("local", user, rcpt, "failed", "5.1.1 no such user")
-        for user in x.disabled:
-            add("local", user, rcpt, "failed", "5.2.1 mailbox disabled")
+        # A target behind an alias that cannot take mail is dropped, not
+        # bounced: the sender may be forged, and RCPT accepted the alias
+        # because another target could (no backscatter).
+        for user, why in [(u, "5.1.1 no such user") for u in x.unknown] + [
+                (u, "5.2.1 mailbox disabled") for u in x.disabled]:
+            if user == rcpt:
+                add("local", user, rcpt, "failed", why)
+            else:
+                log.warning("alias target dropped rcpt=%s target=%s reason=%r", rcpt, user, why)
         if x.empty and x.loop and not (x.unknown or x.disabled):
             add("local", rcpt, rcpt, "failed", "5.4.6 alias loop")
     return out

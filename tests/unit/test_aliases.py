@@ -64,13 +64,18 @@ def test_disabled_user(directory: Aliases) -> None:
     assert x.empty and x.disabled == ["bob@example.test"]
 
 
-def test_route_expand_records_failures(directory: Aliases) -> None:
-    directory.add("list@example.test", ["alice@example.test", "ghost@example.test"])
-    ds = route.expand(directory, ["list@example.test", "x@remote.test"])
+def test_route_expand_drops_dead_alias_targets_and_records_failures(directory: Aliases) -> None:
+    directory.add("list@example.test", ["alice@example.test", "ghost@example.test",
+                                        "bob@example.test"])
+    directory.users.set_enabled("bob@example.test", False)
+    ds = route.expand(directory, ["list@example.test", "x@remote.test", "gone@example.test"])
     kinds = {(d.kind, d.to, d.state) for d in ds}
     assert ("local", "alice@example.test", "pending") in kinds
     assert ("remote", "x@remote.test", "pending") in kinds
-    assert ("local", "ghost@example.test", "failed") in kinds
+    # Behind an alias, an unknown or disabled target is dropped (no bounce to a
+    # possibly forged sender); an accepted recipient that vanished still fails.
+    assert not any(d.to in ("ghost@example.test", "bob@example.test") for d in ds), kinds
+    assert ("local", "gone@example.test", "failed") in kinds
 
 
 def test_bad_input(directory: Aliases) -> None:
@@ -78,6 +83,9 @@ def test_bad_input(directory: Aliases) -> None:
         directory.add("x@example.test", [])
     with pytest.raises(DirectoryError):
         directory.add("x@example.test", ["not an address"])
+    for bad in ("|true\nrm -rf /", "|printf '\x1b[2J'", 'x"\x00"@example.test'):
+        with pytest.raises(DirectoryError):
+            directory.add("x@example.test", [bad])
     with pytest.raises(DirectoryError):
         directory.delete("nonexistent@example.test")
     with pytest.raises(DirectoryError):

@@ -41,6 +41,8 @@ def normalize_target(target: str) -> str:
     if target.startswith("|"):
         if not target[1:].strip():
             raise DirectoryError("a |command target needs a command after the |")
+        if not target.replace("\t", " ").isprintable():
+            raise DirectoryError("a |command target must not hold control characters")
         return target
     return normalize(target)
 

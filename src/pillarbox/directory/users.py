@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from pillarbox.address import normalize
+from pillarbox.address import AddressError, domain_of, normalize, normalize_domain
 from pillarbox.directory import passwords
 from pillarbox.directory.cache import DirectoryCache
 from pillarbox.store.sqlite import Database
@@ -40,6 +40,23 @@ class User:
     @property
     def over_quota(self) -> bool:
         return self.quota > 0 and self.used >= self.quota
+
+
+def sender_pattern(pattern: str) -> str:
+    """A sender right in canonical form: `user@domain`, `@domain` or `*` (any address)."""
+    pattern = pattern.strip()
+    try:
+        if pattern == "*":
+            return pattern
+        if pattern.startswith("@"):
+            return "@" + normalize_domain(pattern[1:])
+        return normalize(pattern)
+    except AddressError as e:
+        raise DirectoryError(f"{e}; a sender right is an address, @domain or *") from None
+
+
+def sender_allowed(rights: list[str], address: str) -> bool:
+    return "*" in rights or address in rights or ("@" + domain_of(address)) in rights
 
 
 class Users:
@@ -81,6 +98,30 @@ class Users:
     def delete(self, address: str) -> None:
         address = self._require(address)
         self.db.execute("DELETE FROM users WHERE address = ?", (address,))
+        self.db.execute("DELETE FROM sender_rights WHERE address = ?", (address,))
+
+    # -- sender rights: addresses a user may send as besides its own and its aliases
+
+    def sender_rights(self, address: str) -> list[str]:
+        rows = self.db.execute("SELECT pattern FROM sender_rights WHERE address = ? "
+                               "ORDER BY pattern", (address.lower(),)).fetchall()
+        return [r[0] for r in rows]
+
+    def allow_sender(self, address: str, pattern: str) -> str:
+        address = self._require(address)
+        pattern = sender_pattern(pattern)
+        self.db.execute("INSERT OR IGNORE INTO sender_rights (address, pattern) VALUES (?, ?)",
+                        (address, pattern))
+        return pattern
+
+    def disallow_sender(self, address: str, pattern: str) -> str:
+        address = self._require(address)
+        pattern = sender_pattern(pattern)
+        cur = self.db.execute("DELETE FROM sender_rights WHERE address = ? AND pattern = ?",
+                              (address, pattern))
+        if cur.rowcount == 0:
+            raise DirectoryError(f"{address} has no sender right {pattern}")
+        return pattern
 
     def set_password(self, address: str, password: str) -> None:
         address = self._require(address)

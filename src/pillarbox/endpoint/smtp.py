@@ -29,6 +29,7 @@ from pillarbox.endpoint import connection
 from pillarbox.endpoint.connection import Connection, Disconnect, SessionTable
 from pillarbox.modify import received, submission
 from pillarbox.modify.signing import Signing
+from pillarbox.printable import escape
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import BodyBuffer, SpoolFull, disk_full, new_id
 
@@ -296,9 +297,13 @@ class Session:
                 parts = base64.b64decode(resp, validate=True).split(b"\0")
                 if len(parts) != 3:
                     raise ValueError
-                _, username, password = (p.decode("utf-8") for p in parts)
+                authzid, username, password = (p.decode("utf-8") for p in parts)
             except (binascii.Error, ValueError):
                 self.reply(501, "5.5.2 Cannot decode AUTH PLAIN response")
+                return None
+            if authzid and authzid.lower() != username.lower():
+                # Acting as someone else is not offered (IMAP refuses it too).
+                self.reply(535, "5.7.8 Authorization identity must be empty or the login")
                 return None
         elif mech == "LOGIN":
             u = initial.strip() or await self._challenge("VXNlcm5hbWU6")
@@ -361,8 +366,12 @@ class Session:
             self.reply(501, f"5.5.4 Syntax: {prefix}<address>")
             return None
         path = m.group(1)
-        if ":" in path:  # source route, RFC 5321 4.1.2: ignore it
-            path = path.rpartition(":")[2]
+        if path.startswith("@"):  # source route, RFC 5321 4.1.2: check it, then ignore it
+            try:
+                path = _strip_source_route(path)
+            except addr.AddressError:
+                self.reply(501, f"5.5.4 Syntax: {prefix}<address> (bad source route)")
+                return None
         return path, m.group(2).split()
 
     async def cmd_MAIL(self, arg: str) -> None:
@@ -394,7 +403,7 @@ class Session:
             elif key == "AUTH":
                 pass
             else:
-                self.reply(555, f"5.5.4 Unsupported MAIL parameter {p[:40]}")
+                self.reply(555, f"5.5.4 Unsupported MAIL parameter {escape(p[:40])}")
                 return
         if path:
             if not path.isascii() and not smtputf8:
@@ -403,7 +412,7 @@ class Session:
             try:
                 local, domain = addr.split(path)
             except addr.AddressError:
-                self.reply(553, f"5.1.7 Bad sender address syntax <{path[:100]}>")
+                self.reply(501, f"5.1.7 Bad sender address syntax <{escape(path[:100])}>")
                 return
             path = f"{local}@{domain}"
         if self.user:
@@ -426,7 +435,7 @@ class Session:
             return
         path, params = parsed
         if params:
-            self.reply(555, f"5.5.4 Unsupported RCPT parameter {params[0][:40]}")
+            self.reply(555, f"5.5.4 Unsupported RCPT parameter {escape(params[0][:40])}")
             return
         if path.lower() == "postmaster":
             path = f"postmaster@{self.cfg.domains[0]}"
@@ -436,7 +445,7 @@ class Session:
         try:
             rcpt = addr.normalize(path)
         except addr.AddressError:
-            self.reply(501, f"5.1.3 Bad recipient address syntax <{path[:100]}>")
+            self.reply(501, f"5.1.3 Bad recipient address syntax <{escape(path[:100])}>")
             return
         if len(self.tx.rcpts) >= self.cfg.limits.max_recipients:
             self.reply(452, "4.5.3 Too many recipients")
@@ -474,6 +483,8 @@ class Session:
             raise
         self.conn.working()
         tx, self.tx = self.tx, Transaction()
+        if fault is None and self.user:
+            fault = sender.check_from(self.ctx.aliases, self.user, await _header_block(body))
         if fault:
             body.discard()
             self.send(fault)
@@ -492,7 +503,8 @@ class Session:
                                 hostname=self.cfg.hostname, protocol=protocol, msg_id=msg_id,
                                 rcpts=tx.rcpts, tls=tls_desc)]
         if self.kind != "smtp":
-            head.append(submission.missing_headers(body.first, self.cfg.hostname))
+            head.append(submission.missing_headers(body.first, self.cfg.hostname,
+                                                   tx.mail_from or self.user or ""))
         if self.user and self.ctx.signing is not None:
             head[1:1] = [await self._dkim_signature(body, head[1:], tx.mail_from or "")]
         total = body.size + sum(len(h) for h in head)
@@ -594,12 +606,39 @@ class Session:
 
     @staticmethod
     def _inspect(block: bytes) -> Reply | None:
+        if b"\0" in block:  # as Postfix does: NUL would reach IMAP literals
+            return Reply(554, "5.6.0 Message contains NUL characters")
         crlf = block.count(b"\r\n")
         if block.count(b"\n") != crlf or block.count(b"\r") != crlf:
             return Reply(554, "5.6.0 Bare CR or LF in message; lines must end with CRLF")
         if len(block) >= MAX_TEXT_LINE and max(map(len, block.split(b"\r\n"))) > 998:
             return Reply(554, "5.6.0 Message has a line longer than 998 octets")
         return None
+
+
+async def _header_block(body: BodyBuffer) -> bytes:
+    """The message's header; past the first block only when it goes on (rare)."""
+    first = body.first
+    if b"\r\n\r\n" in first or body.size == len(first) or first.startswith(b"\r\n"):
+        return submission.header_block(first)
+    return submission.header_block(await asyncio.to_thread(body.read_all))
+
+
+def _strip_source_route(path: str) -> str:
+    """`@a,@b:user@d` -> `user@d`; the route's domains must be valid (literals may hold ':')."""
+    depth = 0
+    for i, c in enumerate(path):
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+        elif c == ":" and depth == 0:
+            for hop in path[:i].split(","):
+                if not hop.startswith("@"):
+                    raise addr.AddressError("bad source route")
+                addr.split("x" + hop)
+            return path[i + 1:]
+    raise addr.AddressError("source route without a mailbox")
 
 
 async def sweep(ctx: SMTPContext) -> None:

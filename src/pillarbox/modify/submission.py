@@ -1,4 +1,5 @@
-"""Header fixes for mail from our own users: Message-ID and Date when missing (RFC 6409 8)."""
+"""Header fixes for mail from our own users: From, Message-ID and Date when missing
+(RFC 6409 8)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ def header_block(first_chunk: bytes) -> bytes:
     return first_chunk[: end + 2] if end >= 0 else first_chunk
 
 
-def missing_headers(first_chunk: bytes, hostname: str) -> bytes:
+def missing_headers(first_chunk: bytes, hostname: str, sender: str = "") -> bytes:
     block = b"\r\n" + header_block(first_chunk).lower()
     add = []
+    if sender and b"\r\nfrom:" not in block:  # the sender was checked to be the user's
+        add.append(f"From: <{sender}>\r\n")
     if b"\r\nmessage-id:" not in block:
         add.append(f"Message-ID: {make_msgid(domain=hostname)}\r\n")
     if b"\r\ndate:" not in block:

@@ -19,6 +19,7 @@ from pillarbox.address import domain_of
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
+from pillarbox.printable import escape
 from pillarbox.queue import bounce
 from pillarbox.queue.spool import (
     BodyBuffer,
@@ -273,11 +274,11 @@ class Queue:
     async def _attempt_one(self, env: Envelope, d: Delivery) -> dict[int, str | None]:
         try:
             return {id(d): await self._attempt(env, d)}
-        except Exception as e:  # a target fault is a temporary failure
+        except Exception as e:
             log.warning("delivery error id=%s to=%s error=%r", env.id, d.to, e)
             if disk_full(e):  # retried like any 4xx; never a bounce
                 return {id(d): f"4.3.1 Mail system full: {e.strerror}"}
-            return {id(d): f"4.3.0 {type(e).__name__}: {e}"}
+            return {id(d): _failure(e)}
 
     async def _attempt_remote(self, env: Envelope, domain: str, ds: list[Delivery],
                               message: bytes) -> dict[int, str | None]:
@@ -286,7 +287,7 @@ class Queue:
                                                 message)
         except Exception as e:
             log.warning("remote delivery error id=%s domain=%s error=%r", env.id, domain, e)
-            return {id(d): f"4.3.0 {type(e).__name__}: {e}" for d in ds}
+            return {id(d): _failure(e) for d in ds}
         return {id(d): results.get(d.to, "4.3.0 no result") for d in ds}
 
     async def _bounce(self, env: Envelope, failed: list[Delivery]) -> None:
@@ -343,6 +344,15 @@ class Queue:
                 f.close()
             return None
         return f"5.3.0 unknown delivery kind {d.kind}"
+
+
+def _failure(e: Exception) -> str:
+    """The status of an unexpected target error. A ValueError (a bad address, a
+    character a protocol cannot carry) fails the same way on every retry: it
+    is permanent, so it bounces now instead of after max_lifetime. Anything
+    else (I/O, a full disk) may pass: temporary."""
+    status = "5.3.0" if isinstance(e, ValueError) else "4.3.0"
+    return f"{status} {type(e).__name__}: {escape(str(e))}"
 
 
 def _next_due(state: State) -> float | None:

@@ -28,6 +28,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (alias, target)
     );
     """,
+    # Per-user exceptions to "send only as yourself or an alias you own": a full
+    # address, "@domain", or "*" (issue 9, From header check).
+    """
+    CREATE TABLE sender_rights (
+        address TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        PRIMARY KEY (address, pattern)
+    );
+    """,
 ]
 
 

@@ -24,7 +24,9 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from pillarbox import address
 from pillarbox.config import Config, Route, parse_hostport
+from pillarbox.printable import escape
 from pillarbox.target import mta_sts
 
 log = logging.getLogger("pillarbox.remote")
@@ -98,6 +100,8 @@ class RemoteTarget:
             auth = (route.auth_user, route.auth_password) if route.auth_user else None
             return [Hop(route.host, route.port, route.tls, auth)]
         tls = route.tls if route is not None else "opportunistic"
+        if domain.startswith("["):  # an address literal: that host, no MX (RFC 5321 5.1)
+            return [Hop(_literal_ip(domain), self.config.remote.port, tls)]
         hosts = await self.mx_hosts(domain)
         if self.sts is not None and tls != "none":
             policy = await self.sts.get(domain)
@@ -118,6 +122,8 @@ class RemoteTarget:
             return [domain]  # implicit MX (RFC 5321 5.1)
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as e:
             raise TempFail(f"4.4.3 DNS lookup of {domain} MX failed: {type(e).__name__}") from None
+        except dns.exception.DNSException as e:  # not a name DNS can hold: never will be
+            raise PermFail(f"5.1.2 bad domain {escape(domain)}: {type(e).__name__}") from None
         records = sorted(answer, key=lambda r: (r.preference, random.random()))
         hosts = [str(r.exchange).rstrip(".") for r in records]
         if hosts == [""] or hosts == ["."]:
@@ -317,6 +323,14 @@ def _tls_context(mode: str) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _literal_ip(domain: str) -> str:
+    try:
+        _, literal = address.split("x@" + domain)
+    except address.AddressError:
+        raise PermFail(f"5.1.2 bad address literal {escape(domain)}") from None
+    return literal[1:-1].removeprefix("IPv6:")
 
 
 def _is_ip(host: str) -> bool:
