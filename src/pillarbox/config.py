@@ -7,6 +7,7 @@ one clear line and exit 1.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -72,6 +73,39 @@ def parse_hostport(value: object, key: str) -> tuple[str, int]:
 
 
 LISTEN_KINDS = ("smtp", "submission", "submissions", "imap", "imaps", "lmtp", "http")
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether two listen hosts (on one port) take the same connections.
+
+    The wildcard of a family covers every address of that family; IPv6 sockets
+    are bound IPv6-only (server.py), so `::` and `0.0.0.0` are apart. Names are
+    compared as written; the bind at `serve` catches the rest."""
+    try:
+        ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return a.lower() == b.lower()
+    if ia.version != ib.version:
+        return False
+    return ia == ib or ia.is_unspecified or ib.is_unspecified
+
+
+def _check_listen_overlap(listen: dict[str, list[tuple[str, int]]]) -> None:
+    """Two endpoints on one address: the kernel would give every session to one."""
+    seen: list[tuple[str, str, int]] = []
+    for kind, addrs in listen.items():
+        for host, port in addrs:
+            for other_kind, other_host, other_port in seen:
+                if port == other_port and _overlaps(host, other_host):
+                    where = "also" if other_kind == kind else f"also in listen.{other_kind} as"
+                    raise ConfigError(f"listen.{kind}", f"{_hp(host, port)} is {where} "
+                                      f"{_hp(other_host, other_port)}; each endpoint needs "
+                                      "an address of its own")
+            seen.append((kind, host, port))
+
+
+def _hp(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass
@@ -270,6 +304,7 @@ def from_dict(data: dict, path: Path) -> Config:
         listen[kind] = [parse_hostport(a, key) for a in addrs]
     for kind in LISTEN_KINDS:
         listen.setdefault(kind, [])
+    _check_listen_overlap(listen)
 
     tls = _section(data, "tls")
     cert = _str(tls.get("cert", ""), "tls.cert")

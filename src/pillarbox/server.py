@@ -8,6 +8,7 @@ import functools
 import gc
 import logging
 import signal
+import socket
 
 from pillarbox import control, tls
 from pillarbox.config import Config
@@ -64,17 +65,20 @@ class Server:
         loop = asyncio.get_running_loop()
         for host, port in self.config.listen.get(kind, []):
             try:
-                # Bound now (a busy port fails the start at once), serving only
-                # once the queue has loaded: a message taken in meanwhile would
-                # race the spool's rebuild of its index.
-                srv = await loop.create_server(factory, host, port, ssl=ssl_ctx,
-                                               reuse_address=True, backlog=1024,
-                                               start_serving=False)
+                # Bound and listening now, so a busy port (or two endpoints on
+                # one address) fails the start at once; served only once the
+                # queue has loaded: a message taken in meanwhile would race the
+                # spool's rebuild of its index.
+                socks = await loop.run_in_executor(None, listening_sockets, host, port)
             except OSError as e:
-                reason = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+                reason = ("address already in use" if e.errno == errno.EADDRINUSE
+                          else e.strerror or str(e))
                 raise ServeError(f"listen.{kind}: cannot listen on {host}:{port}: {reason}"
                                  ) from None
-            self._servers.append(srv)
+            for sock in socks:
+                srv = await loop.create_server(factory, sock=sock, ssl=ssl_ctx, backlog=1024,
+                                               start_serving=False)
+                self._servers.append(srv)
             log.info("listening endpoint=%s address=%s:%d", kind, host, port)
 
     async def run(self) -> None:
@@ -158,6 +162,33 @@ class Server:
         if cmd == "delete":
             return "ok 1" if await self.queue.delete(arg) else f"error no such message {arg}"
         return f"error unknown command {cmd}"
+
+
+def listening_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
+    """Listening sockets for every address `host` names.
+
+    SO_REUSEADDR (a restart must not wait for TIME_WAIT) but never SO_REUSEPORT;
+    listen() right after bind(): with SO_REUSEADDR two sockets may bind one
+    address while neither listens, and uvloop, listening only at start_serving,
+    then lost the clash without a word. IPv6 sockets are IPv6-only, so "[::]"
+    and "0.0.0.0" on one port are two sockets, as config.py assumes."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:

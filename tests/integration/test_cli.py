@@ -234,3 +234,29 @@ def test_init_writes_config_tls_and_data_dir(pillarbox, tmp_path):
     if p.returncode == 1:
         assert_error(p)
     assert "# operator's own note" in cfg.read_text(), "init overwrote an existing config"
+
+
+@pytest.mark.parametrize("clash", ["same", "wildcard"])
+def test_two_endpoints_on_one_address_are_refused(make_server, clash):
+    """smtp and submission on one port: one would silently get every session."""
+    srv = make_server(start=False, seed=False)
+    shared = f"127.0.0.1:{srv.smtp_port}"
+    srv.config["listen"]["submission"] = [shared]
+    if clash == "wildcard":
+        srv.config["listen"]["smtp"] = [f"0.0.0.0:{srv.smtp_port}"]
+    srv.write_config()
+    for cmd in ("check", "serve"):
+        p = srv.cli(cmd, timeout=20)
+        assert_error(p, "listen.", str(srv.smtp_port))
+        assert len(p.stderr.strip().splitlines()) == 1, f"{cmd}: not one line: {p.stderr!r}"
+
+
+def test_serve_fails_on_a_clash_only_the_bind_sees(make_server):
+    """`localhost` and 127.0.0.1 are one address to the kernel, two to the config check."""
+    srv = make_server({"log_level": "warning"}, start=False, seed=False)
+    srv.config["listen"]["smtp"] = [f"localhost:{srv.smtp_port}"]
+    srv.config["listen"]["submission"] = [f"127.0.0.1:{srv.smtp_port}"]
+    srv.write_config()
+    p = srv.cli("serve", timeout=20)
+    assert_error(p, "listen.", str(srv.smtp_port), "in use")
+    assert len(p.stderr.strip().splitlines()) == 1, f"not one line: {p.stderr!r}"
