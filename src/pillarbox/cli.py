@@ -17,6 +17,7 @@ from pillarbox import config as configmod
 from pillarbox import control
 from pillarbox.check import recipient
 from pillarbox.config import Config, ConfigError
+from pillarbox.directory import password_policy
 from pillarbox.directory.users import DirectoryError
 
 
@@ -36,7 +37,8 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _read_password(args: argparse.Namespace) -> str:
+def _read_password(args: argparse.Namespace, cfg: Config, address: str) -> str:
+    """A new password for `address`, from the terminal or stdin, refused if weak."""
     if args.password_stdin:
         pw = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -47,6 +49,9 @@ def _read_password(args: argparse.Namespace) -> str:
             raise CLIError("the passwords differ")
     if not pw:
         raise CLIError("the password must not be empty")
+    problem = password_policy.weakness(pw, address, cfg.limits.min_password_length)
+    if problem:
+        raise CLIError(problem)
     return pw
 
 
@@ -162,7 +167,7 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
         quota = configmod.parse_size(args.quota, "--quota") if args.quota else 0
         if users.get(a):
             raise CLIError(f"user {a} already exists")
-        users.add(a, _read_password(args), quota)
+        users.add(a, _read_password(args, cfg, a), quota)
         print(f"added {a}")
     elif args.action == "del":
         users.delete(args.address)
@@ -171,7 +176,7 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
         a = addr.normalize(args.address)
         if not users.get(a):
             raise CLIError(f"no such user {a}; see `pillarbox user list`")
-        users.set_password(a, _read_password(args))
+        users.set_password(a, _read_password(args, cfg, a))
         print(f"password changed for {a}")
     elif args.action in ("disable", "enable"):
         users.set_enabled(args.address, args.action == "enable")

@@ -115,6 +115,7 @@ class Limits:
     max_connections: int = 1000
     command_timeout: float = 300.0
     login_cache: float = 600.0
+    min_password_length: int = 12
 
 
 @dataclass
@@ -212,7 +213,7 @@ _SECTION_KEYS = {
     "storage": {"url"},
     "dns": {"nameservers"},
     "limits": {"max_message_size", "max_recipients", "max_connections", "command_timeout",
-               "login_cache"},
+               "login_cache", "min_password_length"},
     "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
@@ -342,6 +343,9 @@ def from_dict(data: dict, path: Path) -> Config:
         limits.command_timeout = parse_duration(lim["command_timeout"], "limits.command_timeout")
     if "login_cache" in lim:
         limits.login_cache = parse_duration(lim["login_cache"], "limits.login_cache")
+    if "min_password_length" in lim:
+        limits.min_password_length = _int(lim["min_password_length"],
+                                          "limits.min_password_length", 1)
 
     q = _section(data, "queue")
     queue = QueueSettings()
@@ -498,6 +502,9 @@ command_timeout  = "5m"    # idle time allowed between client commands
 # How long a successful login (SMTP AUTH, IMAP) is remembered in memory, so a
 # reconnecting client skips the argon2id check; "0s" checks every time.
 login_cache      = "10m"
+# `user add` and `user passwd` refuse shorter passwords (and the commonest
+# ones, and the address itself, whatever their length).
+min_password_length = 12
 
 [queue]
 min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1

@@ -260,3 +260,37 @@ def test_serve_fails_on_a_clash_only_the_bind_sees(make_server):
     p = srv.cli("serve", timeout=20)
     assert_error(p, "listen.", str(srv.smtp_port), "in use")
     assert len(p.stderr.strip().splitlines()) == 1, f"not one line: {p.stderr!r}"
+
+
+# ------------------------------------------------------------ password rules
+
+GOOD_PASSWORD = "tulip-orbit-canyon-42"
+
+
+@pytest.mark.parametrize(("password", "words"), [
+    ("x", ["too short", "12"]),
+    ("elevenchars", ["too short", "12"]),
+    ("password1234", ["commonest"]),
+    ("QWERTY123456", ["commonest"]),
+    ("carol.longname@example.test", ["address"]),
+    ("Carol.Longname", ["address"]),
+])
+def test_user_add_and_passwd_refuse_weak_passwords(make_server, password, words):
+    srv = make_server(start=False, seed=False)
+    addr = "carol.longname@example.test"
+    assert_error(srv.cli("user", "add", addr, "--password-stdin", input=password + "\n"),
+                 *words)
+    assert addr not in srv.cli_ok("user", "list").stdout
+    srv.add_user(addr, GOOD_PASSWORD)
+    assert_error(srv.cli("user", "passwd", addr, "--password-stdin", input=password + "\n"),
+                 *words)
+
+
+def test_min_password_length_is_a_setting(make_server):
+    srv = make_server({"limits.min_password_length": 20}, start=False, seed=False)
+    assert_error(srv.cli("user", "add", "dora@example.test", "--password-stdin",
+                         input=GOOD_PASSWORD[:19] + "\n"), "too short", "20")
+    srv.add_user("dora@example.test", GOOD_PASSWORD[:20])
+    srv.config["limits"]["min_password_length"] = 4
+    srv.write_config()
+    srv.cli_ok("user", "passwd", "dora@example.test", "--password-stdin", input="w0rd\n")
