@@ -38,6 +38,12 @@ def split(address: str) -> tuple[str, str]:
     return local, normalize_domain(domain)
 
 
+def is_bare_name(name: str) -> bool:
+    """A local name without a domain (`root`), as sendmail and /etc/aliases take them."""
+    return "@" not in name and not name.startswith("|") and bool(_LOCAL_RE.match(name)) \
+        and not name.startswith('"') and len(name.encode()) <= 64
+
+
 def normalize(address: str) -> str:
     """Canonical form used as a key: lowercased, validated."""
     local, domain = split(address.strip())

@@ -180,6 +180,7 @@ class Config:
     hostname: str
     domains: list[str]
     data_dir: Path
+    maildrop_dir: Path | None = None  # None: only root and the server's user can use sendmail
     mode: str = "standard"
     log_level: str = "warning"
     listen: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
@@ -205,8 +206,8 @@ class Config:
         return domain.lower() in self.domains
 
 
-_TOP_KEYS = {"hostname", "domains", "data_dir", "mode", "log_level", "listen", "tls",
-             "storage", "dns", "limits", "queue", "remote", "route", "imap"}
+_TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "mode", "log_level", "listen",
+             "tls", "storage", "dns", "limits", "queue", "remote", "route", "imap"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -233,7 +234,7 @@ def find_config_path(explicit: str | None) -> Path:
     return Path("pillarbox.toml")
 
 
-def load(path: Path) -> Config:
+def load(path: Path, check_files: bool = True) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -247,7 +248,7 @@ def load(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("", f"{path} is not valid TOML: {e}") from None
-    return from_dict(data, path)
+    return from_dict(data, path, check_files)
 
 
 def _section(data: dict, name: str) -> dict:
@@ -272,7 +273,9 @@ def _int(value: object, key: str, minimum: int = 0) -> int:
     return value
 
 
-def from_dict(data: dict, path: Path) -> Config:
+def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
+    """`check_files=False`: no check that the TLS files are readable (sendmail,
+    run by users who may not read them, needs neither)."""
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown key")
@@ -290,6 +293,8 @@ def from_dict(data: dict, path: Path) -> Config:
             raise ConfigError("domains", str(e)) from None
     base = path.resolve().parent
     data_dir = base / _str(data.get("data_dir", "var"), "data_dir")
+    maildrop = _str(data.get("maildrop_dir", "maildrop"), "maildrop_dir")
+    maildrop_dir = base / maildrop if maildrop else None
     mode = _str(data.get("mode", "standard"), "mode")
     if mode not in ("standard", "chatmail"):
         raise ConfigError("mode", f"expected \"standard\" or \"chatmail\", got {mode!r}")
@@ -316,7 +321,7 @@ def from_dict(data: dict, path: Path) -> Config:
     cfg_cert = base / cert if cert else None
     cfg_key = base / key if key else None
     for k, p in (("tls.cert", cfg_cert), ("tls.key", cfg_key)):
-        if p is not None and not os.access(p, os.R_OK):
+        if check_files and p is not None and not os.access(p, os.R_OK):
             raise ConfigError(k, f"cannot read {p}")
 
     storage = _section(data, "storage")
@@ -402,7 +407,8 @@ def from_dict(data: dict, path: Path) -> Config:
     routes = [_route(r, i) for i, r in enumerate(raw_routes)]
 
     return Config(
-        path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir, mode=mode,
+        path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir,
+        maildrop_dir=maildrop_dir, mode=mode,
         log_level=log_level, listen=listen, tls_cert=cfg_cert, tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, routes=routes,
@@ -463,6 +469,12 @@ domains = ["{domain}"]
 # Where mailboxes, the queue, the database and the TLS pair live; relative
 # paths are relative to this file.
 data_dir = "var"
+
+# Where `pillarbox sendmail` run by any other local user (a cron job, a web
+# application) leaves mail for the server: outside data_dir, made by `serve`
+# writable by all and listable by none (mode 1733). "" turns that off. See
+# "The sendmail command" in docs/OPERATING.md.
+maildrop_dir = "maildrop"
 
 # "standard", or "chatmail": the end-to-end-encryption-only relay profile.
 mode = "standard"

@@ -18,6 +18,8 @@ from pillarbox.directory.users import Users
 from pillarbox.endpoint import smtp
 from pillarbox.endpoint.imap import session as imap
 from pillarbox.modify.signing import Signing
+from pillarbox.queue import public_drop
+from pillarbox.queue.public_pickup import PublicPickup
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import Spool
 from pillarbox.store.mailbox_index import StoreRegistry
@@ -91,6 +93,13 @@ class Server:
             tls_ctx = tls.server_context(cfg.cert_path, cfg.key_path)
         except (OSError, ValueError) as e:
             raise ServeError(f"tls: cannot load the certificate: {e}") from None
+        if cfg.maildrop_dir is not None:
+            try:
+                public_drop.prepare(cfg.maildrop_dir)
+            except OSError as e:
+                raise ServeError(f"maildrop_dir: cannot use {cfg.maildrop_dir}: "
+                                 f"{e.strerror or e}; make it (see docs/OPERATING.md, "
+                                 "The sendmail command) or set maildrop_dir = \"\"") from None
         _, users, aliases = open_directory(cfg, cached=True)
         self.users = users
         # Before anything is served: an IMAP APPEND or EXPUNGE during the
@@ -129,6 +138,8 @@ class Server:
             raise
         sweeper = asyncio.create_task(smtp.sweep_idle(ctx))
         imap_sweeper = asyncio.create_task(imap.sweep_idle(ictx))
+        public = PublicPickup(cfg, queue, aliases) if cfg.maildrop_dir is not None else None
+        public_task = asyncio.create_task(public.run()) if public is not None else None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
@@ -139,6 +150,10 @@ class Server:
             s.close()
         sweeper.cancel()
         imap_sweeper.cancel()
+        if public_task is not None:
+            public_task.cancel()
+            await asyncio.gather(public_task, return_exceptions=True)
+            public.close()
         for conn in list(ctx.sessions):
             conn.close()
         for conn in list(ictx.sessions):  # RFC 3501 7.1.5: BYE announces a shutdown
