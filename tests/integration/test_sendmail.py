@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import ALICE, BOB, parse, to_toml, token
+from .support import ALICE, BOB, parse, to_toml, token, wait_until
 
 
 def _msg(to: str, subject: str, body: str = "sent with pillarbox sendmail\n",
@@ -213,3 +213,32 @@ def test_unprivileged_cron_call_and_local_aliases(public):
     (raw,) = server.wait_for_messages(BOB, 1)
     assert tok.encode() in raw
     assert parse(raw)["Return-Path"] == f"<{ALICE}>"
+
+
+def test_hand_made_drops_cannot_forge_the_sender_or_read_files(public):
+    """What a local user writes into maildrop_dir by hand: the envelope's sender is
+    ignored, and a symlink or hard link to a file the server can read is refused."""
+    server, user, cfg = public
+    drop = Path(server.config["maildrop_dir"])
+    tok = token()
+    envelope = f'{{"v": 1, "rcpts": ["{BOB}"], "sender": "{ALICE}"}}\n'
+    script = (
+        "import os, sys\n"
+        "d, env, secret = sys.argv[1:4]\n"
+        "os.symlink(secret, os.path.join(d, '0-symlink'))\n"
+        "open(os.path.join(d, '1-forged'), 'w').write(env + sys.stdin.read())\n"
+    )
+    p = _as(user, [sys.executable, "-c", script, str(drop),
+                   envelope, str(server.data_dir / "pillarbox.db")],
+            input=f"Subject: {tok}\r\n\r\nhand made\r\n")
+    assert p.returncode == 0, p.stderr
+    hardlink = drop / "2-hardlink"
+    os.link(server.data_dir / "pillarbox.db", hardlink)  # as root: the user could not
+    (raw,) = server.wait_for_messages(BOB, 1)
+    assert parse(raw)["Return-Path"] == f"<{LOCAL_USER}@example.test>"
+    assert f"uid {user.pw_uid}" in parse(raw)["Received"]
+    wait_until(lambda: not hardlink.exists() and "2-hardlink" in server.log_text(), 10,
+               "the hard link to be refused")
+    assert not os.path.lexists(drop / "0-symlink")
+    assert "0-symlink" in server.log_text()
+    assert server.messages(ALICE) == [] and len(server.messages(BOB)) == 1
