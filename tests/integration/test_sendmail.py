@@ -167,13 +167,15 @@ def public(make_server):
     readable copy of its config in a directory everybody can reach."""
     user = _local_user()
     top = Path(tempfile.mkdtemp(prefix="pbx-public-"))
-    top.chmod(0o755)
-    server = make_server({"maildrop_dir": str(top / "maildrop")})
-    cfg = top / "pillarbox.toml"
-    cfg.write_text(to_toml({**server.config, "data_dir": str(server.data_dir)}))
-    cfg.chmod(0o644)
-    yield server, user, cfg
-    subprocess.run(["rm", "-rf", str(top)], check=False)
+    try:
+        top.chmod(0o755)
+        server = make_server({"maildrop_dir": str(top / "maildrop")})
+        cfg = top / "pillarbox.toml"
+        cfg.write_text(to_toml({**server.config, "data_dir": str(server.data_dir)}))
+        cfg.chmod(0o644)
+        yield server, user, cfg
+    finally:
+        subprocess.run(["rm", "-rf", str(top)], check=False)
 
 
 def _as(user: pwd.struct_passwd, argv: list[str], input: str = ""):
