@@ -120,6 +120,11 @@ def split(address: str) -> tuple[str, str]:
     return local, _domain(domain, domain)
 
 
+def is_bare_name(name: str) -> bool:
+    """A local name without a domain (`root`), as sendmail and /etc/aliases take them."""
+    return "@" not in name and not name.startswith(("|", '"')) and _local_ok(name)
+
+
 def normalize(address: str) -> str:
     """Canonical form used as a key: lowercased, validated."""
     local, domain = split(address.strip())

@@ -18,6 +18,7 @@ from pillarbox import config as configmod
 from pillarbox import control
 from pillarbox.check import recipient
 from pillarbox.config import Config, ConfigError
+from pillarbox.directory import password_policy
 from pillarbox.directory.users import DirectoryError
 from pillarbox.printable import escape
 
@@ -41,7 +42,8 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _read_password(args: argparse.Namespace) -> str:
+def _read_password(args: argparse.Namespace, cfg: Config, address: str) -> str:
+    """A new password for `address`, from the terminal or stdin, refused if weak."""
     if args.password_stdin:
         pw = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -52,6 +54,9 @@ def _read_password(args: argparse.Namespace) -> str:
             raise CLIError("the passwords differ")
     if not pw:
         raise CLIError("the password must not be empty")
+    problem = password_policy.weakness(pw, address, cfg.limits.min_password_length)
+    if problem:
+        raise CLIError(problem)
     return pw
 
 
@@ -182,7 +187,7 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
         quota = configmod.parse_size(args.quota, "--quota") if args.quota else 0
         if users.get(a):
             raise CLIError(f"user {a} already exists")
-        users.add(a, _read_password(args), quota)
+        users.add(a, _read_password(args, cfg, a), quota)
         print(f"added {a}")
     elif args.action == "del":
         users.delete(args.address)
@@ -191,7 +196,7 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
         a = addr.normalize(args.address)
         if not users.get(a):
             raise CLIError(f"no such user {a}; see `pillarbox user list`")
-        users.set_password(a, _read_password(args))
+        users.set_password(a, _read_password(args, cfg, a))
         print(f"password changed for {a}")
     elif args.action in ("disable", "enable"):
         users.set_enabled(args.address, args.action == "enable")
@@ -216,13 +221,16 @@ def cmd_alias(args: argparse.Namespace) -> int:
         for alias, targets in aliases.list().items():
             print(f"{escape(alias)}\t{escape(', '.join(targets))}")
         return 0
+    if args.action == "import":
+        return _import_aliases(cfg, aliases, Path(args.alias))
     if args.action == "add":
         if not args.targets:
             raise CLIError("alias add needs at least one TARGET")
         alias = args.alias.strip()
-        dom = alias[1:] if alias.startswith("@") else addr.domain_of(addr.normalize(alias))
-        if not cfg.is_local_domain(addr.normalize_domain(dom)):
-            raise CLIError(f"{alias} is not in a local domain ({', '.join(cfg.domains)})")
+        if not addr.is_bare_name(alias):  # a bare name is a local alias, for sendmail
+            dom = alias[1:] if alias.startswith("@") else addr.domain_of(addr.normalize(alias))
+            if not cfg.is_local_domain(addr.normalize_domain(dom)):
+                raise CLIError(f"{alias} is not in a local domain ({', '.join(cfg.domains)})")
         aliases.add(alias, args.targets)
         _tell_server(cfg)
         print(f"alias {alias} -> {', '.join(args.targets)}")
@@ -230,6 +238,24 @@ def cmd_alias(args: argparse.Namespace) -> int:
         aliases.delete(args.alias)
         _tell_server(cfg)
         print(f"deleted alias {args.alias}")
+    return 0
+
+
+def _import_aliases(cfg: Config, aliases, path: Path) -> int:
+    """`alias import /etc/aliases`: its names become local aliases (added to any there)."""
+    from pillarbox.directory import aliases_file
+
+    try:
+        parsed = aliases_file.parse(path.read_text(errors="replace"))
+    except FileNotFoundError:
+        raise CLIError(f"no such file {path}") from None
+    for name, targets in parsed.aliases.items():
+        aliases.add(name, targets)
+    if parsed.aliases:
+        _tell_server(cfg)
+    for line in parsed.skipped:
+        print(f"not imported: {line}")
+    print(f"imported {len(parsed.aliases)} local aliases from {path}")
     return 0
 
 
@@ -367,10 +393,8 @@ def _retry_offline(cfg: Config, msg_id: str | None) -> int:
 # -- sendmail -----------------------------------------------------------------
 
 def cmd_sendmail(args: argparse.Namespace) -> int:
-    from pillarbox.queue.spool import Envelope, SpoolFull, disk_full, new_id
-    from pillarbox.server import open_directory
-
-    cfg = _load(args)
+    # The TLS files are none of sendmail's business, and other users may not read them.
+    cfg = configmod.load(configmod.find_config_path(args.config), check_files=False)
     raw = sys.stdin.buffer.read()
     lines = raw.replace(b"\r\n", b"\n").split(b"\n")
     if not args.ignore_dots:
@@ -389,7 +413,7 @@ def cmd_sendmail(args: argparse.Namespace) -> int:
     import email.policy
 
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    rcpts = list(args.recipients)
+    rcpts = [r.strip() for r in args.recipients]
     if args.t:
         for field in ("To", "Cc", "Bcc"):
             rcpts += [a for _, a in getaddresses(headers.get_all(field, [])) if a]
@@ -399,48 +423,119 @@ def cmd_sendmail(args: argparse.Namespace) -> int:
             )
     if not rcpts:
         raise CLIError("no recipients: name them as arguments or use -t to read To/Cc/Bcc")
-    login = pwd.getpwuid(os.getuid()).pw_name
-    sender = args.f if args.f is not None else f"{login}@{cfg.domains[0]}"
+    extra = b""
+    if headers.get("Message-ID") is None:
+        extra += f"Message-ID: {make_msgid(domain=cfg.hostname)}\r\n".encode()
+    if headers.get("Date") is None:
+        extra += f"Date: {formatdate(localtime=False, usegmt=True)}\r\n".encode()
+    if _owns_queue(cfg):
+        return _sendmail_queue(cfg, args, rcpts, headers, extra + head + rest)
+    return _sendmail_public(cfg, args, rcpts, extra + head + rest)
+
+
+def _tempfail(cfg: Config) -> int:
+    """Too little disk: sendmail's convention, the caller keeps the message and tries again."""
+    print(f"error: not enough free disk space for the queue (less than "
+          f"queue.min_free_space = {_human(cfg.queue.min_free_space)} would be left); "
+          "nothing was sent, try again later", file=sys.stderr)
+    return EX_TEMPFAIL
+
+
+def _owns_queue(cfg: Config) -> bool:
+    """Root and the server's user write the queue; anyone else the public maildrop."""
     try:
-        norm_rcpts = list(dict.fromkeys(addr.normalize(r) for r in rcpts))
-        if sender:
-            sender = addr.normalize(sender)
+        owner = cfg.data_dir.stat().st_uid
+    except FileNotFoundError:
+        return True  # nothing there yet: whoever makes it owns it
+    except PermissionError:
+        return False
+    if os.geteuid() == owner:
+        return True
+    # Root would leave root-owned files in the server's data_dir: through the
+    # public maildrop when there is one (root's drops are trusted there).
+    public = cfg.maildrop_dir
+    return os.geteuid() == 0 and not (public is not None and public.is_dir())
+
+
+def _bare_or_address(name: str) -> str:
+    """A recipient or sender as given: a bare local name, or a valid address."""
+    return name.lower() if addr.is_bare_name(name) else addr.normalize(name)
+
+
+def _sendmail_queue(cfg: Config, args: argparse.Namespace, rcpts: list[str], headers,
+                    data: bytes) -> int:
+    """Root or the server's user: resolved and checked now, into queue/maildrop."""
+    from pillarbox.queue.spool import Envelope, Spool, SpoolFull, disk_full, new_id
+    from pillarbox.server import open_directory
+
+    _, _, aliases = open_directory(cfg)
+    domain = cfg.domains[0]
+    login = pwd.getpwuid(os.getuid()).pw_name
+    try:
+        name = args.f if args.f is not None else login
+        sender = "" if name.strip() in ("", "<>") else aliases.resolve_local(name, domain)[0]
+        norm_rcpts = list(dict.fromkeys(a for r in rcpts for a in aliases.resolve_local(r, domain)))
     except addr.AddressError as e:
         raise CLIError(str(e)) from None
-    _, _, aliases = open_directory(cfg)
     for r in norm_rcpts:
         if cfg.is_local_domain(addr.domain_of(r)):
             refused = recipient.check(aliases, r)
             if refused and refused.code >= 500:
                 raise CLIError(f"{refused.text[6:]}")
-    extra = b""
     if headers.get("From") is None:
-        extra += f"From: <{sender or login}>\r\n".encode()
-    if headers.get("Message-ID") is None:
-        extra += f"Message-ID: {make_msgid(domain=cfg.hostname)}\r\n".encode()
-    if headers.get("Date") is None:
-        extra += f"Date: {formatdate(localtime=False, usegmt=True)}\r\n".encode()
+        data = f"From: <{sender or aliases.resolve_local(login, domain)[0]}>\r\n".encode() + data
     msg_id = new_id()
     received = (f"Received: by {cfg.hostname} (pillarbox sendmail, uid {os.getuid()})"
                 f" id {msg_id}; {formatdate(localtime=False, usegmt=True)}\r\n").encode()
-    data = received + extra + head + rest
+    data = received + data
     env = Envelope(id=msg_id, mail_from=sender, rcpts=norm_rcpts, received=time.time(),
                    size=len(data), auth=None, source="sendmail")
-    from pillarbox.queue.spool import Spool
-
     try:
         spool = Spool(_spool_root(cfg), cfg.queue.min_free_space)
         spool.drop(env, data)
     except (SpoolFull, OSError) as e:
         if not (isinstance(e, SpoolFull) or disk_full(e)):
             raise
-        # A temporary failure, in sendmail's convention: the caller keeps the
-        # message and tries again.
-        print(f"error: not enough free disk space for the queue (less than "
-              f"queue.min_free_space = {_human(cfg.queue.min_free_space)} would be left); "
-              "nothing was sent, try again later", file=sys.stderr)
-        return EX_TEMPFAIL
+        return _tempfail(cfg)
     control.request(cfg.data_dir, "pickup")
+    return 0
+
+
+def _sendmail_public(cfg: Config, args: argparse.Namespace, rcpts: list[str],
+                     data: bytes) -> int:
+    """Any other user: into maildrop_dir; the server makes the envelope (public_pickup)."""
+    import shutil
+
+    from pillarbox.queue import public_drop
+    from pillarbox.queue.spool import disk_full
+
+    public = cfg.maildrop_dir
+    if public is None:
+        raise CLIError(f"cannot write to the queue in {cfg.data_dir} and maildrop_dir is off; "
+                       "run this command as root or as the user that runs `pillarbox serve`")
+    try:
+        norm = list(dict.fromkeys(_bare_or_address(r) for r in rcpts))
+        sender = None
+        if args.f is not None:
+            sender = "" if args.f.strip() in ("", "<>") else _bare_or_address(args.f.strip())
+    except addr.AddressError as e:
+        raise CLIError(str(e)) from None
+    if len(data) > cfg.limits.max_message_size:
+        raise CLIError(f"the message is larger than limits.max_message_size "
+                       f"({cfg.limits.max_message_size} bytes); nothing was sent")
+    try:
+        free = shutil.disk_usage(public).free
+    except FileNotFoundError:
+        raise CLIError(f"maildrop_dir {public} does not exist; `pillarbox serve` makes it "
+                       "at start") from None
+    if free < cfg.queue.min_free_space + len(data):
+        return _tempfail(cfg)
+    try:
+        public_drop.write(public, norm, sender, data)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        return _tempfail(cfg)
     return 0
 
 
@@ -498,8 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", help="manage aliases")
-    s.add_argument("action", choices=["add", "del", "list"])
-    s.add_argument("alias", nargs="?")
+    s.add_argument("action", choices=["add", "del", "list", "import"])
+    s.add_argument("alias", nargs="?", help="ALIAS (an address, @domain or a bare name such "
+                                             "as root), or for import an /etc/aliases FILE")
     s.add_argument("targets", nargs="*")
     s.set_defaults(func=cmd_alias)
 
@@ -532,6 +628,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
     if args.command == "alias" and args.action in ("add", "del") and not args.alias:
         raise CLIError(f"alias {args.action} needs an ALIAS")
+    if args.command == "alias" and args.action == "import" and not args.alias:
+        raise CLIError("alias import needs a FILE in /etc/aliases format")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -570,16 +668,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# sendmail options that take a value, as the next word when not attached (-B8BITMIME)
+_SENDMAIL_VALUE_FLAGS = ("-B", "-N", "-R", "-V", "-X", "-O", "-L", "-h")
+
+
 def _sendmail_compat(argv: list[str]) -> list[str]:
-    """Accept sendmail's habits: -oi, -odi, -oem and friends are harmless."""
+    """Accept sendmail's habits: -oi, -odi, -oem, -B 8BITMIME and friends are harmless."""
     if "sendmail" not in argv:
         return argv
     i = argv.index("sendmail")
-    rest = []
-    for a in argv[i + 1:]:
-        if a == "-oi":
+    rest: list[str] = []
+    words = iter(argv[i + 1:])
+    for a in words:
+        if a == "--":
+            rest += ["--", *words]
+        elif a == "-oi":
             rest.append("-i")
-        elif a.startswith("-o") or a in ("-bm", "-U") or a.startswith("-B"):
+        elif a in _SENDMAIL_VALUE_FLAGS:
+            next(words, None)
+        elif (a.startswith("-o") or a in ("-bm", "-U", "-v", "-n", "-m")
+              or a.startswith(_SENDMAIL_VALUE_FLAGS)):
             continue
         else:
             rest.append(a)

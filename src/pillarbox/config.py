@@ -7,6 +7,7 @@ one clear line and exit 1.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -74,6 +75,39 @@ def parse_hostport(value: object, key: str) -> tuple[str, int]:
 LISTEN_KINDS = ("smtp", "submission", "submissions", "imap", "imaps", "lmtp", "http")
 
 
+def _overlaps(a: str, b: str) -> bool:
+    """Whether two listen hosts (on one port) take the same connections.
+
+    The wildcard of a family covers every address of that family; IPv6 sockets
+    are bound IPv6-only (server.py), so `::` and `0.0.0.0` are apart. Names are
+    compared as written; the bind at `serve` catches the rest."""
+    try:
+        ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return a.lower() == b.lower()
+    if ia.version != ib.version:
+        return False
+    return ia == ib or ia.is_unspecified or ib.is_unspecified
+
+
+def _check_listen_overlap(listen: dict[str, list[tuple[str, int]]]) -> None:
+    """Two endpoints on one address: the kernel would give every session to one."""
+    seen: list[tuple[str, str, int]] = []
+    for kind, addrs in listen.items():
+        for host, port in addrs:
+            for other_kind, other_host, other_port in seen:
+                if port == other_port and _overlaps(host, other_host):
+                    where = "also" if other_kind == kind else f"also in listen.{other_kind} as"
+                    raise ConfigError(f"listen.{kind}", f"{_hp(host, port)} is {where} "
+                                      f"{_hp(other_host, other_port)}; each endpoint needs "
+                                      "an address of its own")
+            seen.append((kind, host, port))
+
+
+def _hp(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass
 class Limits:
     max_message_size: int = 25 * 1024**2
@@ -89,6 +123,7 @@ class Limits:
     auth_failure_window: float = 900.0
     auth_lockout: float = 900.0
     auth_failure_delay: float = 2.0
+    min_password_length: int = 12
 
 
 @dataclass
@@ -154,6 +189,7 @@ class Config:
     hostname: str
     domains: list[str]
     data_dir: Path
+    maildrop_dir: Path | None = None  # None: only root and the server's user can use sendmail
     mode: str = "standard"
     log_level: str = "warning"
     listen: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
@@ -179,8 +215,8 @@ class Config:
         return domain.lower() in self.domains
 
 
-_TOP_KEYS = {"hostname", "domains", "data_dir", "mode", "log_level", "listen", "tls",
-             "storage", "dns", "limits", "queue", "remote", "route", "imap"}
+_TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "mode", "log_level", "listen",
+             "tls", "storage", "dns", "limits", "queue", "remote", "route", "imap"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -189,7 +225,8 @@ _SECTION_KEYS = {
     "limits": {"max_message_size", "max_recipients", "max_connections",
                "max_connections_per_ip", "command_timeout", "min_data_rate", "login_cache",
                "auth_max_failures", "auth_account_max_failures",
-               "auth_failure_window", "auth_lockout", "auth_failure_delay"},
+               "auth_failure_window", "auth_lockout", "auth_failure_delay",
+               "min_password_length"},
     "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
@@ -209,7 +246,7 @@ def find_config_path(explicit: str | None) -> Path:
     return Path("pillarbox.toml")
 
 
-def load(path: Path) -> Config:
+def load(path: Path, check_files: bool = True) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -223,7 +260,7 @@ def load(path: Path) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("", f"{path} is not valid TOML: {e}") from None
-    return from_dict(data, path)
+    return from_dict(data, path, check_files)
 
 
 def _section(data: dict, name: str) -> dict:
@@ -248,7 +285,9 @@ def _int(value: object, key: str, minimum: int = 0) -> int:
     return value
 
 
-def from_dict(data: dict, path: Path) -> Config:
+def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
+    """`check_files=False`: no check that the TLS files are readable (sendmail,
+    run by users who may not read them, needs neither)."""
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown key")
@@ -266,6 +305,8 @@ def from_dict(data: dict, path: Path) -> Config:
             raise ConfigError("domains", str(e)) from None
     base = path.resolve().parent
     data_dir = base / _str(data.get("data_dir", "var"), "data_dir")
+    maildrop = _str(data.get("maildrop_dir", "maildrop"), "maildrop_dir")
+    maildrop_dir = base / maildrop if maildrop else None
     mode = _str(data.get("mode", "standard"), "mode")
     if mode not in ("standard", "chatmail"):
         raise ConfigError("mode", f"expected \"standard\" or \"chatmail\", got {mode!r}")
@@ -281,6 +322,7 @@ def from_dict(data: dict, path: Path) -> Config:
         listen[kind] = [parse_hostport(a, key) for a in addrs]
     for kind in LISTEN_KINDS:
         listen.setdefault(kind, [])
+    _check_listen_overlap(listen)
 
     tls = _section(data, "tls")
     cert = _str(tls.get("cert", ""), "tls.cert")
@@ -291,7 +333,7 @@ def from_dict(data: dict, path: Path) -> Config:
     cfg_cert = base / cert if cert else None
     cfg_key = base / key if key else None
     for k, p in (("tls.cert", cfg_cert), ("tls.key", cfg_key)):
-        if p is not None and not os.access(p, os.R_OK):
+        if check_files and p is not None and not os.access(p, os.R_OK):
             raise ConfigError(k, f"cannot read {p}")
 
     storage = _section(data, "storage")
@@ -335,6 +377,9 @@ def from_dict(data: dict, path: Path) -> Config:
         raise ConfigError("limits.auth_failure_delay", "must be at most 1m")
     if limits.auth_lockout > 86400:
         raise ConfigError("limits.auth_lockout", "must be at most 1d")
+    if "min_password_length" in lim:
+        limits.min_password_length = _int(lim["min_password_length"],
+                                          "limits.min_password_length", 1)
 
     q = _section(data, "queue")
     queue = QueueSettings()
@@ -398,7 +443,8 @@ def from_dict(data: dict, path: Path) -> Config:
     routes = [_route(r, i) for i, r in enumerate(raw_routes)]
 
     return Config(
-        path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir, mode=mode,
+        path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir,
+        maildrop_dir=maildrop_dir, mode=mode,
         log_level=log_level, listen=listen, tls_cert=cfg_cert, tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, routes=routes,
@@ -460,6 +506,12 @@ domains = ["{domain}"]
 # paths are relative to this file.
 data_dir = "var"
 
+# Where `pillarbox sendmail` run by any other local user (a cron job, a web
+# application) leaves mail for the server: outside data_dir, made by `serve`
+# writable by all and listable by none (mode 1733). "" turns that off. See
+# "The sendmail command" in docs/OPERATING.md.
+maildrop_dir = "maildrop"
+
 # "standard", or "chatmail": the end-to-end-encryption-only relay profile.
 mode = "standard"
 
@@ -518,6 +570,10 @@ auth_account_max_failures = 30
 auth_failure_window       = "15m"
 auth_lockout              = "15m"
 auth_failure_delay        = "2s"
+
+# `user add` and `user passwd` refuse shorter passwords (and the commonest
+# ones, and the address itself, whatever their length).
+min_password_length = 12
 
 [queue]
 min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1

@@ -8,6 +8,7 @@ import functools
 import gc
 import logging
 import signal
+import socket
 import sqlite3
 
 from pillarbox import control, tls
@@ -19,6 +20,8 @@ from pillarbox.directory.users import Users
 from pillarbox.endpoint import smtp
 from pillarbox.endpoint.imap import session as imap
 from pillarbox.modify.signing import Signing
+from pillarbox.queue import public_drop
+from pillarbox.queue.public_pickup import PublicPickup
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import Spool
 from pillarbox.store import datadir
@@ -88,17 +91,20 @@ class Server:
         loop = asyncio.get_running_loop()
         for host, port in self.config.listen.get(kind, []):
             try:
-                # Bound now (a busy port fails the start at once), serving only
-                # once the queue has loaded: a message taken in meanwhile would
-                # race the spool's rebuild of its index.
-                srv = await loop.create_server(factory, host, port, **tls,
-                                               reuse_address=True, backlog=1024,
-                                               start_serving=False)
+                # Bound and listening now, so a busy port (or two endpoints on
+                # one address) fails the start at once; served only once the
+                # queue has loaded: a message taken in meanwhile would race the
+                # spool's rebuild of its index.
+                socks = await loop.run_in_executor(None, listening_sockets, host, port)
             except OSError as e:
-                reason = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+                reason = ("address already in use" if e.errno == errno.EADDRINUSE
+                          else e.strerror or str(e))
                 raise ServeError(f"listen.{kind}: cannot listen on {host}:{port}: {reason}"
                                  ) from None
-            self._servers.append(srv)
+            for sock in socks:
+                srv = await loop.create_server(factory, sock=sock, **tls, backlog=1024,
+                                               start_serving=False)
+                self._servers.append(srv)
             log.info("listening endpoint=%s address=%s:%d", kind, host, port)
 
     async def run(self) -> None:
@@ -113,6 +119,13 @@ class Server:
             raise ServeError(f"data_dir: {e}") from None
         except (OSError, ValueError) as e:
             raise ServeError(f"tls: cannot load the certificate: {e}") from None
+        if cfg.maildrop_dir is not None:
+            try:
+                public_drop.prepare(cfg.maildrop_dir)
+            except OSError as e:
+                raise ServeError(f"maildrop_dir: cannot use {cfg.maildrop_dir}: "
+                                 f"{e.strerror or e}; make it (see docs/OPERATING.md, "
+                                 "The sendmail command) or set maildrop_dir = \"\"") from None
         _, users, aliases = open_directory(cfg, cached=True)
         self.users = users
         await asyncio.to_thread(migrate_maildirs, users, cfg.data_dir / "mail")
@@ -153,6 +166,8 @@ class Server:
             raise
         sweeper = asyncio.create_task(smtp.sweep(ctx))
         imap_sweeper = asyncio.create_task(imap.sweep(ictx))
+        public = PublicPickup(cfg, queue, aliases) if cfg.maildrop_dir is not None else None
+        public_task = asyncio.create_task(public.run()) if public is not None else None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
@@ -163,6 +178,10 @@ class Server:
             s.close()
         sweeper.cancel()
         imap_sweeper.cancel()
+        if public_task is not None:
+            public_task.cancel()
+            await asyncio.gather(public_task, return_exceptions=True)
+            public.close()
         for conn in ctx.sessions:
             conn.close()
         for conn in ictx.sessions:  # RFC 3501 7.1.5: BYE announces a shutdown
@@ -188,6 +207,33 @@ class Server:
         if cmd == "delete":
             return "ok 1" if await self.queue.delete(arg) else f"error no such message {arg}"
         return f"error unknown command {cmd}"
+
+
+def listening_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
+    """Listening sockets for every address `host` names.
+
+    SO_REUSEADDR (a restart must not wait for TIME_WAIT) but never SO_REUSEPORT;
+    listen() right after bind(): with SO_REUSEADDR two sockets may bind one
+    address while neither listens, and uvloop, listening only at start_serving,
+    then lost the clash without a word. IPv6 sockets are IPv6-only, so "[::]"
+    and "0.0.0.0" on one port are two sockets, as config.py assumes."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:

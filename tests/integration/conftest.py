@@ -12,7 +12,7 @@
         srv = make_server(wrapper=["strace", "-f", "-o", "trace"])  # run under a wrapper
 
 Every server starts with the users of support.SEED_USERS (alice@ and
-bob@example.test, password "secret"), unless made with seed=False: they are
+bob@example.test, password support.PASSWORD), unless made with seed=False: they are
 created once per session by `pillarbox user add` and the data directory is
 copied in, because argon2 hashing makes `user add` the slowest step of a test.
 

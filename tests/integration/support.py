@@ -31,14 +31,14 @@ HOSTNAME = "mx.example.test"
 DOMAIN = "example.test"
 CLIENT_NAME = "client.test"  # our EHLO name; avoids a slow getfqdn() in smtplib
 
-# Users every seeded server starts with (password "secret"). They are made once
+# Users every seeded server starts with (password PASSWORD). They are made once
 # per test session with the real `pillarbox user add` (argon2 hashing makes that
 # the costliest step of a test), and the resulting data directory is copied
 # into each new server before it starts.
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 SEED_USERS = (ALICE, BOB)
-PASSWORD = "secret"
+PASSWORD = "secret-for-tests-only"  # long and rare enough for `user add`
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0

@@ -234,3 +234,63 @@ def test_init_writes_config_tls_and_data_dir(pillarbox, tmp_path):
     if p.returncode == 1:
         assert_error(p)
     assert "# operator's own note" in cfg.read_text(), "init overwrote an existing config"
+
+
+@pytest.mark.parametrize("clash", ["same", "wildcard"])
+def test_two_endpoints_on_one_address_are_refused(make_server, clash):
+    """smtp and submission on one port: one would silently get every session."""
+    srv = make_server(start=False, seed=False)
+    shared = f"127.0.0.1:{srv.smtp_port}"
+    srv.config["listen"]["submission"] = [shared]
+    if clash == "wildcard":
+        srv.config["listen"]["smtp"] = [f"0.0.0.0:{srv.smtp_port}"]
+    srv.write_config()
+    for cmd in ("check", "serve"):
+        p = srv.cli(cmd, timeout=20)
+        assert_error(p, "listen.", str(srv.smtp_port))
+        assert len(p.stderr.strip().splitlines()) == 1, f"{cmd}: not one line: {p.stderr!r}"
+
+
+def test_serve_fails_on_a_clash_only_the_bind_sees(make_server):
+    """`localhost` and 127.0.0.1 are one address to the kernel, two to the config check."""
+    srv = make_server({"log_level": "warning"}, start=False, seed=False)
+    srv.config["listen"]["smtp"] = [f"localhost:{srv.smtp_port}"]
+    srv.config["listen"]["submission"] = [f"127.0.0.1:{srv.smtp_port}"]
+    srv.write_config()
+    p = srv.cli("serve", timeout=20)
+    assert_error(p, "listen.", str(srv.smtp_port), "in use")
+    assert len(p.stderr.strip().splitlines()) == 1, f"not one line: {p.stderr!r}"
+
+
+# ------------------------------------------------------------ password rules
+
+GOOD_PASSWORD = "tulip-orbit-canyon-42"
+
+
+@pytest.mark.parametrize(("password", "words"), [
+    ("x", ["too short", "12"]),
+    ("elevenchars", ["too short", "12"]),
+    ("password1234", ["commonest"]),
+    ("QWERTY123456", ["commonest"]),
+    ("carol.longname@example.test", ["address"]),
+    ("Carol.Longname", ["address"]),
+])
+def test_user_add_and_passwd_refuse_weak_passwords(make_server, password, words):
+    srv = make_server(start=False, seed=False)
+    addr = "carol.longname@example.test"
+    assert_error(srv.cli("user", "add", addr, "--password-stdin", input=password + "\n"),
+                 *words)
+    assert addr not in srv.cli_ok("user", "list").stdout
+    srv.add_user(addr, GOOD_PASSWORD)
+    assert_error(srv.cli("user", "passwd", addr, "--password-stdin", input=password + "\n"),
+                 *words)
+
+
+def test_min_password_length_is_a_setting(make_server):
+    srv = make_server({"limits.min_password_length": 20}, start=False, seed=False)
+    assert_error(srv.cli("user", "add", "dora@example.test", "--password-stdin",
+                         input=GOOD_PASSWORD[:19] + "\n"), "too short", "20")
+    srv.add_user("dora@example.test", GOOD_PASSWORD[:20])
+    srv.config["limits"]["min_password_length"] = 4
+    srv.write_config()
+    srv.cli_ok("user", "passwd", "dora@example.test", "--password-stdin", input="w0rd\n")

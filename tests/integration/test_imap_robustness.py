@@ -123,7 +123,7 @@ def test_long_line_and_big_literal(make_server):
 def test_starttls_drops_pipelined_plaintext(server):
     raw = RawIMAP(server.imap_port, tls=False)
     assert b"LOGINDISABLED" in raw.greeting
-    raw.send(b"s1 STARTTLS\r\ns2 LOGIN alice@example.test secret\r\n")
+    raw.send(b"s1 STARTTLS\r\ns2 LOGIN alice@example.test " + PASSWORD.encode() + b"\r\n")
     assert raw.line().startswith(b"s1 OK")
     raw.sock = client_ssl_context().wrap_socket(raw.sock)
     raw.buf = b""

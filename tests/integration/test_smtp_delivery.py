@@ -16,6 +16,7 @@ from .support import (
     BOB,
     CLIENT_NAME,
     HOSTNAME,
+    PASSWORD,
     assert_reply,
     client_ssl_context,
     make_message,
@@ -103,27 +104,27 @@ def test_submission_auth_only_after_starttls(server):
         mechs = s.esmtp_features["auth"].upper().split()
         assert "PLAIN" in mechs and "LOGIN" in mechs, mechs
         assert not s.has_extn("starttls"), "STARTTLS advertised again inside TLS"
-        code, _ = s.login(ALICE, "secret")
+        code, _ = s.login(ALICE, PASSWORD)
         assert code == 235
 
 
 def test_auth_plain_and_login_both_work(server):
-    server.add_user(DORA, password="pass-word-1")
+    server.add_user(DORA, password="pass-word-123")
     for mech, fn in (("PLAIN", "auth_plain"), ("LOGIN", "auth_login")):
         with server.submission() as s:
-            s.user, s.password = DORA, "pass-word-1"
+            s.user, s.password = DORA, "pass-word-123"
             code, text = s.auth(mech, getattr(s, fn))
             assert code == 235, f"AUTH {mech}: {code} {text!r}"
 
 
 def test_auth_plain_with_utf8_password(server):
-    server.add_user(DORA, password="pässwörd-✓")
+    server.add_user(DORA, password="pässwörd-✓-pässwörd")
     with server.raw("submission") as c:
         assert c.reply().code == 220
         c.expect(f"EHLO {CLIENT_NAME}", 250)
         c.starttls()
         c.expect(f"EHLO {CLIENT_NAME}", 250)
-        cred = base64.b64encode(f"\0{DORA}\0pässwörd-✓".encode()).decode()
+        cred = base64.b64encode(f"\0{DORA}\0pässwörd-✓-pässwörd".encode()).decode()
         r = c.cmd(f"AUTH PLAIN {cred}")
         assert r.code == 235, f"AUTH PLAIN with a UTF-8 password: {r}"
         c.expect(f"MAIL FROM:<{DORA}>", 250)
@@ -146,7 +147,7 @@ def test_starttls_submission_with_aiosmtplib_delivers(server):
         return await aiosmtplib.send(
             make_message(ALICE, BOB, tok), sender=ALICE, recipients=[BOB],
             hostname="127.0.0.1", port=server.submission_port, start_tls=True,
-            validate_certs=False, username=ALICE, password="secret",
+            validate_certs=False, username=ALICE, password=PASSWORD,
             local_hostname=CLIENT_NAME, timeout=10,
         )
 

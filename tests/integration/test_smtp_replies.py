@@ -12,6 +12,7 @@ from .support import (
     ALICE,
     BOB,
     CLIENT_NAME,
+    PASSWORD,
     assert_reply,
     enhanced,
     make_message,
@@ -230,7 +231,7 @@ def test_submission_without_auth_530(server):
 
 
 def test_wrong_password_535(server):
-    server.add_user(DORA, password="right")
+    server.add_user(DORA, password="right-horse-battery")
     with server.submission() as s:
         s.user, s.password = DORA, "wrong"
         with pytest.raises(smtplib.SMTPAuthenticationError) as ei:
@@ -238,20 +239,20 @@ def test_wrong_password_535(server):
         assert ei.value.smtp_code == 535, ei.value
         assert enhanced(ei.value.smtp_error) == "5.7.8", ei.value
         # an unknown user gets the same answer (no user enumeration)
-        s.user, s.password = "nobody@example.test", "right"
+        s.user, s.password = "nobody@example.test", "right-horse-battery"
         with pytest.raises(smtplib.SMTPAuthenticationError) as ei:
             s.auth("PLAIN", s.auth_plain)
         assert ei.value.smtp_code == 535, ei.value
         # still not authenticated, still talking
         assert_reply(s.mail(DORA), 530, "5.7.0", "MAIL after failed AUTH")
         s.rset()
-        s.user, s.password = DORA, "right"
+        s.user, s.password = DORA, "right-horse-battery"
         assert s.auth("PLAIN", s.auth_plain)[0] == 235
         assert_reply(s.mail(DORA), 250)
 
 
 def test_auth_before_tls_refused_538(server):
-    cred = base64.b64encode(f"\0{ALICE}\0secret".encode()).decode()
+    cred = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
     with server.raw("submission") as c:
         assert c.reply().code == 220
         r = c.cmd(f"EHLO {CLIENT_NAME}")
@@ -266,12 +267,12 @@ def test_auth_before_tls_refused_538(server):
 
 
 def test_changed_password_takes_effect(server):
-    server.cli_ok("user", "passwd", ALICE, "--password-stdin", input="new-pw\n")
+    server.cli_ok("user", "passwd", ALICE, "--password-stdin", input="new-pw-for-alice\n")
     with server.submission() as s:
         with pytest.raises(smtplib.SMTPAuthenticationError):
-            s.login(ALICE, "secret")
+            s.login(ALICE, PASSWORD)
     with server.submission() as s:
-        assert s.login(ALICE, "new-pw")[0] == 235
+        assert s.login(ALICE, "new-pw-for-alice")[0] == 235
 
 
 def test_low_disk_452_431_and_server_keeps_serving(make_server):

@@ -19,6 +19,7 @@ from .support import (
     ALICE,
     BOB,
     CLIENT_NAME,
+    PASSWORD,
     RawSMTP,
     assert_reply,
     make_message,
@@ -235,7 +236,7 @@ def test_bad_auth_input(server):
         assert r.code == 334, r
         r = c.cmd("*")  # client cancels the exchange (RFC 4954)
         assert r.code == 501, f"cancelled AUTH: {r}"
-        cred = base64.b64encode(f"\0{ALICE}\0secret".encode()).decode()
+        cred = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
         c.expect(f"AUTH PLAIN {cred}", 235)
         r = c.cmd(f"AUTH PLAIN {cred}")
         assert r.code == 503, f"AUTH twice: {r}"
@@ -247,7 +248,7 @@ def test_disabled_user_cannot_authenticate(server):
     server.cli_ok("user", "disable", ALICE)
     with server.submission() as s:
         with pytest.raises(smtplib.SMTPAuthenticationError) as ei:
-            s.login(ALICE, "secret")
+            s.login(ALICE, PASSWORD)
         assert ei.value.smtp_code == 535, ei.value
 
 

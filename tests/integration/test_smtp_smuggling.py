@@ -12,7 +12,16 @@ import base64
 
 import pytest
 
-from .support import ALICE, BOB, CLIENT_NAME, make_message, parse, token, wait_until
+from .support import (
+    ALICE,
+    BOB,
+    CLIENT_NAME,
+    PASSWORD,
+    make_message,
+    parse,
+    token,
+    wait_until,
+)
 
 VARIANTS = {
     "LF.LF": b"\n.\n",
@@ -108,7 +117,7 @@ def test_smuggling_refused_on_authenticated_ports(server, kind, variant):
         if kind == "submission":
             c.starttls()
             c.expect(f"EHLO {CLIENT_NAME}", 250)
-        cred = base64.b64encode(f"\0{ALICE}\0secret".encode()).decode()
+        cred = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
         c.expect(f"AUTH PLAIN {cred}", 235)
         c.expect(f"MAIL FROM:<{ALICE}>", 250)
         c.expect(f"RCPT TO:<{BOB}>", 250)

@@ -160,3 +160,34 @@ def test_older_password_hashes_still_work_and_are_replaced(directory: Aliases) -
     assert users.authenticate(alice, "pw") == alice
     assert users.authenticate(alice, "wrong") is None
     assert passwords.verify(None, "pw") is False
+
+
+def test_bare_names_resolve_through_local_aliases(directory: Aliases) -> None:
+    directory.add("ROOT", ["alice@example.test", "ops"])
+    directory.add("mailer-daemon", ["postmaster"])
+    directory.add("postmaster", ["root"])
+    directory.add("loop-a", ["loop-b"])
+    directory.add("loop-b", ["loop-a"])
+    r = directory.resolve_local
+    assert r("bob", "example.test") == ["bob@example.test"]
+    assert r("Root", "example.test") == ["alice@example.test", "ops@example.test"]
+    assert r("MAILER-DAEMON", "example.test") == ["alice@example.test", "ops@example.test"]
+    assert r("Carol@Example.TEST", "example.test") == ["carol@example.test"]
+    assert r("loop-a", "example.test") == ["loop-a@example.test"]
+    # a local alias is not an address: SMTP mail to root@ is not affected
+    assert directory.expand("root@example.test").unknown == ["root@example.test"]
+    with pytest.raises(DirectoryError):
+        directory.add("cron", ["|/bin/sh"])
+
+
+def test_etc_aliases_format() -> None:
+    from pillarbox.directory import aliases_file
+
+    parsed = aliases_file.parse(
+        "# comment\n\nroot: alice@example.test, \"bob\"\n"
+        "  ,carol\n"
+        "logs: |/usr/bin/logger, /var/log/mail, :include:/etc/list, dave\n"
+        "not an entry\n"
+        "bad name: x\n")
+    assert parsed.aliases == {"root": ["alice@example.test", "bob", "carol"], "logs": ["dave"]}
+    assert len(parsed.skipped) == 5, parsed.skipped

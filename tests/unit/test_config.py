@@ -126,3 +126,26 @@ def test_bad_routes_name_the_key(tmp_path: Path, route: str, key: str) -> None:
     with pytest.raises(config.ConfigError) as e:
         load_text(tmp_path, BASE + "[[route]]\n" + route + "\n")
     assert e.value.key == key
+
+
+@pytest.mark.parametrize("listen", [
+    'smtp = ["127.0.0.1:2525"]\nsubmission = ["127.0.0.1:2525"]\n',
+    'smtp = ["127.0.0.1:2525", "127.0.0.1:2525"]\n',
+    'smtp = ["0.0.0.0:2525"]\nimap = ["127.0.0.1:2525"]\n',
+    'smtp = ["[::]:2525"]\nimaps = ["[::1]:2525"]\n',
+    'smtp = ["[::]:2525"]\nimaps = ["[0:0::0]:2525"]\n',
+    'smtp = ["LOCALHOST:2525"]\nlmtp = ["localhost:2525"]\n',
+])
+def test_two_endpoints_on_one_address_are_refused(tmp_path: Path, listen: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, BASE + "[listen]\n" + listen)
+    assert e.value.key.startswith("listen."), e.value
+    assert "2525" in str(e.value) and "\n" not in str(e.value), e.value
+
+
+def test_endpoints_on_distinct_addresses_are_fine(tmp_path: Path) -> None:
+    # [::] is bound IPv6-only, so it does not overlap 0.0.0.0
+    cfg = load_text(tmp_path, BASE + '[listen]\nsmtp = ["0.0.0.0:2525", "[::]:2525"]\n'
+                    'submission = ["127.0.0.1:5870", "127.0.0.2:5870"]\n'
+                    'imap = ["127.0.0.1:2526"]\n')
+    assert cfg.listen["smtp"] == [("0.0.0.0", 2525), ("::", 2525)]

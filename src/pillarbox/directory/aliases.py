@@ -2,13 +2,20 @@
 
 `expand` follows aliases recursively (cascading) with loop detection, and
 falls back to the domain's catch-all (`@domain`) for unknown local addresses.
+
+A bare name (`root`, `postmaster`, `MAILER-DAEMON`) is a *local alias*, as in
+/etc/aliases: only `pillarbox sendmail` names mail that way. It maps to
+addresses or other bare names; `resolve_local` turns a bare name into
+addresses, and a name without an alias becomes NAME@ the first domain. Local
+aliases share the table with the others (an address always has an `@`, so
+the two never meet).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pillarbox.address import AddressError, domain_of, normalize, normalize_domain
+from pillarbox.address import AddressError, domain_of, is_bare_name, normalize, normalize_domain
 from pillarbox.directory.users import DirectoryError, Users
 from pillarbox.store.sqlite import Database
 
@@ -33,11 +40,19 @@ def normalize_alias(alias: str) -> str:
     alias = alias.strip()
     if alias.startswith("@"):
         return "@" + normalize_domain(alias[1:])
+    if is_bare_name(alias):
+        return alias.lower()
     return normalize(alias)
 
 
-def normalize_target(target: str) -> str:
+def normalize_target(target: str, local: bool = False) -> str:
+    """A target as stored; a local alias's targets are addresses or bare names."""
     target = target.strip()
+    if local:
+        if is_bare_name(target):
+            return target.lower()
+        if target.startswith("|"):
+            raise DirectoryError(f"{target}: a local name's targets are addresses or names")
     if target.startswith("|"):
         if not target[1:].strip():
             raise DirectoryError("a |command target needs a command after the |")
@@ -64,7 +79,7 @@ class Aliases:
     def add(self, alias: str, targets: list[str]) -> None:
         try:
             alias = normalize_alias(alias)
-            norm = [normalize_target(t) for t in targets]
+            norm = [normalize_target(t, local="@" not in alias) for t in targets]
         except AddressError as e:
             raise DirectoryError(str(e)) from None
         if not norm:
@@ -90,6 +105,24 @@ class Aliases:
         ):
             out.setdefault(alias, []).append(target)
         return out
+
+    def resolve_local(self, name: str, domain: str) -> list[str]:
+        """The addresses a name given to sendmail stands for (an address: itself)."""
+        out: list[str] = []
+        self._resolve(name.strip(), domain, out, ())
+        return list(dict.fromkeys(out))
+
+    def _resolve(self, name: str, domain: str, out: list[str], path: tuple[str, ...]) -> None:
+        if not is_bare_name(name):
+            out.append(normalize(name))
+            return
+        key = name.lower()
+        targets = self.targets(key) if key not in path and len(path) <= MAX_DEPTH else []
+        if not targets or key in targets:  # no alias, a loop, or "root: root, ..."
+            out.append(f"{key}@{domain}")
+            targets = [t for t in targets if t != key]
+        for t in targets:
+            self._resolve(t, domain, out, path + (key,))
 
     def owners(self, alias: str) -> set[str]:
         """Local users an alias delivers to (used to let them send as the alias)."""
