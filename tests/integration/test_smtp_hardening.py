@@ -12,6 +12,7 @@ from .support import (
     ALICE,
     BOB,
     CLIENT_NAME,
+    PASSWORD,
     assert_reply,
     make_message,
     parse,
@@ -27,7 +28,7 @@ def _submission_raw(server):
     c = server.raw("submissions")
     assert c.reply().code == 220
     c.expect(f"EHLO {CLIENT_NAME}", 250)
-    cred = base64.b64encode(f"\0{ALICE}\0secret".encode()).decode()
+    cred = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
     c.expect(f"AUTH PLAIN {cred}", 235)
     return c
 
@@ -146,13 +147,13 @@ def test_auth_plain_with_other_authorization_identity_is_refused(server):
     with server.raw("submissions") as c:
         assert c.reply().code == 220
         c.expect(f"EHLO {CLIENT_NAME}", 250)
-        cred = base64.b64encode(f"{BOB}\0{ALICE}\0secret".encode()).decode()
+        cred = base64.b64encode(f"{BOB}\0{ALICE}\0{PASSWORD}".encode()).decode()
         r = c.cmd(f"AUTH PLAIN {cred}")
         assert r.code == 535 and r.status == "5.7.8", f"authzid bob, login alice: {r}"
         r = c.cmd(f"MAIL FROM:<{BOB}>")
         assert r.code == 530, f"not logged in after the refusal: {r}"
         # the same identity twice (as some clients send it) is fine
-        cred = base64.b64encode(f"{ALICE.upper()}\0{ALICE}\0secret".encode()).decode()
+        cred = base64.b64encode(f"{ALICE.upper()}\0{ALICE}\0{PASSWORD}".encode()).decode()
         c.expect(f"AUTH PLAIN {cred}", 235)
         c.expect(f"MAIL FROM:<{ALICE}>", 250)
 
