@@ -204,8 +204,10 @@ class Server:
             return f"ok {await self.queue.pickup()}"
         if cmd == "retry":
             return f"ok {await self.queue.retry(arg or None)}"
-        if cmd == "delete":
-            return "ok 1" if await self.queue.delete(arg) else f"error no such message {arg}"
+        if cmd == "delete":  # "delete ID" or "delete ID bounce"
+            msg_id, _, flag = arg.partition(" ")
+            dsn = await self.queue.delete(msg_id, tell_sender=flag == "bounce")
+            return f"ok 1 {dsn}" if dsn else f"error no such message {msg_id}"
         return f"error unknown command {cmd}"
 
 
