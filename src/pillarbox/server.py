@@ -23,7 +23,7 @@ from pillarbox.modify.signing import Signing
 from pillarbox.queue import public_drop
 from pillarbox.queue.public_pickup import PublicPickup
 from pillarbox.queue.scheduler import Queue
-from pillarbox.queue.spool import Spool
+from pillarbox.queue.spool import Spool, SpoolFull
 from pillarbox.store import datadir
 from pillarbox.store.mailbox_index import StoreRegistry
 from pillarbox.store.sqlite import Database
@@ -206,7 +206,10 @@ class Server:
             return f"ok {await self.queue.retry(arg or None)}"
         if cmd == "delete":  # "delete ID" or "delete ID bounce"
             msg_id, _, flag = arg.partition(" ")
-            dsn = await self.queue.delete(msg_id, tell_sender=flag == "bounce")
+            try:
+                dsn = await self.queue.delete(msg_id, tell_sender=flag == "bounce")
+            except (SpoolFull, OSError) as e:
+                return f"error cannot queue the DSN ({e!r}); {msg_id} was not deleted"
             return f"ok 1 {dsn}" if dsn else f"error no such message {msg_id}"
         return f"error unknown command {cmd}"
 

@@ -279,17 +279,15 @@ class Queue:
         # Progress first, so that a failing DSN cannot make a delivery repeat;
         # "reported" only after the DSN is queued: rather twice than never.
         await asyncio.to_thread(self.spool.write_state, msg_id, state)
-        changed = False
         if unreported:
             await self._report(env, unreported, "failed", others_pending=True)
             for d in unreported:
                 d.reported = True
-            changed = True
+            await asyncio.to_thread(self.spool.write_state, msg_id, state)
         if self._delay_warning_due(env, state, now):
             waiting = [d for d in state.deliveries if d.state in ("pending", "deferred")]
             await self._report(env, waiting, "delayed")
-            state.delay_warned = changed = True
-        if changed:
+            state.delay_warned = True
             await asyncio.to_thread(self.spool.write_state, msg_id, state)
         nxt = self._wake_at(env, state)
         if nxt is not None:
