@@ -241,3 +241,19 @@ def test_reload_under_load_loses_and_refuses_nothing(make_server):
                  for line in m.split(b"\r\n") if line.startswith(b"Subject: load-")}
     assert delivered == set(sent)
     assert time.monotonic() - started < 20
+
+
+def test_a_new_domain_and_its_aliases_are_served_after_reload(make_server):
+    srv = make_server()
+    srv.config["domains"] = ["example.test", "new.test"]
+    srv.write_config()
+    srv.add_alias("@new.test", ALICE)  # a catch-all; the CLI reads the new config already
+    with srv.smtp() as s:
+        s.mail("x@client.test")
+        code, msg = s.rcpt("team@new.test")
+        assert code >= 500, msg  # not yet a domain of the running server: relaying denied
+    assert srv.cli("reload").stdout.strip() == "ok"
+    with srv.smtp() as s:
+        s.sendmail("x@client.test", ["team@new.test"],
+                   make_message("x@client.test", "team@new.test", "to the new domain"))
+    assert b"to the new domain" in srv.wait_for_messages(ALICE, 1)[0]
