@@ -85,6 +85,8 @@ class Server:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task] = set()
+        self._serving = False  # a SIGHUP before then waits for the start to finish
+        self._hup_pending = False
         self.public: PublicPickup | None = None
 
     async def _listen(self, kind: str, factory, ssl_ctx=None) -> None:
@@ -115,6 +117,7 @@ class Server:
         cfg = self.config
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_exceptions)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await asyncio.to_thread(datadir.prepare, cfg.data_dir)
             ensure_tls(cfg)
@@ -178,7 +181,9 @@ class Server:
         public_task = asyncio.create_task(public.run()) if public is not None else None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._serving = True
+        if self._hup_pending:
+            self._on_sighup()
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
                     ",".join(cfg.domains))
         await self._stop.wait()
@@ -230,6 +235,9 @@ class Server:
         return imap.IMAPProtocol(self.imap, kind)
 
     def _on_sighup(self) -> None:
+        if not self._serving:
+            self._hup_pending = True
+            return
         task = asyncio.get_running_loop().create_task(self.reload())
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)

@@ -150,6 +150,13 @@ def test_a_new_certificate_is_served_to_new_connections(make_server, tmp_path):
         c.logout()
 
 
+def test_reload_without_a_running_server_fails(make_server):
+    srv = make_server(start=False)
+    p = srv.cli("reload")
+    assert p.returncode == 1
+    assert "no server is running" in p.stderr, p.stderr
+
+
 def test_a_changed_listen_address_is_refused_with_a_restart_hint(make_server):
     srv = make_server()
     old = srv.config["listen"]["smtp"]
