@@ -133,6 +133,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running server to read its config again; it checks the new one
+    in full and keeps the old one if anything is wrong."""
+    cfg = _load(args)
+    reply = control.request(cfg.data_dir, "reload")
+    if reply is None:
+        raise CLIError(f"no server is running for {cfg.path}")
+    if reply != "ok":
+        raise CLIError(f"reload refused, the old config stays in effect: "
+                       f"{reply.removeprefix('error ')}")
+    print("ok")
+    return 0
+
+
 def cmd_dns(args: argparse.Namespace) -> int:
     from pillarbox import dnsrecords
 
@@ -610,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
     sub.add_parser("check", help="validate the config").set_defaults(func=cmd_check)
     sub.add_parser("dns", help="print the DNS records to publish").set_defaults(func=cmd_dns)
+    sub.add_parser("reload", help="make the running server read its config, TLS pair, "
+                   "users and aliases again").set_defaults(func=cmd_reload)
     sub.add_parser("status", help="is the server running, and its live connections"
                    ).set_defaults(func=cmd_status)
 

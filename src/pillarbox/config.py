@@ -454,6 +454,22 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     )
 
 
+def restart_needed(old: Config, new: Config) -> str | None:
+    """The first setting a reload cannot change that differs between two
+    configs: the listening sockets (bound before privileges are dropped), where
+    mail and state live, and the number of queue workers."""
+    values = {
+        "data_dir": lambda c: c.data_dir, "maildrop_dir": lambda c: c.maildrop_dir,
+        "storage.url": lambda c: c.storage_url, "queue.workers": lambda c: c.queue.workers,
+    }
+    for kind in LISTEN_KINDS:
+        values[f"listen.{kind}"] = lambda c, kind=kind: sorted(c.listen.get(kind, []))
+    for key, value in values.items():
+        if value(old) != value(new):
+            return key
+    return None
+
+
 def _route(r: object, i: int) -> Route:
     key = f"route[{i}]"
     if not isinstance(r, dict):

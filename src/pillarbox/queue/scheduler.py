@@ -63,6 +63,13 @@ class Queue:
         self._pickup_retry: asyncio.Task | None = None
         self._stopping = False
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload: retry schedule, lifetime, free-space floor, remote
+        delivery and routes apply to the next attempts; workers stay."""
+        self.config = config
+        self.spool.min_free_space = config.queue.min_free_space
+        self.remote.reconfigure(config)
+
     # -- intake -----------------------------------------------------------
 
     async def enqueue(self, mail_from: str, rcpts: list[str], chunks: Iterable[bytes], size: int,
