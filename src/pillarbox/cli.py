@@ -604,7 +604,8 @@ def cmd_import_maildir(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     for box in boxes:
         kept = "kept" if box.had_uidlist else "new"
-        print(f"{escape(box.name)}\t{len(box.messages)} messages\t"
+        n = len(box.messages)
+        print(f"{escape(box.name)}\t{n} message{'' if n == 1 else 's'}\t"
               f"UIDVALIDITY {box.uidvalidity} ({kept})\tUIDNEXT {box.uidnext}")
     print(f"imported {args.src} into {target} for {address}")
     return 0
