@@ -600,7 +600,7 @@ def cmd_import_maildir(args: argparse.Namespace) -> int:
     target = mailbox.maildir_path(cfg.data_dir / "mail", address)
     try:
         boxes = import_maildir.import_maildir(Path(args.src), target)
-    except import_maildir.ImportError_ as e:
+    except import_maildir.MaildirImportError as e:
         raise CLIError(str(e)) from None
     for box in boxes:
         kept = "kept" if box.had_uidlist else "new"

@@ -42,7 +42,7 @@ import sqlite3
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 from pillarbox.store.mailbox_index import INDEX_NAME, split_name
@@ -79,8 +79,25 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def _entries(d: Path) -> Iterator[tuple[os.DirEntry, os.stat_result]]:
+    """The entries of d in name order with their lstat; what vanishes meanwhile is left out
+    (the server keeps working while a backup runs)."""
+    try:
+        entries = sorted(os.scandir(d), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            yield entry, entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+
+
 def _mkdir(path: Path) -> None:
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    """path, and every parent this makes, 0700 whatever the umask."""
+    if not path.parent.exists():
+        _mkdir(path.parent)
+    path.mkdir(mode=DIR_MODE, exist_ok=True)
     os.chmod(path, DIR_MODE)
 
 
@@ -103,7 +120,8 @@ def _copy_file(src: Path, dst: Path, progress: Progress) -> bool:
 
 def _copy_sqlite(src: Path, dst: Path, progress: Progress) -> None:
     """A consistent snapshot of a live SQLite database (WAL included)."""
-    source = sqlite3.connect(src, timeout=30)
+    # mode=rw: a database that vanished meanwhile is an error, never created empty here.
+    source = sqlite3.connect(f"{src.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
     try:
         source.execute("PRAGMA busy_timeout=30000")
         target = sqlite3.connect(dst)
@@ -129,11 +147,7 @@ def _skipped(name: str, st: os.stat_result) -> bool:
 def _copy_plain_tree(src: Path, dst: Path, progress: Progress) -> None:
     """Files and directories as they are; SQLite files by the backup API."""
     _mkdir(dst)
-    for entry in sorted(os.scandir(src), key=lambda e: e.name):
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
+    for entry, st in _entries(src):
         if _skipped(entry.name, st):
             continue
         if stat.S_ISDIR(st.st_mode):
@@ -175,10 +189,9 @@ def copy_queue(src: Path, dst: Path, progress: Progress) -> None:
     for name in _files(src / "state"):
         _copy_file(src / "state" / name, dst / "state" / name, progress)
     # Anything else a newer spool keeps beside these (queue/tmp is scratch).
-    for entry in os.scandir(src):
+    for entry, st in _entries(src):
         if entry.name in ("maildrop", "segments", "bodies", "state", "tmp"):
             continue
-        st = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             _copy_plain_tree(Path(entry.path), dst / entry.name, progress)
         elif not _skipped(entry.name, st):
@@ -194,9 +207,8 @@ def _is_maildir(path: Path) -> bool:
 def _folders(root: Path) -> dict[str, Path]:
     """The user's mailboxes on disk: INBOX and the Maildir++ .NAME folders."""
     out = {"INBOX": root}
-    for e in sorted(os.scandir(root), key=lambda e: e.name):
-        if e.name.startswith(".") and e.name not in (".", "..") and e.is_dir(
-                follow_symlinks=False) and (Path(e.path) / "cur").is_dir():
+    for e, st in _entries(root):
+        if e.name.startswith(".") and stat.S_ISDIR(st.st_mode) and (Path(e.path) / "cur").is_dir():
             out[e.name[1:]] = Path(e.path)
     return out
 
@@ -221,8 +233,7 @@ def copy_user_maildir(src: Path, dst: Path, progress: Progress) -> None:
         out = dst if name == "INBOX" else dst / folder.name
         for sub in ("tmp", "new", "cur"):
             _mkdir(out / sub)
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            st = entry.stat(follow_symlinks=False)
+        for entry, st in _entries(folder):
             if (stat.S_ISREG(st.st_mode) and entry.name != INDEX_NAME
                     and not entry.name.endswith(SQLITE_SIDE)):
                 _copy_file(Path(entry.path), out / entry.name, progress)  # maildirfolder etc.
@@ -239,7 +250,12 @@ def copy_user_maildir(src: Path, dst: Path, progress: Progress) -> None:
     index = src / INDEX_NAME
     if not index.exists():
         return
-    _copy_sqlite(index, dst / INDEX_NAME, progress)
+    try:
+        _copy_sqlite(index, dst / INDEX_NAME, progress)
+    except sqlite3.OperationalError:
+        if index.exists():
+            raise
+        return  # the user was deleted meanwhile: the files copied are what there was
     _agree(src, dst, folders, progress)
 
 
@@ -294,8 +310,7 @@ def _agree(src: Path, dst: Path, folders: dict[str, Path], progress: Progress) -
 def copy_mail(src: Path, dst: Path, progress: Progress) -> None:
     """mail/DOMAIN/LOCAL/... : each user's Maildir as one unit."""
     _mkdir(dst)
-    for entry in sorted(os.scandir(src), key=lambda e: e.name):
-        st = entry.stat(follow_symlinks=False)
+    for entry, st in _entries(src):
         path = Path(entry.path)
         if stat.S_ISDIR(st.st_mode):
             if _is_maildir(path):
@@ -326,18 +341,16 @@ def backup(data_dir: Path, dest: Path, progress: Progress | None = None,
     _check_dest(dest, data_dir)
     _mkdir(dest)
     started = time.time()
-    entries = sorted(os.scandir(data_dir), key=lambda e: e.name)
+    entries = list(_entries(data_dir))
     # Databases first, then the queue, then the mail (the order matters: module text).
-    for entry in entries:
-        st = entry.stat(follow_symlinks=False)
+    for entry, st in entries:
         if stat.S_ISREG(st.st_mode) and _is_sqlite(entry.name):
             _copy_sqlite(Path(entry.path), dest / entry.name, progress)
     if (data_dir / "queue").is_dir():
         copy_queue(data_dir / "queue", dest / "queue", progress)
     if (data_dir / "mail").is_dir():
         copy_mail(data_dir / "mail", dest / "mail", progress)
-    for entry in entries:
-        st = entry.stat(follow_symlinks=False)
+    for entry, st in entries:
         if entry.name in ("queue", "mail") or _skipped(entry.name, st) or (
                 stat.S_ISREG(st.st_mode) and _is_sqlite(entry.name)):
             continue
@@ -357,8 +370,7 @@ def backup(data_dir: Path, dest: Path, progress: Progress | None = None,
     return progress
 
 
-def restore(src: Path, data_dir: Path, progress: Progress | None = None,
-            chown: Callable[[Path], None] | None = None) -> Progress:
+def restore(src: Path, data_dir: Path, progress: Progress | None = None) -> Progress:
     """Copy a backup made by `backup` into data_dir (missing or empty); server stopped."""
     progress = progress or Progress(False)
     if not (src / MARKER).is_file():
@@ -367,16 +379,13 @@ def restore(src: Path, data_dir: Path, progress: Progress | None = None,
         raise BackupError(f"the data directory {data_dir} exists and is not empty; "
                           "move it away (or point data_dir at a new place) first")
     _mkdir(data_dir)
-    for entry in sorted(os.scandir(src), key=lambda e: e.name):
+    for entry, st in _entries(src):
         if entry.name == MARKER:
             continue
-        st = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             _copy_tree_exact(Path(entry.path), data_dir / entry.name, progress)
         elif stat.S_ISREG(st.st_mode):
             _copy_file(Path(entry.path), data_dir / entry.name, progress)
-    if chown is not None:
-        chown(data_dir)
     os.sync()
     progress.end()
     return progress
@@ -385,8 +394,7 @@ def restore(src: Path, data_dir: Path, progress: Progress | None = None,
 def _copy_tree_exact(src: Path, dst: Path, progress: Progress) -> None:
     """A backup is not live: every file as it is (SQLite files included)."""
     _mkdir(dst)
-    for entry in os.scandir(src):
-        st = entry.stat(follow_symlinks=False)
+    for entry, st in _entries(src):
         if stat.S_ISDIR(st.st_mode):
             _copy_tree_exact(Path(entry.path), dst / entry.name, progress)
         elif stat.S_ISREG(st.st_mode):

@@ -38,7 +38,7 @@ DIR_MODE, FILE_MODE = 0o700, 0o600
 _SYSTEM_LETTERS = set("DFRST")  # Draft Flagged Replied Seen Trashed
 
 
-class ImportError_(Exception):
+class MaildirImportError(Exception):
     """The import cannot be done; the text says why (nothing was changed)."""
 
 
@@ -103,29 +103,33 @@ def read_keywords(path: Path) -> dict[str, str]:
 
 def read_subscriptions(path: Path) -> list[str]:
     """Dovecot's `subscriptions`: a "V\\t2" header then one name a line (levels
-    separated by a tab in version 2), or plain names (Courier, version 1)."""
+    separated by a tab in version 2), or plain names (Courier's with an "INBOX." prefix)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return []
     if lines and lines[0].startswith("V\t"):
         lines = lines[1:]
-    return [ln.replace("\t", ".") for ln in lines if ln.strip()]
+    names = [ln.replace("\t", ".") for ln in lines if ln.strip()]
+    # Courier names folders under the "INBOX." namespace; the folder .Sent is "Sent" here.
+    return [n[6:] if n.startswith("INBOX.") else n for n in names]
 
 
 def scan_mailbox(name: str, folder: Path, now: int) -> Mailbox:
     uidlist = read_uidlist(folder / "dovecot-uidlist")
     keywords = read_keywords(folder / "dovecot-keywords")
     files: list[tuple[str, str, Path]] = []  # (base, info, path)
+    bases: set[str] = set()
     for sub in ("cur", "new"):
         try:
             names = sorted(os.listdir(folder / sub))
         except FileNotFoundError:
             continue
         for fn in names:
-            if fn.startswith("."):
-                continue
             base, info = split_name(fn) if sub == "cur" else (fn, "")
+            if fn.startswith(".") or base in bases:  # a second copy (cur/ wins)
+                continue
+            bases.add(base)
             files.append((base, info, folder / sub / fn))
     uidvalidity, uidnext, known = uidlist if uidlist else (0, 1, {})
     box = Mailbox(name, uidvalidity or now, max(uidnext, 1), had_uidlist=uidlist is not None)
@@ -157,7 +161,7 @@ def scan_mailbox(name: str, folder: Path, now: int) -> Mailbox:
 def scan(src: Path) -> tuple[list[Mailbox], list[str]]:
     """Every mailbox of the Maildir++ tree at src, and its subscriptions."""
     if not ((src / "cur").is_dir() or (src / "new").is_dir()):
-        raise ImportError_(f"{src} is not a Maildir (no cur/ or new/ in it)")
+        raise MaildirImportError(f"{src} is not a Maildir (no cur/ or new/ in it)")
     now = int(time.time())
     boxes = [scan_mailbox("INBOX", src, now)]
     for e in sorted(os.scandir(src), key=lambda e: e.name):
@@ -167,7 +171,7 @@ def scan(src: Path) -> tuple[list[Mailbox], list[str]]:
         name = e.name[1:]
         why = valid_name(name)
         if why or name.upper() == "INBOX":
-            raise ImportError_(f"folder {e.name!r} cannot be a pillarbox mailbox: "
+            raise MaildirImportError(f"folder {e.name!r} cannot be a pillarbox mailbox: "
                                f"{why or 'INBOX is the Maildir root'}")
         boxes.append(scan_mailbox(name, Path(e.path), now))
     return boxes, read_subscriptions(src / "subscriptions")
@@ -216,9 +220,9 @@ def _write_index(path: Path, boxes: list[Mailbox], subscriptions: list[str]) -> 
 def import_maildir(src: Path, target: Path) -> list[Mailbox]:
     """Build the pillarbox Maildir for `target` from `src`; returns what was imported."""
     if not src.is_dir():
-        raise ImportError_(f"no directory at {src}")
+        raise MaildirImportError(f"no directory at {src}")
     if target.exists() and _has_messages(target):
-        raise ImportError_(f"{target} already holds messages; importing would mix two "
+        raise MaildirImportError(f"{target} already holds messages; importing would mix two "
                            "mailboxes' UIDs (import into a user that has no mail yet)")
     boxes, subscriptions = scan(src)
     target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
