@@ -92,3 +92,49 @@ def test_modes_marker_and_refusals(live, tmp_path):
     assert (tmp_path / "new" / "tls" / "key.pem").read_text() == "key"
     with pytest.raises(backup.BackupError, match="not empty"):
         backup.restore(dest, tmp_path / "new")
+
+
+def _env(tag: str):
+    from pillarbox.queue.spool import Envelope, new_id
+
+    return Envelope(id=new_id(), mail_from=f"{tag}@remote.test", rcpts=["alice@example.org"],
+                    received=0.0, size=10)
+
+
+def test_queue_pickup_and_delivery_during_the_copy_lose_nothing(tmp_path, monkeypatch):
+    """The server picks up a sendmail drop (appends it to a segment, deletes the drop
+    file) right after a segment was copied: the drop must still be in the copy."""
+    import asyncio
+
+    from pillarbox.queue.spool import Spool
+
+    data = tmp_path / "data"
+    spool = Spool(data / "queue")
+    spool.load()
+    live, finished = _env("live"), _env("done")
+    dropped = _env("drop")
+
+    async def fill() -> None:
+        for env in (live, finished):
+            await spool.append(env, [b"body\r\n"])
+        spool.done(finished.id)
+
+    asyncio.run(fill())
+    spool.drop(dropped, b"dropped body\r\n")
+    real = backup._copy_file
+    acted = []
+
+    def server_acts(src: Path, dst: Path, progress) -> bool:
+        ok = real(src, dst, progress)
+        if src.name.endswith(".seg") and not acted:  # right after a segment was copied
+            acted.append(1)
+            asyncio.run(spool.pickup())  # maildrop/ -> the segment, drop file deleted
+        return ok
+
+    monkeypatch.setattr(backup, "_copy_file", server_acts)
+    backup.backup(data, tmp_path / "backup")
+    assert acted
+    ids = {e.id for e in Spool(tmp_path / "backup" / "queue").load()}
+    assert dropped.id in ids or (tmp_path / "backup" / "queue" / "maildrop" / dropped.id).exists()
+    assert not (data / "queue" / "maildrop" / dropped.id).exists()  # it was picked up
+    assert live.id in ids and finished.id not in ids
