@@ -274,14 +274,17 @@ def _agree(src: Path, dst: Path, folders: dict[str, Path], progress: Progress) -
     def out_of(name: str) -> Path:
         return dst if name == "INBOX" else dst / f".{name}"
 
+    extra: list[tuple[Path, str]] = []  # (copied file, its base) with no entry where it is
     for mailbox, bases in indexed.items():
         out = out_of(mailbox)
         live_folder = folders.get(mailbox) or (src if mailbox == "INBOX" else src / f".{mailbox}")
         for sub in ("tmp", "new", "cur"):
             _mkdir(out / sub)
+        if mailbox != "INBOX" and not (out / "maildirfolder").exists():
+            (out / "maildirfolder").touch(mode=FILE_MODE)
         cur, new = _by_base(out / "cur"), _by_base(out / "new")
         for base, fname in bases.items():
-            have = cur.get(base)
+            have = cur.pop(base, None)
             if have is not None and have != fname:
                 os.rename(out / "cur" / have, out / "cur" / fname)
             elif have is None and base in new:
@@ -293,18 +296,19 @@ def _agree(src: Path, dst: Path, folders: dict[str, Path], progress: Progress) -
                 # else expunged during the backup: the first sync after a restore drops it.
             if base in new:  # indexed already: a second copy in new/ would be taken in again
                 (out / "new" / new.pop(base)).unlink(missing_ok=True)
-        # The other copy of a message moved to another folder meanwhile.
-        for sub, files in (("cur", cur), ("new", new)):
-            for base, fname in files.items():
-                if base not in bases and owner.get(base, mailbox) != mailbox:
-                    (out / sub / fname).unlink(missing_ok=True)
+        extra += [(out / "cur" / f, b) for b, f in cur.items()]
+        extra += [(out / "new" / f, b) for b, f in new.items()]
     for name in folders:
         if name not in indexed:
             out = out_of(name)
-            for sub in ("cur", "new"):
-                for base, fname in _by_base(out / sub).items():
-                    if base in owner:
-                        (out / sub / fname).unlink(missing_ok=True)
+            extra += [(out / sub / f, b) for sub in ("cur", "new")
+                      for b, f in _by_base(out / sub).items()]
+    # The old copy of a message moved to another folder meanwhile, once the copy in the
+    # folder the index names is there; the others are new mail, taken in at the next sync.
+    for path, base in extra:
+        mailbox = owner.get(base)
+        if mailbox is not None and (out_of(mailbox) / "cur" / indexed[mailbox][base]).exists():
+            path.unlink(missing_ok=True)
 
 
 def copy_mail(src: Path, dst: Path, progress: Progress) -> None:
