@@ -600,6 +600,65 @@ def _drop_header(lines: list[bytes], name: bytes) -> list[bytes]:
     return out
 
 
+# -- backup, restore, import ------------------------------------------------------
+
+def _server_running(cfg: Config) -> bool:
+    return control.request(cfg.data_dir, "status", timeout=10) is not None
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from pillarbox.store import backup
+
+    cfg = _load(args)
+    try:
+        done = backup.backup(cfg.data_dir, Path(args.dest), backup.Progress(sys.stderr.isatty()),
+                             cfg.hostname)
+    except backup.BackupError as e:
+        raise CLIError(str(e)) from None
+    print(f"backup of {cfg.data_dir} in {args.dest}: {done.files} files, "
+          f"{_human(done.bytes)}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from pillarbox.store import backup
+
+    cfg = _load(args)
+    if _server_running(cfg):
+        raise CLIError(f"the server for {cfg.path} is running; stop it before a restore")
+    try:
+        done = backup.restore(Path(args.src), cfg.data_dir, backup.Progress(sys.stderr.isatty()))
+    except backup.BackupError as e:
+        raise CLIError(str(e)) from None
+    print(f"restored {args.src} into {cfg.data_dir}: {done.files} files, {_human(done.bytes)}")
+    return 0
+
+
+def cmd_import_maildir(args: argparse.Namespace) -> int:
+    from pillarbox.store import import_maildir
+    from pillarbox.target import mailbox
+
+    cfg, users, _ = _directory(args)
+    address = _local_address(cfg, args.address)
+    if users.get(address) is None:
+        raise CLIError(f"no user {address}; add it first (pillarbox user add {address})")
+    if _server_running(cfg):
+        raise CLIError(f"the server for {cfg.path} is running; stop it before an import "
+                       "(it keeps open mailboxes in memory)")
+    target = mailbox.maildir_path(cfg.data_dir / "mail", address)
+    try:
+        boxes = import_maildir.import_maildir(Path(args.src), target)
+    except import_maildir.MaildirImportError as e:
+        raise CLIError(str(e)) from None
+    for box in boxes:
+        kept = "kept" if box.had_uidlist else "new"
+        n = len(box.messages)
+        print(f"{escape(box.name)}\t{n} message{'' if n == 1 else 's'}\t"
+              f"UIDVALIDITY {box.uidvalidity} ({kept})\tUIDNEXT {box.uidnext}")
+    print(f"imported {args.src} into {target} for {address}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -656,6 +715,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bounce", action="store_true",
                    help="delete: first send the sender a DSN for the undelivered recipients")
     s.set_defaults(func=cmd_queue)
+
+    s = sub.add_parser("backup", help="copy the data directory (also while serving)")
+    s.add_argument("dest", help="a directory that does not exist or is empty")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="copy a backup into an empty data directory")
+    s.add_argument("src", help="a directory made by `pillarbox backup`")
+    s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("import-maildir", help="take over a user's Maildir (Dovecot's or "
+                       "plain), keeping UIDs, UIDVALIDITY and flags")
+    s.add_argument("src", help="the user's Maildir (INBOX at its root, .NAME folders)")
+    s.add_argument("address", help="the pillarbox user it becomes (must exist, no mail yet)")
+    s.set_defaults(func=cmd_import_maildir)
 
     s = sub.add_parser("sendmail", help="sendmail-compatible submission from stdin")
     s.add_argument("-t", action="store_true", help="take recipients from To/Cc/Bcc")
