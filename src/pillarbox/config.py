@@ -190,6 +190,7 @@ class Config:
     domains: list[str]
     data_dir: Path
     maildrop_dir: Path | None = None  # None: only root and the server's user can use sendmail
+    user: str = ""  # the service user a root-started `serve` becomes; "": stay as started
     mode: str = "standard"
     log_level: str = "warning"
     listen: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
@@ -215,8 +216,8 @@ class Config:
         return domain.lower() in self.domains
 
 
-_TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "mode", "log_level", "listen",
-             "tls", "storage", "dns", "limits", "queue", "remote", "route", "imap"}
+_TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
+             "listen", "tls", "storage", "dns", "limits", "queue", "remote", "route", "imap"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -307,6 +308,9 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     data_dir = base / _str(data.get("data_dir", "var"), "data_dir")
     maildrop = _str(data.get("maildrop_dir", "maildrop"), "maildrop_dir")
     maildrop_dir = base / maildrop if maildrop else None
+    user = _str(data.get("user", ""), "user").strip()
+    if user and not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", user, re.I):
+        raise ConfigError("user", f"expected a user name like pillarbox, got {user!r}")
     mode = _str(data.get("mode", "standard"), "mode")
     if mode not in ("standard", "chatmail"):
         raise ConfigError("mode", f"expected \"standard\" or \"chatmail\", got {mode!r}")
@@ -444,7 +448,7 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
 
     return Config(
         path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir,
-        maildrop_dir=maildrop_dir, mode=mode,
+        maildrop_dir=maildrop_dir, user=user, mode=mode,
         log_level=log_level, listen=listen, tls_cert=cfg_cert, tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, routes=routes,
@@ -511,6 +515,11 @@ data_dir = "var"
 # writable by all and listable by none (mode 1733). "" turns that off. See
 # "The sendmail command" in docs/OPERATING.md.
 maildrop_dir = "maildrop"
+
+# The service user. `serve` started as root binds its ports, makes data_dir
+# and maildrop_dir this user's, and then runs as this user (never as root:
+# `|command` aliases are not run as root). "": run as whoever starts it.
+user = ""
 
 # "standard", or "chatmail": the end-to-end-encryption-only relay profile.
 mode = "standard"
