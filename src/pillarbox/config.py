@@ -493,6 +493,94 @@ def _route(r: object, i: int) -> Route:
     return route
 
 
+# -- `check`: every error at once, and warnings ---------------------------------
+
+# What a required key that is wrong is replaced by, to go on looking for errors.
+_STAND_INS = {"hostname": "stand-in.invalid", "domains": ["stand-in.invalid"]}
+
+
+def _set_aside(data: dict, key: str) -> bool:
+    """Take the key at fault out of data (a required one: a stand-in), so
+    validation can go on; False when there is nothing to take out."""
+    m = re.fullmatch(r"route\[(\d+)\](?:\..*)?", key)
+    if m:
+        routes = data.get("route")
+        i = int(m.group(1))
+        if not isinstance(routes, list) or i >= len(routes):
+            return False
+        if routes[i] == {"domains": ["stand-in.invalid"]}:
+            return False
+        routes[i] = {"domains": ["stand-in.invalid"]}  # same index for later errors
+        return True
+    section, _, name = key.partition(".")
+    if name and isinstance(data.get(section), dict) and name in data[section]:
+        del data[section][name]
+        return True
+    if section in _STAND_INS and data.get(section) != _STAND_INS[section]:
+        data[section] = _STAND_INS[section]
+        return True
+    if section in data:
+        del data[section]
+        return True
+    return False
+
+
+def validate(path: Path) -> tuple[Config | None, list[ConfigError]]:
+    """The config and no errors, or None and every error found (`check`)."""
+    try:
+        cfg = load(path)
+        return cfg, []
+    except ConfigError as e:
+        errors = [e]
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None, errors  # not TOML at all: the one error says so
+    while len(errors) < 100 and _set_aside(data, errors[-1].key):
+        try:
+            from_dict(data, path)
+            break
+        except ConfigError as e:
+            errors.append(e)
+    return None, errors
+
+
+def warnings(cfg: Config) -> list[str]:
+    """Things that are valid but almost certainly not meant (`check`)."""
+    out = []
+    if "." not in cfg.hostname:
+        out.append(f"hostname: {cfg.hostname} is not a fully qualified name (like "
+                   "mx.example.org); other servers look this name up to reach this one")
+    for ns in cfg.nameservers:
+        host = ns
+        if ":" in ns:
+            try:
+                ipaddress.ip_address(ns.strip("[]"))
+            except ValueError:
+                host = ns.rpartition(":")[0].strip("[]")
+            else:
+                host = ns.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            out.append(f"dns.nameservers: {ns} is not an IP address; name the resolvers "
+                       "by address (a name would need a resolver of its own)")
+    for i, r in enumerate(cfg.routes):
+        for d in r.domains:
+            if cfg.is_local_domain(d):
+                out.append(f"route[{i}].domains: {d} is a local domain; its mail is "
+                           "delivered here, never through this route")
+    if cfg.user:
+        import pwd
+
+        try:
+            pwd.getpwnam(cfg.user)
+        except KeyError:
+            out.append(f"user: there is no user {cfg.user} on this system; `serve` started "
+                       "as root will refuse to start")
+    return out
+
+
 TEMPLATE = """\
 # pillarbox configuration. Every key is optional except hostname and domains;
 # the value shown is the default, except in [listen], where a missing key
