@@ -115,10 +115,7 @@ class Server:
         """Started as root with `user` set: bind every listener, give data_dir and
         maildrop_dir to the user, then drop to it, before anything is opened."""
         cfg = self.config
-        if not cfg.user:
-            if privileges.is_root():
-                log.warning("running as root: set `user` in the config to run as a service "
-                            "user; |command aliases are not run as root")
+        if not cfg.user:  # as root: a warning once started (a failed start says one line)
             return
         try:
             account = privileges.lookup(cfg.user)
@@ -225,6 +222,9 @@ class Server:
             loop.add_signal_handler(sig, self._stop.set)
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
                     ",".join(cfg.domains))
+        if privileges.is_root():  # `user` unset (else it was dropped above)
+            log.warning("running as root: set `user` in the config to run as a service "
+                        "user; |command aliases are not run as root")
         await self._stop.wait()
         log.warning("pillarbox stopping")
         for s in self._servers:
