@@ -38,6 +38,13 @@ def _id_script(root: Path, uid: int | None) -> tuple[Path, Path]:
     return script, out
 
 
+def _start(srv) -> None:
+    """Start, and wait for the end of the start-up: the ports listen (bound as
+    root) before the server drops to its user."""
+    srv.start()
+    wait_until(lambda: "pillarbox started" in srv.log_text(), 10, "the start-up to end")
+
+
 def _send(server, rcpt: str) -> None:
     with server.smtp() as s:
         assert s.sendmail(SENDER, [rcpt], make_message(SENDER, rcpt, token())) == {}
@@ -48,7 +55,7 @@ def test_root_started_server_runs_as_the_service_user(make_service_server):
     srv = make_service_server(start=False)
     script, out = _id_script(srv.root, account.pw_uid)
     srv.add_alias("hook@example.test", f"|{script}")  # as root, before the start
-    srv.start()
+    _start(srv)
 
     ids = _status_ids(srv.pid)
     assert ids["Uid"] == [account.pw_uid] * 4, ids  # real, effective, saved, fs
@@ -77,7 +84,7 @@ def test_root_server_without_user_refuses_pipe_aliases(make_service_server):
     srv = make_service_server(start=False, user="")
     script, out = _id_script(srv.root, None)
     srv.add_alias("hook@example.test", f"|{script}")
-    srv.start()
+    _start(srv)
     assert _status_ids(srv.pid)["Uid"][1] == 0
     assert "running as root: set `user`" in srv.log_text()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pillarbox import __version__, cli
@@ -25,7 +27,11 @@ def test_every_command_option_and_argument_has_a_help_text():
 
 
 def test_version(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["--version"])
+    umask = os.umask(0o022)  # main() sets the service's 077: keep it out of other tests
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--version"])
+    finally:
+        os.umask(umask)
     assert e.value.code == 0
     assert capsys.readouterr().out == f"pillarbox {__version__}\n"
