@@ -231,6 +231,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running server to read its config again; it checks the new one
+    in full and keeps the old one if anything is wrong."""
+    cfg = _load(args)
+    reply = control.request(cfg.data_dir, "reload")
+    if reply is None:
+        raise CLIError(f"no server is running for {cfg.path}")
+    if reply != "ok":
+        raise CLIError(f"reload refused, the old config stays in effect: "
+                       f"{reply.removeprefix('error ')}")
+    print("ok")
+    return 0
+
+
 def cmd_dns(args: argparse.Namespace) -> int:
     from pillarbox import dnsrecords
 
@@ -455,19 +469,53 @@ def cmd_queue(args: argparse.Namespace) -> int:
             raise CLIError(reply.removeprefix("error "))
         return 0
     if args.action == "delete":
-        reply = control.request(cfg.data_dir, f"delete {args.id}")
+        reply = control.request(cfg.data_dir, f"delete {args.id}{' bounce' if args.bounce else ''}")
         if reply is None:
-            from pillarbox.queue.spool import mark_done_offline
-
-            match = [e["_entry"] for e in _entries(cfg) if e["id"] == args.id]
-            if not match:
-                raise CLIError(f"no such message {args.id} in the queue")
-            mark_done_offline(match[0])
-        elif not reply.startswith("ok"):
+            bounced = _delete_offline(cfg, args.id, args.bounce)
+        elif reply.startswith("ok"):
+            bounced = reply.split()[-1] != "-"
+        else:
             raise CLIError(reply.removeprefix("error "))
         print(f"deleted {args.id}")
+        if args.bounce and not bounced:
+            print("no DSN sent: nothing undelivered, or the message is itself a bounce")
         return 0
     return 0
+
+
+def _delete_offline(cfg: Config, msg_id: str, bounce: bool) -> bool:
+    """`queue delete` without a running server: the same log line, on stderr, and
+    the DSN through queue/maildrop (sent at the next start). True if one was made."""
+    from pillarbox.queue import bounce as dsn
+    from pillarbox.queue.spool import Envelope, Spool, SpoolFull, mark_done_offline, new_id
+
+    match = [e["_entry"] for e in _entries(cfg) if e["id"] == msg_id]
+    if not match:
+        raise CLIError(f"no such message {msg_id} in the queue")
+    entry = match[0]
+    env = entry.env
+    left = dsn.undelivered(env, entry.state)
+    dsn_id = None
+    if bounce and left and env.mail_from and env.source != "bounce":
+        with open(entry.path, "rb") as f:
+            f.seek(entry.offset)
+            head = dsn.original_header(f.read(min(256 * 1024, env.size or 256 * 1024)))
+        data = dsn.build(cfg.hostname, env, left, head,
+                         retry_until=env.received + cfg.queue.max_lifetime)
+        dsn_id = new_id()
+        try:  # no min_free_space: the DSN replaces the message it reports
+            Spool(_spool_root(cfg), 0).drop(
+                Envelope(id=dsn_id, mail_from="", rcpts=[env.mail_from], received=time.time(),
+                         size=len(data), source="bounce"), data)
+        except (SpoolFull, OSError) as e:
+            raise CLIError(f"cannot queue the DSN ({e!r}); {msg_id} was not deleted") from None
+    # Rather a DSN for a message still queued than a deleted one never reported.
+    mark_done_offline(entry)
+    print(escape(f"pillarbox: queue delete id={msg_id} from=<{env.mail_from}> "
+                 f"to={','.join(env.rcpts)} undelivered={','.join(d.to for d in left)} "
+                 f"bounce={f'yes dsn={dsn_id}' if dsn_id else 'no'} (server not running)"),
+          file=sys.stderr)
+    return dsn_id is not None
 
 
 def _retry_offline(cfg: Config, msg_id: str | None) -> int:
@@ -693,6 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="validate the config: every error, and warnings"
                    ).set_defaults(func=cmd_check)
     sub.add_parser("dns", help="print the DNS records to publish").set_defaults(func=cmd_dns)
+    sub.add_parser("reload", help="make the running server read its config, TLS pair, "
+                   "users and aliases again").set_defaults(func=cmd_reload)
     sub.add_parser("status", help="is the server running, and its live connections"
                    ).set_defaults(func=cmd_status)
 
@@ -729,6 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id", nargs="?", help="a message ID from `queue list` (retry without it: "
                                          "all)")
     s.add_argument("--json", action="store_true", help="machine-readable list")
+    s.add_argument("--bounce", action="store_true",
+                   help="delete: first send the sender a DSN for the undelivered recipients")
     s.set_defaults(func=cmd_queue)
 
     s = sub.add_parser("sendmail", help="sendmail-compatible submission from stdin")

@@ -145,6 +145,7 @@ class QueueSettings:
         default_factory=lambda: [60.0, 300.0, 900.0, 3600.0, 14400.0]
     )
     max_lifetime: float = 5 * 86400.0
+    delay_warning: float = 4 * 3600.0  # 0: no delay warnings
     workers: int = 64
 
 
@@ -228,7 +229,7 @@ _SECTION_KEYS = {
                "auth_max_failures", "auth_account_max_failures",
                "auth_failure_window", "auth_lockout", "auth_failure_delay",
                "min_password_length"},
-    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "workers"},
+    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "delay_warning", "workers"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
@@ -397,6 +398,8 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         queue.retry_schedule = [parse_duration(s, "queue.retry_schedule") for s in sched]
     if "max_lifetime" in q:
         queue.max_lifetime = parse_duration(q["max_lifetime"], "queue.max_lifetime")
+    if "delay_warning" in q:
+        queue.delay_warning = parse_duration(q["delay_warning"], "queue.delay_warning")
     if "workers" in q:
         queue.workers = _int(q["workers"], "queue.workers", 1)
 
@@ -453,6 +456,23 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, routes=routes,
     )
+
+
+def restart_needed(old: Config, new: Config) -> str | None:
+    """The first setting a reload cannot change that differs between two
+    configs: the listening sockets (bound before privileges are dropped), where
+    mail and state live, and the number of queue workers."""
+    values = {
+        "data_dir": lambda c: c.data_dir, "maildrop_dir": lambda c: c.maildrop_dir,
+        "storage.url": lambda c: c.storage_url, "queue.workers": lambda c: c.queue.workers,
+        "user": lambda c: c.user,  # root is given up at the start, for good
+    }
+    for kind in LISTEN_KINDS:
+        values[f"listen.{kind}"] = lambda c, kind=kind: sorted(c.listen.get(kind, []))
+    for key, value in values.items():
+        if value(old) != value(new):
+            return key
+    return None
 
 
 def _route(r: object, i: int) -> Route:
@@ -677,6 +697,9 @@ min_free_space = "100M"    # below this much free disk, new mail gets 452 4.3.1
 # waits between delivery attempts; the last one repeats until max_lifetime
 retry_schedule = ["1m", "5m", "15m", "1h", "4h"]
 max_lifetime   = "5d"      # after this a message that still fails is bounced
+# a sender whose mail is still deferred after this long is told so, once;
+# "0s": never
+delay_warning  = "4h"
 workers        = 64        # messages delivered concurrently (local deliveries are batched)
 
 [remote]

@@ -25,5 +25,10 @@ def setup(level: str) -> None:
     handler.setFormatter(_Formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """log_level, at the start and at a reload."""
+    logging.getLogger().setLevel(level.upper())
     logging.getLogger("asyncio").setLevel(logging.CRITICAL if level != "debug" else logging.DEBUG)

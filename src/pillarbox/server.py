@@ -11,10 +11,11 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 
-from pillarbox import control, privileges, tls
+from pillarbox import control, logs, privileges, tls
 from pillarbox.check.ratelimit import LoginThrottle
-from pillarbox.config import Config
+from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
 from pillarbox.directory.users import Users
@@ -24,7 +25,7 @@ from pillarbox.modify.signing import Signing
 from pillarbox.queue import public_drop
 from pillarbox.queue.public_pickup import PublicPickup
 from pillarbox.queue.scheduler import Queue
-from pillarbox.queue.spool import Spool
+from pillarbox.queue.spool import Spool, SpoolFull
 from pillarbox.store import datadir
 from pillarbox.store.mailbox_index import StoreRegistry
 from pillarbox.store.sqlite import Database
@@ -85,6 +86,11 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._stop = asyncio.Event()
         self._bound: dict[tuple[str, str, int], list[socket.socket]] = {}  # bound as root
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task] = set()
+        self._serving = False  # a SIGHUP before then waits for the start to finish
+        self._hup_pending = False
+        self.public: PublicPickup | None = None
 
     async def _listen(self, kind: str, factory, ssl_ctx=None) -> None:
         # Implicit TLS: the handshake has limits.command_timeout; after our
@@ -160,11 +166,12 @@ class Server:
         cfg = self.config
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_exceptions)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self._become_service_user()
         try:
             await asyncio.to_thread(datadir.prepare, cfg.data_dir)
             ensure_tls(cfg)
-            tls_ctx = tls.server_context(cfg.cert_path, cfg.key_path)
+            self.tls = tls_ctx = tls.server_context(cfg.cert_path, cfg.key_path)
         except PermissionError as e:
             raise ServeError(f"data_dir: {e}") from None
         except (OSError, ValueError) as e:
@@ -177,27 +184,30 @@ class Server:
                                  f"{e.strerror or e}; make it (see docs/OPERATING.md, "
                                  "The sendmail command) or set maildrop_dir = \"\"") from None
         _, users, aliases = open_directory(cfg, cached=True)
-        self.users = users
+        self.users, self.aliases = users, aliases
         await asyncio.to_thread(migrate_maildirs, users, cfg.data_dir / "mail")
         # Before anything is served: an IMAP APPEND or EXPUNGE during the
         # recount would be counted twice or lost.
         await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
         spool = Spool(cfg.data_dir / "queue", cfg.queue.min_free_space)
         self.queue = queue = Queue(cfg, spool, users, aliases)
-        signing = Signing(cfg)
+        self.signing = signing = Signing(cfg)
         queue.signing = signing
-        throttle = LoginThrottle(cfg.limits)  # one for SMTP and IMAP: failures add up
+        # one for SMTP and IMAP: failures add up
+        self.throttle = throttle = LoginThrottle(cfg.limits)
         self.smtp = ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, throttle, signing)
+        # New connections get the contexts of the latest reload (see reload()).
+        implicit_tls = tls.following(lambda: self.tls)
         try:
             for kind in ("smtp", "submission", "submissions"):
-                factory = functools.partial(smtp.SMTPProtocol, ctx, kind)
-                await self._listen(kind, factory, tls_ctx if kind == "submissions" else None)
+                factory = functools.partial(self._smtp_protocol, kind)
+                await self._listen(kind, factory, implicit_tls if kind == "submissions" else None)
             stores = StoreRegistry(cfg.data_dir / "mail")
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
             self.imap = ictx = imap.IMAPContext(cfg, users, tls_ctx, stores, throttle)
             for kind in ("imap", "imaps"):
-                factory = functools.partial(imap.IMAPProtocol, ictx, kind)
-                await self._listen(kind, factory, tls_ctx if kind == "imaps" else None)
+                factory = functools.partial(self._imap_protocol, kind)
+                await self._listen(kind, factory, implicit_tls if kind == "imaps" else None)
             for kind in ("lmtp", "http"):
                 if cfg.listen.get(kind):
                     log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
@@ -216,10 +226,14 @@ class Server:
             raise
         sweeper = asyncio.create_task(smtp.sweep(ctx))
         imap_sweeper = asyncio.create_task(imap.sweep(ictx))
-        public = PublicPickup(cfg, queue, aliases) if cfg.maildrop_dir is not None else None
+        self.public = public = (PublicPickup(cfg, queue, aliases)
+                                if cfg.maildrop_dir is not None else None)
         public_task = asyncio.create_task(public.run()) if public is not None else None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        self._serving = True
+        if self._hup_pending:
+            self._on_sighup()
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
                     ",".join(cfg.domains))
         if privileges.is_root():  # `user` unset (else it was dropped above)
@@ -253,13 +267,82 @@ class Server:
             if self.users.cache is not None:
                 self.users.cache.invalidate()
             return "ok 1"
+        if cmd == "reload":
+            error = await self.reload()
+            return "ok" if error is None else f"error {error}"
         if cmd == "pickup":
             return f"ok {await self.queue.pickup()}"
         if cmd == "retry":
             return f"ok {await self.queue.retry(arg or None)}"
-        if cmd == "delete":
-            return "ok 1" if await self.queue.delete(arg) else f"error no such message {arg}"
+        if cmd == "delete":  # "delete ID" or "delete ID bounce"
+            msg_id, _, flag = arg.partition(" ")
+            try:
+                dsn = await self.queue.delete(msg_id, tell_sender=flag == "bounce")
+            except (SpoolFull, OSError) as e:
+                return f"error cannot queue the DSN ({e!r}); {msg_id} was not deleted"
+            return f"ok 1 {dsn}" if dsn else f"error no such message {msg_id}"
         return f"error unknown command {cmd}"
+
+
+    # -- reload ---------------------------------------------------------------
+
+    def _smtp_protocol(self, kind: str) -> smtp.SMTPProtocol:
+        return smtp.SMTPProtocol(self.smtp, kind)
+
+    def _imap_protocol(self, kind: str) -> imap.IMAPProtocol:
+        return imap.IMAPProtocol(self.imap, kind)
+
+    def _on_sighup(self) -> None:
+        if not self._serving:
+            self._hup_pending = True
+            return
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> str | None:
+        """Read the config file again (SIGHUP, `pillarbox reload`); None when
+        it is in effect, else why it was refused, with the old one kept.
+
+        Everything that can fail (the file, its checks, the TLS pair) is done
+        before anything changes. New connections then get new contexts; an
+        open session keeps the context it started with, so finishes on the
+        settings it started with."""
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(load, self.config.path)
+                key = restart_needed(self.config, new)
+                if key is not None:
+                    raise ConfigError(key, "changed; this setting takes effect only at a "
+                                      "restart (the old config stays in effect)")
+                await asyncio.to_thread(ensure_tls, new)
+                tls_ctx = await asyncio.to_thread(tls.server_context, new.cert_path, new.key_path)
+            except ConfigError as e:
+                error = str(e)
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+                error = f"tls: cannot load the certificate: {e}"
+            else:
+                self._apply(new, tls_ctx)
+                log.warning("reload ok config=%s", new.path)
+                return None
+            log.warning("reload refused error=%s", error)
+            return error
+
+    def _apply(self, new: Config, tls_ctx: ssl.SSLContext) -> None:
+        """Swap in a checked config; nothing here may fail halfway."""
+        self.config, self.tls = new, tls_ctx
+        self.smtp = self.smtp.reconfigured(new, tls_ctx)
+        self.imap = self.imap.reconfigured(new, tls_ctx)
+        self.queue.reconfigure(new)
+        self.signing.config = new
+        self.aliases.local_domains = set(new.domains)
+        self.users.login_cache = new.limits.login_cache
+        self.throttle.reconfigure(new.limits)
+        if self.public is not None:
+            self.public.config = new
+        if self.users.cache is not None:  # users and aliases: read again at once
+            self.users.cache.invalidate()
+        logs.set_level(new.log_level)
 
 
 def listening_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:

@@ -31,6 +31,7 @@ Type=simple
 User={user}
 ExecStartPre={exe} -c {config} check
 ExecStart={exe} -c {config} serve
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=5s
 TimeoutStopSec=30s

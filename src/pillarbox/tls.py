@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -42,4 +43,19 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+def following(current: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """A context for an implicit-TLS listener that hands each new connection,
+    during its handshake, to `current()`: a reload can then change the
+    certificate without closing the listening socket. OpenSSL calls the
+    servername callback with or without SNI, so this context needs no pair."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def switch(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        sslobj.context = current()
+
+    ctx.sni_callback = switch
     return ctx

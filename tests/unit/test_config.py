@@ -149,3 +149,22 @@ def test_endpoints_on_distinct_addresses_are_fine(tmp_path: Path) -> None:
                     'submission = ["127.0.0.1:5870", "127.0.0.2:5870"]\n'
                     'imap = ["127.0.0.1:2526"]\n')
     assert cfg.listen["smtp"] == [("0.0.0.0", 2525), ("::", 2525)]
+
+
+LISTEN = '[listen]\nsmtp = ["127.0.0.1:2525"]\n'
+
+
+@pytest.mark.parametrize("new, key", [
+    ('data_dir = "elsewhere"\n' + LISTEN, "data_dir"),
+    ('maildrop_dir = ""\n' + LISTEN, "maildrop_dir"),
+    ('storage = { url = "sqlite:" }\n' + LISTEN, "storage.url"),
+    ('[listen]\nsmtp = ["127.0.0.1:2526"]\n', "listen.smtp"),
+    (LISTEN + 'imaps = ["127.0.0.1:993"]\n', "listen.imaps"),
+    (LISTEN + "[queue]\nworkers = 3\n", "queue.workers"),
+    (LISTEN + '[limits]\nmax_message_size = "1M"\n', None),
+    ('log_level = "debug"\n' + LISTEN, None),
+    (LISTEN + '[queue]\nretry_schedule = ["1s"]\n', None),
+])
+def test_settings_a_reload_cannot_change(tmp_path: Path, new: str, key: str | None) -> None:
+    old = load_text(tmp_path, BASE + LISTEN)
+    assert config.restart_needed(old, load_text(tmp_path, BASE + new)) == key

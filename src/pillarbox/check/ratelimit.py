@@ -108,6 +108,16 @@ class LoginThrottle:
         self.accounts = WindowCounter(limits.auth_account_max_failures, window, lockout)
         self._known: dict[tuple[str, str], float] = {}  # (account, source) -> last login
 
+    def reconfigure(self, limits: Limits) -> None:
+        """A reload: the new limits count the failures already seen."""
+        self.limits = limits
+        for counter, limit in ((self.sources, limits.auth_max_failures),
+                               (self.accounts, limits.auth_account_max_failures)):
+            counter.limit = limit
+            counter.window, counter.lockout = limits.auth_failure_window, limits.auth_lockout
+            for key, events in counter._events.items():
+                counter._events[key] = deque(events, maxlen=limit)
+
     @staticmethod
     def _account(name: str) -> str:
         return name.strip().lower()[:320]

@@ -17,7 +17,7 @@ import binascii
 import logging
 import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pillarbox import address as addr
 from pillarbox.check import Reply, recipient, relay, sender
@@ -66,6 +66,16 @@ class SMTPContext:
     def __post_init__(self) -> None:
         limits = self.config.limits
         self.sessions = SessionTable(limits.max_connections, limits.max_connections_per_ip)
+
+    def reconfigured(self, config: Config, tls: ssl.SSLContext) -> SMTPContext:
+        """The context for sessions that start after a reload; open sessions
+        keep this one. The session table stays shared, with the new limits:
+        the connection limits count every session, old and new."""
+        new = replace(self, config=config, tls=tls)
+        new.sessions = self.sessions
+        self.sessions.limit = config.limits.max_connections
+        self.sessions.per_ip_limit = config.limits.max_connections_per_ip
+        return new
 
 
 class SMTPProtocol(Connection):

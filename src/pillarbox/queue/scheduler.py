@@ -63,6 +63,13 @@ class Queue:
         self._pickup_retry: asyncio.Task | None = None
         self._stopping = False
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload: retry schedule, lifetime, free-space floor, remote
+        delivery and routes apply to the next attempts; workers stay."""
+        self.config = config
+        self.spool.min_free_space = config.queue.min_free_space
+        self.remote.reconfigure(config)
+
     # -- intake -----------------------------------------------------------
 
     async def enqueue(self, mail_from: str, rcpts: list[str], chunks: Iterable[bytes], size: int,
@@ -95,7 +102,7 @@ class Queue:
         for env in envs:
             msg_id = env.id
             state = self.spool.read_state(msg_id)
-            due = _next_due(state) if state else now
+            due = self._wake_at(env, state) if state else now
             if due is None or due <= now:
                 self._schedule_now(msg_id)
             else:
@@ -156,13 +163,29 @@ class Queue:
             n += 1
         return n
 
-    async def delete(self, msg_id: str) -> bool:
+    async def delete(self, msg_id: str, tell_sender: bool = False) -> str | None:
+        """`queue delete`: forget a message, logged; with `tell_sender`, first tell the
+        sender which recipients it never reached. None: no such message; else
+        the DSN's queue id, or "-" when none was sent."""
         if msg_id not in self.spool.index:
-            return False
+            return None
         while msg_id in self._active:
             await asyncio.sleep(0.05)  # let a running attempt finish writing its state
-        self.spool.done(msg_id)
-        return True
+        if msg_id not in self.spool.index:
+            return None  # finished meanwhile
+        self._active.add(msg_id)  # no worker starts an attempt while the DSN is queued
+        try:
+            env = self.spool.envelope(msg_id)
+            left = bounce.undelivered(env, self.spool.read_state(msg_id))
+            dsn_id = await self._report(env, left, "failed") if tell_sender and left else None
+            log.warning("queue delete id=%s from=<%s> to=%s undelivered=%s bounce=%s",
+                        msg_id, escape(env.mail_from), escape(",".join(env.rcpts)),
+                        escape(",".join(d.to for d in left)),
+                        f"yes dsn={dsn_id}" if dsn_id else "no")
+            self.spool.done(msg_id)
+        finally:
+            self._active.discard(msg_id)
+        return dsn_id or "-"
 
     # -- workers ----------------------------------------------------------
 
@@ -252,16 +275,48 @@ class Queue:
                 d.state, d.last_error = "deferred", error
                 d.next_attempt = now + self._backoff(d)
                 log.info("delivery deferred id=%s to=%s error=%r", msg_id, d.to, error)
+        # Each failed recipient is reported once, as soon as it failed (not when
+        # the last deferred one ends, maybe days later); delivered ones never.
+        unreported = [d for d in state.deliveries if d.state == "failed" and not d.reported]
         if all(d.state in ("done", "failed") for d in state.deliveries):
-            failed = [d for d in state.deliveries if d.state == "failed"]
-            if failed:
-                await self._bounce(env, failed)
+            if unreported:
+                await self._report(env, unreported, "failed")
             self.spool.done(msg_id)
             return
+        # Progress first, so that a failing DSN cannot make a delivery repeat;
+        # "reported" only after the DSN is queued: rather twice than never.
         await asyncio.to_thread(self.spool.write_state, msg_id, state)
-        nxt = _next_due(state)
+        if unreported:
+            await self._report(env, unreported, "failed", others_pending=True)
+            for d in unreported:
+                d.reported = True
+            await asyncio.to_thread(self.spool.write_state, msg_id, state)
+        if self._delay_warning_due(env, state, now):
+            waiting = [d for d in state.deliveries if d.state in ("pending", "deferred")]
+            await self._report(env, waiting, "delayed")
+            state.delay_warned = True
+            await asyncio.to_thread(self.spool.write_state, msg_id, state)
+        nxt = self._wake_at(env, state)
         if nxt is not None:
             self._schedule_at(nxt, msg_id)
+
+    def _warns(self, env: Envelope) -> bool:
+        """Delay warnings go to senders we know: our users and local programs.
+        Mail from the internet may have a forged sender (no backscatter)."""
+        return (self.config.queue.delay_warning > 0 and bool(env.mail_from)
+                and env.source != "bounce" and (env.auth is not None or env.source == "sendmail"))
+
+    def _delay_warning_due(self, env: Envelope, state: State, now: float) -> bool:
+        return (not state.delay_warned and self._warns(env)
+                and now - env.received >= self.config.queue.delay_warning
+                and any(d.state == "deferred" for d in state.deliveries))
+
+    def _wake_at(self, env: Envelope, state: State) -> float | None:
+        """When the message needs the queue next: a delivery due, or its delay warning."""
+        nxt = _next_due(state)
+        if nxt is not None and not state.delay_warned and self._warns(env):
+            nxt = min(nxt, env.received + self.config.queue.delay_warning)
+        return nxt
 
     def _backoff(self, d: Delivery) -> float:
         sched = self.config.queue.retry_schedule
@@ -290,17 +345,22 @@ class Queue:
             return {id(d): _failure(e) for d in ds}
         return {id(d): results.get(d.to, "4.3.0 no result") for d in ds}
 
-    async def _bounce(self, env: Envelope, failed: list[Delivery]) -> None:
-        """Tell the sender, unless the message is itself a bounce (no loops)."""
+    async def _report(self, env: Envelope, ds: list[Delivery], action: str,
+                      others_pending: bool = False) -> str | None:
+        """Send the sender a DSN about `ds`, unless the message is itself a
+        bounce (no loops); return its queue id."""
         if not env.mail_from or env.source == "bounce":
             log.info("not bouncing id=%s: null sender", env.id)
-            return
+            return None
 
         def head() -> bytes:
             with self.spool.open_message(env.id) as f:
                 return bounce.original_header(f.read(256 * 1024))
 
-        dsn = bounce.build(self.config.hostname, env, failed, await asyncio.to_thread(head))
+        retry_until = env.received + self.config.queue.max_lifetime
+        dsn = bounce.build(self.config.hostname, env, ds, await asyncio.to_thread(head),
+                           action=action, others_pending=others_pending,
+                           retry_until=retry_until)
         if self.signing is not None:
             # The bounce comes from MAILER-DAEMON@hostname: sign with the local
             # domain the hostname belongs to, else the first one.
@@ -312,7 +372,9 @@ class Queue:
             except Exception as e:
                 log.warning("DKIM signing of a bounce failed error=%r", e)
         dsn_id = await self.enqueue("", [env.mail_from], [dsn], len(dsn), source="bounce")
-        log.info("bounce id=%s for=%s to=%s", dsn_id, env.id, env.mail_from)
+        log.info("bounce id=%s for=%s to=%s action=%s rcpts=%d", dsn_id, env.id,
+                 escape(env.mail_from), action, len(ds))
+        return dsn_id
 
     async def _attempt(self, env: Envelope, d: Delivery) -> str | None:
         """Deliver one; None on success, else an error starting with its status."""

@@ -94,12 +94,14 @@ class Delivery:
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: str = ""
+    reported: bool = False  # its failure went to the sender in a DSN already
 
 
 @dataclass
 class State:
     deliveries: list[Delivery] = field(default_factory=list)
     expanded: bool = False
+    delay_warned: bool = False  # the sender got the delay warning
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -107,7 +109,8 @@ class State:
     @classmethod
     def from_json(cls, raw: bytes) -> State:
         d = json.loads(raw)
-        return cls(deliveries=[Delivery(**x) for x in d["deliveries"]], expanded=d["expanded"])
+        return cls(deliveries=[Delivery(**x) for x in d["deliveries"]], expanded=d["expanded"],
+                   delay_warned=d.get("delay_warned", False))
 
 
 @dataclass(slots=True)

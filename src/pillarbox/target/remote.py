@@ -86,6 +86,18 @@ class RemoteTarget:
         self._limits: dict[tuple, asyncio.Semaphore] = {}
         self.sts = mta_sts.PolicyCache(self.resolver) if config.remote.mta_sts else None
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload: routes and [remote] apply to the next connections; idle
+        pooled ones are keyed by hop, TLS mode and login, so none is reused
+        for a route that changed."""
+        old, self.config = self.config, config
+        self.helo = config.remote.helo or config.hostname
+        if old.remote.max_per_destination != config.remote.max_per_destination:
+            self._limits = {}  # holders of the old semaphores let go in their time
+        if (old.nameservers, old.remote.mta_sts) != (config.nameservers, config.remote.mta_sts):
+            self.resolver = make_resolver(config.nameservers)
+            self.sts = mta_sts.PolicyCache(self.resolver) if config.remote.mta_sts else None
+
     # -- next hops --------------------------------------------------------------
 
     def route_for(self, domain: str, sender: str) -> Route | None:

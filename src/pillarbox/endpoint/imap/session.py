@@ -20,7 +20,7 @@ import re
 import sqlite3
 import ssl
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pillarbox import __version__
@@ -80,6 +80,19 @@ class IMAPContext:
         self.literals = MemoryBudget(self.config.imap.max_literal_memory)
         self.sessions = SessionTable(self.config.limits.max_connections,
                                      self.config.imap.max_connections_per_ip)
+
+    def reconfigured(self, config: Config, tls: ssl.SSLContext) -> IMAPContext:
+        """The context for sessions that start after a reload; open sessions
+        keep this one. Shared with them: the session table (with the new
+        limits), the logins per user, and the literal budget unless its size
+        changed (then old sessions drain the old one)."""
+        new = replace(self, config=config, tls=tls)  # per_user is carried over
+        new.sessions = self.sessions
+        self.sessions.limit = config.limits.max_connections
+        self.sessions.per_ip_limit = config.imap.max_connections_per_ip
+        if config.imap.max_literal_memory == self.literals.limit:
+            new.literals = self.literals
+        return new
 
 
 class IMAPProtocol(Connection):
