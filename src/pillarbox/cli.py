@@ -62,6 +62,44 @@ def _read_password(args: argparse.Namespace, cfg: Config, address: str) -> str:
 
 # -- init / check / serve ---------------------------------------------------
 
+PRODUCTION_LISTEN = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143,
+                     "imaps": 993}
+PRODUCTION_DATA_DIR = "/var/lib/pillarbox"
+PRODUCTION_MAILDROP_DIR = "/var/spool/pillarbox/maildrop"
+PRODUCTION_USER = "pillarbox"
+
+
+def _ask(question: str, given: str | None, default: str) -> str:
+    """A value from the command line, else from the terminal (the default on
+    an empty answer), else the default."""
+    if given is not None:
+        return given
+    if not sys.stdin.isatty():
+        return default
+    answer = input(f"{question} [{default}]: ").strip()
+    return answer or default
+
+
+def _set(text: str, key: str, value: str) -> str:
+    """The template with `key = ...` (one line, at the start) set to value."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.split("=", 1)[0].strip() == key and not line.startswith("#"):
+            comment = line[line.index("#"):] if "#" in line.split("=", 1)[1] else ""
+            lines[i] = f"{line.split('=', 1)[0]}= {value}" + (f"   {comment}" if comment
+                                                            else "\n")
+            return "".join(lines)
+    raise AssertionError(f"{key} is not in the template")
+
+
+def _production_text(text: str, data_dir: str, maildrop_dir: str, user: str) -> str:
+    for kind, port in PRODUCTION_LISTEN.items():
+        text = _set(text, kind, f'["0.0.0.0:{port}", "[::]:{port}"]')
+    text = _set(text, "data_dir", json.dumps(data_dir))
+    text = _set(text, "maildrop_dir", json.dumps(maildrop_dir))
+    return _set(text, "user", json.dumps(user))
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from pillarbox import tls
 
@@ -74,10 +112,26 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfg_path = d / "pillarbox.toml"
     if cfg_path.exists():
         raise CLIError(f"{cfg_path} already exists; remove it or choose another --dir")
-    d.mkdir(parents=True, exist_ok=True)
     text = configmod.TEMPLATE.format(hostname=hostname, domain=domain)
-    configmod.from_dict(__import__("tomllib").loads(text), cfg_path)  # the template is valid
+    if args.production:
+        data_dir = _ask("data directory", args.data_dir, PRODUCTION_DATA_DIR)
+        maildrop_dir = args.maildrop_dir or PRODUCTION_MAILDROP_DIR
+        user = _ask("service user", args.user, PRODUCTION_USER)
+        if not user:
+            raise CLIError("--production needs a service user (--user NAME)")
+        text = _production_text(text, data_dir, maildrop_dir, user)
+    else:
+        if args.data_dir is not None:
+            text = _set(text, "data_dir", json.dumps(args.data_dir))
+        if args.maildrop_dir is not None:
+            text = _set(text, "maildrop_dir", json.dumps(args.maildrop_dir))
+        if args.user is not None:
+            text = _set(text, "user", json.dumps(args.user))
+    configmod.from_dict(__import__("tomllib").loads(text), cfg_path)  # still valid
+    d.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(text)
+    if args.production:  # the service user and `sendmail` callers read it; no secret in it
+        cfg_path.chmod(0o644)
     cfg = configmod.load(cfg_path)
     from pillarbox.store import datadir
 
@@ -93,14 +147,58 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"data directory {cfg.data_dir}, self-signed TLS pair in {cfg.cert_path.parent}")
     print(f"DKIM keys for {domain}: selectors {', '.join(selectors) or '(already there)'} "
           f"in {cfg.data_dir / 'dkim' / domain}")
+    if args.production:
+        return _init_service(cfg, d)
     print(f"next: pillarbox -c {cfg_path} user add postmaster@{domain}")
     print(f"      pillarbox -c {cfg_path} dns      # the DNS records to publish")
     print(f"      pillarbox -c {cfg_path} serve")
     return 0
 
 
+def _init_service(cfg: Config, d: Path) -> int:
+    """--production: the maildrop, ownership, and the systemd unit beside the config."""
+    from pillarbox import privileges, systemd_unit
+    from pillarbox.queue import public_drop
+
+    assert cfg.maildrop_dir is not None
+    cfg.maildrop_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.maildrop_dir, public_drop.DIR_MODE)
+    unit_path = d / "pillarbox.service"
+    unit_path.write_text(systemd_unit.render(cfg, systemd_unit.executable()))
+    unit_path.chmod(0o644)
+    print(f"wrote {unit_path} (runs `serve` as {cfg.user}; see docs/OPERATING.md)")
+    steps = []
+    try:
+        account = privileges.lookup(cfg.user)
+    except privileges.PrivilegeError:
+        account = None
+        steps.append(f"useradd --system --home-dir {cfg.data_dir} --shell /usr/sbin/nologin "
+                     f"{cfg.user}")
+    if account is not None and privileges.is_root():
+        privileges.give_tree(cfg.data_dir, account)
+        os.chown(cfg.maildrop_dir, account.uid, account.gid)
+    else:
+        steps.append(f"chown -R {cfg.user}: {cfg.data_dir} {cfg.maildrop_dir}")
+    if steps:
+        print("first, as root:")
+        for step in steps:
+            print(f"  {step}")
+    print("install and start the service (as root):")
+    print(f"  install -m 0644 {unit_path} /etc/systemd/system/pillarbox.service")
+    print("  systemctl enable --now pillarbox")
+    print(f"then: sudo -u {cfg.user} pillarbox -c {cfg.path} user add "
+          f"postmaster@{cfg.domains[0]}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg, errors = configmod.validate(configmod.find_config_path(args.config))
+    if cfg is None:
+        for e in errors[:-1]:
+            print(f"error: {e}", file=sys.stderr)
+        raise errors[-1]  # printed by main(), which exits 1
+    for w in configmod.warnings(cfg):
+        print(f"warning: {w}", file=sys.stderr)
     print(f"config ok: {cfg.path} (hostname {cfg.hostname}, domains {', '.join(cfg.domains)})")
     return 0
 
@@ -669,19 +767,38 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pillarbox import __version__
+
     p = _Parser(prog="pillarbox", description="pillarbox mail server")
+    p.add_argument("--version", action="version", version=f"pillarbox {__version__}",
+                   help="print the version and exit")
     p.add_argument("-c", "--config", help="config file (default: $PILLARBOX_CONFIG, "
                                           "else ./pillarbox.toml)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                           metavar="COMMAND", help="one of these (`pillarbox COMMAND --help` "
+                                                   "for its own options):")
 
     s = sub.add_parser("init", help="write a commented config, TLS pair and data directory")
-    s.add_argument("--dir", required=True)
-    s.add_argument("--domain", required=True)
-    s.add_argument("--hostname")
+    s.add_argument("--dir", required=True, help="where to write pillarbox.toml (and, "
+                   "unless --data-dir or --production says otherwise, the data directory var/)")
+    s.add_argument("--domain", required=True, help="the first domain to receive mail for")
+    s.add_argument("--hostname", help="the server's own name (default: mx.DOMAIN)")
+    s.add_argument("--production", action="store_true",
+                   help="public listeners on 25, 587, 465, 143 and 993, data in "
+                        f"{PRODUCTION_DATA_DIR}, a service user, and a systemd unit "
+                        "pillarbox.service beside the config; asks for the data directory "
+                        "and user on a terminal when not given")
+    s.add_argument("--data-dir", help="data_dir to write into the config (with --production "
+                   f"default {PRODUCTION_DATA_DIR})")
+    s.add_argument("--maildrop-dir", help="maildrop_dir to write into the config (with "
+                   f"--production default {PRODUCTION_MAILDROP_DIR})")
+    s.add_argument("--user", help="the service user (`user` in the config; with --production "
+                   f"default {PRODUCTION_USER})")
     s.set_defaults(func=cmd_init)
 
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
-    sub.add_parser("check", help="validate the config").set_defaults(func=cmd_check)
+    sub.add_parser("check", help="validate the config: every error, and warnings"
+                   ).set_defaults(func=cmd_check)
     sub.add_parser("dns", help="print the DNS records to publish").set_defaults(func=cmd_dns)
     sub.add_parser("reload", help="make the running server read its config, TLS pair, "
                    "users and aliases again").set_defaults(func=cmd_reload)
@@ -690,8 +807,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("user", help="manage users")
     s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",
-                                      "quota", "from"])
-    s.add_argument("address", nargs="?")
+                                      "quota", "from"],
+                   help="add a user, delete one (its Maildir is kept), list them, set a "
+                        "password, disable or enable logins and delivery, set a quota, or "
+                        "show and change the addresses a user may send as")
+    s.add_argument("address", nargs="?", help="the user's address (all actions but list)")
     s.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of stdin")
     s.add_argument("--quota", help="mailbox size limit, e.g. 1G (default: unlimited)")
@@ -702,15 +822,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", help="manage aliases")
-    s.add_argument("action", choices=["add", "del", "list", "import"])
+    s.add_argument("action", choices=["add", "del", "list", "import"],
+                   help="add targets to an alias, delete it, list them all, or import "
+                        "/etc/aliases")
     s.add_argument("alias", nargs="?", help="ALIAS (an address, @domain or a bare name such "
                                              "as root), or for import an /etc/aliases FILE")
-    s.add_argument("targets", nargs="*")
+    s.add_argument("targets", nargs="*", metavar="TARGET",
+                   help="alias add: an address, a local user name, or |command")
     s.set_defaults(func=cmd_alias)
 
     s = sub.add_parser("queue", help="inspect and steer the mail queue")
-    s.add_argument("action", choices=["list", "show", "retry", "delete"])
-    s.add_argument("id", nargs="?")
+    s.add_argument("action", choices=["list", "show", "retry", "delete"],
+                   help="list the messages waiting, show one, retry now (one or all), or "
+                        "delete one")
+    s.add_argument("id", nargs="?", help="a message ID from `queue list` (retry without it: "
+                                         "all)")
     s.add_argument("--json", action="store_true", help="machine-readable list")
     s.add_argument("--bounce", action="store_true",
                    help="delete: first send the sender a DSN for the undelivered recipients")
@@ -736,8 +862,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a line with a single dot does not end the message")
     s.add_argument("-f", "-r", dest="f", help="envelope sender")
     s.add_argument("-F", dest="fullname", help="ignored (full name)")
-    s.add_argument("recipients", nargs="*")
+    s.add_argument("recipients", nargs="*", metavar="RCPT",
+                   help="recipient addresses or local names (with -t: in addition to the "
+                        "headers')")
     s.set_defaults(func=cmd_sendmail)
+    for choice in sub._choices_actions:  # `pillarbox COMMAND --help` says what it does
+        sub.choices[choice.dest].description = choice.help
     return p
 
 

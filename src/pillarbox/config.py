@@ -191,6 +191,7 @@ class Config:
     domains: list[str]
     data_dir: Path
     maildrop_dir: Path | None = None  # None: only root and the server's user can use sendmail
+    user: str = ""  # the service user a root-started `serve` becomes; "": stay as started
     mode: str = "standard"
     log_level: str = "warning"
     listen: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
@@ -216,8 +217,8 @@ class Config:
         return domain.lower() in self.domains
 
 
-_TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "mode", "log_level", "listen",
-             "tls", "storage", "dns", "limits", "queue", "remote", "route", "imap"}
+_TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
+             "listen", "tls", "storage", "dns", "limits", "queue", "remote", "route", "imap"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -308,6 +309,9 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     data_dir = base / _str(data.get("data_dir", "var"), "data_dir")
     maildrop = _str(data.get("maildrop_dir", "maildrop"), "maildrop_dir")
     maildrop_dir = base / maildrop if maildrop else None
+    user = _str(data.get("user", ""), "user").strip()
+    if user and not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", user, re.I):
+        raise ConfigError("user", f"expected a user name like pillarbox, got {user!r}")
     mode = _str(data.get("mode", "standard"), "mode")
     if mode not in ("standard", "chatmail"):
         raise ConfigError("mode", f"expected \"standard\" or \"chatmail\", got {mode!r}")
@@ -447,7 +451,7 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
 
     return Config(
         path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir,
-        maildrop_dir=maildrop_dir, mode=mode,
+        maildrop_dir=maildrop_dir, user=user, mode=mode,
         log_level=log_level, listen=listen, tls_cert=cfg_cert, tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, routes=routes,
@@ -461,6 +465,7 @@ def restart_needed(old: Config, new: Config) -> str | None:
     values = {
         "data_dir": lambda c: c.data_dir, "maildrop_dir": lambda c: c.maildrop_dir,
         "storage.url": lambda c: c.storage_url, "queue.workers": lambda c: c.queue.workers,
+        "user": lambda c: c.user,  # root is given up at the start, for good
     }
     for kind in LISTEN_KINDS:
         values[f"listen.{kind}"] = lambda c, kind=kind: sorted(c.listen.get(kind, []))
@@ -508,6 +513,94 @@ def _route(r: object, i: int) -> Route:
     return route
 
 
+# -- `check`: every error at once, and warnings ---------------------------------
+
+# What a required key that is wrong is replaced by, to go on looking for errors.
+_STAND_INS = {"hostname": "stand-in.invalid", "domains": ["stand-in.invalid"]}
+
+
+def _set_aside(data: dict, key: str) -> bool:
+    """Take the key at fault out of data (a required one: a stand-in), so
+    validation can go on; False when there is nothing to take out."""
+    m = re.fullmatch(r"route\[(\d+)\](?:\..*)?", key)
+    if m:
+        routes = data.get("route")
+        i = int(m.group(1))
+        if not isinstance(routes, list) or i >= len(routes):
+            return False
+        if routes[i] == {"domains": ["stand-in.invalid"]}:
+            return False
+        routes[i] = {"domains": ["stand-in.invalid"]}  # same index for later errors
+        return True
+    section, _, name = key.partition(".")
+    if name and isinstance(data.get(section), dict) and name in data[section]:
+        del data[section][name]
+        return True
+    if section in _STAND_INS and data.get(section) != _STAND_INS[section]:
+        data[section] = _STAND_INS[section]
+        return True
+    if section in data:
+        del data[section]
+        return True
+    return False
+
+
+def validate(path: Path) -> tuple[Config | None, list[ConfigError]]:
+    """The config and no errors, or None and every error found (`check`)."""
+    try:
+        cfg = load(path)
+        return cfg, []
+    except ConfigError as e:
+        errors = [e]
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None, errors  # not TOML at all: the one error says so
+    while len(errors) < 100 and _set_aside(data, errors[-1].key):
+        try:
+            from_dict(data, path)
+            break
+        except ConfigError as e:
+            errors.append(e)
+    return None, errors
+
+
+def warnings(cfg: Config) -> list[str]:
+    """Things that are valid but almost certainly not meant (`check`)."""
+    out = []
+    if "." not in cfg.hostname:
+        out.append(f"hostname: {cfg.hostname} is not a fully qualified name (like "
+                   "mx.example.org); other servers look this name up to reach this one")
+    for ns in cfg.nameservers:
+        host = ns
+        if ":" in ns:
+            try:
+                ipaddress.ip_address(ns.strip("[]"))
+            except ValueError:
+                host = ns.rpartition(":")[0].strip("[]")
+            else:
+                host = ns.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            out.append(f"dns.nameservers: {ns} is not an IP address; name the resolvers "
+                       "by address (a name would need a resolver of its own)")
+    for i, r in enumerate(cfg.routes):
+        for d in r.domains:
+            if cfg.is_local_domain(d):
+                out.append(f"route[{i}].domains: {d} is a local domain; its mail is "
+                           "delivered here, never through this route")
+    if cfg.user:
+        import pwd
+
+        try:
+            pwd.getpwnam(cfg.user)
+        except KeyError:
+            out.append(f"user: there is no user {cfg.user} on this system; `serve` started "
+                       "as root will refuse to start")
+    return out
+
+
 TEMPLATE = """\
 # pillarbox configuration. Every key is optional except hostname and domains;
 # the value shown is the default, except in [listen], where a missing key
@@ -530,6 +623,11 @@ data_dir = "var"
 # writable by all and listable by none (mode 1733). "" turns that off. See
 # "The sendmail command" in docs/OPERATING.md.
 maildrop_dir = "maildrop"
+
+# The service user. `serve` started as root binds its ports, makes data_dir
+# and maildrop_dir this user's, and then runs as this user (never as root:
+# `|command` aliases are not run as root). "": run as whoever starts it.
+user = ""
 
 # "standard", or "chatmail": the end-to-end-encryption-only relay profile.
 mode = "standard"

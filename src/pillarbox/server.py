@@ -7,12 +7,13 @@ import errno
 import functools
 import gc
 import logging
+import os
 import signal
 import socket
 import sqlite3
 import ssl
 
-from pillarbox import control, logs, tls
+from pillarbox import control, logs, privileges, tls
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.aliases import Aliases
@@ -33,6 +34,7 @@ from pillarbox.tasks import cancel_all
 
 log = logging.getLogger("pillarbox.server")
 
+SERVED_KINDS = ("smtp", "submission", "submissions", "imap", "imaps")
 TLS_CLOSE_GRACE = 1.0  # seconds an implicit-TLS close waits for the peer's close_notify
 
 
@@ -83,6 +85,7 @@ class Server:
         self.config = config
         self._servers: list[asyncio.AbstractServer] = []
         self._stop = asyncio.Event()
+        self._bound: dict[tuple[str, str, int], list[socket.socket]] = {}  # bound as root
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task] = set()
         self._serving = False  # a SIGHUP before then waits for the start to finish
@@ -101,7 +104,8 @@ class Server:
                 # one address) fails the start at once; served only once the
                 # queue has loaded: a message taken in meanwhile would race the
                 # spool's rebuild of its index.
-                socks = await loop.run_in_executor(None, listening_sockets, host, port)
+                socks = self._bound.pop((kind, host, port), None) or await loop.run_in_executor(
+                    None, listening_sockets, host, port)
             except OSError as e:
                 reason = ("address already in use" if e.errno == errno.EADDRINUSE
                           else e.strerror or str(e))
@@ -113,11 +117,57 @@ class Server:
                 self._servers.append(srv)
             log.info("listening endpoint=%s address=%s:%d", kind, host, port)
 
+    def _become_service_user(self) -> None:
+        """Started as root with `user` set: bind every listener, give data_dir and
+        maildrop_dir to the user, then drop to it, before anything is opened."""
+        cfg = self.config
+        if not cfg.user:  # as root: a warning once started (a failed start says one line)
+            return
+        try:
+            account = privileges.lookup(cfg.user)
+        except privileges.PrivilegeError as e:
+            raise ServeError(f"user: {e}") from None
+        if not privileges.is_root():
+            if os.geteuid() != account.uid:
+                raise ServeError(f"user: serve runs as uid {os.geteuid()}, neither root nor "
+                                 f"{account.name} (uid {account.uid})")
+            return
+        for kind in SERVED_KINDS:
+            for host, port in cfg.listen.get(kind, []):
+                try:
+                    self._bound[(kind, host, port)] = listening_sockets(host, port)
+                except OSError as e:
+                    self._close_bound()
+                    raise ServeError(f"listen.{kind}: cannot listen on {host}:{port}: "
+                                     f"{e.strerror or e}") from None
+        try:
+            datadir.prepare(cfg.data_dir)
+            changed = privileges.give_tree(cfg.data_dir, account)
+            if changed:
+                log.warning("data directory was not the service user's: gave it and its "
+                            "%d entries to user=%s path=%s", changed - 1, account.name,
+                            cfg.data_dir)
+            if cfg.maildrop_dir is not None:  # the directory only: a drop's owner is its sender
+                cfg.maildrop_dir.mkdir(parents=True, exist_ok=True)
+                os.chown(cfg.maildrop_dir, account.uid, account.gid)
+            privileges.drop_to(account)
+        except (OSError, privileges.PrivilegeError) as e:
+            self._close_bound()
+            raise ServeError(f"user: cannot become {account.name}: {e}") from None
+        log.info("running as user=%s uid=%d gid=%d", account.name, account.uid, account.gid)
+
+    def _close_bound(self) -> None:
+        for socks in self._bound.values():
+            for sock in socks:
+                sock.close()
+        self._bound.clear()
+
     async def run(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_quiet_exceptions)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._become_service_user()
         try:
             await asyncio.to_thread(datadir.prepare, cfg.data_dir)
             ensure_tls(cfg)
@@ -186,6 +236,9 @@ class Server:
             self._on_sighup()
         log.warning("pillarbox started hostname=%s domains=%s", cfg.hostname,
                     ",".join(cfg.domains))
+        if privileges.is_root():  # `user` unset (else it was dropped above)
+            log.warning("running as root: set `user` in the config to run as a service "
+                        "user; |command aliases are not run as root")
         await self._stop.wait()
         log.warning("pillarbox stopping")
         for s in self._servers:

@@ -23,9 +23,20 @@ logged at ERROR, and nothing may crash).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
-from .support import PASSWORD, SEED_USERS, Server, run_pillarbox
+from .support import (
+    PASSWORD,
+    SEED_USERS,
+    SERVICE_USER,
+    Server,
+    run_pillarbox,
+    service_account,
+)
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +72,43 @@ def make_server(tmp_path, seed_data_dir):
             print(f"--- {srv.root} stderr (tail) ---\n{srv.log_tail(80)}")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def make_service_server(seed_data_dir):
+    """Like make_server, for a server started as root with `user = SERVICE_USER`
+    (pass user="" for none): in a directory under /tmp that the service user
+    can reach (pytest's own tmp_path is root's alone)."""
+    service_account()
+    base = Path(tempfile.mkdtemp(prefix="pbx-svc-", dir="/tmp"))
+    base.chmod(0o755)
+    servers: list[Server] = []
+
+    def factory(overrides: dict | None = None, *, start: bool = True,
+                user: str = SERVICE_USER) -> Server:
+        merged = {"user": user, **(overrides or {})}
+        srv = Server(base / f"server{len(servers)}", merged, seed=seed_data_dir)
+        srv.root.chmod(0o755)
+        servers.append(srv)
+        if start:
+            srv.start()
+        return srv
+
+    yield factory
+
+    problems = []
+    for srv in servers:
+        problems += srv.shutdown_and_check()
+        if srv.logs:
+            print(f"--- {srv.root} stderr (tail) ---\n{srv.log_tail(80)}")
+    shutil.rmtree(base, ignore_errors=True)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def service_server(make_service_server) -> Server:
+    return make_service_server()
 
 
 @pytest.fixture

@@ -44,6 +44,9 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 60.0
 
+# The service user of the tests that start a server as root with `user` set.
+SERVICE_USER = "pbx-service-test"
+
 # A log line that must never appear in the server's stderr.
 BAD_LOG_LINE = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|(?i:level=(?:error|critical)\b)")
 
@@ -55,6 +58,21 @@ BAD_LOG_LINE = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|(?i:level=(?:error|
 def token() -> str:
     """A short unique marker to find one message among others."""
     return uuid.uuid4().hex[:16]
+
+
+def service_account():
+    """The passwd entry of SERVICE_USER, made (a system user, no home) if missing."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        pass
+    p = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", SERVICE_USER], capture_output=True, text=True)
+    if p.returncode not in (0, 9):  # 9: made meanwhile by another xdist worker
+        raise AssertionError(f"useradd {SERVICE_USER} failed: {p.stderr}")
+    return pwd.getpwnam(SERVICE_USER)
 
 
 def free_ports(n: int) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 
 from .support import ALICE, BOB, assert_reply, make_message, parse, token, wait_until
@@ -83,9 +82,20 @@ def test_catch_all_takes_unknown_local_parts(server):
     assert len(server.messages(BOB)) == 1
 
 
+def _pipe_dir(server) -> Path:
+    """Where a |command may write: the server runs it as the service user (a
+    root server runs none), so these tests use service_server, whose root
+    that user can reach."""
+    d = server.root / "pipe"
+    d.mkdir()
+    d.chmod(0o777)
+    return d
+
+
 def _pipe_script(tmp: Path) -> tuple[Path, Path]:
     out = tmp / "pipe-out"
     out.mkdir()
+    out.chmod(0o777)
     script = tmp / "pipe.sh"
     script.write_text(
         "#!/bin/sh\n"
@@ -93,7 +103,7 @@ def _pipe_script(tmp: Path) -> tuple[Path, Path]:
         'if [ -e "$d/broken" ]; then cat >/dev/null; echo "broken on purpose" >&2; exit 1; fi\n'
         'cat > "$d/.part.$$" && mv "$d/.part.$$" "$d/msg.$$"\n'
     )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    script.chmod(0o755)  # the service user reads and runs it
     return script, out
 
 
@@ -101,7 +111,8 @@ def _outputs(out: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(out.glob("msg.*"))]
 
 
-def test_pipe_target_gets_the_message_on_stdin(server, tmp_path):
+def test_pipe_target_gets_the_message_on_stdin(service_server):
+    server, tmp_path = service_server, _pipe_dir(service_server)
     script, out = _pipe_script(tmp_path)
     server.add_alias("hook@example.test", f"|{script}")
     tok = token()
@@ -113,7 +124,8 @@ def test_pipe_target_gets_the_message_on_stdin(server, tmp_path):
     assert msg.get_all("Received"), "piped message lacks the Received header"
 
 
-def test_failing_pipe_stays_deferred_then_delivered_after_retry(server, tmp_path):
+def test_failing_pipe_stays_deferred_then_delivered_after_retry(service_server):
+    server, tmp_path = service_server, _pipe_dir(service_server)
     script, out = _pipe_script(tmp_path)
     (out / "broken").touch()
     server.add_alias("hook@example.test", f"|{script}")
@@ -145,7 +157,8 @@ def test_failing_pipe_stays_deferred_then_delivered_after_retry(server, tmp_path
                10, "the delivered message to leave the queue")
 
 
-def test_pipe_alias_and_user_in_one_fan_out(server, tmp_path):
+def test_pipe_alias_and_user_in_one_fan_out(service_server):
+    server, tmp_path = service_server, _pipe_dir(service_server)
     script, out = _pipe_script(tmp_path)
     server.add_alias("both@example.test", ALICE, f"|{script}")
     tok = token()
@@ -161,7 +174,7 @@ def _counting_script(tmp: Path, status: int) -> tuple[Path, Path]:
     runs = tmp / "runs"
     script = tmp / f"count-{status}.sh"
     script.write_text(f"#!/bin/sh\necho \"$RECIPIENT\" >> '{runs}'\nexit {status}\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    script.chmod(0o755)  # the service user runs it
     return script, runs
 
 
@@ -169,7 +182,8 @@ def _runs(runs: Path) -> int:
     return len(runs.read_text().splitlines()) if runs.exists() else 0
 
 
-def test_pipe_command_that_does_not_read_stdin_runs_once_per_message(server, tmp_path):
+def test_pipe_command_that_does_not_read_stdin_runs_once_per_message(service_server):
+    server, tmp_path = service_server, _pipe_dir(service_server)
     # Exit 0 means delivered, read or not; the write into a closed pipe must
     # not turn that into a deferral and a second run.
     script, runs = _counting_script(tmp_path, 0)
@@ -188,7 +202,8 @@ def test_pipe_command_that_does_not_read_stdin_runs_once_per_message(server, tmp
     assert "delivery deferred" not in server.log_text()
 
 
-def test_pipe_command_that_does_not_read_and_exits_75_is_deferred_once(server, tmp_path):
+def test_pipe_command_that_does_not_read_and_exits_75_is_deferred_once(service_server):
+    server, tmp_path = service_server, _pipe_dir(service_server)
     script, runs = _counting_script(tmp_path, 75)
     server.add_alias("tempfail@example.test", f"|{script}")
     body = ("y" * 998 + "\r\n") * 1000

@@ -2,16 +2,22 @@
 
 Exit 0 is a delivery, whether or not the command read all of its input. A
 non-zero exit is a temporary failure (the queue retries), as is a command
-that runs longer than the timeout.
+that runs longer than the timeout. A server running as root runs no command
+at all: that is a temporary failure too, so the message waits in the queue
+until the server runs as its service user (`user` in the config).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import BinaryIO
 
+log = logging.getLogger("pillarbox.target.pipe")
+
 TIMEOUT = 300.0
+AS_ROOT = "not run: the server runs as root; set `user` in the config"
 
 
 class PipeFailed(Exception):
@@ -38,6 +44,9 @@ async def _write(stdin: asyncio.StreamWriter, data: bytes) -> bool:
 
 
 async def deliver(command: str, prefix: bytes, message: BinaryIO, sender: str, rcpt: str) -> None:
+    if os.geteuid() == 0:  # an alias must never be a way to run anything as root
+        log.warning("pipe refused rcpt=%s reason=%r", rcpt, AS_ROOT)
+        raise PipeFailed(AS_ROOT)
     env = dict(os.environ, SENDER=sender, RECIPIENT=rcpt)
     proc = await asyncio.create_subprocess_shell(
         command,
