@@ -208,7 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pillarbox.server import ServeError, serve
 
     cfg = _load(args)
-    logs.setup(cfg.log_level)
+    logs.setup(cfg.log_level, cfg.log_format)
     try:
         serve(cfg)
     except ServeError as e:

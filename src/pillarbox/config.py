@@ -194,6 +194,7 @@ class Config:
     user: str = ""  # the service user a root-started `serve` becomes; "": stay as started
     mode: str = "standard"
     log_level: str = "warning"
+    log_format: str = "text"
     listen: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -218,7 +219,8 @@ class Config:
 
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
-             "listen", "tls", "storage", "dns", "limits", "queue", "remote", "route", "imap"}
+             "log_format", "listen", "tls", "storage", "dns", "limits", "queue", "remote",
+             "route", "imap"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -318,6 +320,9 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     log_level = _str(data.get("log_level", "warning"), "log_level").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", f"expected debug, info, warning or error, got {log_level!r}")
+    log_format = _str(data.get("log_format", "text"), "log_format").lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError("log_format", f"expected \"text\" or \"json\", got {log_format!r}")
 
     listen: dict[str, list[tuple[str, int]]] = {}
     for kind, addrs in _section(data, "listen").items():
@@ -452,7 +457,8 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     return Config(
         path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir,
         maildrop_dir=maildrop_dir, user=user, mode=mode,
-        log_level=log_level, listen=listen, tls_cert=cfg_cert, tls_key=cfg_key,
+        log_level=log_level, log_format=log_format, listen=listen, tls_cert=cfg_cert,
+        tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, routes=routes,
     )
@@ -632,8 +638,11 @@ user = ""
 # "standard", or "chatmail": the end-to-end-encryption-only relay profile.
 mode = "standard"
 
-# debug | info | warning | error. Logs go to stderr as key=value lines.
+# debug | info | warning | error. Logs go to stderr, one line per event.
 log_level = "warning"
+
+# "text": key=value lines; "json": one JSON object per line, the same keys.
+log_format = "text"
 
 [listen]
 # Each is a list of "host:port"; [] turns the endpoint off.
