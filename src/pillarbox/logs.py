@@ -38,6 +38,12 @@ def enabled(logger: logging.Logger, level: int) -> bool:
     return logger.isEnabledFor(level)
 
 
+def client(ip: str) -> str:
+    """A client as `name[ip]`, as Postfix writes it. pillarbox does not look up
+    the reverse DNS name (no query per connection): the name is "unknown"."""
+    return f"unknown[{ip}]"
+
+
 def seconds(s: float) -> str:
     """A duration as Postfix writes it: 0.123, 2.5, 0."""
     return f"{s:.3f}".rstrip("0").rstrip(".") if s > 0 else "0"

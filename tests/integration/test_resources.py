@@ -213,7 +213,7 @@ def test_starttls_then_reset_frees_the_slot_at_once(make_server):
     wait_sessions(srv, base)
     assert_served(srv)
     log = srv.log_text()
-    assert re.search(r"TLS handshake failed .*peer=127\.0\.0\.1", log), \
+    assert re.search(r"TLS handshake failed (client=unknown\[|.*peer=)127\.0\.0\.1", log), \
         "a failed handshake is logged with the peer's address"
 
 

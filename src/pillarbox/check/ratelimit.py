@@ -31,6 +31,7 @@ import logging
 import time
 from collections import deque
 
+from pillarbox import logs
 from pillarbox.config import Limits
 
 log = logging.getLogger("pillarbox.auth")
@@ -139,11 +140,12 @@ class LoginThrottle:
         now = time.monotonic()
         source, account = source_of(ip), self._account(name)
         if self.sources.add(source, now):
-            log.warning("login lockout source=%s failures=%d seconds=%d", source,
-                        self.sources.limit, self.sources.lockout)
+            logs.event(log, logging.WARNING, "login lockout", source=source, client=logs.client(ip),
+                       failures=self.sources.limit, seconds=self.sources.lockout)
         if self.accounts.add(account, now):
-            log.warning("login lockout account=%r failures=%d seconds=%d", account[:100],
-                        self.accounts.limit, self.accounts.lockout)
+            logs.event(log, logging.WARNING, "login lockout", account=account[:100],
+                       client=logs.client(ip),
+                       failures=self.accounts.limit, seconds=self.accounts.lockout)
         share = max(self.sources.count(source, now) / self.sources.limit,
                     self.accounts.count(account, now) / self.accounts.limit)
         # quadratic: a typo or two costs next to nothing, guessing soon costs the most

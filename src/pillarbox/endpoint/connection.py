@@ -27,6 +27,8 @@ import math
 import ssl
 import time
 
+from pillarbox import logs
+
 log = logging.getLogger("pillarbox.connection")
 
 MAX_BUFFER = 1 << 20  # unread input held per connection before we stop reading
@@ -119,8 +121,9 @@ class Connection(asyncio.Protocol):
         if why is None:
             self.start()
             return
-        log.info("connection refused endpoint=%s peer=%s reason=too many connections%s",
-                 self.kind, self.peer_ip, " from this address" if why == "address" else "")
+        logs.event(log, logging.INFO, "connection refused", client=logs.client(self.peer_ip),
+                   endpoint=self.kind, reason="too many connections"
+                   + (" from this address" if why == "address" else ""))
         line = self.refusal(why)
         if line:
             transport.write(line)  # type: ignore[attr-defined]
@@ -166,7 +169,8 @@ class Connection(asyncio.Protocol):
         if self.closed:
             self.abort()
             return
-        log.info("deadline passed, closing endpoint=%s peer=%s", self.kind, self.peer_ip)
+        logs.event(log, logging.INFO, "deadline passed, closing",
+                   client=logs.client(self.peer_ip), endpoint=self.kind)
         self.close_saying(goodbye)
         self.deadline = self.drain_deadline = time.monotonic()
 
@@ -257,8 +261,8 @@ class Connection(asyncio.Protocol):
                     self.raw, self, context, server_side=True,
                     ssl_handshake_timeout=self.timeout)
         except (TimeoutError, ssl.SSLError, ConnectionError, OSError, RuntimeError) as e:
-            log.info("TLS handshake failed endpoint=%s peer=%s error=%r",
-                     self.kind, self.peer_ip, e)
+            logs.event(log, logging.INFO, "TLS handshake failed",
+                       client=logs.client(self.peer_ip), endpoint=self.kind, error=repr(e))
             new = None
         if new is None or self.closed:
             self.abort()

@@ -20,6 +20,7 @@ import ssl
 from dataclasses import dataclass, field, replace
 
 from pillarbox import address as addr
+from pillarbox import logs
 from pillarbox.check import Reply, recipient, relay, sender
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
@@ -41,6 +42,9 @@ MAX_ERRORS = 10  # bad commands before we hang up
 MAX_AUTH_FAILURES = 5  # smtplib alone spends two per login (PLAIN, then LOGIN)
 
 _PATH_RE = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
+_MESSAGE_ID_RE = re.compile(rb"(?:^|\r\n)message-id:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+                            re.IGNORECASE)
+INFO = logging.INFO
 
 
 @dataclass
@@ -334,8 +338,8 @@ class Session:
         throttle = self.ctx.throttle
         why = throttle.refusal(self.peer_ip, username)
         if why is not None:  # before the password check: no argon2, no way in
-            log.info("auth refused peer=%s user=%r locked=%s", self.peer_ip, username[:100],
-                     why)
+            logs.event(log, INFO, "auth refused", client=logs.client(self.peer_ip),
+                       endpoint=self.kind, locked=why, mech=mech, user=username[:100])
             self.reply(454, "4.7.0 Too many failed logins, try again later")
             self.auth_failures += 1  # cheap for us, but no endless retries on one connection
             if self.auth_failures >= MAX_AUTH_FAILURES:
@@ -345,7 +349,8 @@ class Session:
         user = await self.ctx.users.check_password(username, password)
         if user is None:
             self.auth_failures += 1
-            log.info("auth failed peer=%s user=%r", self.peer_ip, username[:100])
+            logs.event(log, INFO, "auth failed", client=logs.client(self.peer_ip),
+                       endpoint=self.kind, mech=mech, user=username[:100])
             await throttle.failed(self.peer_ip, username)
             self.reply(535, "5.7.8 Authentication credentials invalid")
             if self.auth_failures >= MAX_AUTH_FAILURES:
@@ -354,6 +359,8 @@ class Session:
             return None
         throttle.succeeded(self.peer_ip, username)
         self.user = user
+        logs.event(log, INFO, "auth ok", client=logs.client(self.peer_ip), endpoint=self.kind,
+                   mech=mech, user=user)
         self.reply(235, "2.7.0 Authentication successful")
         return None
 
@@ -404,7 +411,8 @@ class Session:
             key = key.upper()
             if key == "SIZE" and value.isdigit():
                 if int(value) > self.cfg.limits.max_message_size:
-                    self.reply(552, "5.3.4 Message size exceeds fixed maximum message size")
+                    self._refuse("mail refused", Reply(
+                        552, "5.3.4 Message size exceeds fixed maximum message size"), path)
                     return
             elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
                 pass
@@ -428,10 +436,11 @@ class Session:
         if self.user:
             refused = sender.check(self.ctx.aliases, self.user, path)
             if refused:
-                self.send(refused)
+                self._refuse("mail refused", refused, path)
                 return
         if not self.ctx.queue.spool.has_room():
-            self.reply(452, "4.3.1 Insufficient system storage, try again later")
+            self._refuse("mail refused",
+                         Reply(452, "4.3.1 Insufficient system storage, try again later"), path)
             return
         self.tx = Transaction(mail_from=path, smtputf8=smtputf8)
         self.reply(250, "2.1.0 OK")
@@ -458,15 +467,15 @@ class Session:
             self.reply(501, f"5.1.3 Bad recipient address syntax <{escape(path[:100])}>")
             return
         if len(self.tx.rcpts) >= self.cfg.limits.max_recipients:
-            self.reply(452, "4.5.3 Too many recipients")
+            self._refuse("rcpt refused", Reply(452, "4.5.3 Too many recipients"),
+                         self.tx.mail_from, rcpt)
             return
         local = self.cfg.is_local_domain(addr.domain_of(rcpt))
         refused = relay.check(local, self.user)
         if refused is None and local:
             refused = recipient.check(self.ctx.aliases, rcpt)
         if refused:
-            log.info("rcpt refused peer=%s rcpt=%s reply=%r", self.peer_ip, rcpt, refused.text)
-            self.send(refused)
+            self._refuse("rcpt refused", refused, self.tx.mail_from, rcpt)
             return
         if rcpt not in self.tx.rcpts:
             self.tx.rcpts.append(rcpt)
@@ -497,7 +506,7 @@ class Session:
             fault = sender.check_from(self.ctx.aliases, self.user, await _header_block(body))
         if fault:
             body.discard()
-            self.send(fault)
+            self._refuse("data refused", fault, tx.mail_from, tx.rcpts)
             return
         if body.error is not None:  # a large body could not be spilled to disk
             self._refuse_unstored(body.error)
@@ -525,9 +534,24 @@ class Session:
         except (SpoolFull, OSError) as e:
             self._refuse_unstored(e)
             return
-        log.info("accepted id=%s from=%s rcpts=%d size=%d", msg_id, tx.mail_from,
-                 len(tx.rcpts), total)
+        if logs.enabled(log, INFO):  # the Message-ID search only when it is written
+            logs.event(log, INFO, "accepted", id=msg_id, client=logs.client(self.peer_ip),
+                       endpoint=self.kind, helo=self.helo, sasl_user=self.user,
+                       tls=f"{ssl_obj.version()}/{ssl_obj.cipher()[0]}" if ssl_obj else None,
+                       message_id=_message_id(head[1:], body.first), size=total,
+                       nrcpt=len(tx.rcpts), **{"from": f"<{tx.mail_from}>"}, rcpts=tx.rcpts)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
+
+    def _refuse(self, what: str, reply: Reply, mail_from: str | None,
+                to: str | list[str] | None = None) -> None:
+        """Send a policy refusal, and log it with its reason."""
+        self.send(reply)
+        if isinstance(to, str):
+            to = f"<{to}>"
+        logs.event(log, INFO, what, client=logs.client(self.peer_ip), endpoint=self.kind,
+                   helo=self.helo, sasl_user=self.user,
+                   **{"from": None if mail_from is None else f"<{mail_from}>"}, to=to,
+                   reason=f"{reply.code} {reply.text}")
 
     def _refuse_unstored(self, e: Exception) -> None:
         """The queue could not store the message: a temporary failure, nothing kept."""
@@ -624,6 +648,15 @@ class Session:
         if len(block) >= MAX_TEXT_LINE and max(map(len, block.split(b"\r\n"))) > 998:
             return Reply(554, "5.6.0 Message has a line longer than 998 octets")
         return None
+
+
+def _message_id(added: list[bytes], first: bytes) -> str | None:
+    """The Message-ID field's value (as far as the first block holds the header)."""
+    for block in (*added, submission.header_block(first)):
+        m = _MESSAGE_ID_RE.search(block)
+        if m:
+            return m.group(1).decode("utf-8", "replace").strip()[:200]
+    return None
 
 
 async def _header_block(body: BodyBuffer) -> bytes:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pillarbox import route
+from pillarbox import logs, route
 from pillarbox.address import domain_of
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
@@ -32,7 +33,7 @@ from pillarbox.queue.spool import (
     new_id,
 )
 from pillarbox.target import mailbox, pipe
-from pillarbox.target.remote import RemoteTarget
+from pillarbox.target.remote import RemoteTarget, Trace
 from pillarbox.tasks import cancel_all
 
 log = logging.getLogger("pillarbox.queue")
@@ -40,6 +41,11 @@ log = logging.getLogger("pillarbox.queue")
 COMPACT_EVERY = 60.0
 STOP_TIMEOUT = 10.0
 PICKUP_RETRY = 30.0  # seconds; maildrop files wait this long when the disk was full
+_DSN_RE = re.compile(r"(?:[245]\d\d[ -])?([245]\.\d{1,3}\.\d{1,3})\b")
+# A delivery's outcome: (status, event name, level) for its log line.
+_SENT = ("sent", "delivered", logging.INFO)
+_DEFERRED = ("deferred", "delivery deferred", logging.INFO)
+_BOUNCED = ("bounced", "delivery failed", logging.WARNING)
 
 
 
@@ -112,8 +118,8 @@ class Queue:
         self._tasks.append(asyncio.create_task(self._compactor(), name="queue-compactor"))
         for i in range(self.config.queue.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"queue-worker-{i}"))
-        if envs:
-            log.info("queue loaded messages=%d", len(envs))
+        logs.event(log, logging.INFO, "queue loaded", messages=len(envs),
+                   due=self._ready.qsize())
 
     async def stop(self) -> None:
         # Anything not finished in time is still in the spool for the next start.
@@ -240,21 +246,23 @@ class Queue:
         state = self.spool.read_state(msg_id)
         if state is None:
             state = State(deliveries=route.expand(self.aliases, env.rcpts), expanded=True)
-        now = time.time()
+        now = started = time.time()
         expired = now - env.received > self.config.queue.max_lifetime
         due = [d for d in state.deliveries
                if d.state not in ("done", "failed") and d.next_attempt <= now]
         remote: dict[str, list[Delivery]] = {}
         jobs = []
+        traces: dict[int, Trace] = {}  # how each attempt went, for its log line
         for d in due:
             d.attempts += 1
             if d.kind == "remote":
                 remote.setdefault(domain_of(d.to), []).append(d)
             else:
-                jobs.append(self._attempt_one(env, d))
+                jobs.append(self._attempt_one(env, d, traces))
         if remote:
             message = await asyncio.to_thread(self._read_all, env.id)
-            jobs += [self._attempt_remote(env, dom, ds, message) for dom, ds in remote.items()]
+            jobs += [self._attempt_remote(env, dom, ds, message, traces)
+                     for dom, ds in remote.items()]
         outcomes: dict[int, str | None] = {}
         # The common case, one mailbox, skips gather's task per job.
         results = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
@@ -265,16 +273,16 @@ class Queue:
             error = outcomes[id(d)]
             if error is None:
                 d.state, d.last_error = "done", ""
-                log.info("delivered id=%s kind=%s to=%s", msg_id, d.kind, d.to)
+                _log_attempt(env, d, _SENT, None, traces.get(id(d)), started, now)
             elif error.startswith("5") or expired:
                 if not error.startswith("5"):
                     error = f"4.4.7 delivery time expired; last error: {error}"
                 d.state, d.last_error = "failed", error
-                log.warning("delivery failed id=%s to=%s error=%r", msg_id, d.to, error)
+                _log_attempt(env, d, _BOUNCED, error, traces.get(id(d)), started, now)
             else:
                 d.state, d.last_error = "deferred", error
                 d.next_attempt = now + self._backoff(d)
-                log.info("delivery deferred id=%s to=%s error=%r", msg_id, d.to, error)
+                _log_attempt(env, d, _DEFERRED, error, traces.get(id(d)), started, now)
         # Each failed recipient is reported once, as soon as it failed (not when
         # the last deferred one ends, maybe days later); delivered ones never.
         unreported = [d for d in state.deliveries if d.state == "failed" and not d.reported]
@@ -326,7 +334,10 @@ class Queue:
         with self.spool.open_message(msg_id) as f:
             return f.read()
 
-    async def _attempt_one(self, env: Envelope, d: Delivery) -> dict[int, str | None]:
+    async def _attempt_one(self, env: Envelope, d: Delivery,
+                           traces: dict[int, Trace]) -> dict[int, str | None]:
+        t0 = time.monotonic()
+        trace = traces[id(d)] = Trace(relay="mailbox" if d.kind == "local" else d.kind)
         try:
             return {id(d): await self._attempt(env, d)}
         except Exception as e:
@@ -334,12 +345,17 @@ class Queue:
             if disk_full(e):  # retried like any 4xx; never a bounce
                 return {id(d): f"4.3.1 Mail system full: {e.strerror}"}
             return {id(d): _failure(e)}
+        finally:
+            trace.transfer = time.monotonic() - t0
 
     async def _attempt_remote(self, env: Envelope, domain: str, ds: list[Delivery],
-                              message: bytes) -> dict[int, str | None]:
+                              message: bytes, traces: dict[int, Trace]) -> dict[int, str | None]:
+        trace = Trace()
+        for d in ds:
+            traces[id(d)] = trace
         try:
             results = await self.remote.deliver(domain, env.mail_from, [d.to for d in ds],
-                                                message)
+                                                message, trace)
         except Exception as e:
             log.warning("remote delivery error id=%s domain=%s error=%r", env.id, domain, e)
             return {id(d): _failure(e) for d in ds}
@@ -372,8 +388,8 @@ class Queue:
             except Exception as e:
                 log.warning("DKIM signing of a bounce failed error=%r", e)
         dsn_id = await self.enqueue("", [env.mail_from], [dsn], len(dsn), source="bounce")
-        log.info("bounce id=%s for=%s to=%s action=%s rcpts=%d", dsn_id, env.id,
-                 escape(env.mail_from), action, len(ds))
+        logs.event(log, logging.INFO, "bounce", id=dsn_id, orig_id=env.id,
+                   to=f"<{env.mail_from}>", action=action, nrcpt=len(ds))
         return dsn_id
 
     async def _attempt(self, env: Envelope, d: Delivery) -> str | None:
@@ -415,6 +431,32 @@ def _failure(e: Exception) -> str:
     else (I/O, a full disk) may pass: temporary."""
     status = "5.3.0" if isinstance(e, ValueError) else "4.3.0"
     return f"{status} {type(e).__name__}: {escape(str(e))}"
+
+
+def _log_attempt(env: Envelope, d: Delivery, outcome: tuple[str, str, int],
+                 error: str | None, trace: Trace | None, started: float, now: float) -> None:
+    """One line per recipient per attempt, as Postfix writes them: where it went,
+    how long it took (in the queue before this attempt / connecting /
+    transferring), the DSN code, the outcome and the reply."""
+    status, name, level = outcome
+    if not logs.enabled(log, level):
+        return
+    tr = trace or Trace()
+    if error is None:
+        m = _DSN_RE.match(tr.reply)
+        dsn = m.group(1) if m else "2.0.0"
+    else:
+        m = _DSN_RE.match(error)
+        dsn = m.group(1) if m else ("5.0.0" if error.startswith("5") else "4.0.0")
+    pipe_ = d.kind == "pipe"
+    logs.event(log, level, name, id=env.id, to=f"<{d.rcpt if pipe_ else d.to}>",
+               orig_to=f"<{d.rcpt}>" if d.rcpt != d.to and not pipe_ else None,
+               command=d.to if pipe_ else None, relay=tr.relay or "none",
+               delay=max(0.0, now - env.received),
+               delays="/".join(logs.seconds(x) for x in (max(0.0, started - env.received),
+                                                         tr.connect, tr.transfer)),
+               dsn=dsn, status=status, attempt=d.attempts, tls=tr.tls,
+               reply=error if error is not None else tr.reply or None)
 
 
 def _next_due(state: State) -> float | None:

@@ -69,12 +69,24 @@ class Hop:
 
 
 @dataclass
+class Trace:
+    """What one delivery attempt did, for its log line; filled in as it goes."""
+
+    relay: str = ""  # host[ip]:port of the last host tried
+    tls: str | None = None  # protocol version/cipher
+    connect: float = 0.0  # seconds to a usable connection: DNS, TCP, TLS, login
+    transfer: float = 0.0  # seconds of MAIL, RCPT and DATA
+    reply: str = ""  # the reply to DATA
+
+
+@dataclass
 class _Conn:
     smtp: aiosmtplib.SMTP
     key: tuple
     used: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     tls: bool = False
+    tls_desc: str | None = None
 
 
 class RemoteTarget:
@@ -162,8 +174,10 @@ class RemoteTarget:
     # -- delivery -----------------------------------------------------------------
 
     async def deliver(self, domain: str, sender: str, rcpts: list[str],
-                      message: bytes) -> dict[str, str | None]:
-        """Deliver one message to the recipients of one domain."""
+                      message: bytes, trace: Trace | None = None) -> dict[str, str | None]:
+        """Deliver one message to the recipients of one domain; `trace` records how."""
+        trace = trace if trace is not None else Trace()
+        started = time.monotonic()
         try:
             hops = await self.hops(domain, sender)
         except (TempFail, PermFail) as e:
@@ -178,19 +192,24 @@ class RemoteTarget:
                 continue
             for ip in ips:
                 tried_any = True
+                trace.relay = f"{hop.host}[{ip}]:{hop.port}"
+                trace.tls, trace.connect, trace.transfer = None, 0.0, 0.0
                 try:
-                    return await self._transaction(hop, ip, sender, rcpts, message)
+                    return await self._transaction(hop, ip, sender, rcpts, message, trace,
+                                                   started)
                 except TempFail as e:
                     errors.append(f"{e} ({hop.host}[{ip}])")
                     log.info("remote hop failed host=%s ip=%s error=%r", hop.host, ip, str(e))
                 except PermFail as e:
                     return dict.fromkeys(rcpts, f"{e} ({hop.host}[{ip}])")
+        trace.connect = trace.connect or time.monotonic() - started
         if not tried_any and not errors:
             return dict.fromkeys(rcpts, f"5.1.2 no address for any mail host of {domain}")
         return dict.fromkeys(rcpts, errors[-1] if errors else "4.4.1 no host reachable")
 
     async def _transaction(self, hop: Hop, ip: str, sender: str, rcpts: list[str],
-                           message: bytes) -> dict[str, str | None]:
+                           message: bytes, trace: Trace, started: float
+                           ) -> dict[str, str | None]:
         key = (ip, hop.port, hop.tls, hop.auth)
         sem = self._limits.setdefault(
             (ip, hop.port), asyncio.Semaphore(self.config.remote.max_per_destination))
@@ -207,9 +226,11 @@ class RemoteTarget:
                     log.info("TLS failed, retrying in clear host=%s error=%r", hop.host, str(e))
                     clear = Hop(hop.host, hop.port, "none", hop.auth)
                     conn = await self._connect(clear, ip, key)
+            ready = time.monotonic()
+            trace.connect, trace.tls = ready - started, conn.tls_desc
             ok = False
             try:
-                result = await self._send(conn, sender, rcpts, message)
+                result = await self._send(conn, sender, rcpts, message, trace)
                 ok = True
                 return result
             except aiosmtplib.SMTPResponseException as e:
@@ -219,6 +240,7 @@ class RemoteTarget:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 raise TempFail(f"4.4.2 connection to {hop.host} lost: {_why(e)}") from None
             finally:
+                trace.transfer = time.monotonic() - ready
                 if ok and conn.used < MAX_REUSE:
                     conn.idle_since = time.monotonic()
                     self._idle.setdefault(key, []).append(conn)
@@ -276,10 +298,12 @@ class RemoteTarget:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
             smtp.close()
             raise TempFail(f"4.4.1 cannot connect to {hop.host}: {_why(e)}") from None
-        return _Conn(smtp, key, tls=tls)
+        ssl_obj = smtp.get_transport_info("ssl_object") if tls else None
+        desc = f"{ssl_obj.version()}/{ssl_obj.cipher()[0]}" if ssl_obj is not None else None
+        return _Conn(smtp, key, tls=tls, tls_desc=desc)
 
     async def _send(self, conn: _Conn, sender: str, rcpts: list[str],
-                    message: bytes) -> dict[str, str | None]:
+                    message: bytes, trace: Trace) -> dict[str, str | None]:
         smtp = conn.smtp
         if conn.used:
             await smtp.rset()
@@ -315,7 +339,8 @@ class RemoteTarget:
         if not accepted:
             await smtp.rset()
             return results
-        await smtp.data(message)
+        resp = await smtp.data(message)
+        trace.reply = f"{resp.code} {resp.message}"
         for rcpt in accepted:
             results[rcpt] = None
         return results

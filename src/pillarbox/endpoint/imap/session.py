@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pillarbox import __version__
+from pillarbox import __version__, logs
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.users import Users
@@ -619,8 +619,8 @@ class Session:
         throttle = self.ctx.throttle
         why = throttle.refusal(self.peer_ip, username)
         if why is not None:  # before the password check: no argon2, no way in
-            log.info("imap auth refused peer=%s user=%r locked=%s", self.peer_ip,
-                     username[:100], why)
+            logs.event(log, logging.INFO, "auth refused", client=logs.client(self.peer_ip),
+                       endpoint="imap", locked=why, user=username[:100])
             self.auth_failures += 1  # cheap for us, but no endless retries on one connection
             if self.auth_failures >= MAX_AUTH_FAILURES:
                 self.untagged("BYE Too many failed logins")
@@ -629,7 +629,8 @@ class Session:
         addr = await self.ctx.users.check_password(username, password)
         if addr is None:
             self.auth_failures += 1
-            log.info("imap auth failed peer=%s user=%r", self.peer_ip, username[:100])
+            logs.event(log, logging.INFO, "auth failed", client=logs.client(self.peer_ip),
+                       endpoint="imap", user=username[:100])
             await throttle.failed(self.peer_ip, username)
             if self.auth_failures >= MAX_AUTH_FAILURES:
                 self.untagged("BYE Too many failed logins")
@@ -652,7 +653,8 @@ class Session:
         self.store.usage_changed = functools.partial(self.ctx.users.add_used, addr)
         self.user = addr
         self.ctx.per_user[addr] += 1
-        log.info("imap login peer=%s user=%s", self.peer_ip, addr)
+        logs.event(log, logging.INFO, "auth ok", client=logs.client(self.peer_ip),
+                   endpoint="imap", user=addr)
         return ("OK", f"[CAPABILITY {self.capabilities()}] Logged in")
 
     # -- authenticated ------------------------------------------------------
