@@ -140,12 +140,14 @@ class LoginThrottle:
         now = time.monotonic()
         source, account = source_of(ip), self._account(name)
         if self.sources.add(source, now):
-            logs.event(log, logging.WARNING, "login lockout", source=source, client=logs.client(ip),
-                       failures=self.sources.limit, seconds=self.sources.lockout)
+            # client first: fail2ban finds it there, before any user-chosen value
+            logs.event(log, logging.WARNING, "login lockout", client=logs.client(ip),
+                       source=source, failures=self.sources.limit,
+                       seconds=self.sources.lockout)
         if self.accounts.add(account, now):
-            logs.event(log, logging.WARNING, "login lockout", account=account[:100],
-                       client=logs.client(ip),
-                       failures=self.accounts.limit, seconds=self.accounts.lockout)
+            logs.event(log, logging.WARNING, "login lockout", client=logs.client(ip),
+                       account=account[:100], failures=self.accounts.limit,
+                       seconds=self.accounts.lockout)
         share = max(self.sources.count(source, now) / self.sources.limit,
                     self.accounts.count(account, now) / self.accounts.limit)
         # quadratic: a typo or two costs next to nothing, guessing soon costs the most
