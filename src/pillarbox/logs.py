@@ -6,7 +6,8 @@ An event is a name and fields: `event(log, INFO, "accepted", id=..., size=...)`.
     2026-12-05T22:36:01 level=info mod=pillarbox.smtp accepted id=... size=427
 
 (a value in double quotes when it is empty or holds a space, a quote, `=`, a
-backslash or a control character; `\\` and `"` escaped inside), and
+backslash or a control character, so that `shlex.split` splits a line right;
+`\\` and `"` escaped inside), and
 `log_format = "json"` as one JSON object per line with the same keys plus
 `ts`, `level`, `mod` and `msg` (the event's name). Fields are formatted only
 when the line is written: an event below `log_level` costs one level check.
@@ -24,7 +25,7 @@ from pillarbox.printable import escape
 FORMATS = ("text", "json")
 
 _FIELDS = "pillarbox_fields"  # the LogRecord attribute that carries an event's fields
-_NEEDS_QUOTES = frozenset(' "=\\')
+_NEEDS_QUOTES = frozenset(' "\'=\\')
 
 
 def event(logger: logging.Logger, level: int, name: str, /, **fields: Any) -> None:
