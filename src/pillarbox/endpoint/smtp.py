@@ -556,8 +556,11 @@ class Session:
     def _refuse_unstored(self, e: Exception) -> None:
         """The queue could not store the message: a temporary failure, nothing kept."""
         if isinstance(e, SpoolFull) or disk_full(e):
-            log.warning("queue disk full: refusing mail peer=%s", self.peer_ip)
-            self.reply(452, "4.3.1 Insufficient system storage, try again later")
+            text = "4.3.1 Insufficient system storage, try again later"
+            logs.event(log, logging.WARNING, "queue disk full: refusing mail",
+                       client=logs.client(self.peer_ip), endpoint=self.kind,
+                       reason=f"452 {text}")
+            self.reply(452, text)
         else:
             log.error("queue write failed: %r", e)
             self.reply(451, "4.3.0 Local error in processing, try again later")
