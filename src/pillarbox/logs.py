@@ -109,10 +109,16 @@ class JSONFormatter(logging.Formatter):
 
 def setup(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    set_format(fmt)
     set_level(level)
+
+
+def set_format(fmt: str) -> None:
+    """log_format, at the start and at a reload."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
 
 
 def set_level(level: str) -> None:

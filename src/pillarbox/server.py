@@ -343,6 +343,7 @@ class Server:
         if self.users.cache is not None:  # users and aliases: read again at once
             self.users.cache.invalidate()
         logs.set_level(new.log_level)
+        logs.set_format(new.log_format)
 
 
 def listening_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:

@@ -163,3 +163,18 @@ def test_a_refused_remote_recipient_logs_bounced_with_the_remote_reply(outbound,
     assert d["level"] == "warning"
     assert "no such mailbox here" in d["reply"], d
     assert d["relay"] == f"mx.{REMOTE}[127.0.0.1]:{double.port}", d
+
+
+def test_a_reload_switches_the_log_format(make_server):
+    srv = make_server()
+    srv.config["log_format"] = "json"
+    srv.write_config()
+    p = srv.cli("reload")
+    assert p.returncode == 0, p.stderr
+    _send_local(srv)
+    srv.wait_for_messages(ALICE, 1)
+    wait_until(lambda: json_events(srv.log_text().split("reload ok")[-1].split("\n", 1)[1],
+                                   "delivered"), 10, "a JSON delivered line after the reload")
+    after = srv.log_text().split("reload ok")[-1].split("\n", 1)[1]
+    (acc,) = json_events(after, "accepted")
+    assert acc["client"] == "unknown[127.0.0.1]"
