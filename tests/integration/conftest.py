@@ -65,6 +65,11 @@ def make_server(tmp_path, seed_data_dir):
 
     yield factory
 
+    _stop_and_check(servers)
+
+
+def _stop_and_check(servers: list[Server]) -> None:
+    """Stop each server, show its log tail, and fail the test on what went wrong."""
     problems = []
     for srv in servers:
         problems += srv.shutdown_and_check()
@@ -96,14 +101,10 @@ def make_service_server(seed_data_dir):
 
     yield factory
 
-    problems = []
-    for srv in servers:
-        problems += srv.shutdown_and_check()
-        if srv.logs:
-            print(f"--- {srv.root} stderr (tail) ---\n{srv.log_tail(80)}")
-    shutil.rmtree(base, ignore_errors=True)
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    try:
+        _stop_and_check(servers)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
