@@ -42,6 +42,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pillarbox.store import line_ends
+
 log = logging.getLogger("pillarbox.imap.index")
 
 INDEX_NAME = "pillarbox-index.sqlite"
@@ -484,6 +486,7 @@ class MailStore:
                 found.append((base, fn, st))
         if not (found or vanished or changed):
             return []
+        found = [self._crlf(path, *f) for f in found]
         # Files another program (mutt, a script) put into cur/ or removed count at
         # once; new/ holds deliveries, counted when the Maildir writer made them.
         outside = (sum(st.st_size for _, _, st in found[from_new:])
@@ -538,6 +541,21 @@ class MailStore:
         self._usage(outside)
         self._changed(name)
         return new_uids
+
+    @staticmethod
+    def _crlf(path: Path, base: str, fname: str, st: os.stat_result
+              ) -> tuple[str, str, os.stat_result]:
+        """A file just taken in, with its bare LFs made CRLF (line_ends.py)."""
+        try:
+            done = line_ends.to_crlf(path, fname, st)
+        except OSError as e:  # gone meanwhile, or the disk is full: served as it is
+            if not isinstance(e, FileNotFoundError):
+                log.warning("could not convert bare LFs to CRLF file=%s error=%r",
+                            path / "cur" / fname, e)
+            return base, fname, st
+        if done is None:
+            return base, fname, st
+        return split_name(done[0])[0], done[0], done[1]
 
     # -- message operations -------------------------------------------------
 
