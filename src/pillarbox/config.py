@@ -159,6 +159,17 @@ class RemoteSettings:
     mta_sts: bool = True
 
 
+DETAIL_FOLDER_MODES = ("off", "existing", "create")
+
+
+@dataclass
+class DeliverySettings:
+    recipient_delimiter: str = "+"  # characters that start an address's detail; "" = off
+    detail_folder: str = "off"  # off | existing | create
+    srs: bool = True  # rewrite the sender of mail forwarded to other domains (SRS0)
+    srs_domain: str = ""  # one of `domains`; "" = the first
+
+
 TLS_MODES = ("none", "opportunistic", "required", "verify")
 
 
@@ -204,6 +215,7 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     remote: RemoteSettings = field(default_factory=RemoteSettings)
     imap: IMAPSettings = field(default_factory=IMAPSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     routes: list[Route] = field(default_factory=list)
 
     @property
@@ -220,7 +232,7 @@ class Config:
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
              "log_format", "listen", "tls", "storage", "dns", "limits", "queue", "remote",
-             "route", "imap"}
+             "route", "imap", "delivery"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -237,6 +249,7 @@ _SECTION_KEYS = {
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
              "max_literal_memory_per_session", "max_connections_per_user",
              "max_connections_per_ip", "idle_timeout", "max_bad_commands"},
+    "delivery": {"recipient_delimiter", "detail_folder", "srs", "srs_domain"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
@@ -449,6 +462,8 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     if "idle_timeout" in im:
         imap.idle_timeout = parse_duration(im["idle_timeout"], "imap.idle_timeout")
 
+    delivery = _delivery(_section(data, "delivery"), domains)
+
     raw_routes = data.get("route", [])
     if not isinstance(raw_routes, list):
         raise ConfigError("route", "expected [[route]] tables")
@@ -460,7 +475,7 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         log_level=log_level, log_format=log_format, listen=listen, tls_cert=cfg_cert,
         tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
-        remote=remote, imap=imap, routes=routes,
+        remote=remote, imap=imap, delivery=delivery, routes=routes,
     )
 
 
@@ -479,6 +494,41 @@ def restart_needed(old: Config, new: Config) -> str | None:
         if value(old) != value(new):
             return key
     return None
+
+
+_DELIMITER_CHARS = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def _delivery(d: dict, domains: list[str]) -> DeliverySettings:
+    out = DeliverySettings()
+    if "recipient_delimiter" in d:
+        delim = _str(d["recipient_delimiter"], "delivery.recipient_delimiter")
+        if len(delim) > 8 or not set(delim) <= _DELIMITER_CHARS:
+            raise ConfigError("delivery.recipient_delimiter",
+                              "expected \"\" or a few of the characters "
+                              f"{''.join(sorted(_DELIMITER_CHARS))}, got {delim!r}")
+        out.recipient_delimiter = delim
+    if "detail_folder" in d:
+        out.detail_folder = _str(d["detail_folder"], "delivery.detail_folder")
+        if out.detail_folder not in DETAIL_FOLDER_MODES:
+            raise ConfigError("delivery.detail_folder",
+                              f"expected off, existing or create, got {out.detail_folder!r}")
+    if "srs" in d:
+        if not isinstance(d["srs"], bool):
+            raise ConfigError("delivery.srs", "expected true or false")
+        out.srs = d["srs"]
+    if "srs_domain" in d:
+        dom = _str(d["srs_domain"], "delivery.srs_domain")
+        try:
+            dom = normalize_domain(dom) if dom else ""
+        except AddressError as e:
+            raise ConfigError("delivery.srs_domain", str(e)) from None
+        if dom and dom not in domains:
+            raise ConfigError("delivery.srs_domain",
+                              f"{dom} is not one of domains; bounces must come back here")
+        out.srs_domain = dom
+    out.srs_domain = out.srs_domain or domains[0]
+    return out
 
 
 def _route(r: object, i: int) -> Route:
@@ -729,6 +779,20 @@ max_connections_per_user = 20     # concurrent logins of one user; more get NO [
 max_connections_per_ip   = 50     # concurrent connections from one address; more get BYE
 idle_timeout             = "30m"  # silence (also in IDLE) before BYE; RFC 3501 asks for 30m+
 max_bad_commands         = 10     # BAD replies before the connection is closed
+
+[delivery]
+# Plus-addressing: alice+shopping@ reaches alice when no user or alias has the
+# whole name. Each of these characters starts the detail; "" turns it off.
+recipient_delimiter = "+"
+# "existing": file alice+shopping@ mail into alice's folder "shopping" when she
+# has one (never Sent, Drafts, Trash, Junk, Archive); "create": make it if
+# missing (senders then choose folder names); "off": always INBOX.
+detail_folder = "off"
+# Mail an alias forwards to another domain leaves with an SRS0 sender on
+# srs_domain (empty: the first of domains), so SPF passes at the next hop and
+# its bounces come back here to be passed on. The key is data_dir/srs.key.
+srs        = true
+srs_domain = ""
 
 # Static routes (first match wins; no match: MX lookup). Example: send all
 # outgoing mail through a smarthost with a login.

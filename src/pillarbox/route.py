@@ -19,16 +19,18 @@ def expand(aliases: Aliases, rcpts: list[str]) -> list[Delivery]:
     out: list[Delivery] = []
     seen: set[tuple[str, str]] = set()
 
-    def add(kind: str, to: str, rcpt: str, state: str = "pending", error: str = "") -> None:
+    def add(kind: str, to: str, rcpt: str, state: str = "pending", error: str = "",
+            via: str = "") -> None:
         if (kind, to) in seen:
             return
         seen.add((kind, to))
-        out.append(Delivery(kind=kind, to=to, rcpt=rcpt, state=state, last_error=error))
+        out.append(Delivery(kind=kind, to=to, rcpt=rcpt, state=state, last_error=error,
+                            via=via))
 
     for rcpt in rcpts:
         x = aliases.expand(rcpt)
         for user in x.local:
-            add("local", user, rcpt)
+            add("local", user, rcpt, via=x.via.get(user, ""))
         for cmd in x.commands:
             add("pipe", cmd, rcpt)
         for addr in x.remote:

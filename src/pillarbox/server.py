@@ -45,7 +45,8 @@ class ServeError(Exception):
 def open_directory(config: Config, cached: bool = False) -> tuple[Database, Users, Aliases]:
     db = Database(config.data_dir / "pillarbox.db")
     users = Users(db, DirectoryCache(db) if cached else None, config.limits.login_cache)
-    return db, users, Aliases(db, users, config.domains)
+    return db, users, Aliases(db, users, config.domains,
+                              config.delivery.recipient_delimiter)
 
 
 def recount_usage(users: Users, mail_root) -> None:

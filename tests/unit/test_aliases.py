@@ -191,3 +191,21 @@ def test_etc_aliases_format() -> None:
         "bad name: x\n")
     assert parsed.aliases == {"root": ["alice@example.test", "bob", "carol"], "logs": ["dave"]}
     assert len(parsed.skipped) == 5, parsed.skipped
+
+
+def test_plus_addressing_base_and_catch_all_order(directory: Aliases) -> None:
+    x = directory.expand("alice+shop+more@example.test")
+    assert x.local == ["alice@example.test"]
+    assert x.via == {"alice@example.test": "alice+shop+more@example.test"}
+    directory.add("@example.test", ["bob@example.test"])
+    # The base comes before the catch-all; an unknown base falls to it.
+    assert directory.expand("alice+x@example.test").local == ["alice@example.test"]
+    assert directory.expand("nobody+x@example.test").local == ["bob@example.test"]
+    assert directory.expand("nobody+x@example.test").via == {}
+    directory.delimiter = "-+"
+    assert directory.base_address("a-b+c@example.test") == "a@example.test"
+    assert directory.base_address("+c@example.test") is None
+    directory.delimiter = ""
+    assert directory.expand("alice+x@example.test").local == ["bob@example.test"]
+    deliveries = route.expand(directory, ["alice@example.test"])
+    assert [d.via for d in deliveries] == [""]

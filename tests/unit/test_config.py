@@ -53,6 +53,10 @@ def test_defaults(tmp_path: Path) -> None:
         ("mode = \"party\"\n", "mode"),
         ("[imap]\nmax_literal_memory_per_session = \"300M\"\n",
          "imap.max_literal_memory_per_session"),
+        ("[delivery]\nrecipient_delimiter = \".\"\n", "delivery.recipient_delimiter"),
+        ("[delivery]\ndetail_folder = \"yes\"\n", "delivery.detail_folder"),
+        ("[delivery]\nsrs = \"on\"\n", "delivery.srs"),
+        ("[delivery]\nsrs_domain = \"other.test\"\n", "delivery.srs_domain"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, extra: str, key: str) -> None:

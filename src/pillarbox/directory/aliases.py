@@ -3,6 +3,12 @@
 `expand` follows aliases recursively (cascading) with loop detection, and
 falls back to the domain's catch-all (`@domain`) for unknown local addresses.
 
+Plus-addressing: a local address that no user or alias has, whose local
+part holds one of the `delimiter` characters (`alice+shopping@`), stands for
+the part before it (`alice@`), tried before the catch-all. The user reached
+that way is noted in `Expansion.via` with the full address, for the
+Delivered-To field and the detail folder.
+
 A bare name (`root`, `postmaster`, `MAILER-DAEMON`) is a *local alias*, as in
 /etc/aliases: only `pillarbox sendmail` names mail that way. It maps to
 addresses or other bare names; `resolve_local` turns a bare name into
@@ -30,6 +36,8 @@ class Expansion:
     unknown: list[str] = field(default_factory=list)  # local addresses with no user/alias
     disabled: list[str] = field(default_factory=list)
     loop: bool = False
+    # user address -> the plus address (alice+shopping@) it was reached through
+    via: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -63,10 +71,22 @@ def normalize_target(target: str, local: bool = False) -> str:
 
 
 class Aliases:
-    def __init__(self, db: Database, users: Users, local_domains: list[str]) -> None:
+    def __init__(self, db: Database, users: Users, local_domains: list[str],
+                 delimiter: str = "+") -> None:
         self.db = db
         self.users = users
         self.local_domains = set(local_domains)
+        self.delimiter = delimiter  # [delivery] recipient_delimiter; "" = off
+
+    def base_address(self, address: str) -> str | None:
+        """`alice@d` for `alice+detail@d` (first delimiter character), else None."""
+        local, _, domain = address.rpartition("@")
+        if not self.delimiter or local.startswith('"'):
+            return None
+        cut = min((i for i in (local.find(c) for c in self.delimiter) if i >= 0), default=-1)
+        if cut <= 0:
+            return None
+        return f"{local[:cut]}@{domain}"
 
     def targets(self, alias: str) -> list[str]:
         if self.users.cache is not None:
@@ -149,6 +169,17 @@ class Aliases:
             if user:
                 (out.local if user.enabled else out.disabled).append(user.address)
                 return
+            base = self.base_address(addr)
+            if base is not None and base not in path:
+                user = self.users.get(base)
+                if user is not None:
+                    if user.enabled and user.address not in out.local:
+                        out.via.setdefault(user.address, addr)
+                    (out.local if user.enabled else out.disabled).append(user.address)
+                    return
+                if self.targets(base):
+                    self._expand(base, out, path, depth + 1)
+                    return
             targets = self.targets("@" + domain)  # catch-all
             if not targets:
                 out.unknown.append(addr)

@@ -403,10 +403,16 @@ class Queue:
                 return "5.2.1 mailbox disabled"
             if user.over_quota:
                 return "4.2.2 mailbox full"
-            prefix = f"Return-Path: <{sender}>\r\nDelivered-To: {d.to}\r\n".encode()
+            prefix = f"Return-Path: <{sender}>\r\nDelivered-To: {d.via or d.to}\r\n".encode()
             path = self._maildirs.get(d.to)
             if path is None:
                 path = self._maildirs[d.to] = mailbox.maildir_path(self.mail_root, d.to)
+            mode = self.config.delivery.detail_folder
+            if d.via and mode != "off":  # alice+shopping@: into her folder "shopping"
+                detail = d.via.rpartition("@")[0][len(d.to.rpartition("@")[0]) + 1:]
+                folder = await asyncio.to_thread(mailbox.detail_folder, path, detail,
+                                                 mode == "create")
+                path = folder or path
             size = await self.maildir.deliver(path, prefix,
                                               lambda: self.spool.open_message(env.id))
             self.users.add_used(d.to, size)

@@ -95,6 +95,7 @@ class Delivery:
     next_attempt: float = 0.0
     last_error: str = ""
     reported: bool = False  # its failure went to the sender in a DSN already
+    via: str = ""  # local: the plus address (alice+shopping@) that reached `to`
 
 
 @dataclass

@@ -872,11 +872,20 @@ class StoreRegistry:
             store.close()
 
     def delivered(self, path: Path) -> None:
-        """MaildirWriter.on_delivered: a file arrived in path/new/ (INBOX)."""
-        store = self.stores.get(path)
+        """MaildirWriter.on_delivered: a file arrived in path/new/ (INBOX), or in
+        a folder's (plus-addressing: [delivery] detail_folder)."""
+        store, name = self.stores.get(path), "INBOX"
+        if store is None and path.name.startswith("."):
+            store, name = self.stores.get(path.parent), path.name[1:]
+            if store is not None and name not in store.boxes and valid_name(name) is None:
+                try:  # a folder the delivery made: open sessions list it at once
+                    store._add_box(name, None)
+                except (OSError, sqlite3.Error) as e:
+                    log.warning("could not index folder %r error=%r", name, e)
+                    return
         if store is not None:
             for listener in list(store.listeners):
-                if listener.selected == "INBOX":
+                if listener.selected == name:
                     listener.notify()
 
     def close_all(self) -> None:

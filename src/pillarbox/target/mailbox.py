@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pillarbox.store.mailbox_index import SPECIAL_USE, valid_name
+
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 SYNCFS_MIN_BATCH = 4
@@ -114,6 +116,34 @@ def usage(path: Path) -> int:
 def ensure_maildir(path: Path) -> None:
     for sub in ("tmp", "new", "cur"):
         (path / sub).mkdir(parents=True, exist_ok=True)
+
+
+def detail_folder(maildir: Path, detail: str, create: bool) -> Path | None:
+    """Blocking: the Maildir++ folder of `maildir` named by a plus address's detail.
+
+    Matched without regard to case (addresses are lowercased). None, meaning
+    INBOX, when the name cannot be a folder, names a special-use folder (mail
+    from outside must not land in Sent or Trash), or has no folder and
+    `create` is off. With `create`, a missing folder is made."""
+    if valid_name(detail) is not None or detail.lower() == "inbox":
+        return None
+    if any(detail.lower() == s.lower() for s in SPECIAL_USE):
+        return None
+    want = "." + detail.lower()
+    try:
+        with os.scandir(maildir) as entries:
+            names = [e.name for e in entries if e.name.lower() == want and e.is_dir()]
+    except FileNotFoundError:
+        names = []
+    for name in sorted(names, key=lambda n: n != "." + detail):
+        if (maildir / name / "cur").is_dir():
+            return maildir / name
+    if not create:
+        return None
+    folder = maildir / ("." + detail)
+    ensure_maildir(folder)
+    (folder / "maildirfolder").touch()
+    return folder
 
 
 @dataclass
