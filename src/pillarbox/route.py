@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 
+from pillarbox import srs as srs_
+from pillarbox.address import domain_of
 from pillarbox.directory.aliases import Aliases
 from pillarbox.queue.spool import Delivery
 
 log = logging.getLogger("pillarbox.route")
 
 
-def expand(aliases: Aliases, rcpts: list[str]) -> list[Delivery]:
+def expand(aliases: Aliases, rcpts: list[str], srs: srs_.Srs | None = None) -> list[Delivery]:
+    """`srs`: when given, an SRS0 address in a local domain (a bounce to mail we
+    forwarded) goes to the original sender it encodes."""
     out: list[Delivery] = []
     seen: set[tuple[str, str]] = set()
 
@@ -28,7 +32,14 @@ def expand(aliases: Aliases, rcpts: list[str]) -> list[Delivery]:
                             via=via))
 
     for rcpt in rcpts:
-        x = aliases.expand(rcpt)
+        target = rcpt
+        if srs is not None and srs_.is_srs(rcpt) and domain_of(rcpt) in aliases.local_domains:
+            orig = srs.reverse(rcpt)
+            if orig is None:  # expired since RCPT
+                add("local", rcpt, rcpt, "failed", "5.7.1 invalid or expired SRS address")
+                continue
+            target = orig
+        x = aliases.expand(target)
         for user in x.local:
             add("local", user, rcpt, via=x.via.get(user, ""))
         for cmd in x.commands:

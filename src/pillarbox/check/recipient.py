@@ -1,12 +1,20 @@
-"""RCPT check for local domains: the address exists, is enabled, has room."""
+"""RCPT check for local domains: the address exists, is enabled, has room.
+
+An SRS0 address (a bounce to mail we forwarded, srs.py) exists when its hash
+and age check out; any other is refused, so nobody can relay through it."""
 
 from __future__ import annotations
 
+from pillarbox import srs as srs_
 from pillarbox.check import Reply
 from pillarbox.directory.aliases import Aliases
 
 
-def check(aliases: Aliases, rcpt: str) -> Reply | None:
+def check(aliases: Aliases, rcpt: str, srs: srs_.Srs | None = None) -> Reply | None:
+    if srs is not None and srs_.is_srs(rcpt):
+        if srs.reverse(rcpt) is None:
+            return Reply(550, f"5.7.1 <{rcpt}>: invalid or expired SRS address")
+        return None
     user = aliases.users.get(rcpt)
     if user is not None and not aliases.targets(rcpt):
         if not user.enabled:

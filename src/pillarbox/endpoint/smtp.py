@@ -473,7 +473,7 @@ class Session:
         local = self.cfg.is_local_domain(addr.domain_of(rcpt))
         refused = relay.check(local, self.user)
         if refused is None and local:
-            refused = recipient.check(self.ctx.aliases, rcpt)
+            refused = recipient.check(self.ctx.aliases, rcpt, self.ctx.queue.srs)
         if refused:
             self._refuse("rcpt refused", refused, self.tx.mail_from, rcpt)
             return

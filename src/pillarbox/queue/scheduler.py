@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pillarbox import logs, route
+from pillarbox import logs, route, srs
 from pillarbox.address import domain_of
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
@@ -68,6 +68,29 @@ class Queue:
         self._tasks: list[asyncio.Task] = []
         self._pickup_retry: asyncio.Task | None = None
         self._stopping = False
+        self._srs: srs.Srs | None = None
+
+    @property
+    def srs(self) -> srs.Srs | None:
+        """SRS ([delivery] srs); its key is made in data_dir on first use."""
+        if not self.config.delivery.srs:
+            return None
+        if self._srs is None:
+            self._srs = srs.Srs(srs.load_key(self.config.data_dir))
+        return self._srs
+
+    def _forward_sender(self, env: Envelope, d: Delivery) -> str:
+        """The envelope sender for a remote delivery: SRS0 when an alias of ours
+        forwards an outside sender's mail, so SPF passes at the next hop."""
+        sender = env.mail_from
+        if (not sender or d.rcpt == d.to or self.config.is_local_domain(domain_of(sender))
+                or not self.config.is_local_domain(domain_of(d.rcpt)) or self.srs is None):
+            return sender
+        rewritten = self.srs.forward(sender, self.config.delivery.srs_domain)
+        if rewritten is None:
+            log.info("sender not rewritten (too long for SRS) id=%s sender=%s", env.id, sender)
+            return sender
+        return rewritten
 
     def reconfigure(self, config: Config) -> None:
         """A reload: retry schedule, lifetime, free-space floor, remote
@@ -245,24 +268,25 @@ class Queue:
         env = self.spool.envelope(msg_id)
         state = self.spool.read_state(msg_id)
         if state is None:
-            state = State(deliveries=route.expand(self.aliases, env.rcpts), expanded=True)
+            state = State(deliveries=route.expand(self.aliases, env.rcpts, self.srs),
+                          expanded=True)
         now = started = time.time()
         expired = now - env.received > self.config.queue.max_lifetime
         due = [d for d in state.deliveries
                if d.state not in ("done", "failed") and d.next_attempt <= now]
-        remote: dict[str, list[Delivery]] = {}
+        remote: dict[tuple[str, str], list[Delivery]] = {}  # (domain, sender)
         jobs = []
         traces: dict[int, Trace] = {}  # how each attempt went, for its log line
         for d in due:
             d.attempts += 1
             if d.kind == "remote":
-                remote.setdefault(domain_of(d.to), []).append(d)
+                remote.setdefault((domain_of(d.to), self._forward_sender(env, d)), []).append(d)
             else:
                 jobs.append(self._attempt_one(env, d, traces))
         if remote:
             message = await asyncio.to_thread(self._read_all, env.id)
-            jobs += [self._attempt_remote(env, dom, ds, message, traces)
-                     for dom, ds in remote.items()]
+            jobs += [self._attempt_remote(env, dom, ds, message, sender, traces)
+                     for (dom, sender), ds in remote.items()]
         outcomes: dict[int, str | None] = {}
         # The common case, one mailbox, skips gather's task per job.
         results = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
@@ -349,13 +373,14 @@ class Queue:
             trace.transfer = time.monotonic() - t0
 
     async def _attempt_remote(self, env: Envelope, domain: str, ds: list[Delivery],
-                              message: bytes, traces: dict[int, Trace]) -> dict[int, str | None]:
+                              message: bytes, sender: str,
+                              traces: dict[int, Trace]) -> dict[int, str | None]:
         trace = Trace()
         for d in ds:
             traces[id(d)] = trace
         try:
-            results = await self.remote.deliver(domain, env.mail_from, [d.to for d in ds],
-                                                message, trace)
+            results = await self.remote.deliver(domain, sender, [d.to for d in ds], message,
+                                                trace)
         except Exception as e:
             log.warning("remote delivery error id=%s domain=%s error=%r", env.id, domain, e)
             return {id(d): _failure(e) for d in ds}
