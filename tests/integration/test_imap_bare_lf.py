@@ -13,6 +13,7 @@ import imaplib
 import os
 import re
 
+from .imap_raw import RawIMAP
 from .support import ALICE, client_ssl_context
 
 MTIME = 1_700_000_000  # 2023-11-14 22:13:20 UTC
@@ -184,3 +185,19 @@ def test_bare_lf_file_added_while_selected(server):
     size = int(re.search(rb"RFC822.SIZE (\d+)", _meta(c, uid)).group(1))
     assert size == len(whole)
     c.logout()
+
+
+def test_append_with_bare_lf_is_stored_as_crlf(server):
+    """imaplib would fix the line ends itself; a raw client sends them as they are."""
+    with RawIMAP(server.imaps_port, ALICE) as c:
+        tagged = c.append("INBOX", LF_MULTIPART, r"\Seen")
+        assert b"APPENDUID" in tagged
+        c.ok("SELECT INBOX")
+        untagged, _ = c.ok("FETCH 1 (RFC822.SIZE BODY.PEEK[])")
+    want = _crlf(LF_MULTIPART)
+    line = untagged[0]
+    assert b"RFC822.SIZE %d " % len(want) in line, line
+    assert line.endswith(b"{%d}\r\n" % len(want) + want + b")"), line
+    (f,) = (server.maildir(ALICE) / "cur").iterdir()
+    assert f.read_bytes() == want
+    assert f.name.split(":2,")[0].endswith(f",S={len(want)}") and f.name.endswith(":2,S")

@@ -268,7 +268,8 @@ class Queue:
         env = self.spool.envelope(msg_id)
         state = self.spool.read_state(msg_id)
         if state is None:
-            state = State(deliveries=route.expand(self.aliases, env.rcpts, self.srs),
+            bounced = self.srs if any(srs.is_srs(r) for r in env.rcpts) else None
+            state = State(deliveries=route.expand(self.aliases, env.rcpts, bounced),
                           expanded=True)
         now = started = time.time()
         expired = now - env.received > self.config.queue.max_lifetime

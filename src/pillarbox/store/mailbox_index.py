@@ -698,6 +698,14 @@ class MailStore:
         except OSError:
             (folder / "cur" / fname).unlink(missing_ok=True)
             raise
+        try:  # a client that sent bare LFs: stored, and so served, with CRLF
+            done = line_ends.to_crlf(folder, fname, os.stat(folder / "cur" / fname))
+        except OSError:
+            (folder / "cur" / fname).unlink(missing_ok=True)
+            raise
+        if done is not None:
+            fname = done[0]
+            base = split_name(fname)[0]
         return base, fname
 
     def add_file(self, name: str, base: str, fname: str, flags: Iterable[str]) -> Message:
