@@ -122,3 +122,15 @@ def test_detail_folder_create_makes_the_folder(make_server):
 def test_plus_address_of_a_disabled_user_is_refused(server):
     server.cli_ok("user", "disable", ALICE)
     assert_reply(_rcpt(server, "alice+x@example.test"), 550, "5.2.1")
+
+
+def test_plus_address_of_a_full_mailbox_is_deferred_at_rcpt(server):
+    carol = "carol@example.test"
+    server.add_user(carol, quota="1K")
+    with server.smtp() as s:
+        body = "x" * 900 + "\r\n" + "y" * 900
+        s.sendmail(SENDER, [carol], make_message(SENDER, carol, "fill", body=body))
+    server.wait_for_messages(carol, 1)
+    # Usage is counted when the delivery is done; the RCPT check sees it then.
+    wait_until(lambda: _rcpt(server, carol)[0] == 452, 10, "carol's mailbox to count as full")
+    assert_reply(_rcpt(server, "carol+x@example.test"), 452, "4.2.2")

@@ -23,6 +23,11 @@ def check(aliases: Aliases, rcpt: str, srs: srs_.Srs | None = None) -> Reply | N
             return Reply(452, f"4.2.2 <{rcpt}>: mailbox full, try again later")
         return None
     x = aliases.expand(rcpt)
+    if len(x.local) == 1 and x.local[0] in x.via and not (x.remote or x.commands):
+        # alice+shopping@: as alice@ herself, a full mailbox is said at once
+        user = aliases.users.get(x.local[0])
+        if user is not None and user.over_quota:
+            return Reply(452, f"4.2.2 <{rcpt}>: mailbox full, try again later")
     if not x.empty:
         return None
     if x.disabled:
