@@ -10,6 +10,7 @@ partial fetches) counts the bytes it serves.
 from __future__ import annotations
 
 import imaplib
+import mailbox
 import os
 import re
 
@@ -201,3 +202,29 @@ def test_append_with_bare_lf_is_stored_as_crlf(server):
     (f,) = (server.maildir(ALICE) / "cur").iterdir()
     assert f.read_bytes() == want
     assert f.name.split(":2,")[0].endswith(f",S={len(want)}") and f.name.endswith(":2,S")
+
+
+def test_files_from_python_mailbox_module(server):
+    """Python's mailbox.Maildir, a real writer other than us, writes "\\n" line ends."""
+    server.maildir(ALICE).parent.mkdir(parents=True, exist_ok=True)
+    md = mailbox.Maildir(server.maildir(ALICE), create=True)
+    m = mailbox.MaildirMessage(LF_MULTIPART.replace(b"written by mutt", b"from python"))
+    m.set_subdir("cur")
+    m.add_flag("F")
+    md.add(m)
+    md.add(mailbox.MaildirMessage(CRLF))
+    files = [p for sub in ("new", "cur") for p in (server.maildir(ALICE) / sub).iterdir()]
+    assert any(re.search(rb"(?<!\r)\n", p.read_bytes()) for p in files), "nothing to convert"
+    c = server.imap(ALICE)
+    c.select("INBOX")
+    typ, data = c.uid("SEARCH", "ALL")
+    uids = [int(u) for u in data[0].split()]
+    assert len(uids) == 2
+    for uid in uids:
+        whole = _fetch(c, uid, "BODY.PEEK[]")
+        assert re.search(rb"(?<!\r)\n", whole) is None
+        meta = _meta(c, uid)
+        assert int(re.search(rb"RFC822.SIZE (\d+)", meta).group(1)) == len(whole)
+        if b"from python" in whole:
+            assert b"\\Flagged" in meta and b"7BIT\" 30 3 " in meta, meta
+    c.logout()
