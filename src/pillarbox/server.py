@@ -337,6 +337,7 @@ class Server:
         self.queue.reconfigure(new)
         self.signing.config = new
         self.aliases.local_domains = set(new.domains)
+        self.aliases.delimiter = new.delivery.recipient_delimiter
         self.users.login_cache = new.limits.login_cache
         self.throttle.reconfigure(new.limits)
         if self.public is not None:

@@ -80,6 +80,11 @@ def test_delimiter_is_a_setting_and_empty_turns_it_off(make_server):
     (raw,) = srv2.wait_for_messages(ALICE, 1)
     assert parse(raw)["Subject"] == tok
     assert parse(raw)["Delivered-To"] == "alice-shopping@example.test"
+    # A reload applies a new delimiter at once.
+    srv.config["delivery"]["recipient_delimiter"] = "+"
+    srv.write_config()
+    assert srv.cli_ok("reload").stdout.strip() == "ok"
+    assert_reply(_rcpt(srv, "alice+shopping@example.test"), 250, "2.1.5")
 
 
 def test_detail_folder_existing_files_into_an_existing_folder_only(make_server):
