@@ -228,3 +228,30 @@ def test_files_from_python_mailbox_module(server):
         if b"from python" in whole:
             assert b"\\Flagged" in meta and b"7BIT\" 30 3 " in meta, meta
     c.logout()
+
+
+def test_import_maildir_converts_bare_lf_files(make_server, tmp_path):
+    """Dovecot stores messages with LF line ends (and S=/W= sizes in the names):
+    `import-maildir` takes them over as CRLF files, sizes in the index and the
+    names made to match, mtime kept."""
+    src = tmp_path / "Maildir"
+    for sub in ("tmp", "new", "cur"):
+        (src / sub).mkdir(parents=True)
+    lf_name = f"1700000001.M1P1.dovecot,S={len(LF_MULTIPART)},W={len(_crlf(LF_MULTIPART))}:2,S"
+    _drop(src / "cur" / lf_name, LF_MULTIPART)
+    _drop(src / "cur" / "1700000002.M1P1.dovecot:2,", CRLF)
+    srv = make_server(start=False)
+    srv.cli_ok("import-maildir", src, ALICE)
+    srv.start()
+    c = srv.imap(ALICE)
+    c.select("INBOX")
+    for uid, want in ((1, _crlf(LF_MULTIPART)), (2, CRLF)):
+        whole = _fetch(c, uid, "BODY.PEEK[]")
+        assert whole == want
+        meta = _meta(c, uid)
+        assert b"RFC822.SIZE %d " % len(want) in meta, meta
+        assert b'INTERNALDATE "14-Nov-2023 22:13:20 +0000"' in meta, meta
+    c.logout()
+    names = sorted(f.name for f in (srv.maildir(ALICE) / "cur").iterdir())
+    assert names[0] == (f"1700000001.M1P1.dovecot,S={len(_crlf(LF_MULTIPART))},"
+                        f"W={len(_crlf(LF_MULTIPART))}:2,S"), names

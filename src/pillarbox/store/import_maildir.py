@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pillarbox.store import line_ends
 from pillarbox.store.mailbox_index import (
     INDEX_NAME,
     MIGRATIONS,
@@ -236,12 +237,16 @@ def import_maildir(src: Path, target: Path) -> list[Mailbox]:
                 (folder / sub).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             if box.name != "INBOX":
                 (folder / "maildirfolder").touch(mode=FILE_MODE)
-            for _, path, fname, _, _, _ in box.messages:
+            for i, (uid, path, fname, flags, date, _) in enumerate(box.messages):
                 dst = folder / "cur" / fname
                 shutil.copyfile(path, dst)
                 os.chmod(dst, FILE_MODE)
                 shutil.copystat(path, dst)  # the mtime is the message's internal date
                 os.chmod(dst, FILE_MODE)
+                # Dovecot stores LF line ends; IMAP serves CRLF (line_ends.py).
+                done = line_ends.to_crlf(folder, fname, dst.stat(), sync=False)  # os.sync below
+                if done is not None:
+                    box.messages[i] = (uid, path, done[0], flags, date, done[1].st_size)
         _write_index(stage / INDEX_NAME, boxes, subscriptions)
         os.sync()
         if target.exists():  # empty folders from a first login: replaced

@@ -48,10 +48,12 @@ def with_size(fname: str, size: int) -> str:
     return _SIZE_FIELD.sub(f",S={size}", fname, count=1)
 
 
-def to_crlf(folder: Path, fname: str, st: os.stat_result) -> tuple[str, os.stat_result] | None:
+def to_crlf(folder: Path, fname: str, st: os.stat_result,
+            sync: bool = True) -> tuple[str, os.stat_result] | None:
     """Blocking: rewrite folder/cur/fname with CRLF if it has a bare LF.
 
-    Returns the new (file name, stat), or None when the file needed nothing."""
+    Returns the new (file name, stat), or None when the file needed nothing.
+    `sync=False`: no fsync (the caller syncs everything at the end)."""
     src = folder / "cur" / fname
     if not has_bare_lf(src):
         return None
@@ -66,7 +68,8 @@ def to_crlf(folder: Path, fname: str, st: os.stat_result) -> tuple[str, os.stat_
                 size += len(view)
                 while view:
                     view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
@@ -78,11 +81,12 @@ def to_crlf(folder: Path, fname: str, st: os.stat_result) -> tuple[str, os.stat_
         os.rename(tmp, folder / "cur" / new)
         if new != fname:
             os.unlink(src)
-        dfd = os.open(folder / "cur", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        if sync:
+            dfd = os.open(folder / "cur", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
