@@ -35,3 +35,37 @@ def check(aliases: Aliases, rcpt: str, srs: srs_.Srs | None = None) -> Reply | N
     if x.loop:
         return Reply(550, f"5.4.6 <{rcpt}>: alias loop, tell the postmaster")
     return Reply(550, f"5.1.1 <{rcpt}>: no such user here")
+
+
+# -- as a module (kind "recipient") -----------------------------------------------
+# The SMTP session calls check() directly on the default pipeline (the hot
+# path); these wrap it for pipelines that name it in the config.
+
+from pillarbox import module  # noqa: E402
+from pillarbox.address import domain_of  # noqa: E402
+
+
+class _State(module.BaseCheckState):
+    def __init__(self, env) -> None:
+        self.env = env
+
+    async def rcpt(self, rcpt: str) -> module.Verdict:
+        if not self.env.config.is_local_domain(domain_of(rcpt)):
+            return module.ACCEPT  # other domains: the relay check's business
+        refused = check(self.env.aliases, rcpt, self.env.srs)
+        return module.ACCEPT if refused is None else module.Verdict(reject=refused)
+
+
+class RecipientCheck:
+    def __init__(self, name: str, env) -> None:
+        self.name, self.env = name, env
+
+    def state(self, source: module.Source) -> _State:
+        return _State(self.env)
+
+
+KIND = module.Kind(
+    name="recipient", role="check", options=(),
+    make=lambda name, options, env: RecipientCheck(name, env),
+    help="RCPT to a local domain: the user or alias exists, is enabled and has room "
+         "(550 5.1.1, 550 5.2.1, 452 4.2.2); other domains pass.")

@@ -80,3 +80,52 @@ def check_from(aliases: Aliases, user: str, header_block: bytes) -> Reply | None
         if not may_send_as(aliases, user, a):
             return Reply(550, f"5.7.1 From: <{escape(a)}> is not an address of {user}")
     return None
+
+
+# -- as a module (kind "sender") ----------------------------------------------------
+
+from typing import BinaryIO  # noqa: E402
+
+from pillarbox import module  # noqa: E402
+
+_HEADER_LIMIT = 1 << 20  # a From field is in the header; never read more than this
+
+
+class _State(module.BaseCheckState):
+    def __init__(self, aliases: Aliases, source: module.Source) -> None:
+        self.aliases, self.source = aliases, source
+
+    async def mail(self, sender: str) -> module.Verdict:
+        if not self.source.auth:
+            return module.ACCEPT
+        refused = check(self.aliases, self.source.auth, sender)
+        return module.ACCEPT if refused is None else module.Verdict(reject=refused)
+
+    async def body(self, header, body: BinaryIO) -> module.Verdict:
+        if not self.source.auth:
+            return module.ACCEPT
+        block = b""
+        while b"\r\n\r\n" not in block and len(block) < _HEADER_LIMIT:
+            chunk = body.read(65536)
+            if not chunk:
+                break
+            block += chunk
+        end = block.find(b"\r\n\r\n")
+        refused = check_from(self.aliases, self.source.auth,
+                             block[: end + 2] if end >= 0 else block)
+        return module.ACCEPT if refused is None else module.Verdict(reject=refused)
+
+
+class SenderCheck:
+    def __init__(self, name: str, env) -> None:
+        self.name, self.env = name, env
+
+    def state(self, source: module.Source) -> _State:
+        return _State(self.env.aliases, source)
+
+
+KIND = module.Kind(
+    name="sender", role="check", options=(),
+    make=lambda name, options, env: SenderCheck(name, env),
+    help="An authenticated user's MAIL FROM and From header must be addresses it may "
+         "send as (553 5.7.1, 550 5.7.1); unauthenticated mail passes.")

@@ -358,3 +358,48 @@ def sign_with(dkim_dir: Path | str, message: bytes, domain: str) -> bytes:
     if signer is None:
         signer = _process_signers.setdefault(key, DKIMSigner(Path(dkim_dir)))
     return signer.sign(message, domain)
+
+
+# -- as a module (kind "dkim_sign") --------------------------------------------------
+
+from collections.abc import AsyncIterator  # noqa: E402
+
+from pillarbox import module  # noqa: E402
+
+
+class _State(module.BaseModifierState):
+    def __init__(self, signing, envelope: module.Envelope) -> None:
+        self.signing, self.envelope = signing, envelope
+
+    def body(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes] | None:
+        if self.signing is None or not self.envelope.source.auth:
+            return None  # only our own users' mail is signed
+        return self._signed(chunks)
+
+    async def _signed(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        message = b"".join([c async for c in chunks])  # a signature covers it all
+        end = message.find(b"\r\n\r\n")
+        domain = self.signing.domain_for(message[: end + 2] if end >= 0 else message,
+                                         self.envelope.mail_from)
+        signature = b""
+        if domain is not None:
+            try:
+                signature = await self.signing.sign(message, domain)
+            except Exception:  # unsigned mail beats lost mail
+                signature = b""
+        yield signature + message
+
+
+class DKIMSignModifier:
+    def __init__(self, name: str, signing) -> None:
+        self.name, self.signing = name, signing
+
+    def state(self, envelope: module.Envelope) -> _State:
+        return _State(self.signing, envelope)
+
+
+KIND = module.Kind(
+    name="dkim_sign", role="modifier", options=(),
+    make=lambda name, options, env: DKIMSignModifier(name, env.signing),
+    help="Signs authenticated users' mail with the DKIM key of the From domain "
+         "(`pillarbox dkim`); other mail passes unsigned.")

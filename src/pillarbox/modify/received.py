@@ -28,3 +28,37 @@ def header(*, helo: str, peer_ip: str, hostname: str, protocol: str, msg_id: str
         parts.append(f"\r\n\tfor <{rcpts[0]}>")
     parts.append(f"; {_now()}\r\n")
     return "".join(parts).encode("utf-8", "replace")
+
+
+# -- as a module (kind "received") -------------------------------------------------
+# The SMTP session writes this field itself on the default pipeline (the hot
+# path); the modifier is the same field for pipelines that name it.
+
+from pillarbox import module  # noqa: E402
+
+
+class _State(module.BaseModifierState):
+    def __init__(self, hostname: str, envelope: module.Envelope) -> None:
+        self.hostname, self.envelope = hostname, envelope
+
+    async def header(self, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        src = self.envelope.source
+        protocol = "ESMTP" + ("S" if src.tls else "") + ("A" if src.auth else "")
+        raw = header(helo=src.helo or "unknown", peer_ip=src.client_ip,
+                     hostname=self.hostname, protocol=protocol, msg_id=self.envelope.msg_id,
+                     rcpts=self.envelope.rcpts, tls=src.tls).decode()
+        return [("Received", raw[len("Received:"):].rstrip("\r\n")), *fields]
+
+
+class ReceivedModifier:
+    def __init__(self, name: str, hostname: str) -> None:
+        self.name, self.hostname = name, hostname
+
+    def state(self, envelope: module.Envelope) -> _State:
+        return _State(self.hostname, envelope)
+
+
+KIND = module.Kind(
+    name="received", role="modifier", options=(),
+    make=lambda name, options, env: ReceivedModifier(name, env.config.hostname),
+    help="Adds the Received field (client name and address, protocol, queue id, TLS).")

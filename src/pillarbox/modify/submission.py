@@ -21,3 +21,35 @@ def missing_headers(first_chunk: bytes, hostname: str, sender: str = "") -> byte
     if b"\r\ndate:" not in block:
         add.append(f"Date: {formatdate(localtime=False, usegmt=True)}\r\n")
     return "".join(add).encode()
+
+
+# -- as a module (kind "submission_headers") ----------------------------------------
+
+from pillarbox import module  # noqa: E402
+
+
+class _State(module.BaseModifierState):
+    def __init__(self, hostname: str, envelope: module.Envelope) -> None:
+        self.hostname, self.envelope = hostname, envelope
+
+    async def header(self, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        block = "".join(f"{n}:{v}\r\n" for n, v in fields).encode("utf-8", "replace") + b"\r\n"
+        sender = self.envelope.mail_from or self.envelope.source.auth or ""
+        added = missing_headers(block, self.hostname, sender).decode()
+        extra = [(n, v) for n, _, v in (line.partition(":") for line in added.splitlines())]
+        return fields + extra
+
+
+class SubmissionHeaders:
+    def __init__(self, name: str, hostname: str) -> None:
+        self.name, self.hostname = name, hostname
+
+    def state(self, envelope: module.Envelope) -> _State:
+        return _State(self.hostname, envelope)
+
+
+KIND = module.Kind(
+    name="submission_headers", role="modifier", options=(),
+    make=lambda name, options, env: SubmissionHeaders(name, env.config.hostname),
+    help="Adds From (the envelope sender), Message-ID and Date when a submitted message "
+         "lacks them (RFC 6409 8).")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import io
 import itertools
 import os
 import socket
@@ -261,3 +262,70 @@ class MaildirWriter:
                             callback(job.path)
         finally:
             self._task = None
+
+
+# -- as a module (kind "mailbox") ---------------------------------------------------
+# The queue delivers its default route into Maildirs itself (batched, the hot
+# path); this target is the same delivery for rules that name a mailbox.
+
+from pillarbox import module  # noqa: E402
+from pillarbox.check import Reply  # noqa: E402
+
+
+class _Delivery:
+    def __init__(self, target: MailboxTarget, envelope: module.Envelope) -> None:
+        self.t, self.envelope = target, envelope
+        self.rcpts: list[str] = []
+        self.message: BinaryIO | None = None
+
+    async def add_rcpt(self, rcpt: str) -> None:
+        to = self.t.deliver_to or rcpt
+        user = self.t.env.users.get(to)
+        if user is None:
+            raise module.DeliveryError(Reply(550, f"5.1.1 <{to}>: no such user here"))
+        if not user.enabled:
+            raise module.DeliveryError(Reply(550, f"5.2.1 <{to}>: mailbox disabled"))
+        if user.over_quota:
+            raise module.DeliveryError(Reply(452, f"4.2.2 <{to}>: mailbox full"))
+        self.rcpts.append(rcpt)
+
+    async def body(self, message: BinaryIO) -> None:
+        self.message = message
+
+    async def commit(self) -> dict[str, module.DeliveryError | None]:
+        assert self.message is not None
+        data = await asyncio.to_thread(self.message.read)
+        out: dict[str, module.DeliveryError | None] = {}
+        for rcpt in self.rcpts:
+            to = self.t.deliver_to or rcpt
+            prefix = f"Return-Path: <{self.envelope.mail_from}>\r\nDelivered-To: {rcpt}\r\n"
+            path = maildir_path(self.t.env.mail_root, to)
+            if self.t.folder:
+                path = await asyncio.to_thread(detail_folder, path, self.t.folder, True) or path
+            size = await self.t.env.maildir.deliver(path, prefix.encode(),
+                                                    lambda: io.BytesIO(data))
+            self.t.env.users.add_used(to, size)
+            out[rcpt] = None
+        return out
+
+    async def abort(self) -> None:
+        self.rcpts = []
+
+
+class MailboxTarget:
+    def __init__(self, name: str, options: dict, env) -> None:
+        self.name, self.env = name, env
+        self.deliver_to: str = options["deliver_to"].lower()
+        self.folder: str = options["folder"]
+
+    async def start(self, envelope: module.Envelope) -> _Delivery:
+        return _Delivery(self, envelope)
+
+
+KIND = module.Kind(
+    name="mailbox", role="target",
+    options=(module.Option("deliver_to", str, "",
+                           help="the user whose mailbox receives it; empty: each recipient's own"),
+             module.Option("folder", str, "", help="a folder instead of INBOX (made if missing)")),
+    make=MailboxTarget,
+    help="Delivers into local users' Maildirs.")

@@ -78,3 +78,57 @@ async def deliver(command: str, prefix: bytes, message: BinaryIO, sender: str, r
         text = err.decode(errors="replace").strip().splitlines()
         detail = f": {text[-1][:200]}" if text else ""
         raise PipeFailed(f"command exited with status {proc.returncode}{detail}")
+
+
+# -- as a module (kind "pipe") -------------------------------------------------------
+
+from pillarbox import module  # noqa: E402
+from pillarbox.check import Reply  # noqa: E402
+
+
+class _Delivery:
+    def __init__(self, command: str, envelope: module.Envelope) -> None:
+        self.command, self.envelope = command, envelope
+        self.rcpts: list[str] = []
+        self.message: BinaryIO | None = None
+
+    async def add_rcpt(self, rcpt: str) -> None:
+        self.rcpts.append(rcpt)
+
+    async def body(self, message: BinaryIO) -> None:
+        self.message = message
+
+    async def commit(self) -> dict[str, module.DeliveryError | None]:
+        """The command runs once per recipient, as for a `|command` alias."""
+        assert self.message is not None
+        out: dict[str, module.DeliveryError | None] = {}
+        for rcpt in self.rcpts:
+            self.message.seek(0)
+            prefix = f"Return-Path: <{self.envelope.mail_from}>\r\nDelivered-To: {rcpt}\r\n"
+            try:
+                await deliver(self.command, prefix.encode(), self.message,
+                              self.envelope.mail_from, rcpt)
+                out[rcpt] = None
+            except PipeFailed as e:
+                out[rcpt] = module.DeliveryError(Reply(451, f"4.3.0 {e}"))
+        return out
+
+    async def abort(self) -> None:
+        self.rcpts = []
+
+
+class PipeTarget:
+    def __init__(self, name: str, options: dict, env) -> None:
+        self.name, self.command = name, options["command"]
+
+    async def start(self, envelope: module.Envelope) -> _Delivery:
+        return _Delivery(self.command, envelope)
+
+
+KIND = module.Kind(
+    name="pipe", role="target",
+    options=(module.Option("command", str, required=True,
+                           help="a shell command given the message on stdin, with SENDER and "
+                                "RECIPIENT in its environment; exit 0 = delivered, else retried"),),
+    make=PipeTarget,
+    help="Runs a command for each recipient (never as root).")

@@ -382,3 +382,62 @@ def _is_ip(host: str) -> bool:
 
 def _why(e: BaseException) -> str:
     return str(e) or type(e).__name__
+
+
+# -- as a module (kind "remote") -----------------------------------------------------
+# The queue's own remote delivery (per destination, with pooling) stays the
+# default route; this target is the same delivery for rules that name it.
+
+from typing import BinaryIO  # noqa: E402
+
+from pillarbox import module  # noqa: E402
+from pillarbox.address import domain_of  # noqa: E402
+from pillarbox.check import Reply  # noqa: E402
+
+
+def _error(text: str) -> module.DeliveryError:
+    code = 451 if text[:1] == "4" else 550
+    return module.DeliveryError(Reply(code, text))
+
+
+class _Delivery:
+    def __init__(self, remote: RemoteTarget, envelope: module.Envelope) -> None:
+        self.remote, self.envelope = remote, envelope
+        self.rcpts: list[str] = []
+        self.message: BinaryIO | None = None
+
+    async def add_rcpt(self, rcpt: str) -> None:
+        self.rcpts.append(rcpt)
+
+    async def body(self, message: BinaryIO) -> None:
+        self.message = message
+
+    async def commit(self) -> dict[str, module.DeliveryError | None]:
+        assert self.message is not None
+        data = await asyncio.to_thread(self.message.read)
+        by_domain: dict[str, list[str]] = {}
+        for r in self.rcpts:
+            by_domain.setdefault(domain_of(r), []).append(r)
+        out: dict[str, module.DeliveryError | None] = {}
+        for domain, rcpts in by_domain.items():
+            result = await self.remote.deliver(domain, self.envelope.mail_from, rcpts, data)
+            out.update({r: None if e is None else _error(e) for r, e in result.items()})
+        return out
+
+    async def abort(self) -> None:
+        self.rcpts = []
+
+
+class RemoteModule:
+    def __init__(self, name: str, options: dict, env) -> None:
+        self.name, self.env = name, env
+
+    async def start(self, envelope: module.Envelope) -> _Delivery:
+        return _Delivery(self.env.remote, envelope)
+
+
+KIND = module.Kind(
+    name="remote", role="target", options=(),
+    make=RemoteModule,
+    help="Delivers to the recipient domain's MX hosts (or a matching [[route]]), with "
+         "STARTTLS, MTA-STS and the queue's retries.")
