@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pillarbox import pipelines
 from pillarbox.address import AddressError, normalize_domain
 
 
@@ -217,6 +218,7 @@ class Config:
     imap: IMAPSettings = field(default_factory=IMAPSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     routes: list[Route] = field(default_factory=list)
+    modules: pipelines.Modules = field(default_factory=pipelines.Modules)
 
     @property
     def cert_path(self) -> Path:
@@ -232,7 +234,7 @@ class Config:
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
              "log_format", "listen", "tls", "storage", "dns", "limits", "queue", "remote",
-             "route", "imap", "delivery"}
+             "route", "imap", "delivery", "module", "pipeline", "rule"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -468,6 +470,10 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     if not isinstance(raw_routes, list):
         raise ConfigError("route", "expected [[route]] tables")
     routes = [_route(r, i) for i, r in enumerate(raw_routes)]
+    try:
+        modules = pipelines.parse(data)
+    except pipelines.PipelineError as e:
+        raise ConfigError(e.key, str(e)[len(e.key) + 2:]) from None
 
     return Config(
         path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir,
@@ -475,7 +481,7 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         log_level=log_level, log_format=log_format, listen=listen, tls_cert=cfg_cert,
         tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
-        remote=remote, imap=imap, delivery=delivery, routes=routes,
+        remote=remote, imap=imap, delivery=delivery, routes=routes, modules=modules,
     )
 
 
@@ -578,6 +584,9 @@ _STAND_INS = {"hostname": "stand-in.invalid", "domains": ["stand-in.invalid"]}
 def _set_aside(data: dict, key: str) -> bool:
     """Take the key at fault out of data (a required one: a stand-in), so
     validation can go on; False when there is nothing to take out."""
+    if re.match(r"(module|pipeline|rule)\b", key):
+        # They refer to each other: one mistake there is reported alone.
+        return any([data.pop(k, None) is not None for k in ("module", "pipeline", "rule")])
     m = re.fullmatch(r"route\[(\d+)\](?:\..*)?", key)
     if m:
         routes = data.get("route")
@@ -646,6 +655,7 @@ def warnings(cfg: Config) -> list[str]:
             if cfg.is_local_domain(d):
                 out.append(f"route[{i}].domains: {d} is a local domain; its mail is "
                            "delivered here, never through this route")
+    out += pipelines.warnings(cfg.modules)
     if cfg.user:
         import pwd
 

@@ -96,7 +96,10 @@ CFG_PATH = Path("/nonexistent/pillarbox.toml")
 
 
 def _known_keys() -> set[str]:
-    keys = {k for k in config._TOP_KEYS if k not in config._SECTION_KEYS and k != "route"}
+    # [module.*], [pipeline.*] and [[rule]] are documented in docs/MODULES.md
+    # (tests/unit/test_modules_doc.py).
+    keys = {k for k in config._TOP_KEYS
+            if k not in config._SECTION_KEYS and k not in ("route", "module", "pipeline", "rule")}
     keys |= {f"{s}.{k}" for s, ks in config._SECTION_KEYS.items() for k in ks}
     keys |= {f"route.{k}" for k in config._ROUTE_KEYS}
     return keys
