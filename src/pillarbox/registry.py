@@ -165,3 +165,33 @@ class Env:
     maildir: Any = None  # target.mailbox.MaildirWriter
     mail_root: Any = None
     remote: Any = None  # target.remote.RemoteTarget
+
+
+def make_instances(mods: Any, env: Env) -> dict[str, Any]:
+    """Every instance a config's modules (pipelines.Modules) name: the
+    [module.*] ones, and built-in kinds named directly (default options).
+    Nothing when every pipeline is the default and there are no rules: the
+    endpoints then call today's functions directly."""
+    if mods.all_default():
+        return {}
+    ks = kinds()
+    out: dict[str, Any] = {}
+    for name, spec in mods.instances.items():
+        out[name] = ks[spec.kind].make(name, dict(spec.options), env)
+    used = {n for p in mods.pipelines.values() for n in (*p.checks, *p.modifiers)}
+    used |= {t for r in mods.rules for t in r.targets}
+    for name in sorted(used - set(out)):
+        kind = ks[name]
+        out[name] = kind.make(name, validate_options(kind, name, {}), env)
+    return out
+
+
+async def close_instances(instances: dict[str, Any]) -> None:
+    from pillarbox.module import Closable
+
+    for inst in instances.values():
+        if isinstance(inst, Closable):
+            try:
+                await inst.close()
+            except Exception as e:  # one module's failure must not keep the others open
+                log.warning("module close failed error=%r", e)

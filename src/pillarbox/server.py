@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import ssl
 
-from pillarbox import control, logs, privileges, tls
+from pillarbox import control, logs, privileges, registry, tls
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.aliases import Aliases
@@ -91,6 +91,7 @@ class Server:
         self._reloads: set[asyncio.Task] = set()
         self._serving = False  # a SIGHUP before then waits for the start to finish
         self._hup_pending = False
+        self._closing: asyncio.Task | None = None  # old modules closing after a reload
         self.public: PublicPickup | None = None
 
     async def _listen(self, kind: str, factory, ssl_ctx=None) -> None:
@@ -196,7 +197,12 @@ class Server:
         queue.signing = signing
         # one for SMTP and IMAP: failures add up
         self.throttle = throttle = LoginThrottle(cfg.limits)
-        self.smtp = ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, throttle, signing)
+        try:
+            queue.modules = self._make_modules(cfg)
+        except ValueError as e:
+            raise ServeError(str(e)) from None
+        self.smtp = ctx = smtp.SMTPContext(cfg, users, aliases, queue, tls_ctx, throttle, signing,
+                                           modules=queue.modules)
         # New connections get the contexts of the latest reload (see reload()).
         implicit_tls = tls.following(lambda: self.tls)
         try:
@@ -255,6 +261,7 @@ class Server:
         for conn in ictx.sessions:  # RFC 3501 7.1.5: BYE announces a shutdown
             conn.close_saying(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
         await queue.stop()
+        await registry.close_instances(queue.modules)
         await asyncio.to_thread(signing.close)
         stores.close_all()
         if users.cache is not None:
@@ -318,21 +325,40 @@ class Server:
                                       "restart (the old config stays in effect)")
                 await asyncio.to_thread(ensure_tls, new)
                 tls_ctx = await asyncio.to_thread(tls.server_context, new.cert_path, new.key_path)
+                try:
+                    instances = self._make_modules(new)
+                except ValueError as e:
+                    raise ConfigError("module", str(e)) from None
             except ConfigError as e:
                 error = str(e)
             except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
                 error = f"tls: cannot load the certificate: {e}"
             else:
-                self._apply(new, tls_ctx)
+                old = self.queue.modules
+                self._apply(new, tls_ctx, instances)
+                # Sessions that started before keep theirs until they end.
+                self._closing = asyncio.create_task(registry.close_instances(old))
                 log.warning("reload ok config=%s", new.path)
                 return None
             log.warning("reload refused error=%s", error)
             return error
 
-    def _apply(self, new: Config, tls_ctx: ssl.SSLContext) -> None:
+    def _make_modules(self, cfg: Config) -> dict[str, object]:
+        """The module instances of a config (none for the default one); a
+        ValueError says which option value a module refused."""
+        env = registry.Env(config=cfg, users=self.users, aliases=self.aliases,
+                           srs=self.queue.srs, signing=self.signing,
+                           maildir=self.queue.maildir, mail_root=self.queue.mail_root,
+                           remote=self.queue.remote)
+        return registry.make_instances(cfg.modules, env)
+
+    def _apply(self, new: Config, tls_ctx: ssl.SSLContext,
+               instances: dict[str, object] | None = None) -> None:
         """Swap in a checked config; nothing here may fail halfway."""
         self.config, self.tls = new, tls_ctx
-        self.smtp = self.smtp.reconfigured(new, tls_ctx)
+        if instances is not None:
+            self.queue.modules = instances
+        self.smtp = self.smtp.reconfigured(new, tls_ctx, self.queue.modules)
         self.imap = self.imap.reconfigured(new, tls_ctx)
         self.queue.reconfigure(new)
         self.signing.config = new

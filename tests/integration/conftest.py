@@ -90,9 +90,10 @@ def make_service_server(seed_data_dir):
     servers: list[Server] = []
 
     def factory(overrides: dict | None = None, *, start: bool = True,
-                user: str = SERVICE_USER) -> Server:
+                user: str = SERVICE_USER, extra_toml: str = "") -> Server:
         merged = {"user": user, **(overrides or {})}
-        srv = Server(base / f"server{len(servers)}", merged, seed=seed_data_dir)
+        srv = Server(base / f"server{len(servers)}", merged, seed=seed_data_dir,
+                     extra_toml=extra_toml)
         srv.root.chmod(0o755)
         servers.append(srv)
         if start:

@@ -14,13 +14,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import email.message
+import email.parser
+import email.policy
+import io
 import logging
 import re
 import ssl
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pillarbox import address as addr
-from pillarbox import logs
+from pillarbox import logs, module, pipelines
 from pillarbox.check import Reply, recipient, relay, sender
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
@@ -52,6 +57,12 @@ class Transaction:
     mail_from: str | None = None
     rcpts: list[str] = field(default_factory=list)
     smtputf8: bool = False
+    # A configured (not the default) pipeline: each check's state for this
+    # message, and what their verdicts asked for.
+    states: list[tuple[Any, Any]] | None = None
+    quarantine: bool = False
+    added: list[str] = field(default_factory=list)  # header fields, "Name: value"
+    auth_results: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,17 +76,28 @@ class SMTPContext:
     tls: ssl.SSLContext | None
     throttle: LoginThrottle
     signing: Signing | None = None
+    modules: dict[str, Any] = field(default_factory=dict)  # instances by name
     sessions: SessionTable = field(init=False)  # all SMTP ports together
+    # Per endpoint: None for the default pipeline (today's checks, called
+    # directly: the fast path), else the configured check instances.
+    checks: dict[str, list[Any] | None] = field(init=False)
+    rules: list[pipelines.Rule] = field(init=False)
 
     def __post_init__(self) -> None:
         limits = self.config.limits
         self.sessions = SessionTable(limits.max_connections, limits.max_connections_per_ip)
+        mods = self.config.modules
+        self.checks = {e: None if p.is_default(e) else [self.modules[n] for n in p.checks]
+                       for e, p in mods.pipelines.items()}
+        self.rules = mods.rules
 
-    def reconfigured(self, config: Config, tls: ssl.SSLContext) -> SMTPContext:
+    def reconfigured(self, config: Config, tls: ssl.SSLContext,
+                     modules: dict[str, Any] | None = None) -> SMTPContext:
         """The context for sessions that start after a reload; open sessions
         keep this one. The session table stays shared, with the new limits:
         the connection limits count every session, old and new."""
-        new = replace(self, config=config, tls=tls)
+        new = replace(self, config=config, tls=tls,
+                      modules=self.modules if modules is None else modules)
         new.sessions = self.sessions
         self.sessions.limit = config.limits.max_connections
         self.sessions.per_ip_limit = config.limits.max_connections_per_ip
@@ -433,8 +455,16 @@ class Session:
                 self.reply(501, f"5.1.7 Bad sender address syntax <{escape(path[:100])}>")
                 return
             path = f"{local}@{domain}"
-        if self.user:
-            refused = sender.check(self.ctx.aliases, self.user, path)
+        tx = Transaction(mail_from=path, smtputf8=smtputf8)
+        checks = self.ctx.checks[self.kind]
+        if checks is None:
+            if self.user:
+                refused = sender.check(self.ctx.aliases, self.user, path)
+                if refused:
+                    self._refuse("mail refused", refused, path)
+                    return
+        else:
+            refused = await self._start_checks(tx, checks, path)
             if refused:
                 self._refuse("mail refused", refused, path)
                 return
@@ -442,7 +472,7 @@ class Session:
             self._refuse("mail refused",
                          Reply(452, "4.3.1 Insufficient system storage, try again later"), path)
             return
-        self.tx = Transaction(mail_from=path, smtputf8=smtputf8)
+        self.tx = tx
         self.reply(250, "2.1.0 OK")
 
     async def cmd_RCPT(self, arg: str) -> None:
@@ -470,10 +500,24 @@ class Session:
             self._refuse("rcpt refused", Reply(452, "4.5.3 Too many recipients"),
                          self.tx.mail_from, rcpt)
             return
-        local = self.cfg.is_local_domain(addr.domain_of(rcpt))
-        refused = relay.check(local, self.user)
-        if refused is None and local:
-            refused = recipient.check(self.ctx.aliases, rcpt, self.ctx.queue.srs)
+        rule = None
+        if self.ctx.rules:
+            rule = pipelines.first_match(self.ctx.rules, rcpt, self.tx.mail_from, self.kind,
+                                         self.user, self.peer_ip)
+            if rule is not None and rule.reply:
+                self._refuse("rcpt refused", rule.refusal, self.tx.mail_from, rcpt)
+                return
+        # A rule's targets decide where the address goes: no mailbox needed.
+        routed = rule is not None
+        if self.tx.states is None:
+            local = self.cfg.is_local_domain(addr.domain_of(rcpt))
+            refused = relay.check(local, self.user)
+            if refused is None and local and not routed:
+                refused = recipient.check(self.ctx.aliases, rcpt, self.ctx.queue.srs)
+        else:
+            refused = self._take(self.tx, [
+                await state.rcpt(rcpt) for check, state in self.tx.states
+                if not (routed and isinstance(check, recipient.RecipientCheck))])
         if refused:
             self._refuse("rcpt refused", refused, self.tx.mail_from, rcpt)
             return
@@ -502,7 +546,9 @@ class Session:
             raise
         self.conn.working()
         tx, self.tx = self.tx, Transaction()
-        if fault is None and self.user:
+        if fault is None and tx.states is not None:
+            fault = await self._body_checks(tx, body)
+        elif fault is None and self.user:
             fault = sender.check_from(self.ctx.aliases, self.user, await _header_block(body))
         if fault:
             body.discard()
@@ -521,6 +567,11 @@ class Session:
         head = [received.header(helo=self.helo or "unknown", peer_ip=self.peer_ip,
                                 hostname=self.cfg.hostname, protocol=protocol, msg_id=msg_id,
                                 rcpts=tx.rcpts, tls=tls_desc)]
+        if tx.auth_results:
+            results = ";\r\n\t".join(tx.auth_results)
+            head.append(f"Authentication-Results: {self.cfg.hostname};\r\n\t{results}\r\n"
+                        .encode("utf-8", "replace"))
+        head += [f"{field}\r\n".encode() for field in tx.added]
         if self.kind != "smtp":
             head.append(submission.missing_headers(body.first, self.cfg.hostname,
                                                    tx.mail_from or self.user or ""))
@@ -530,7 +581,8 @@ class Session:
         try:
             await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, head, total,
                                          auth=self.user, source=self.kind, msg_id=msg_id,
-                                         body=body)
+                                         body=body, quarantine=tx.quarantine,
+                                         client_ip=self.peer_ip if self.ctx.rules else "")
         except (SpoolFull, OSError) as e:
             self._refuse_unstored(e)
             return
@@ -541,6 +593,51 @@ class Session:
                        message_id=_message_id(head[1:], body.first), size=total,
                        nrcpt=len(tx.rcpts), **{"from": f"<{tx.mail_from}>"}, rcpts=tx.rcpts)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
+
+    # -- a configured pipeline's checks ---------------------------------------
+
+    def _source(self) -> module.Source:
+        ssl_obj = self.conn.transport.get_extra_info("ssl_object") if self.conn.transport else None
+        return module.Source(endpoint=self.kind, client_ip=self.peer_ip, helo=self.helo,
+                             auth=self.user,
+                             tls=f"{ssl_obj.version()} {ssl_obj.cipher()[0]}" if ssl_obj else None)
+
+    @staticmethod
+    def _take(tx: Transaction, verdicts: list[module.Verdict]) -> Reply | None:
+        """Fold one phase's verdicts into the transaction; the first refusal."""
+        for v in verdicts:
+            if v.reject is not None:
+                return v.reject
+        for v in verdicts:
+            tx.quarantine = tx.quarantine or v.quarantine
+            tx.added += [f"{n}: {_field_value(val)}" for n, val in v.add_headers]
+            tx.auth_results += [_field_value(r) for r in v.auth_results]
+        return None
+
+    async def _start_checks(self, tx: Transaction, checks: list[Any], path: str) -> Reply | None:
+        """Each check's state for this message, and its connection, HELO and
+        MAIL hooks (all answered at MAIL: the state is per message)."""
+        src = self._source()
+        tx.states = [(c, c.state(src)) for c in checks]
+        for phase in (lambda s: s.connection(src), lambda s: s.helo(self.helo or ""),
+                      lambda s: s.mail(path)):
+            refused = self._take(tx, [await phase(state) for _, state in tx.states])
+            if refused:
+                return refused
+        return None
+
+    async def _body_checks(self, tx: Transaction, body: BodyBuffer) -> Reply | None:
+        assert tx.states is not None
+        block = await _header_block(body)
+        try:
+            header = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+        except Exception:  # hostile input: a check sees an empty header, never a crash
+            header = email.message.Message()
+        data = await asyncio.to_thread(body.read_all)
+        verdicts = []
+        for _, state in tx.states:
+            verdicts.append(await state.body(header, io.BytesIO(data)))
+        return self._take(tx, verdicts)
 
     def _refuse(self, what: str, reply: Reply, mail_from: str | None,
                 to: str | list[str] | None = None) -> None:
@@ -651,6 +748,12 @@ class Session:
         if len(block) >= MAX_TEXT_LINE and max(map(len, block.split(b"\r\n"))) > 998:
             return Reply(554, "5.6.0 Message has a line longer than 998 octets")
         return None
+
+
+def _field_value(value: str) -> str:
+    """A module's header field value, on one line: no CR/LF can end the field
+    early or start a body."""
+    return " ".join(value.split())
 
 
 def _message_id(added: list[bytes], first: bytes) -> str | None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pillarbox import logs, route, srs
+from pillarbox import logs, module, pipelines, route, srs
 from pillarbox.address import domain_of
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
@@ -60,6 +60,7 @@ class Queue:
         self._maildirs: dict[str, Path] = {}
         self.remote = RemoteTarget(config)
         self.signing = None  # modify.signing.Signing, set by the server
+        self.modules: dict[str, object] = {}  # instances by name, set by the server
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: list[tuple[float, str]] = []
         self._timer_wakeup = asyncio.Event()
@@ -103,13 +104,15 @@ class Queue:
 
     async def enqueue(self, mail_from: str, rcpts: list[str], chunks: Iterable[bytes], size: int,
                       auth: str | None = None, source: str = "smtp",
-                      msg_id: str | None = None, body: BodyBuffer | None = None) -> str:
+                      msg_id: str | None = None, body: BodyBuffer | None = None,
+                      quarantine: bool = False, client_ip: str = "") -> str:
         """Store durably (fsync'd) and schedule; return the queue id.
 
         Raises SpoolFull when the disk is too full; nothing is stored then.
         """
         env = Envelope(id=msg_id or new_id(), mail_from=mail_from, rcpts=rcpts,
-                       received=time.time(), size=size, auth=auth, source=source)
+                       received=time.time(), size=size, auth=auth, source=source,
+                       client_ip=client_ip, quarantine=quarantine)
         await self.spool.append(env, chunks, body)
         self._schedule_now(env.id)
         return env.id
@@ -269,8 +272,7 @@ class Queue:
         state = self.spool.read_state(msg_id)
         if state is None:
             bounced = self.srs if any(srs.is_srs(r) for r in env.rcpts) else None
-            state = State(deliveries=route.expand(self.aliases, env.rcpts, bounced),
-                          expanded=True)
+            state = State(deliveries=self._expand(env, bounced), expanded=True)
         now = started = time.time()
         expired = now - env.received > self.config.queue.max_lifetime
         due = [d for d in state.deliveries
@@ -355,6 +357,52 @@ class Queue:
         sched = self.config.queue.retry_schedule
         return sched[min(d.attempts - 1, len(sched) - 1)]
 
+    def _expand(self, env: Envelope, bounced: srs.Srs | None) -> list[Delivery]:
+        """Delivery rules first (per recipient, first match wins), then the
+        default: aliases, local mailboxes, remote. Saved with the state, so a
+        retry goes to the same targets even after the rules change."""
+        rules = self.config.modules.rules
+        if not rules:
+            return route.expand(self.aliases, env.rcpts, bounced)
+        out: list[Delivery] = []
+        rest: list[str] = []
+        for rcpt in env.rcpts:
+            rule = pipelines.first_match(rules, rcpt, env.mail_from, env.source, env.auth,
+                                         env.client_ip)
+            if rule is None:
+                rest.append(rcpt)
+            elif rule.reply:  # mail that passed no RCPT (sendmail, bounces)
+                out.append(Delivery(kind="module", to="", rcpt=rcpt, state="failed",
+                                    last_error=rule.reply[4:]))
+            else:
+                out += [Delivery(kind="module", to=t, rcpt=rcpt) for t in rule.targets]
+        return out + route.expand(self.aliases, rest, bounced)
+
+    async def _deliver_module(self, env: Envelope, d: Delivery) -> str | None:
+        target = self.modules.get(d.to)
+        if target is None:  # dropped from the config since: wait for it to come back
+            return f"4.3.5 no target module {escape(d.to)} configured"
+        menv = module.Envelope(msg_id=env.id, mail_from=env.mail_from, rcpts=[d.rcpt],
+                               source=module.Source(env.source, env.client_ip, auth=env.auth),
+                               size=env.size)
+        delivery = await target.start(menv)  # type: ignore[attr-defined]
+        f = await asyncio.to_thread(self.spool.open_message, env.id)
+        try:
+            await delivery.add_rcpt(d.rcpt)
+            await delivery.body(f)
+            result = await delivery.commit()
+        except module.DeliveryError as e:
+            await delivery.abort()
+            return _status(e)
+        except BaseException:
+            await delivery.abort()
+            raise
+        finally:
+            f.close()
+        error = result.get(d.rcpt, module.DeliveryError(
+            module.Reply(451, "4.3.0 the target gave no result")))
+        return None if error is None else _status(error)
+
     def _read_all(self, msg_id: str) -> bytes:
         with self.spool.open_message(msg_id) as f:
             return f.read()
@@ -434,7 +482,9 @@ class Queue:
             if path is None:
                 path = self._maildirs[d.to] = mailbox.maildir_path(self.mail_root, d.to)
             mode = self.config.delivery.detail_folder
-            if d.via and mode != "off":  # alice+shopping@: into her folder "shopping"
+            if env.quarantine:
+                path = await asyncio.to_thread(mailbox.junk_folder, path)
+            elif d.via and mode != "off":  # alice+shopping@: into her folder "shopping"
                 detail = d.via.rpartition("@")[0][len(d.to.rpartition("@")[0]) + 1:]
                 folder = await asyncio.to_thread(mailbox.detail_folder, path, detail,
                                                  mode == "create")
@@ -453,7 +503,19 @@ class Queue:
             finally:
                 f.close()
             return None
+        if d.kind == "module":
+            return await self._deliver_module(env, d)
         return f"5.3.0 unknown delivery kind {d.kind}"
+
+
+def _status(e: module.DeliveryError) -> str:
+    """A target's refusal as the queue's error text: it starts with an
+    enhanced status whose class (4 retry, 5 bounce) agrees with the code."""
+    text = e.reply.text
+    cls = "4" if e.temporary else "5"
+    if re.match(r"[245]\.\d{1,3}\.\d{1,3} ", text) and text[0] == cls:
+        return text
+    return f"{cls}.0.0 {text}"
 
 
 def _failure(e: Exception) -> str:

@@ -69,6 +69,8 @@ class Envelope:
     auth: str | None = None  # authenticated user that submitted it
     source: str = "smtp"
     body_file: str | None = None  # large bodies live in queue/bodies/<id>, after the record
+    client_ip: str = ""  # for [[rule]] client_ip; written only when rules may need it
+    quarantine: bool = False  # a check said so: local deliveries go to Junk
 
     def to_json(self) -> bytes:
         d = {"id": self.id, "mail_from": self.mail_from, "rcpts": self.rcpts,
@@ -76,6 +78,10 @@ class Envelope:
              "source": self.source}
         if self.body_file:
             d["body_file"] = self.body_file
+        if self.client_ip:
+            d["client_ip"] = self.client_ip
+        if self.quarantine:
+            d["quarantine"] = True
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -87,8 +93,8 @@ class Envelope:
 class Delivery:
     """One final destination of a message, after alias expansion."""
 
-    kind: str  # local | remote | pipe
-    to: str  # user address, remote address or command
+    kind: str  # local | remote | pipe | module
+    to: str  # user address, remote address, command or module instance name
     rcpt: str  # the envelope recipient it came from
     state: str = "pending"  # pending | deferred | done | failed
     attempts: int = 0

@@ -147,6 +147,15 @@ def detail_folder(maildir: Path, detail: str, create: bool) -> Path | None:
     return folder
 
 
+def junk_folder(maildir: Path) -> Path:
+    """Blocking: the Junk folder of `maildir` (quarantined mail), made if missing."""
+    folder = maildir / ".Junk"
+    if not (folder / "cur").is_dir():
+        ensure_maildir(folder)
+        (folder / "maildirfolder").touch()
+    return folder
+
+
 @dataclass
 class _Job:
     path: Path

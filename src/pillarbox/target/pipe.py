@@ -10,6 +10,7 @@ until the server runs as its service user (`user` in the config).
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 from typing import BinaryIO
@@ -101,12 +102,16 @@ class _Delivery:
     async def commit(self) -> dict[str, module.DeliveryError | None]:
         """The command runs once per recipient, as for a `|command` alias."""
         assert self.message is not None
+        message = self.message
+        if len(self.rcpts) > 1:  # each command reads it from the start
+            data = await asyncio.to_thread(message.read)
         out: dict[str, module.DeliveryError | None] = {}
         for rcpt in self.rcpts:
-            self.message.seek(0)
+            if len(self.rcpts) > 1:
+                message = io.BytesIO(data)
             prefix = f"Return-Path: <{self.envelope.mail_from}>\r\nDelivered-To: {rcpt}\r\n"
             try:
-                await deliver(self.command, prefix.encode(), self.message,
+                await deliver(self.command, prefix.encode(), message,
                               self.envelope.mail_from, rcpt)
                 out[rcpt] = None
             except PipeFailed as e:
