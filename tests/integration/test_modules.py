@@ -151,3 +151,35 @@ def test_rule_reply_is_sent_to_an_smtplib_client(make_server):
             s.sendmail(ALICE, [BOB], make_message(ALICE, BOB, token()))
         except smtplib.SMTPException as e:
             pytest.fail(f"submission refused: {e}")
+
+
+def test_a_target_4xx_is_retried_and_a_5xx_bounces_to_the_sender(make_server):
+    # A root server runs no command (pipe: 4.3.0, deferred); a mailbox
+    # target for a user that does not exist refuses for good (5.1.1).
+    srv = make_server(extra_toml='''
+[module.hook]
+kind = "pipe"
+command = "cat > /dev/null"
+
+[module.ghost_box]
+kind = "mailbox"
+deliver_to = "ghost@example.test"
+
+[[rule]]
+rcpt = "hook@example.test"
+targets = ["hook"]
+
+[[rule]]
+rcpt = "lost@example.test"
+targets = ["ghost_box"]
+''')
+    with srv.submission(ALICE) as s:
+        s.sendmail(ALICE, ["hook@example.test"], make_message(ALICE, "hook@example.test",
+                                                              token()))
+        s.sendmail(ALICE, ["lost@example.test"], make_message(ALICE, "lost@example.test",
+                                                              token()))
+    (dsn,) = srv.wait_for_messages(ALICE, 1)
+    assert b"5.1.1" in dsn and b"lost@example.test" in dsn
+    (entry,) = wait_until(lambda: [e for e in srv.queue_list() if any(
+        "4.3.0" in str(v) for v in e.values())] or None, 10, "the deferred pipe delivery")
+    assert "hook@example.test" in str(entry)
