@@ -203,6 +203,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from pillarbox.config_show import effective_toml
+
+    sys.stdout.write(effective_toml(_load(args)))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pillarbox import logs
     from pillarbox.server import ServeError, serve
@@ -799,6 +806,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
     sub.add_parser("check", help="validate the config: every error, and warnings"
                    ).set_defaults(func=cmd_check)
+    s = sub.add_parser("config", help="show the effective configuration")
+    s.add_argument("action", choices=["show"],
+                   help="show: every setting in effect, default pipelines and modules "
+                        "spelled out, as TOML that loads again to the same configuration")
+    s.set_defaults(func=cmd_config)
     sub.add_parser("dns", help="print the DNS records to publish").set_defaults(func=cmd_dns)
     sub.add_parser("reload", help="make the running server read its config, TLS pair, "
                    "users and aliases again").set_defaults(func=cmd_reload)

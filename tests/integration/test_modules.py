@@ -183,3 +183,17 @@ targets = ["ghost_box"]
     (entry,) = wait_until(lambda: [e for e in srv.queue_list() if any(
         "4.3.0" in str(v) for v in e.values())] or None, 10, "the deferred pipe delivery")
     assert "hook@example.test" in str(entry)
+
+
+def test_config_show_prints_toml_that_check_accepts(make_server):
+    srv = make_server(start=False, seed=False, extra_toml=(
+        '[module.junk]\nkind = "quarantine"\nclient_ip = ["192.0.2.1"]\n'
+        '[pipeline.smtp]\nchecks = ["relay", "recipient", "junk"]\n'))
+    p = srv.cli("config", "show")
+    assert p.returncode == 0, p.stderr
+    assert '[pipeline.submission]\nchecks = ["sender", "relay", "recipient"]' in p.stdout
+    assert '[module.junk]\nkind = "quarantine"\nclient_ip = ["192.0.2.1"]' in p.stdout
+    srv.cfg_path.write_text(p.stdout)
+    p2 = srv.cli("check")
+    assert p2.returncode == 0, p2.stderr
+    assert srv.cli("config", "show").stdout.splitlines()[1:] == p.stdout.splitlines()[1:]

@@ -411,7 +411,7 @@ def test_undocumented_list_is_still_in_the_code() -> None:
 # -- command lines ------------------------------------------------------------------
 
 DOC_FILES = ["README.md", "docs/OPERATING.md", "docs/SMTP.md", "docs/IMAP.md",
-             "docs/OUTBOUND.md"]
+             "docs/OUTBOUND.md", "docs/MODULES.md"]
 
 # Values for the placeholders of a synopsis (`user add ADDRESS [--quota SIZE]`).
 PLACEHOLDERS = {

@@ -402,4 +402,4 @@ KIND = module.Kind(
     name="dkim_sign", role="modifier", options=(),
     make=lambda name, options, env: DKIMSignModifier(name, env.signing),
     help="Signs authenticated users' mail with the DKIM key of the From domain "
-         "(`pillarbox dkim`); other mail passes unsigned.")
+         "(data_dir/dkim/); other mail passes unsigned.")
