@@ -60,9 +60,10 @@ class Transaction:
     # A configured (not the default) pipeline: each check's state for this
     # message, and what their verdicts asked for.
     states: list[tuple[Any, Any]] | None = None
+    # (No default_factory: a Transaction is made per MAIL on the fast path.)
     quarantine: bool = False
-    added: list[str] = field(default_factory=list)  # header fields, "Name: value"
-    auth_results: list[str] = field(default_factory=list)
+    added: list[str] | None = None  # header fields, "Name: value"
+    auth_results: list[str] | None = None
 
 
 @dataclass
@@ -567,11 +568,8 @@ class Session:
         head = [received.header(helo=self.helo or "unknown", peer_ip=self.peer_ip,
                                 hostname=self.cfg.hostname, protocol=protocol, msg_id=msg_id,
                                 rcpts=tx.rcpts, tls=tls_desc)]
-        if tx.auth_results:
-            results = ";\r\n\t".join(tx.auth_results)
-            head.append(f"Authentication-Results: {self.cfg.hostname};\r\n\t{results}\r\n"
-                        .encode("utf-8", "replace"))
-        head += [f"{field}\r\n".encode() for field in tx.added]
+        if tx.states is not None:
+            head += self._check_fields(tx)
         if self.kind != "smtp":
             head.append(submission.missing_headers(body.first, self.cfg.hostname,
                                                    tx.mail_from or self.user or ""))
@@ -610,9 +608,23 @@ class Session:
                 return v.reject
         for v in verdicts:
             tx.quarantine = tx.quarantine or v.quarantine
-            tx.added += [f"{n}: {_field_value(val)}" for n, val in v.add_headers]
-            tx.auth_results += [_field_value(r) for r in v.auth_results]
+            if v.add_headers:
+                tx.added = (tx.added or []) + [f"{n}: {_field_value(val)}"
+                                               for n, val in v.add_headers]
+            if v.auth_results:
+                tx.auth_results = (tx.auth_results or []) + [_field_value(r)
+                                                             for r in v.auth_results]
         return None
+
+    def _check_fields(self, tx: Transaction) -> list[bytes]:
+        """The header fields the checks asked for, after Received."""
+        out = []
+        if tx.auth_results:
+            results = ";\r\n\t".join(tx.auth_results)
+            out.append(f"Authentication-Results: {self.cfg.hostname};\r\n\t{results}\r\n"
+                       .encode("utf-8", "replace"))
+        out += [f"{f}\r\n".encode("utf-8", "replace") for f in tx.added or []]
+        return out
 
     async def _start_checks(self, tx: Transaction, checks: list[Any], path: str) -> Reply | None:
         """Each check's state for this message, and its connection, HELO and
