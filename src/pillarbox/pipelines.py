@@ -206,9 +206,6 @@ def parse(data: dict) -> Modules:
         if "modifiers" in table:
             p.modifiers = [ref(v, f"{key}.modifiers", "modifier")
                            for v in _strings(table["modifiers"], f"{key}.modifiers", False)]
-        if tuple(p.modifiers) != DEFAULT_PIPELINES[endpoint][1]:
-            raise PipelineError(f"{key}.modifiers", "only the default modifiers can be used "
-                                "yet: " + ", ".join(DEFAULT_PIPELINES[endpoint][1]))
         if endpoint == "sendmail" and not p.is_default("sendmail"):
             raise PipelineError(key, "the sendmail pipeline cannot be changed yet")
 

@@ -82,14 +82,19 @@ class SMTPContext:
     # Per endpoint: None for the default pipeline (today's checks, called
     # directly: the fast path), else the configured check instances.
     checks: dict[str, list[Any] | None] = field(init=False)
+    modifiers: dict[str, list[Any] | None] = field(init=False)
     rules: list[pipelines.Rule] = field(init=False)
 
     def __post_init__(self) -> None:
         limits = self.config.limits
         self.sessions = SessionTable(limits.max_connections, limits.max_connections_per_ip)
         mods = self.config.modules
-        self.checks = {e: None if p.is_default(e) else [self.modules[n] for n in p.checks]
-                       for e, p in mods.pipelines.items()}
+        self.checks = {
+            e: None if tuple(p.checks) == pipelines.DEFAULT_PIPELINES[e][0]
+            else [self.modules[n] for n in p.checks] for e, p in mods.pipelines.items()}
+        self.modifiers = {
+            e: None if tuple(p.modifiers) == pipelines.DEFAULT_PIPELINES[e][1]
+            else [self.modules[n] for n in p.modifiers] for e, p in mods.pipelines.items()}
         self.rules = mods.rules
 
     def reconfigured(self, config: Config, tls: ssl.SSLContext,
@@ -565,21 +570,32 @@ class Session:
             protocol += "A"
         ssl_obj = self.conn.transport.get_extra_info("ssl_object") if self.conn.transport else None
         tls_desc = f"{ssl_obj.version()} with cipher {ssl_obj.cipher()[0]}" if ssl_obj else None
-        head = [received.header(helo=self.helo or "unknown", peer_ip=self.peer_ip,
-                                hostname=self.cfg.hostname, protocol=protocol, msg_id=msg_id,
-                                rcpts=tx.rcpts, tls=tls_desc)]
-        if tx.states is not None:
-            head += self._check_fields(tx)
-        if self.kind != "smtp":
-            head.append(submission.missing_headers(body.first, self.cfg.hostname,
-                                                   tx.mail_from or self.user or ""))
-        if self.user and self.ctx.signing is not None:
-            head[1:1] = [await self._dkim_signature(body, head[1:], tx.mail_from or "")]
-        total = body.size + sum(len(h) for h in head)
+        modifiers = self.ctx.modifiers[self.kind]
+        stored: BodyBuffer | None = body
+        if modifiers is None:  # today's modifiers, called directly
+            head = [received.header(helo=self.helo or "unknown", peer_ip=self.peer_ip,
+                                    hostname=self.cfg.hostname, protocol=protocol,
+                                    msg_id=msg_id, rcpts=tx.rcpts, tls=tls_desc)]
+            if tx.states is not None:
+                head += self._check_fields(tx)
+            if self.kind != "smtp":
+                head.append(submission.missing_headers(body.first, self.cfg.hostname,
+                                                       tx.mail_from or self.user or ""))
+            if self.user and self.ctx.signing is not None:
+                head[1:1] = [await self._dkim_signature(body, head[1:], tx.mail_from or "")]
+            total = body.size + sum(len(h) for h in head)
+        else:
+            head = [await self._modified(tx, body, msg_id, modifiers)]
+            total, stored = len(head[0]), None
+            body.discard()
+            if not tx.rcpts:  # rewritten to nobody: nothing to keep
+                logs.event(log, INFO, "dropped", id=msg_id, reason="no recipients left")
+                self.reply(250, f"2.0.0 OK {msg_id} has no recipients left")
+                return
         try:
             await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, head, total,
                                          auth=self.user, source=self.kind, msg_id=msg_id,
-                                         body=body, quarantine=tx.quarantine,
+                                         body=stored, quarantine=tx.quarantine,
                                          client_ip=self.peer_ip if self.ctx.rules else "")
         except (SpoolFull, OSError) as e:
             self._refuse_unstored(e)
@@ -650,6 +666,36 @@ class Session:
         for _, state in tx.states:
             verdicts.append(await state.body(header, io.BytesIO(data)))
         return self._take(tx, verdicts)
+
+    async def _modified(self, tx: Transaction, body: BodyBuffer, msg_id: str,
+                        modifiers: list[Any]) -> bytes:
+        """A configured pipeline's modifiers, in order: sender, recipients,
+        header fields, body. Rewrites tx's envelope; the new message. (This
+        path holds the message in memory; the default one streams it.)"""
+        env = module.Envelope(msg_id=msg_id, mail_from=tx.mail_from or "",
+                              rcpts=list(tx.rcpts), source=self._source(), size=body.size)
+        states = [m.state(env) for m in modifiers]
+        for st in states:
+            env.mail_from = await st.sender(env.mail_from)
+        for st in states:
+            rcpts: list[str] = []
+            for r in env.rcpts:
+                rcpts += [x for x in await st.rcpt(r) if x not in rcpts]
+            env.rcpts = rcpts
+        tx.mail_from, tx.rcpts = env.mail_from, env.rcpts
+        extra = self._check_fields(tx) if tx.states is not None else []
+        message = b"".join(extra) + await asyncio.to_thread(body.read_all)
+        fields, rest = _split_header(message)
+        for st in states:
+            fields = await st.header(fields)
+        message = b"".join(_encode(f"{n}:{v}\r\n") for n, v in fields) + rest
+        for st in states:
+            async def chunks(data: bytes = message):
+                yield data
+            stream = st.body(chunks())
+            if stream is not None:
+                message = b"".join([c async for c in stream])
+        return message
 
     def _refuse(self, what: str, reply: Reply, mail_from: str | None,
                 to: str | list[str] | None = None) -> None:
@@ -760,6 +806,41 @@ class Session:
         if len(block) >= MAX_TEXT_LINE and max(map(len, block.split(b"\r\n"))) > 998:
             return Reply(554, "5.6.0 Message has a line longer than 998 octets")
         return None
+
+
+_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+
+
+def _split_header(message: bytes) -> tuple[list[tuple[str, str]], bytes]:
+    """The header fields (name, raw value after the colon, folds kept) and the
+    rest: from the first line that is no field (the blank line) on."""
+    fields: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(message):
+        end = message.find(b"\r\n", pos)
+        end = len(message) if end < 0 else end
+        line = message[pos:end]
+        if line[:1] in (b" ", b"\t") and fields:  # a fold of the field before
+            name, value = fields[-1]
+            fields[-1] = (name, value + "\r\n" + line.decode("utf-8", "surrogateescape"))
+        else:
+            m = _FIELD_RE.match(line)
+            if m is None:
+                break
+            text = line.decode("utf-8", "surrogateescape")
+            name, _, value = text.partition(":")
+            fields.append((name, value))
+        pos = end + 2
+    return fields, message[pos:]
+
+
+def _encode(text: str) -> bytes:
+    """A header line back to bytes: the bytes it was read from where it was
+    not UTF-8 (surrogateescape), anything a modifier made that is no text: '?'."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def _field_value(value: str) -> str:

@@ -1,0 +1,50 @@
+"""A configured list of modifiers runs through the module interface: the same
+fields as the direct path, in the configured order, DKIM signatures that verify."""
+
+from __future__ import annotations
+
+from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
+    fixture_dns,
+    fixture_double,
+    fixture_make_double,
+    fixture_outbound,
+)
+from .support import ALICE, BOB, PASSWORD, parse, token
+from .test_outbound_dkim import _publish, _signatures, _verify_all
+
+
+def test_generic_modifiers_sign_and_complete_the_header(outbound, dns):
+    srv = outbound(start=False, extra_toml=(
+        '[pipeline.submission]\nmodifiers = ["dkim_sign", "received", "submission_headers"]\n'))
+    _publish(srv, dns)
+    srv.start()
+    tok = token()
+    raw = (f"From: <{ALICE}>\r\nTo: <{BOB}>\r\nSubject: {tok}\r\n"
+           "X-Folded: one\r\n two\r\n\r\nbody line\r\n").encode()
+    with srv.submission(ALICE, PASSWORD) as s:
+        s.sendmail(ALICE, [BOB], raw)
+    (got,) = srv.wait_for_messages(BOB, 1)
+    msg = parse(got)
+    assert msg["Subject"] == tok
+    assert msg["Message-ID"] and msg["Date"]  # submission_headers
+    assert "by mx.example.test (pillarbox)" in msg["Received"]
+    assert b"\r\nX-Folded: one\r\n two\r\n" in got  # a folded field stays as it was
+    assert got.endswith(b"\r\n\r\nbody line\r\n")
+    head = got.split(b"\r\n\r\n", 1)[0]
+    # signed last (body phase after every header phase): it covers the fields added
+    assert head.index(b"DKIM-Signature:") < head.index(b"Received: from")
+    assert len(_signatures(got)) == 2
+    delivered = got.split(b"\r\n", 2)[2]  # without Return-Path and Delivered-To
+    assert _verify_all(delivered, dns) == [True, True]
+
+
+def test_generic_modifiers_without_signing_leave_the_message_unsigned(make_server):
+    srv = make_server(extra_toml='[pipeline.submission]\nmodifiers = ["received"]\n')
+    tok = token()
+    raw = f"From: <{ALICE}>\r\nSubject: {tok}\r\n\r\nno date, no id\r\n".encode()
+    with srv.submission(ALICE) as s:
+        s.sendmail(ALICE, [BOB], raw)
+    (got,) = srv.wait_for_messages(BOB, 1)
+    msg = parse(got)
+    assert msg["Subject"] == tok and msg["Received"]
+    assert msg["Message-ID"] is None and msg["Date"] is None and msg["DKIM-Signature"] is None
