@@ -197,3 +197,26 @@ def test_config_show_prints_toml_that_check_accepts(make_server):
     p2 = srv.cli("check")
     assert p2.returncode == 0, p2.stderr
     assert srv.cli("config", "show").stdout.splitlines()[1:] == p.stdout.splitlines()[1:]
+
+
+def test_reload_applies_new_rules_and_modules(make_server):
+    srv = make_server()
+    srv.extra_toml = ('[module.junk]\nkind = "quarantine"\nclient_ip = ["127.0.0.1"]\n'
+                      '[pipeline.smtp]\nchecks = ["relay", "recipient", "junk"]\n'
+                      '[[rule]]\nrcpt = "bob@example.test"\nreply = "550 5.7.1 bob is away"\n')
+    srv.write_config()
+    p = srv.cli("reload")
+    assert p.returncode == 0, p.stderr
+    with srv.smtp() as s:
+        s.mail("sender@remote.test")
+        assert_reply(s.rcpt(BOB), 550, "5.7.1")
+    _send(srv, [ALICE], token())
+    junk = srv.maildir(ALICE) / ".Junk" / "new"
+    wait_until(lambda: junk.is_dir() and any(junk.iterdir()), 10, "mail in Junk after reload")
+    # back to the default: no rule, no quarantine
+    srv.extra_toml = ""
+    srv.write_config()
+    assert srv.cli("reload").returncode == 0
+    tok = token()
+    _send(srv, [BOB], tok)
+    assert parse(srv.wait_for_messages(BOB, 1)[0])["Subject"] == tok
