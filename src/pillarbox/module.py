@@ -206,6 +206,9 @@ class Kind:
     options: tuple[Option, ...]
     make: Callable[[str, dict[str, Any], Any], Check | Modifier | Target]
     help: str = ""
+    # Checks option values beyond their types, for `check` (an address, a
+    # pattern): raises ValueError("OPTION: why"). None: types are enough.
+    validate: Callable[[dict[str, Any]], None] | None = None
 
 
 @runtime_checkable

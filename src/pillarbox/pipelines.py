@@ -239,8 +239,15 @@ def _resolve(name: str, tables: dict, kinds: dict, seen: list[str]) -> ModuleSpe
     given.update(table)
     try:
         options = registry.validate_options(kind, key, given)
+        if kind.validate is not None:
+            kind.validate(options)
     except registry.OptionError as e:
         raise PipelineError(e.key, str(e)[len(e.key) + 2:]) from None
+    except ValueError as e:  # "OPTION: why" from the kind's own check
+        option, _, why = str(e).partition(": ")
+        if not why or option not in options:
+            option, why = "", str(e)
+        raise PipelineError(f"{key}.{option}" if option else key, why) from None
     return ModuleSpec(name=name, kind=kind.name, role=kind.role, options=options, given=given)
 
 

@@ -100,6 +100,8 @@ MISTAKES = [
     ('[module.x]\nkind = "pipe"\ncommand = "true"\ncolour = "red"\n',
      "module.x.colour: unknown option of kind pipe"),
     ('[module.x]\nkind = "pipe"\ncommand = 3\n', "module.x.command: expected a string, got 3"),
+    ('[module.q]\nkind = "quarantine"\nclient_ip = ["192.0.2.0/24", "nonsense"]\n',
+     "module.q.client_ip: not an IP address or network: 'nonsense'"),
     ('[module.a]\nkind = "b"\n[module.b]\nkind = "a"\n',
      "module.a.kind: reference cycle: a -> b -> a"),
     ('[module.relay]\nkind = "relay"\n', "module.relay: relay is the name of a built-in kind"),

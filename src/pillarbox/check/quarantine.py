@@ -31,14 +31,22 @@ class QuarantineCheck:
         return _State(self.matches(source.client_ip))
 
 
-def _make(name: str, options: dict, env) -> QuarantineCheck:
+def _networks(options: dict) -> list:
     nets = []
-    for i, n in enumerate(options["client_ip"]):
+    for n in options["client_ip"]:
         try:
             nets.append(ipaddress.ip_network(str(n), strict=False))
         except ValueError:
-            raise ValueError(f"client_ip[{i}]: not an IP address or network: {n!r}") from None
-    return QuarantineCheck(name, nets)
+            raise ValueError(f"client_ip: not an IP address or network: {n!r}") from None
+    return nets
+
+
+def _validate(options: dict) -> None:
+    _networks(options)
+
+
+def _make(name: str, options: dict, env) -> QuarantineCheck:
+    return QuarantineCheck(name, _networks(options))
 
 
 KIND = module.Kind(
@@ -46,5 +54,5 @@ KIND = module.Kind(
     options=(module.Option("client_ip", list, required=True,
                            help='addresses or networks ("192.0.2.0/24", "2001:db8::/32") '
                                 "whose mail goes to Junk"),),
-    make=_make,
+    make=_make, validate=_validate,
     help="Mail from the given client addresses is accepted and filed in Junk.")
