@@ -326,3 +326,24 @@ def test_kind_declares_its_options():
     assert options["url"].required
     assert (options["format"].default, options["timeout"].default) == ("rfc822", 30)
     assert isinstance(make("http://x.test/"), module.Closable)
+
+
+def test_unreadable_message_is_a_temporary_error_and_posts_nothing(tmp_path):
+    path = tmp_path / "msg"
+    path.write_bytes(MESSAGE)
+
+    async def test(hook: Hook) -> None:
+        for options in ({}, {"secret": "k"}, {"format": "json"}):
+            target = make(hook.url, **options)
+            d = await target.start(envelope())
+            await d.add_rcpt(RCPTS[0])
+            with path.open("rb") as f:
+                await d.body(f)
+            with pytest.raises(module.DeliveryError) as e:  # the reader was closed
+                await d.commit()
+            await target.close()
+            assert e.value.temporary
+            assert e.value.reply.text == "4.4.1 webhook: the message could not be read"
+        assert hook.requests == []
+
+    run(test)

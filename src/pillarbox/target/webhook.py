@@ -224,15 +224,20 @@ class WebhookTarget:
 
     async def post(self, envelope: module.Envelope,
                    message: BinaryIO) -> module.DeliveryError | None:
-        body = _Body(self.format, envelope, message)
-        headers = dict(self._headers)
-        headers["Content-Type"] = ("application/json" if self.format == "json"
-                                   else "message/rfc822")
-        headers["Content-Length"] = str(body.length)
-        headers[MESSAGE_ID] = envelope.msg_id
-        if self._secret:
-            # A pass over the whole message: off the event loop.
-            headers[SIGNATURE] = await asyncio.to_thread(body.signature, self._secret)
+        try:
+            body = _Body(self.format, envelope, message)
+            headers = dict(self._headers)
+            headers["Content-Type"] = ("application/json" if self.format == "json"
+                                       else "message/rfc822")
+            headers["Content-Length"] = str(body.length)
+            headers[MESSAGE_ID] = envelope.msg_id
+            if self._secret:
+                # A pass over the whole message: off the event loop.
+                headers[SIGNATURE] = await asyncio.to_thread(body.signature, self._secret)
+        except (OSError, ValueError) as e:  # a closed or failing reader: try again later
+            log.warning("webhook message unreadable id=%s target=%s error=%r",
+                        envelope.msg_id, self.name, e)
+            return _temporary("webhook: the message could not be read")
         try:
             async with self._client().post(self.url, data=body.stream(), headers=headers,
                                            allow_redirects=False) as response:
