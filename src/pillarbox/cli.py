@@ -634,7 +634,11 @@ def _sendmail_queue(cfg: Config, args: argparse.Namespace, rcpts: list[str], hea
         if cfg.is_local_domain(addr.domain_of(r)):
             refused = recipient.check(aliases, r)
             if refused and refused.code >= 500:
-                raise CLIError(f"{refused.text[6:]}")
+                bare = [n for n in rcpts if addr.is_bare_name(n.strip())
+                        and r in aliases.resolve_local(n.strip(), domain)]
+                hint = (f"; to have mail for {bare[0].strip()!r} reach you: "
+                        f"pillarbox alias add {bare[0].strip()} YOU@{domain}") if bare else ""
+                raise CLIError(f"{refused.text[6:]}{hint}")
     if headers.get("From") is None:
         data = f"From: <{sender or aliases.resolve_local(login, domain)[0]}>\r\n".encode() + data
     msg_id = new_id()

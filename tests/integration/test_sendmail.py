@@ -122,6 +122,8 @@ def test_unknown_bare_name_is_an_error(server):
     p = server.cli("sendmail", "-i", "nosuchuser", input="Subject: x\n\nbody\n")
     assert p.returncode == 1 and p.stderr.startswith("error:"), p
     assert "nosuchuser@example.test" in p.stderr
+    # the operator is told how to route such a name (cron's mail to root)
+    assert "pillarbox alias add nosuchuser YOU@example.test" in p.stderr
 
 
 def test_alias_import_etc_aliases(server, tmp_path):
