@@ -9,7 +9,7 @@ from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
     fixture_make_double,
     fixture_outbound,
 )
-from .support import ALICE, BOB, PASSWORD, parse, token
+from .support import ALICE, BOB, PASSWORD, make_message, parse, token
 from .test_outbound_dkim import _publish, _signatures, _verify_all
 
 
@@ -48,3 +48,30 @@ def test_generic_modifiers_without_signing_leave_the_message_unsigned(make_serve
     msg = parse(got)
     assert msg["Subject"] == tok and msg["Received"]
     assert msg["Message-ID"] is None and msg["Date"] is None and msg["DKIM-Signature"] is None
+
+
+REWRITE = '''
+[module.old_to_new]
+kind = "replace_rcpt"
+table = { "@old-domain.test" = "@example.test" }
+
+[pipeline.submission]
+modifiers = ["received", "submission_headers", "dkim_sign", "old_to_new"]
+'''
+
+
+def test_a_recipient_rewriting_modifier_delivers_to_the_new_domain(make_server):
+    srv = make_server(extra_toml=REWRITE)
+    tok = token()
+    with srv.submission(ALICE) as s:
+        s.sendmail(ALICE, ["bob@old-domain.test"], make_message(ALICE, "bob@old-domain.test",
+                                                                tok))
+    (got,) = srv.wait_for_messages(BOB, 1)
+    assert parse(got)["Subject"] == tok
+    assert b"Delivered-To: bob@example.test" in got
+    p = srv.cli("config", "show")  # an inline table of options shows and loads again
+    assert p.returncode == 0, p.stderr
+    assert '[module.old_to_new]\nkind = "replace_rcpt"\ntable = { "@old-domain.test" = ' \
+        '"@example.test" }' in p.stdout
+    srv.cfg_path.write_text(p.stdout)
+    assert srv.cli("check").returncode == 0
