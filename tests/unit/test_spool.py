@@ -292,3 +292,38 @@ def test_compaction_moves_waiting_messages_and_frees_old_segments(tmp_path, monk
     assert [e.id for e in again.load()] == [ids[0]]
     with again.open_message(ids[0]) as r:
         assert r.read() == body
+
+
+def test_the_seekable_view_of_a_message_reads_like_the_stream(tmp_path) -> None:
+    """Module targets get a file they may seek, tell and readline on (a
+    webhook reads the header, then the whole message again)."""
+    import asyncio as _asyncio
+    import time as _time
+
+    from pillarbox.queue.spool import SPILL_AT, Envelope, Spool
+
+    spool = Spool(tmp_path / "queue", 0)
+    spool.load()
+    small = b"Subject: a\r\n\r\nsmall body\r\n"
+    big = b"Subject: b\r\n\r\n" + b"x" * (SPILL_AT + 10) + b"\r\n"
+    for i, (head, rest) in enumerate([(b"Received: r\r\n", small), (b"Received: r\r\n", big)]):
+        buf = spool.body_buffer(f"m{i}")
+        for at in range(0, len(rest), 65536):  # as the session writes it
+            buf.write(rest[at:at + 65536])
+        env = Envelope(id=f"m{i}", mail_from="", rcpts=["a@b.test"], received=_time.time(),
+                       size=len(head) + len(rest))
+        _asyncio.run(spool.append(env, [head], buf))
+        whole = head + rest
+        assert bool(spool.index[f"m{i}"].env.body_file) == (i == 1)  # the big one spilled
+        with spool.open_message(f"m{i}") as stream:
+            assert stream.read() == whole
+        f = spool.open_message_seekable(f"m{i}")
+        assert f.readline() == b"Received: r\r\n"
+        assert f.read(5) == b"Subje"
+        f.seek(0, 2)
+        assert f.tell() == len(whole)
+        f.seek(0)
+        assert f.read() == whole
+        f.seek(len(whole) - 3)
+        assert f.read() == whole[-3:]
+        f.close()

@@ -386,7 +386,7 @@ class Queue:
                                source=module.Source(env.source, env.client_ip, auth=env.auth),
                                size=env.size)
         delivery = await target.start(menv)  # type: ignore[attr-defined]
-        f = await asyncio.to_thread(self.spool.open_message, env.id)
+        f = await asyncio.to_thread(self.spool.open_message_seekable, env.id)
         try:
             await delivery.add_rcpt(d.rcpt)
             await delivery.body(f)

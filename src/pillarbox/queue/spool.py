@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import itertools
 import json
 import logging
@@ -38,6 +39,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("pillarbox.queue")
 
@@ -194,6 +196,52 @@ class MessageReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _MessageView(io.RawIOBase):
+    """One message as a seekable raw file: its segment bytes, then its body
+    file. For targets (module.Delivery.body) that seek, tell or readline."""
+
+    def __init__(self, path: Path, offset: int, length: int, tail: Path | None) -> None:
+        self._f = open(path, "rb")
+        self._t = open(tail, "rb") if tail is not None else None
+        self._offset, self._length = offset, length
+        self._size = length + (os.fstat(self._t.fileno()).st_size if self._t else 0)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b) -> int:
+        if self._pos >= self._size:
+            return 0
+        if self._pos < self._length:
+            self._f.seek(self._offset + self._pos)
+            data = self._f.read(min(len(b), self._length - self._pos))
+        else:
+            assert self._t is not None
+            self._t.seek(self._pos - self._length)
+            data = self._t.read(len(b))
+        b[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._f.close()
+        if self._t is not None:
+            self._t.close()
+        super().close()
 
 
 class BodyBuffer:
@@ -582,6 +630,15 @@ class Spool:
             raise FileNotFoundError(msg_id)
         tail = self.bodies / entry.env.body_file if entry.env.body_file else None
         return MessageReader(self._seg_path(entry.segment), entry.offset, entry.length, tail)
+
+    def open_message_seekable(self, msg_id: str) -> BinaryIO:
+        """The message as a buffered, seekable file (for module targets)."""
+        entry = self.index.get(msg_id)
+        if entry is None:
+            raise FileNotFoundError(msg_id)
+        tail = self.bodies / entry.env.body_file if entry.env.body_file else None
+        return io.BufferedReader(_MessageView(self._seg_path(entry.segment), entry.offset,
+                                              entry.length, tail))
 
     def read_state(self, msg_id: str) -> State | None:
         if msg_id not in self.has_state:
