@@ -1,4 +1,4 @@
-"""docs/MODULES-new-kinds.md cannot drift from the code: every TOML example
+"""docs/MODULES-MORE.md cannot drift from the code: every TOML example
 makes its modules, and every option table lists exactly the kind's options
 with their defaults."""
 
@@ -13,7 +13,7 @@ import pytest
 from pillarbox.modify import headers, rewrite
 from pillarbox.target import sink, webhook
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "MODULES-new-kinds.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "MODULES-MORE.md"
 KINDS = {k.name: k for k in (webhook.KIND, *sink.KINDS, *rewrite.KINDS, headers.KIND)}
 
 
