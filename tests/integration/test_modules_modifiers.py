@@ -75,3 +75,30 @@ def test_a_recipient_rewriting_modifier_delivers_to_the_new_domain(make_server):
         '"@example.test" }' in p.stdout
     srv.cfg_path.write_text(p.stdout)
     assert srv.cli("check").returncode == 0
+
+
+MX_REWRITE = '''
+[module.old_to_new]
+kind = "replace_rcpt"
+table = { "@old-domain.test" = "@example.test" }
+
+[pipeline.smtp]
+modifiers = ["received", "old_to_new"]
+'''
+
+
+def test_mail_from_outside_for_the_old_domain_reaches_the_new_one(make_server):
+    """On the MX the rewrite happens before the checks judge the address: a
+    domain we no longer list is not relaying, and an unknown user stays unknown."""
+    srv = make_server(extra_toml=MX_REWRITE)
+    tok = token()
+    with srv.smtp() as s:
+        s.sendmail("someone@remote.test", ["bob@old-domain.test"],
+                   make_message("someone@remote.test", "bob@old-domain.test", tok))
+        assert s.mail("someone@remote.test")[0] == 250
+        code, text = s.rcpt("nobody@old-domain.test")
+        assert code == 550 and b"nobody@example.test" in text, (code, text)
+        s.rset()
+    (got,) = srv.wait_for_messages(BOB, 1)
+    assert parse(got)["Subject"] == tok
+    assert b"Delivered-To: bob@example.test" in got

@@ -515,15 +515,21 @@ class Session:
                 return
         # A rule's targets decide where the address goes: no mailbox needed.
         routed = rule is not None
-        if self.tx.states is None:
-            local = self.cfg.is_local_domain(addr.domain_of(rcpt))
-            refused = relay.check(local, self.user)
-            if refused is None and local and not routed:
-                refused = recipient.check(self.ctx.aliases, rcpt, self.ctx.queue.srs)
-        else:
-            refused = self._take(self.tx, [
-                await state.rcpt(rcpt) for check, state in self.tx.states
-                if not (routed and isinstance(check, recipient.RecipientCheck))])
+        refused = None
+        # What the checks judge is where the address will go: after the
+        # pipeline's recipient rewriting (old-domain.test -> example.test).
+        for target in await self._rewritten(rcpt):
+            if self.tx.states is None:
+                local = self.cfg.is_local_domain(addr.domain_of(target))
+                refused = relay.check(local, self.user)
+                if refused is None and local and not routed:
+                    refused = recipient.check(self.ctx.aliases, target, self.ctx.queue.srs)
+            else:
+                refused = self._take(self.tx, [
+                    await state.rcpt(target) for check, state in self.tx.states
+                    if not (routed and isinstance(check, recipient.RecipientCheck))])
+            if refused:
+                break
         if refused:
             self._refuse("rcpt refused", refused, self.tx.mail_from, rcpt)
             return
@@ -666,6 +672,23 @@ class Session:
         for _, state in tx.states:
             verdicts.append(await state.body(header, io.BytesIO(data)))
         return self._take(tx, verdicts)
+
+    async def _rewritten(self, rcpt: str) -> list[str]:
+        """The addresses a configured pipeline's modifiers make of `rcpt`
+        (the DATA phase rewrites the envelope the same way); [rcpt] by default."""
+        modifiers = self.ctx.modifiers[self.kind]
+        if not modifiers:
+            return [rcpt]
+        env = module.Envelope(msg_id="", mail_from=self.tx.mail_from or "", rcpts=[rcpt],
+                              source=self._source())
+        out = [rcpt]
+        for m in modifiers:
+            state = m.state(env)
+            nxt: list[str] = []
+            for r in out:
+                nxt += [x for x in await state.rcpt(r) if x not in nxt]
+            out = nxt
+        return out or [rcpt]
 
     async def _modified(self, tx: Transaction, body: BodyBuffer, msg_id: str,
                         modifiers: list[Any]) -> bytes:
