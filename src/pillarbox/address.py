@@ -110,8 +110,23 @@ def normalize_domain(domain: str) -> str:
     return _domain(d, domain)
 
 
+# The common case, ASCII dot-atom @ host name, in one regex match: the general
+# parser below looks at each character and cost a tenth of SMTP intake's CPU.
+_ATEXT_RE = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_PLAIN_RE = re.compile(rf"({_ATEXT_RE}(?:\.{_ATEXT_RE})*)@((?:{_LABEL}\.)*{_LABEL})")
+
+
 def split(address: str) -> tuple[str, str]:
     """Validate `local@domain` (RFC 5321); return (local, domain) with the domain canonical."""
+    m = _PLAIN_RE.fullmatch(address)
+    if m is not None and len(m.group(1)) <= MAX_LOCAL and len(m.group(2)) <= MAX_DOMAIN \
+            and len(address) <= MAX_ADDRESS:
+        return m.group(1), m.group(2).lower()
+    return _split(address)
+
+
+def _split(address: str) -> tuple[str, str]:
     if len(address) > MAX_ADDRESS or "@" not in address:
         raise AddressError(f"invalid address {address!r}: expected local@domain")
     local, _, domain = address.rpartition("@")

@@ -114,3 +114,23 @@ def test_from_header_parse_is_addresses_or_refusal(header: bytes) -> None:
         assert found, "an empty address list must be refused, not returned"
         for a in found:
             assert address.normalize(a) == a
+
+
+@given(st.from_regex(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,70}@[A-Za-z0-9.-]{1,70}", fullmatch=True))
+@example("a@b")
+@example("a.b@c-d.example")
+@example("-a-@-b.example")
+@example("a..b@c.example")
+@example("a@b..c")
+@example("x" * 65 + "@b.example")
+def test_fast_path_agrees_with_the_general_parser(text):
+    """split's one-regex path for plain addresses says what the full parser says."""
+    try:
+        want = address._split(text)
+    except address.AddressError:
+        want = None
+    try:
+        got = address.split(text)
+    except address.AddressError:
+        got = None
+    assert got == want
