@@ -38,11 +38,6 @@ BUILTIN_MODULES = (
     "pillarbox.modify.rewrite",
     "pillarbox.modify.headers",
 )
-# Written on another branch: absent until it is merged, and then simply found.
-_MAY_BE_ABSENT = frozenset({
-    "pillarbox.target.webhook", "pillarbox.target.sink", "pillarbox.modify.rewrite",
-    "pillarbox.modify.headers",
-})
 
 
 class OptionError(Exception):
@@ -64,12 +59,7 @@ def _kinds_of(mod: object) -> list[Kind]:
 def builtin_kinds() -> dict[str, Kind]:
     out: dict[str, Kind] = {}
     for path in BUILTIN_MODULES:
-        try:
-            mod = importlib.import_module(path)
-        except ModuleNotFoundError as e:
-            if path in _MAY_BE_ABSENT and e.name == path:
-                continue
-            raise
+        mod = importlib.import_module(path)
         for kind in _kinds_of(mod):
             out[kind.name] = kind
     return out
