@@ -255,3 +255,30 @@ def test_import_maildir_converts_bare_lf_files(make_server, tmp_path):
     names = sorted(f.name for f in (srv.maildir(ALICE) / "cur").iterdir())
     assert names[0] == (f"1700000001.M1P1.dovecot,S={len(_crlf(LF_MULTIPART))},"
                         f"W={len(_crlf(LF_MULTIPART))}:2,S"), names
+
+
+def test_own_deliveries_are_recognised_and_not_read_again(server):
+    """Files our Maildir target wrote came through SMTP (CRLF only): the
+    index knows them by name and size and does not scan them for bare LFs;
+    a file of another program with such a name but another size is scanned."""
+    from pillarbox.store.mailbox_index import _OWN_DELIVERY
+
+    from .support import make_message, token
+
+    with server.smtp() as s:
+        s.sendmail("x@remote.test", [ALICE], make_message("x@remote.test", ALICE, token()))
+    server.wait_for_messages(ALICE, 1)
+    (f,) = (server.maildir(ALICE) / "new").iterdir()
+    m = _OWN_DELIVERY.match(f.name)
+    assert m is not None and int(m.group(1)) == f.stat().st_size, f.name
+    look_alike = server.maildir(ALICE) / "new" / "1700000020.M1P2Q3.host,S=1"
+    _drop(look_alike, b"Subject: look-alike\n\nbody\n")
+    c = server.imap(ALICE)
+    try:
+        c.select("INBOX")
+        typ, data = c.uid("FETCH", "1:*", "(BODY.PEEK[])")
+        assert typ == "OK"
+        bodies = [d[1] for d in data if isinstance(d, tuple)]
+        assert len(bodies) == 2 and all(b"\n" not in b.replace(b"\r\n", b"") for b in bodies)
+    finally:
+        c.logout()

@@ -45,6 +45,8 @@ from pathlib import Path
 from pillarbox.store import line_ends
 
 log = logging.getLogger("pillarbox.imap.index")
+# target/mailbox.py's file names: TIME.MUSECPpidQcount.HOST,S=size
+_OWN_DELIVERY = re.compile(r"\d+\.M\d+P\d+Q\d+\.[^,:/]+,S=(\d+)(?:[,:]|$)")
 
 INDEX_NAME = "pillarbox-index.sqlite"
 SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
@@ -545,7 +547,12 @@ class MailStore:
     @staticmethod
     def _crlf(path: Path, base: str, fname: str, st: os.stat_result
               ) -> tuple[str, str, os.stat_result]:
-        """A file just taken in, with its bare LFs made CRLF (line_ends.py)."""
+        """A file just taken in, with its bare LFs made CRLF (line_ends.py).
+        Our own deliveries (target/mailbox.py's names, their size in S=) came
+        through SMTP, which refuses bare LFs: not read again on the event loop."""
+        m = _OWN_DELIVERY.match(fname)
+        if m is not None and int(m.group(1)) == st.st_size:
+            return base, fname, st
         try:
             done = line_ends.to_crlf(path, fname, st)
         except OSError as e:  # gone meanwhile, or the disk is full: served as it is
