@@ -175,6 +175,28 @@ class Delivery(Protocol):
     async def abort(self) -> None: ...
 
 
+class BaseDelivery:
+    """Collects the recipients and the message reader until `commit`, which
+    subclasses write; `abort` forgets them (nothing was made visible)."""
+
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+        self.rcpts: list[str] = []
+        self.message: BinaryIO | None = None
+
+    async def add_rcpt(self, rcpt: str) -> None:
+        self.rcpts.append(rcpt)
+
+    async def body(self, message: BinaryIO) -> None:
+        self.message = message  # read at commit
+
+    async def commit(self) -> Mapping[str, DeliveryError | None]:
+        raise NotImplementedError
+
+    async def abort(self) -> None:
+        self.rcpts, self.message = [], None
+
+
 class Target(Protocol):
     name: str
 

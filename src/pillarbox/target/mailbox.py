@@ -281,11 +281,10 @@ from pillarbox import module  # noqa: E402
 from pillarbox.check import Reply  # noqa: E402
 
 
-class _Delivery:
+class _Delivery(module.BaseDelivery):
     def __init__(self, target: MailboxTarget, envelope: module.Envelope) -> None:
-        self.t, self.envelope = target, envelope
-        self.rcpts: list[str] = []
-        self.message: BinaryIO | None = None
+        super().__init__(envelope)
+        self.t = target
 
     async def add_rcpt(self, rcpt: str) -> None:
         to = self.t.deliver_to or rcpt
@@ -297,9 +296,6 @@ class _Delivery:
         if user.over_quota:
             raise module.DeliveryError(Reply(452, f"4.2.2 <{to}>: mailbox full"))
         self.rcpts.append(rcpt)
-
-    async def body(self, message: BinaryIO) -> None:
-        self.message = message
 
     async def commit(self) -> dict[str, module.DeliveryError | None]:
         assert self.message is not None
@@ -316,9 +312,6 @@ class _Delivery:
             self.t.env.users.add_used(to, size)
             out[rcpt] = None
         return out
-
-    async def abort(self) -> None:
-        self.rcpts = []
 
 
 class MailboxTarget:

@@ -87,17 +87,10 @@ from pillarbox import module  # noqa: E402
 from pillarbox.check import Reply  # noqa: E402
 
 
-class _Delivery:
+class _Delivery(module.BaseDelivery):
     def __init__(self, command: str, envelope: module.Envelope) -> None:
-        self.command, self.envelope = command, envelope
-        self.rcpts: list[str] = []
-        self.message: BinaryIO | None = None
-
-    async def add_rcpt(self, rcpt: str) -> None:
-        self.rcpts.append(rcpt)
-
-    async def body(self, message: BinaryIO) -> None:
-        self.message = message
+        super().__init__(envelope)
+        self.command = command
 
     async def commit(self) -> dict[str, module.DeliveryError | None]:
         """The command runs once per recipient, as for a `|command` alias."""
@@ -117,9 +110,6 @@ class _Delivery:
             except PipeFailed as e:
                 out[rcpt] = module.DeliveryError(Reply(451, f"4.3.0 {e}"))
         return out
-
-    async def abort(self) -> None:
-        self.rcpts = []
 
 
 class PipeTarget:

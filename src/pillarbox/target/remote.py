@@ -388,7 +388,6 @@ def _why(e: BaseException) -> str:
 # The queue's own remote delivery (per destination, with pooling) stays the
 # default route; this target is the same delivery for rules that name it.
 
-from typing import BinaryIO  # noqa: E402
 
 from pillarbox import module  # noqa: E402
 from pillarbox.address import domain_of  # noqa: E402
@@ -400,17 +399,10 @@ def _error(text: str) -> module.DeliveryError:
     return module.DeliveryError(Reply(code, text))
 
 
-class _Delivery:
+class _Delivery(module.BaseDelivery):
     def __init__(self, remote: RemoteTarget, envelope: module.Envelope) -> None:
-        self.remote, self.envelope = remote, envelope
-        self.rcpts: list[str] = []
-        self.message: BinaryIO | None = None
-
-    async def add_rcpt(self, rcpt: str) -> None:
-        self.rcpts.append(rcpt)
-
-    async def body(self, message: BinaryIO) -> None:
-        self.message = message
+        super().__init__(envelope)
+        self.remote = remote
 
     async def commit(self) -> dict[str, module.DeliveryError | None]:
         assert self.message is not None
@@ -423,9 +415,6 @@ class _Delivery:
             result = await self.remote.deliver(domain, self.envelope.mail_from, rcpts, data)
             out.update({r: None if e is None else _error(e) for r, e in result.items()})
         return out
-
-    async def abort(self) -> None:
-        self.rcpts = []
 
 
 class RemoteModule:

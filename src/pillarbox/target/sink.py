@@ -74,25 +74,17 @@ def _make_reject(name: str, options: dict[str, Any], env: Any) -> RejectTarget:
 
 # -- discard ------------------------------------------------------------------------
 
-class _Dropping:
+class _Dropping(module.BaseDelivery):
+    """The message is never read: dropping costs nothing."""
+
     def __init__(self, target: str, envelope: module.Envelope) -> None:
+        super().__init__(envelope)
         self._target = target
-        self._envelope = envelope
-        self._rcpts: list[str] = []
-
-    async def add_rcpt(self, rcpt: str) -> None:
-        self._rcpts.append(rcpt)
-
-    async def body(self, message: BinaryIO) -> None:
-        pass  # never read: dropping costs nothing
 
     async def commit(self) -> Mapping[str, module.DeliveryError | None]:
-        log.info("discarded id=%s target=%s from=<%s> rcpts=%d", self._envelope.msg_id,
-                 self._target, self._envelope.mail_from, len(self._rcpts))
-        return dict.fromkeys(self._rcpts)
-
-    async def abort(self) -> None:
-        pass
+        log.info("discarded id=%s target=%s from=<%s> rcpts=%d", self.envelope.msg_id,
+                 self._target, self.envelope.mail_from, len(self.rcpts))
+        return dict.fromkeys(self.rcpts)
 
 
 class DiscardTarget:

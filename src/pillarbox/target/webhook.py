@@ -173,31 +173,22 @@ class _Body:
 
 # -- target and delivery ----------------------------------------------------------------
 
-class _Post:
+class _Post(module.BaseDelivery):
+    """The message is read at commit: nothing is sent before it."""
+
     def __init__(self, target: WebhookTarget, envelope: module.Envelope) -> None:
+        super().__init__(envelope)
         self._target = target
-        self._envelope = envelope
-        self._rcpts: list[str] = []
-        self._message: BinaryIO | None = None
-
-    async def add_rcpt(self, rcpt: str) -> None:
-        self._rcpts.append(rcpt)
-
-    async def body(self, message: BinaryIO) -> None:
-        self._message = message  # read at commit: nothing is sent before it
 
     async def commit(self) -> Mapping[str, module.DeliveryError | None]:
-        if not self._rcpts:
+        if not self.rcpts:
             return {}
-        if self._message is None:
+        if self.message is None:
             raise _temporary("webhook: no message body was given")
-        error = await self._target.post(self._envelope, self._message)
+        error = await self._target.post(self.envelope, self.message)
         if error is not None:
             raise error
-        return dict.fromkeys(self._rcpts)
-
-    async def abort(self) -> None:
-        self._message = None
+        return dict.fromkeys(self.rcpts)
 
 
 class WebhookTarget:
