@@ -28,10 +28,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from pathlib import Path
+
+from pillarbox.fileio import write_new
 
 KEY_NAME = "srs.key"
 MAX_AGE_DAYS = 21  # libsrs2's and postsrsd's default
@@ -48,20 +49,7 @@ def load_key(data_dir: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    key = secrets.token_hex(32).encode()
-    tmp = path.with_name(f"{KEY_NAME}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # never replaces a key another process made meanwhile
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
+    write_new(path, secrets.token_hex(32).encode())  # or another process's, made meanwhile
     return path.read_bytes()
 
 

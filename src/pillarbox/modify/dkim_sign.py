@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 import threading
 import time
@@ -40,6 +39,8 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from pillarbox.fileio import write_new
 
 log = logging.getLogger("pillarbox.dkim")
 
@@ -219,30 +220,6 @@ def _new_key_file(kind: str) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write_new(path: Path, data: bytes) -> bool:
-    """Write `path` atomically with mode 0600; never replace an existing file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails if the name exists: no overwrite, no half-written key
-        except FileExistsError:
-            return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return True
-
-
 def generate_keys(dkim_dir: Path, domain: str) -> list[str]:
     """Make the domain's ed25519 and RSA-2048 keys unless it has a key of that kind.
 
@@ -260,7 +237,7 @@ def generate_keys(dkim_dir: Path, domain: str) -> list[str]:
         if kind in have:
             continue
         selector = month + _SUFFIX[kind]
-        if _write_new(d / f"{selector}.key", _new_key_file(kind)):
+        if write_new(d / f"{selector}.key", _new_key_file(kind)):
             created.append(selector)
     return created
 

@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from pillarbox.fileio import fsync_dir
+
 log = logging.getLogger("pillarbox.queue")
 
 MAGIC = b"PBQ1"
@@ -139,14 +141,6 @@ _id_counter = itertools.count()
 def new_id() -> str:
     # Sortable by arrival time; unique across processes (salt) and within one (counter).
     return f"{time.time_ns():x}{_ID_SALT}{next(_id_counter) & 0xFFFF:04x}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode(env: Envelope, chunks: Iterable[bytes]) -> list[bytes]:
@@ -312,7 +306,7 @@ class BodyBuffer:
             self._fd = None
         try:
             os.rename(self.path, bodies / name)
-            _fsync_dir(bodies)
+            fsync_dir(bodies)
         except OSError:
             (bodies / name).unlink(missing_ok=True)
             raise
@@ -417,7 +411,7 @@ class Spool:
     def _create_segment(self, n: int) -> int:
         fd = os.open(self._seg_path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            _fsync_dir(self.segments)
+            fsync_dir(self.segments)
         except OSError:
             os.close(fd)
             raise
@@ -730,7 +724,7 @@ class Spool:
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, self.maildrop / env.id)
-            _fsync_dir(self.maildrop)
+            fsync_dir(self.maildrop)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             if e.errno in (28, 122):

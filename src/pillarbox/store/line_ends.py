@@ -18,6 +18,8 @@ import os
 import re
 from pathlib import Path
 
+from pillarbox.fileio import fsync_dir
+
 CHUNK = 1 << 20
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _SIZE_FIELD = re.compile(r",S=\d+")
@@ -82,11 +84,7 @@ def to_crlf(folder: Path, fname: str, st: os.stat_result,
         if new != fname:
             os.unlink(src)
         if sync:
-            dfd = os.open(folder / "cur", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(folder / "cur")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

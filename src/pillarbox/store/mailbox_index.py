@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pillarbox.fileio import fsync_dir
 from pillarbox.store import line_ends
 
 log = logging.getLogger("pillarbox.imap.index")
@@ -697,11 +698,7 @@ class MailStore:
             tmp.unlink(missing_ok=True)  # disk full: no partial message stays behind
             raise
         try:
-            dfd = os.open(folder / "cur", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(folder / "cur")
         except OSError:
             (folder / "cur" / fname).unlink(missing_ok=True)
             raise
