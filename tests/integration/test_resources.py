@@ -72,7 +72,10 @@ def wait_sessions(srv, expected: dict[str, int], timeout: float = 3.0) -> None:
     last: list[dict[str, int]] = []
 
     def back() -> bool:
-        last[:] = [live_sessions(srv)]
+        try:
+            last[:] = [live_sessions(srv)]
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False  # the control socket comes up just after the ports
         return all(last[0].get(k) == v for k, v in expected.items())
 
     try:
