@@ -155,6 +155,7 @@ class Env:
     maildir: Any = None  # target.mailbox.MaildirWriter
     mail_root: Any = None
     remote: Any = None  # target.remote.RemoteTarget
+    resolver: Any = None  # resolver.make_resolver: the shared DNS resolver and cache
 
 
 def make_instances(mods: Any, env: Env) -> dict[str, Any]:

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 import aiosmtplib
 import dns.asyncresolver
 import dns.exception
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
 from pillarbox import address
-from pillarbox.config import Config, Route, parse_hostport
+from pillarbox.config import Config, Route
 from pillarbox.printable import escape
+from pillarbox.resolver import make_resolver
 from pillarbox.target import mta_sts
 
 log = logging.getLogger("pillarbox.remote")
@@ -41,21 +41,6 @@ class TempFail(Exception):
 
 class PermFail(Exception):
     """A condition that will not get better (the message starts with a 5.x.x status)."""
-
-
-def make_resolver(nameservers: list[str]) -> dns.asyncresolver.Resolver:
-    if not nameservers:
-        r = dns.asyncresolver.Resolver()
-    else:
-        r = dns.asyncresolver.Resolver(configure=False)
-        servers = []
-        for ns in nameservers:
-            host, port = parse_hostport(ns, "dns.nameservers") if ":" in ns else (ns, 53)
-            servers.append(dns.nameserver.Do53Nameserver(host, port))
-        r.nameservers = servers
-    r.lifetime = 15.0
-    r.timeout = 5.0
-    return r
 
 
 @dataclass

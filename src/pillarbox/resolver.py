@@ -1,0 +1,58 @@
+"""The one DNS resolver every part of the server asks: dnspython's async
+resolver with a shared cache and bounded timeouts.
+
+Checks that use a synchronous library for their protocol (pyspf, dkimpy,
+authheaders) run that library in a worker thread and hand it `sync_lookup`,
+which sends each query back to this resolver on the event loop: one cache,
+one timeout policy, and the event loop never waits on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+
+from pillarbox.config import parse_hostport
+
+CACHE_ENTRIES = 10_000  # names x types; dnspython's LRU drops the oldest
+TIMEOUT = 5.0  # seconds per server tried
+LIFETIME = 15.0  # seconds for one whole lookup, retries included
+
+
+def make_resolver(nameservers: list[str]) -> dns.asyncresolver.Resolver:
+    """A resolver asking `nameservers` ("host" or "host:port"; none: the
+    system's resolv.conf), with the shared cache."""
+    if not nameservers:
+        r = dns.asyncresolver.Resolver()
+    else:
+        r = dns.asyncresolver.Resolver(configure=False)
+        servers = []
+        for ns in nameservers:
+            host, port = parse_hostport(ns, "dns.nameservers") if ":" in ns else (ns, 53)
+            servers.append(dns.nameserver.Do53Nameserver(host, port))
+        r.nameservers = servers
+    r.lifetime = LIFETIME
+    r.timeout = TIMEOUT
+    r.cache = dns.resolver.LRUCache(CACHE_ENTRIES)
+    return r
+
+
+def sync_lookup(resolver: dns.asyncresolver.Resolver, loop: asyncio.AbstractEventLoop
+                ) -> Callable[[str, str], dns.resolver.Answer]:
+    """A blocking `lookup(name, rdtype)` for a library running in a worker
+    thread; it raises dnspython's exceptions (NXDOMAIN, NoAnswer, Timeout, ...).
+    Never call it on the event loop thread itself: it would wait on itself."""
+
+    def lookup(name: str, rdtype: str) -> dns.resolver.Answer:
+        fut = asyncio.run_coroutine_threadsafe(
+            resolver.resolve(name, rdtype, search=False), loop)
+        return fut.result(LIFETIME + 1)
+
+    return lookup
+
+
