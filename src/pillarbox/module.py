@@ -52,6 +52,9 @@ class Verdict:
     quarantine: bool = False  # deliver to the recipients' Junk folder
     add_headers: list[tuple[str, str]] = field(default_factory=list)
     auth_results: list[str] = field(default_factory=list)  # "spf=pass smtp.mailfrom=..."
+    # Replace the Subject with this (rspamd's "rewrite subject"); the session
+    # makes the change, so checks still never touch the message themselves.
+    subject: str | None = None
 
     @property
     def accepts(self) -> bool:

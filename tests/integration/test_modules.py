@@ -220,3 +220,44 @@ def test_reload_applies_new_rules_and_modules(make_server):
     tok = token()
     _send(srv, [BOB], tok)
     assert parse(srv.wait_for_messages(BOB, 1)[0])["Subject"] == tok
+
+
+NO_HIT_CHECK = '''
+[module.elsewhere_junk]
+kind = "quarantine"
+client_ip = ["192.0.2.0/24"]
+
+[pipeline.smtp]
+checks = ["relay", "recipient", "elsewhere_junk"]
+'''
+
+
+def test_authentication_results_claiming_our_host_are_removed_others_kept(make_server):
+    srv = make_server(extra_toml=NO_HIT_CHECK)
+    tok = token()
+    msg = make_message("sender@remote.test", ALICE, tok, headers={
+        "Authentication-Results": f"{srv.hostname.upper()}; dkim=pass header.d=bank.test",
+        "X-Other": "kept"})
+    msg = msg.replace(b"X-Other: kept\r\n",
+                      b"X-Other: kept\r\nAuthentication-Results: relay.remote.test; spf=pass\r\n")
+    with srv.smtp() as s:
+        s.sendmail("sender@remote.test", [ALICE], msg)
+    (raw,) = srv.wait_for_messages(ALICE, 1)
+    assert b"bank.test" not in raw
+    assert b"Authentication-Results: relay.remote.test; spf=pass\r\n" in raw
+    assert b"\r\nReceived: from client.test" in raw
+    assert parse(raw)["Subject"] == tok and parse(raw)["X-Other"] == "kept"
+
+
+def test_a_large_message_through_a_configured_pipeline_arrives_intact(make_server):
+    srv = make_server(extra_toml=NO_HIT_CHECK + 'modifiers = ["received", "strip_agent"]\n'
+                      '\n[module.strip_agent]\nkind = "headers"\nremove = ["User-Agent"]\n')
+    tok = token()
+    body = "".join(f"line {i:07d} " + "x" * 60 + "\r\n" for i in range(40_000))  # ~3 MB
+    msg = make_message("sender@remote.test", ALICE, tok, body=body,
+                       headers={"User-Agent": "Mutt/2.2"})
+    with srv.smtp() as s:
+        s.sendmail("sender@remote.test", [ALICE], msg)
+    (raw,) = srv.wait_for_messages(ALICE, 1)
+    assert b"User-Agent" not in raw
+    assert raw.endswith(body.encode()) and raw.count(b"\r\n\r\n") == 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pillarbox.endpoint.smtp import _encode, _split_header
+from pillarbox.stages import encode_field as _encode
+from pillarbox.stages import split_header as _split_header
 
 
 @pytest.mark.parametrize("message", [

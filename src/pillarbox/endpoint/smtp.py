@@ -14,10 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import email.message
-import email.parser
-import email.policy
-import io
 import logging
 import re
 import ssl
@@ -25,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pillarbox import address as addr
-from pillarbox import logs, module, pipelines
+from pillarbox import logs, module, pipelines, stages
 from pillarbox.check import Reply, recipient, relay, sender
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
@@ -64,6 +60,7 @@ class Transaction:
     quarantine: bool = False
     added: list[str] | None = None  # header fields, "Name: value"
     auth_results: list[str] | None = None
+    subject: str | None = None  # a check asked the Subject be replaced by this
 
 
 @dataclass
@@ -561,7 +558,7 @@ class Session:
         if fault is None and tx.states is not None:
             fault = await self._body_checks(tx, body)
         elif fault is None and self.user:
-            fault = sender.check_from(self.ctx.aliases, self.user, await _header_block(body))
+            fault = sender.check_from(self.ctx.aliases, self.user, await stages.header_block(body))
         if fault:
             body.discard()
             self._refuse("data refused", fault, tx.mail_from, tx.rcpts)
@@ -577,7 +574,13 @@ class Session:
         ssl_obj = self.conn.transport.get_extra_info("ssl_object") if self.conn.transport else None
         tls_desc = f"{ssl_obj.version()} with cipher {ssl_obj.cipher()[0]}" if ssl_obj else None
         modifiers = self.ctx.modifiers[self.kind]
-        stored: BodyBuffer | None = body
+        if modifiers is None and tx.states is not None and (
+                tx.subject is not None
+                or stages.has_our_results(await stages.header_block(body), self.cfg.hostname)):
+            # A header change the direct path cannot make: today's modifiers as modules.
+            modifiers = [self.ctx.modules[n]
+                         for n in pipelines.DEFAULT_PIPELINES[self.kind][1]]
+        stored = body
         if modifiers is None:  # today's modifiers, called directly
             head = [received.header(helo=self.helo or "unknown", peer_ip=self.peer_ip,
                                     hostname=self.cfg.hostname, protocol=protocol,
@@ -591,10 +594,14 @@ class Session:
                 head[1:1] = [await self._dkim_signature(body, head[1:], tx.mail_from or "")]
             total = body.size + sum(len(h) for h in head)
         else:
-            head = [await self._modified(tx, body, msg_id, modifiers)]
-            total, stored = len(head[0]), None
-            body.discard()
+            try:
+                stored = await self._modified(tx, body, msg_id, modifiers)
+            except module.DeliveryError as e:  # a modifier refused the message
+                self._refuse("data refused", e.reply, tx.mail_from, tx.rcpts)
+                return
+            head, total = [], stored.size
             if not tx.rcpts:  # rewritten to nobody: nothing to keep
+                stored.discard()
                 logs.event(log, INFO, "dropped", id=msg_id, reason="no recipients left")
                 self.reply(250, f"2.0.0 OK {msg_id} has no recipients left")
                 return
@@ -610,7 +617,7 @@ class Session:
             logs.event(log, INFO, "accepted", id=msg_id, client=logs.client(self.peer_ip),
                        endpoint=self.kind, helo=self.helo, sasl_user=self.user,
                        tls=f"{ssl_obj.version()}/{ssl_obj.cipher()[0]}" if ssl_obj else None,
-                       message_id=_message_id(head[1:], body.first), size=total,
+                       message_id=_message_id(head[1:], stored.first), size=total,
                        nrcpt=len(tx.rcpts), **{"from": f"<{tx.mail_from}>"}, rcpts=tx.rcpts)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
 
@@ -636,6 +643,8 @@ class Session:
             if v.auth_results:
                 tx.auth_results = (tx.auth_results or []) + [_field_value(r)
                                                              for r in v.auth_results]
+            if v.subject is not None:
+                tx.subject = _field_value(v.subject)
         return None
 
     def _check_fields(self, tx: Transaction) -> list[bytes]:
@@ -662,16 +671,7 @@ class Session:
 
     async def _body_checks(self, tx: Transaction, body: BodyBuffer) -> Reply | None:
         assert tx.states is not None
-        block = await _header_block(body)
-        try:
-            header = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
-        except Exception:  # hostile input: a check sees an empty header, never a crash
-            header = email.message.Message()
-        data = await asyncio.to_thread(body.read_all)
-        verdicts = []
-        for _, state in tx.states:
-            verdicts.append(await state.body(header, io.BytesIO(data)))
-        return self._take(tx, verdicts)
+        return self._take(tx, await stages.body_verdicts([st for _, st in tx.states], body))
 
     async def _rewritten(self, rcpt: str) -> list[str]:
         """The addresses a configured pipeline's modifiers make of `rcpt`
@@ -691,34 +691,27 @@ class Session:
         return out or [rcpt]
 
     async def _modified(self, tx: Transaction, body: BodyBuffer, msg_id: str,
-                        modifiers: list[Any]) -> bytes:
+                        modifiers: list[Any]) -> BodyBuffer:
         """A configured pipeline's modifiers, in order: sender, recipients,
-        header fields, body. Rewrites tx's envelope; the new message. (This
-        path holds the message in memory; the default one streams it.)"""
+        header fields, body. Rewrites tx's envelope; the new message, streamed
+        into a buffer of its own (the received one is discarded)."""
         env = module.Envelope(msg_id=msg_id, mail_from=tx.mail_from or "",
                               rcpts=list(tx.rcpts), source=self._source(), size=body.size)
         states = [m.state(env) for m in modifiers]
-        for st in states:
-            env.mail_from = await st.sender(env.mail_from)
-        for st in states:
-            rcpts: list[str] = []
-            for r in env.rcpts:
-                rcpts += [x for x in await st.rcpt(r) if x not in rcpts]
-            env.rcpts = rcpts
+        await stages.rewrite_envelope(states, env)
         tx.mail_from, tx.rcpts = env.mail_from, env.rcpts
-        extra = self._check_fields(tx) if tx.states is not None else []
-        message = b"".join(extra) + await asyncio.to_thread(body.read_all)
-        fields, rest = _split_header(message)
-        for st in states:
-            fields = await st.header(fields)
-        message = b"".join(_encode(f"{n}:{v}\r\n") for n, v in fields) + rest
-        for st in states:
-            async def chunks(data: bytes = message):
-                yield data
-            stream = st.body(chunks())
-            if stream is not None:
-                message = b"".join([c async for c in stream])
-        return message
+        out = self.ctx.queue.spool.body_buffer(f"{msg_id}-m")
+        try:
+            await stages.rewrite_message(
+                body, out, states, subject=tx.subject,
+                prepend=self._check_fields(tx) if tx.states is not None else (),
+                hostname=self.cfg.hostname if tx.states is not None else "")
+        except BaseException:
+            out.discard()
+            raise
+        finally:
+            body.discard()
+        return out
 
     def _refuse(self, what: str, reply: Reply, mail_from: str | None,
                 to: str | list[str] | None = None) -> None:
@@ -831,41 +824,6 @@ class Session:
         return None
 
 
-_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
-
-
-def _split_header(message: bytes) -> tuple[list[tuple[str, str]], bytes]:
-    """The header fields (name, raw value after the colon, folds kept) and the
-    rest: from the first line that is no field (the blank line) on."""
-    fields: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(message):
-        end = message.find(b"\r\n", pos)
-        end = len(message) if end < 0 else end
-        line = message[pos:end]
-        if line[:1] in (b" ", b"\t") and fields:  # a fold of the field before
-            name, value = fields[-1]
-            fields[-1] = (name, value + "\r\n" + line.decode("utf-8", "surrogateescape"))
-        else:
-            m = _FIELD_RE.match(line)
-            if m is None:
-                break
-            text = line.decode("utf-8", "surrogateescape")
-            name, _, value = text.partition(":")
-            fields.append((name, value))
-        pos = end + 2
-    return fields, message[pos:]
-
-
-def _encode(text: str) -> bytes:
-    """A header line back to bytes: the bytes it was read from where it was
-    not UTF-8 (surrogateescape), anything a modifier made that is no text: '?'."""
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace")
-
-
 def _field_value(value: str) -> str:
     """A module's header field value, on one line: no CR/LF can end the field
     early or start a body."""
@@ -879,14 +837,6 @@ def _message_id(added: list[bytes], first: bytes) -> str | None:
         if m:
             return m.group(1).decode("utf-8", "replace").strip()[:200]
     return None
-
-
-async def _header_block(body: BodyBuffer) -> bytes:
-    """The message's header; past the first block only when it goes on (rare)."""
-    first = body.first
-    if b"\r\n\r\n" in first or body.size == len(first) or first.startswith(b"\r\n"):
-        return submission.header_block(first)
-    return submission.header_block(await asyncio.to_thread(body.read_all))
 
 
 def _strip_source_route(path: str) -> str:

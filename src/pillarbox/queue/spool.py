@@ -289,6 +289,13 @@ class BodyBuffer:
         with open(self.path, "rb") as f:
             return b"".join(self.chunks) + f.read()
 
+    def reader(self) -> BinaryIO:
+        """A new reader of the whole body from its start (a check reads it in
+        blocks, off the event loop when spilled); the caller closes it."""
+        if self._fd is None:
+            return io.BytesIO(b"".join(self.chunks))
+        return io.BufferedReader(_SpilledReader(self.first, self.path))
+
     def discard(self) -> None:
         self.chunks = []
         if self._fd is not None:
@@ -310,6 +317,48 @@ class BodyBuffer:
         except OSError:
             (bodies / name).unlink(missing_ok=True)
             raise
+
+
+class _SpilledReader(io.RawIOBase):
+    """The first block (kept in memory) followed by the spill file."""
+
+    def __init__(self, first: bytes, path: Path) -> None:
+        self._first = first
+        self._f = open(path, "rb")  # noqa: SIM115 (closed with the reader)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n, first = len(b), self._first
+        if self._pos < len(first):
+            data = first[self._pos:self._pos + n]
+            b[:len(data)] = data
+        else:
+            self._f.seek(self._pos - len(first))
+            data = self._f.read(n)
+            b[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            offset += len(self._first) + os.fstat(self._f.fileno()).st_size
+        self._pos = max(0, offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:
