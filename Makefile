@@ -45,6 +45,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/compare_postfix.py --write-docs
+	$(BIN)/python bench/trust_checks.py --write-docs
 
 # IMAP logins, FETCH, APPEND and 1,000 IDLE connections (issue 5); py-spy profiles the
 # server meanwhile (installed into .venv here, not a dependency of pillarbox).
