@@ -169,6 +169,7 @@ class DeliverySettings:
     detail_folder: str = "off"  # off | existing | create
     srs: bool = True  # rewrite the sender of mail forwarded to other domains (SRS0)
     srs_domain: str = ""  # one of `domains`; "" = the first
+    arc_seal: bool = True  # ARC-seal mail forwarded to other domains (needs an RSA DKIM key)
 
 
 TLS_MODES = ("none", "opportunistic", "required", "verify")
@@ -251,7 +252,7 @@ _SECTION_KEYS = {
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
              "max_literal_memory_per_session", "max_connections_per_user",
              "max_connections_per_ip", "idle_timeout", "max_bad_commands"},
-    "delivery": {"recipient_delimiter", "detail_folder", "srs", "srs_domain"},
+    "delivery": {"recipient_delimiter", "detail_folder", "srs", "srs_domain", "arc_seal"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
@@ -523,6 +524,10 @@ def _delivery(d: dict, domains: list[str]) -> DeliverySettings:
         if not isinstance(d["srs"], bool):
             raise ConfigError("delivery.srs", "expected true or false")
         out.srs = d["srs"]
+    if "arc_seal" in d:
+        if not isinstance(d["arc_seal"], bool):
+            raise ConfigError("delivery.arc_seal", "expected true or false")
+        out.arc_seal = d["arc_seal"]
     if "srs_domain" in d:
         dom = _str(d["srs_domain"], "delivery.srs_domain")
         try:
@@ -803,6 +808,9 @@ detail_folder = "off"
 # its bounces come back here to be passed on. The key is data_dir/srs.key.
 srs        = true
 srs_domain = ""
+# ARC-seal such forwards (RFC 8617) with the alias domain's RSA DKIM key, so
+# the next hop can trust the checks we made on arrival; no key: not sealed.
+arc_seal   = true
 
 # Static routes (first match wins; no match: MX lookup). Example: send all
 # outgoing mail through a smarthost with a login.

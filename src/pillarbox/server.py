@@ -21,6 +21,8 @@ from pillarbox.directory.cache import DirectoryCache
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import smtp
 from pillarbox.endpoint.imap import session as imap
+from pillarbox.modify import arc
+from pillarbox.modify.dkim_sign import DKIMSigner
 from pillarbox.modify.signing import Signing
 from pillarbox.queue import public_drop
 from pillarbox.queue.public_pickup import PublicPickup
@@ -195,6 +197,7 @@ class Server:
         self.queue = queue = Queue(cfg, spool, users, aliases)
         self.signing = signing = Signing(cfg)
         queue.signing = signing
+        queue.sealer = arc.Sealer(DKIMSigner(cfg.data_dir / "dkim"))
         # one for SMTP and IMAP: failures add up
         self.throttle = throttle = LoginThrottle(cfg.limits)
         try:

@@ -56,6 +56,7 @@ def test_defaults(tmp_path: Path) -> None:
         ("[delivery]\nrecipient_delimiter = \".\"\n", "delivery.recipient_delimiter"),
         ("[delivery]\ndetail_folder = \"yes\"\n", "delivery.detail_folder"),
         ("[delivery]\nsrs = \"on\"\n", "delivery.srs"),
+        ("[delivery]\narc_seal = 1\n", "delivery.arc_seal"),
         ("[delivery]\nsrs_domain = \"other.test\"\n", "delivery.srs_domain"),
     ],
 )

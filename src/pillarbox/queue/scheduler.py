@@ -32,6 +32,7 @@ from pillarbox.queue.spool import (
     disk_full,
     new_id,
 )
+from pillarbox.resolver import sync_lookup
 from pillarbox.target import mailbox, pipe
 from pillarbox.target.remote import RemoteTarget, Trace
 from pillarbox.tasks import cancel_all
@@ -60,6 +61,7 @@ class Queue:
         self._maildirs: dict[str, Path] = {}
         self.remote = RemoteTarget(config)
         self.signing = None  # modify.signing.Signing, set by the server
+        self.sealer = None  # modify.arc.Sealer, set by the server
         self.modules: dict[str, object] = {}  # instances by name, set by the server
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: list[tuple[float, str]] = []
@@ -92,6 +94,38 @@ class Queue:
             log.info("sender not rewritten (too long for SRS) id=%s sender=%s", env.id, sender)
             return sender
         return rewritten
+
+    def _seal_domains(self, env: Envelope, d: Delivery) -> tuple[str, ...]:
+        """Whose key ARC-seals a remote delivery: () unless an alias of ours
+        forwards mail that came in on the MX without a login (our users' mail
+        is DKIM-signed instead; sendmail and bounces are ours too). The
+        alias's domain, else the hostname's (as for bounces)."""
+        if (self.sealer is None or not self.config.delivery.arc_seal or d.rcpt == d.to
+                or env.auth is not None or env.source != "smtp"
+                or not self.config.is_local_domain(domain_of(d.rcpt))):
+            return ()
+        return tuple(dict.fromkeys((domain_of(d.rcpt), self._host_domain())))
+
+    def _host_domain(self) -> str:
+        """The local domain the hostname belongs to, else the first one."""
+        host = self.config.hostname
+        return next((d for d in self.config.domains if host == d or host.endswith("." + d)),
+                    self.config.domains[0])
+
+    async def _arc_sealed(self, env: Envelope, message: bytes,
+                          domains: tuple[str, ...]) -> bytes:
+        """The message with an ARC set prepended; unsealed when sealing fails
+        (logged): a forward without a seal beats no forward."""
+        sealer = self.sealer
+        assert sealer is not None  # _seal_domains gave domains
+        lookup = sync_lookup(self.remote.resolver, asyncio.get_running_loop())
+        try:
+            fields = await asyncio.to_thread(sealer.seal, message, domains,
+                                             self.config.hostname, lookup)
+        except Exception as e:
+            log.warning("ARC sealing failed, sent unsealed id=%s error=%r", env.id, e)
+            return message
+        return fields + message
 
     def reconfigure(self, config: Config) -> None:
         """A reload: retry schedule, lifetime, free-space floor, remote
@@ -277,19 +311,21 @@ class Queue:
         expired = now - env.received > self.config.queue.max_lifetime
         due = [d for d in state.deliveries
                if d.state not in ("done", "failed") and d.next_attempt <= now]
-        remote: dict[tuple[str, str], list[Delivery]] = {}  # (domain, sender)
+        # (domain, sender, sealing domains): forwards go apart from direct mail
+        remote: dict[tuple[str, str, tuple[str, ...]], list[Delivery]] = {}
         jobs = []
         traces: dict[int, Trace] = {}  # how each attempt went, for its log line
         for d in due:
             d.attempts += 1
             if d.kind == "remote":
-                remote.setdefault((domain_of(d.to), self._forward_sender(env, d)), []).append(d)
+                key = (domain_of(d.to), self._forward_sender(env, d), self._seal_domains(env, d))
+                remote.setdefault(key, []).append(d)
             else:
                 jobs.append(self._attempt_one(env, d, traces))
         if remote:
             message = await asyncio.to_thread(self._read_all, env.id)
-            jobs += [self._attempt_remote(env, dom, ds, message, sender, traces)
-                     for (dom, sender), ds in remote.items()]
+            jobs += [self._attempt_remote(env, dom, ds, message, sender, traces, seal)
+                     for (dom, sender, seal), ds in remote.items()]
         outcomes: dict[int, str | None] = {}
         # The common case, one mailbox, skips gather's task per job.
         results = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
@@ -422,11 +458,13 @@ class Queue:
             trace.transfer = time.monotonic() - t0
 
     async def _attempt_remote(self, env: Envelope, domain: str, ds: list[Delivery],
-                              message: bytes, sender: str,
-                              traces: dict[int, Trace]) -> dict[int, str | None]:
+                              message: bytes, sender: str, traces: dict[int, Trace],
+                              seal: tuple[str, ...] = ()) -> dict[int, str | None]:
         trace = Trace()
         for d in ds:
             traces[id(d)] = trace
+        if seal:
+            message = await self._arc_sealed(env, message, seal)
         try:
             results = await self.remote.deliver(domain, sender, [d.to for d in ds], message,
                                                 trace)
@@ -454,11 +492,8 @@ class Queue:
         if self.signing is not None:
             # The bounce comes from MAILER-DAEMON@hostname: sign with the local
             # domain the hostname belongs to, else the first one.
-            host = self.config.hostname
-            domain = next((d for d in self.config.domains if host == d or host.endswith("." + d)),
-                          self.config.domains[0])
             try:
-                dsn = await self.signing.sign(dsn, domain) + dsn
+                dsn = await self.signing.sign(dsn, self._host_domain()) + dsn
             except Exception as e:
                 log.warning("DKIM signing of a bounce failed error=%r", e)
         dsn_id = await self.enqueue("", [env.mail_from], [dsn], len(dsn), source="bounce")
