@@ -53,23 +53,24 @@ class HeloCheck:
     def state(self, source: module.Source) -> _State:
         return _State(self, source)
 
-    def fault(self, name: str, peer: str) -> str | None:
-        """Why `name` is refused (the reply text after 5.7.1), or None."""
+    def fault(self, name: str, peer: str) -> Reply | None:
+        """Why `name` is refused, or None."""
         o = self.options
         lit = _literal(name)
         if lit is None:
-            return "HELO address literal is malformed"
+            return Reply(550, "5.7.1 HELO address literal is malformed")
         if lit is not False:
             if o["literal_must_match"] and not _same(lit, peer):
-                return f"HELO address literal {name} is not your address [{peer}]"
+                return Reply(550, f"5.7.1 HELO address literal {name} is not your address "
+                                  f"[{peer}]")
             return None
         host = name.rstrip(".") if name.endswith(".") and not name.endswith("..") else name
         if len(host) > 253 or not all(_LABEL.match(p) for p in host.split(".")):
-            return "HELO name is not a valid host name or address literal"
+            return Reply(550, "5.7.1 HELO name is not a valid host name or address literal")
         if o["require_fqdn"] and ("." not in host or host.rsplit(".", 1)[1].isdigit()):
-            return "HELO name must be a fully qualified domain name"
+            return Reply(550, "5.7.1 HELO name must be a fully qualified domain name")
         if o["refuse_our_names"] and host.lower() in self.ours:
-            return "HELO name is our own name, not yours"
+            return Reply(550, "5.7.1 HELO name is our own name, not yours")
         return None
 
 
@@ -78,12 +79,12 @@ class _State(module.BaseCheckState):
         self.check, self.source = check, source
 
     async def helo(self, name: str) -> module.Verdict:
-        why = self.check.fault(name, self.source.client_ip)
-        if why is None:
+        refused = self.check.fault(name, self.source.client_ip)
+        if refused is None:
             return module.ACCEPT
         if not self.check.options["record_only"]:
-            return module.Verdict(reject=Reply(550, f"5.7.1 {why}"))
-        header = self.check.options["header"]
+            return module.Verdict(reject=refused)
+        header, why = self.check.options["header"], refused.text.partition(" ")[2]
         return module.Verdict(add_headers=[(header, f"{why} ({name[:100]})")] if header else [])
 
 
