@@ -1,10 +1,11 @@
 """The module kinds a config file wires together: checks, modifiers, targets.
 
-Shapes after maddy's framework/module (check state per message, modifier
+Shapes after maddy's framework/module (check state per connection, modifier
 state per message, target -> delivery with add_rcpt/body/commit/abort),
 written for asyncio and for our queue. A module is made once per instance
-from its options (`Kind.make(name, options, env)`); its per-message state is
-made for each message and dropped after it.
+from its options (`Kind.make(name, options, env)`); a check's state is made
+for each SMTP connection (it serves the connection's messages in turn), a
+modifier's for each message, and each is dropped after it.
 
 Depends on nothing above it: endpoints, the queue and the server import
 this, never the other way round.
@@ -80,8 +81,15 @@ class DeliveryError(Exception):
 # -- checks ---------------------------------------------------------------------
 
 class CheckState(Protocol):
-    """One message's state of one check. Hooks are called in dialogue order;
-    any may be left at the default (accept). Checks never change the message."""
+    """One connection's state of one check, made when the connection starts
+    (its Source is filled in as the dialogue goes: helo, auth, tls). Hooks are
+    called in dialogue order: `connection` before the greeting, `helo` at each
+    EHLO/HELO, then `mail`, `rcpt`..., `body` for each message of the
+    connection in turn; `mail` starts a message, so a check that keeps
+    per-message data resets it there. Verdicts of `connection` and `helo`
+    apply to every message of the connection, later ones to that message.
+    Any hook may be left at the default (accept). Checks never change the
+    message."""
 
     async def connection(self, source: Source) -> Verdict: ...
     async def helo(self, name: str) -> Verdict: ...

@@ -148,6 +148,15 @@ class Session:
         self.tx = Transaction()
         self.errors = 0
         self.auth_failures = 0
+        # A configured pipeline: each check's state for the whole connection,
+        # the Source they share (filled in as the dialogue goes), and the
+        # verdicts of the connection and the last HELO, which every message
+        # of the connection gets. None/unused on the default fast path.
+        self.states: list[tuple[Any, Any]] | None = None
+        self.source: module.Source | None = None
+        self.at_connection = Transaction()
+        self.at_helo = Transaction()
+        self.refused = False  # a 554 greeting: only QUIT is accepted
 
     # -- I/O --------------------------------------------------------------
 
@@ -199,7 +208,16 @@ class Session:
 
     async def run(self) -> None:
         try:
-            self.reply(220, f"{self.cfg.hostname} ESMTP ready")
+            checks = self.ctx.checks[self.kind]
+            refused = None if checks is None else await self._connection_checks(checks)
+            if refused is None:
+                self.reply(220, f"{self.cfg.hostname} ESMTP ready")
+            elif refused.code < 500:  # RFC 5321 3.1: a temporary refusal closes at once
+                self._refuse("connection refused", Reply(421, refused.text), None)
+                return
+            else:  # RFC 5321 3.1: a 554 greeting, then only QUIT
+                self._refuse("connection refused", Reply(554, refused.text), None)
+                self.refused = True
             while True:
                 self.conn.await_command(self.cfg.limits.command_timeout)
                 line = await self.read_line()
@@ -244,6 +262,9 @@ class Session:
             return not self._count_error()
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
+        if self.refused and verb != "QUIT":
+            self.reply(503, "5.5.1 Refused at connection, only QUIT is accepted")
+            return not self._count_error()
         handler = getattr(self, f"cmd_{verb}", None) if verb.isalpha() else None
         if handler is None:
             self.reply(500, f"5.5.1 Command not recognized: {verb[:20]!r}")
@@ -271,12 +292,16 @@ class Session:
         if not arg or not arg.isprintable():
             self.reply(501, "5.5.4 Syntax: EHLO hostname")
             return
+        if self.states is not None and not await self._helo_checks(arg):
+            return
         self.helo, self.esmtp, self.tx = arg, True, Transaction()
         self.reply_lines(250, [f"{self.cfg.hostname} Hello {arg[:64]}", *self._extensions()])
 
     async def cmd_HELO(self, arg: str) -> None:
         if not arg or not arg.isprintable():
             self.reply(501, "5.5.4 Syntax: HELO hostname")
+            return
+        if self.states is not None and not await self._helo_checks(arg):
             return
         self.helo, self.esmtp, self.tx = arg, False, Transaction()
         self.reply(250, f"{self.cfg.hostname}")
@@ -311,6 +336,9 @@ class Session:
         await self.conn.start_tls(self.ctx.tls)
         self.tls = True
         self.helo, self.esmtp, self.tx = None, False, Transaction()
+        if self.source is not None:  # the dialogue starts again, now over TLS
+            self.source.helo, self.source.tls = None, self._source().tls
+            self.at_helo = Transaction()
         return None
 
     async def cmd_AUTH(self, arg: str) -> bool | None:
@@ -384,6 +412,8 @@ class Session:
             return None
         throttle.succeeded(self.peer_ip, username)
         self.user = user
+        if self.source is not None:
+            self.source.auth = user
         logs.event(log, INFO, "auth ok", client=logs.client(self.peer_ip), endpoint=self.kind,
                    mech=mech, user=user)
         self.reply(235, "2.7.0 Authentication successful")
@@ -657,17 +687,40 @@ class Session:
         out += [f"{f}\r\n".encode("utf-8", "replace") for f in tx.added or []]
         return out
 
+    async def _connection_checks(self, checks: list[Any]) -> Reply | None:
+        """Before the greeting: each check's state for this connection, and its
+        connection hook. The first refusal, or None."""
+        self.source = self._source()
+        self.states = [(c, c.state(self.source)) for c in checks]
+        return self._take(self.at_connection,
+                          [await st.connection(self.source) for _, st in self.states])
+
+    async def _helo_checks(self, name: str) -> bool:
+        """Each check's HELO hook at EHLO/HELO; on a refusal, send it and forget
+        any earlier HELO (MAIL then needs a new one). False when refused."""
+        assert self.states is not None and self.source is not None
+        self.at_helo = Transaction()
+        refused = self._take(self.at_helo, [await st.helo(name) for _, st in self.states])
+        if refused is not None:
+            self.helo, self.source.helo, self.tx = None, None, Transaction()
+            self._refuse("helo refused", refused, None)
+            return False
+        self.source.helo = name
+        return True
+
     async def _start_checks(self, tx: Transaction, checks: list[Any], path: str) -> Reply | None:
-        """Each check's state for this message, and its connection, HELO and
-        MAIL hooks (all answered at MAIL: the state is per message)."""
-        src = self._source()
-        tx.states = [(c, c.state(src)) for c in checks]
-        for phase in (lambda s: s.connection(src), lambda s: s.helo(self.helo or ""),
-                      lambda s: s.mail(path)):
-            refused = self._take(tx, [await phase(state) for _, state in tx.states])
-            if refused:
-                return refused
-        return None
+        """A new message of the connection: it starts with the verdicts of the
+        connection and of HELO, then each check's MAIL hook (which starts the
+        message for a check that keeps per-message data)."""
+        assert self.states is not None
+        tx.states = self.states
+        for held in (self.at_connection, self.at_helo):
+            tx.quarantine = tx.quarantine or held.quarantine
+            if held.added:
+                tx.added = (tx.added or []) + held.added
+            if held.auth_results:
+                tx.auth_results = (tx.auth_results or []) + held.auth_results
+        return self._take(tx, [await st.mail(path) for _, st in tx.states])
 
     async def _body_checks(self, tx: Transaction, body: BodyBuffer) -> Reply | None:
         assert tx.states is not None
