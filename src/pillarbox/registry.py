@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "pillarbox.check.relay",
     "pillarbox.check.sender",
     "pillarbox.check.quarantine",
+    "pillarbox.check.authentication",
     "pillarbox.modify.received",
     "pillarbox.modify.submission",
     "pillarbox.modify.dkim_sign",
