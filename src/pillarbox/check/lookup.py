@@ -30,13 +30,19 @@ class DNSFailure(Exception):
     """The DNS could not answer (SERVFAIL, timeout, no server): try again later."""
 
 
+def _failure(e: Exception) -> DNSFailure:
+    if isinstance(e, (dns.exception.Timeout, TimeoutError)):
+        return DNSFailure("DNS timeout")
+    return DNSFailure("DNS server failure")
+
+
 def _answer(get: Callable[[], Any]) -> list[Any]:
     try:
         return list(get())
     except _NO_SUCH_NAME:
         return []
     except Exception as e:  # SERVFAIL, timeout, refused, anything else: not "no record"
-        raise DNSFailure(f"{type(e).__name__}") from None
+        raise _failure(e) from None
 
 
 def txt_strings(rdatas: list[Any]) -> list[bytes]:
@@ -51,7 +57,7 @@ async def txt(resolver: Any, name: str) -> list[bytes]:
     except _NO_SUCH_NAME:
         return []
     except Exception as e:
-        raise DNSFailure(f"{type(e).__name__}") from None
+        raise _failure(e) from None
     return txt_strings(list(answer))
 
 

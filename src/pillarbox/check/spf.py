@@ -10,6 +10,7 @@ function for every query, which we replace once with one that uses the
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ def _dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) 
     try:
         rdatas = lookups.query(name, qtype)
     except DNSFailure as e:
-        raise pyspf.TempError(f"DNS {e}") from None
+        raise pyspf.TempError(str(e)) from None
     out = []
     for r in rdatas:
         if qtype in ("A", "AAAA"):
@@ -86,7 +87,9 @@ def check_sync(lookups: Lookups, ip: str, mail_from: str, helo: str,
         return SPFResult("permerror", identity, value, comment(type(e).__name__))
     finally:
         _thread.lookups = None
-    reason = comment(explanation) if result in ("permerror", "temperror") else ""
+    reason = ""
+    if result in ("permerror", "temperror"):  # the error, without pyspf's "SPF ... Error: "
+        reason = comment(re.sub(r"^SPF \w+ Error: ", "", str(explanation)))
     return SPFResult(result, identity, value, reason)
 
 
