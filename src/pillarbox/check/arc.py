@@ -10,6 +10,7 @@ This only reads the chain; sealing what we forward is modify/arc_seal.py.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import authres.arc
 import dkim
 
 from pillarbox.check.dkim import LIBRARY_LOG, comment, dnsfunc
-from pillarbox.check.lookup import Lookups
+from pillarbox.check.lookup import Lookups, in_thread
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,6 @@ def verify_sync(message: bytes, lookups: Lookups) -> ARCResult:
     return ARCResult("fail", comment(str(why)))
 
 
-async def verify(message: bytes, resolver: Any) -> ARCResult:
+async def verify(message: bytes, resolver: Any, executor: Executor | None = None) -> ARCResult:
     lookups = Lookups(resolver, asyncio.get_running_loop())
-    return await asyncio.to_thread(verify_sync, message, lookups)
+    return await in_thread(executor, verify_sync, message, lookups)

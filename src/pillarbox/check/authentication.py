@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 from email.message import Message
 from email.utils import getaddresses
 from typing import Any, BinaryIO
@@ -98,7 +99,8 @@ class _State(module.BaseCheckState):
         if not self.judged:
             return module.ACCEPT
         self.spf = await spf_check.check(self.check.resolver, self.source.client_ip, sender,
-                                         self.helo_name, self.check.hostname)
+                                         self.helo_name, self.check.hostname,
+                                         self.check.executor)
         if self.check.spf_fail == "reject":
             if self.spf.result == "fail":
                 return module.Verdict(reject=Reply(
@@ -129,15 +131,22 @@ class AuthenticationCheck:
         self.dkim_length: str = options["dkim_length"]
         self.min_key_bits: int = options["dkim_min_key_bits"]
         self.slots = asyncio.Semaphore(options["max_concurrent"])
+        # Its own threads: SPF at MAIL for many sessions, DKIM and ARC for the
+        # messages in `slots`; the server's default pool stays free.
+        self.executor = ThreadPoolExecutor(2 * options["max_concurrent"] + 4,
+                                           thread_name_prefix=f"check-{name}")
 
     def state(self, source: module.Source) -> _State:
         return _State(self, source)
 
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
     async def judge(self, message: bytes, header: Message,
                     spf: spf_check.SPFResult | None) -> module.Verdict:
         sigs, arc = await asyncio.gather(
-            dkim_check.verify(message, self.resolver, self.min_key_bits),
-            arc_check.verify(message, self.resolver))
+            dkim_check.verify(message, self.resolver, self.min_key_bits, self.executor),
+            arc_check.verify(message, self.resolver, self.executor))
         passed = [s.domain for s in sigs if s.result == "pass"]
         spf_domain = spf.domain if spf is not None and spf.result == "pass" else None
         domains = from_domains(header)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ import authres
 import dkim
 import dkim.util
 
-from pillarbox.check.lookup import DNSFailure, Lookups
+from pillarbox.check.lookup import DNSFailure, Lookups, in_thread
 
 MAX_SIGNATURES = 8  # more on one message is abuse (each costs a lookup and a hash)
 DEFAULT_MIN_KEY_BITS = 1024
@@ -131,8 +132,8 @@ def verify_sync(message: bytes, lookups: Lookups,
     return [_one(verifier, i, v, lookups) for i, v in enumerate(values[:MAX_SIGNATURES])]
 
 
-async def verify(message: bytes, resolver: Any,
-                 min_key_bits: int = DEFAULT_MIN_KEY_BITS) -> list[Signature]:
+async def verify(message: bytes, resolver: Any, min_key_bits: int = DEFAULT_MIN_KEY_BITS,
+                 executor: Executor | None = None) -> list[Signature]:
     """Every DKIM signature's verdict; the work runs in a worker thread."""
     lookups = Lookups(resolver, asyncio.get_running_loop())
-    return await asyncio.to_thread(verify_sync, message, lookups, min_key_bits)
+    return await in_thread(executor, verify_sync, message, lookups, min_key_bits)

@@ -11,7 +11,9 @@ query back to the shared resolver on the event loop (resolver.sync_lookup).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import dns.exception
@@ -79,3 +81,12 @@ class Lookups:
 
     def txt(self, name: str) -> list[bytes]:
         return txt_strings(self.query(name, "TXT"))
+
+
+async def in_thread(executor: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a worker thread of `executor` (None: asyncio's default
+    one). The authentication check brings its own pool, so that library calls
+    waiting on slow DNS never take the threads the rest of the server reads
+    and writes messages with."""
+    return await asyncio.get_running_loop().run_in_executor(
+        executor, functools.partial(fn, *args))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import authres
 import spf as pyspf
 
 from pillarbox.check.dkim import comment, token
-from pillarbox.check.lookup import DNSFailure, Lookups
+from pillarbox.check.lookup import DNSFailure, Lookups, in_thread
 
 QUERY_TIME = 20  # seconds for a whole check (RFC 7208 4.6.4 recommends at least 20)
 
@@ -93,7 +94,7 @@ def check_sync(lookups: Lookups, ip: str, mail_from: str, helo: str,
     return SPFResult(result, identity, value, reason)
 
 
-async def check(resolver: Any, ip: str, mail_from: str, helo: str,
-                receiver: str) -> SPFResult:
+async def check(resolver: Any, ip: str, mail_from: str, helo: str, receiver: str,
+                executor: Executor | None = None) -> SPFResult:
     lookups = Lookups(resolver, asyncio.get_running_loop())
-    return await asyncio.to_thread(check_sync, lookups, ip, mail_from, helo, receiver)
+    return await in_thread(executor, check_sync, lookups, ip, mail_from, helo, receiver)
