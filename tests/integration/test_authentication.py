@@ -464,3 +464,17 @@ def test_dkim_key_lookup_failure_is_temporary(mx, strict, dns, keys):
     # under strict_dkim: not a 554 but try again later
     assert send(strict, signed, "a@dk-down.test") == (
         451, "4.4.3 DKIM key could not be looked up; try again later")
+
+
+def test_malformed_signatures_and_seals_are_results_not_crashes(mx):
+    tok = token()
+    junk = (b"DKIM-Signature: v=1; a=rsa-sha256; d=junk.test; s=sel; h=from; bh=AAAA\r\n"
+            b"DKIM-Signature: ;;;==;\r\n"
+            b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=junk.test; s=sel; b=AAAA\r\n")
+    assert send(mx, junk + message("a@junk.test", tok), "a@junk.test")[0] == 250
+    assert results(delivered(mx, tok)) == expect(
+        "spf=none smtp.mailfrom=a@junk.test",
+        "dkim=neutral (missing b=) header.d=junk.test header.s=sel",
+        "dkim=neutral (bad signature field)",
+        "dmarc=none header.from=junk.test",
+        "arc=fail (Incomplete ARC set for instance 1)")

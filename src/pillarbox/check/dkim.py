@@ -41,7 +41,8 @@ def token(value: str) -> str | None:
 
 def comment(text: str) -> str:
     """A library's message, safe inside an Authentication-Results comment."""
-    return re.sub(r"[^ -'*-\[\]-~]", "", text)[:120].strip()
+    text = re.sub(r"\bb'([^']*)'", r"\1", text)  # dkimpy shows bytes as b'...'
+    return re.sub(r"[^ -'*-\[\]-~]", "", text)[:120].strip(" :")
 
 
 @dataclass(frozen=True)
