@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "pillarbox.check.helo",
     "pillarbox.check.message_rate",
     "pillarbox.check.greylist",
+    "pillarbox.check.authentication",
     "pillarbox.modify.received",
     "pillarbox.modify.submission",
     "pillarbox.modify.dkim_sign",

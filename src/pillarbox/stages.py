@@ -20,6 +20,7 @@ from email.header import Header
 from typing import Any
 
 from pillarbox import module
+from pillarbox.authserv import claims_host
 from pillarbox.queue.spool import BodyBuffer
 
 BLOCK = 64 * 1024  # bytes read from a spilled body at a time
@@ -96,13 +97,6 @@ def encode_field(text: str) -> bytes:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace")
-
-
-def claims_host(value: str, hostname: str) -> bool:
-    """Whether an Authentication-Results value names `hostname` as its
-    authserv-id (RFC 8601 2.2: the first token before ';')."""
-    authserv = value.split(";", 1)[0].split()
-    return bool(authserv) and authserv[0].lower().rstrip(".") == hostname.lower().rstrip(".")
 
 
 def has_our_results(block: bytes, hostname: str) -> bool:

@@ -121,11 +121,3 @@ def test_a_header_longer_than_the_first_block_is_read_to_its_end(tmp_path, no_re
     for i in range(0, len(data), 60_000):
         buf.write(data[i:i + 60_000])
     assert asyncio.run(stages.header_block(buf)) == long_header
-
-
-def test_claims_host_reads_the_authserv_id_only():
-    assert stages.claims_host(" MX.example.test; dkim=pass", "mx.example.test")
-    assert stages.claims_host(" mx.example.test 1; none", "mx.example.test")
-    assert stages.claims_host("\r\n\tmx.example.test.;\r\n\tspf=pass", "mx.example.test")
-    assert not stages.claims_host(" other.test; x=mx.example.test", "mx.example.test")
-    assert not stages.claims_host("", "mx.example.test")

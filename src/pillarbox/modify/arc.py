@@ -32,6 +32,7 @@ import dkim
 import dns.exception
 import dns.resolver
 
+from pillarbox.authserv import claims_host
 from pillarbox.modify.dkim_sign import DKIMSigner, ascii_domain, include_headers
 
 log = logging.getLogger("pillarbox.arc")
@@ -92,7 +93,7 @@ def our_results(fields: list[tuple[bytes, bytes]], authserv_id: str) -> list[str
             continue
         value = raw.split(b":", 1)[1].decode("utf-8", "replace")
         value = " ".join(value.split())
-        if value.split(";", 1)[0].lower().split()[:1] != [authserv_id.lower()]:
+        if not claims_host(value, authserv_id):
             continue  # another host's verdicts (a version after the id is allowed)
         try:
             parsed = authres.AuthenticationResultsHeader.parse(
