@@ -102,6 +102,7 @@ def _names(lines: list[bytes]) -> dict[bytes, bytes]:
 
 def test_lsub_lists_an_unsubscribed_parent_as_noselect(server):
     with RawIMAP(server.imaps_port, ALICE) as c:
+        c.ok("CREATE Work")
         c.ok("CREATE Work.Projects")
         c.ok("CREATE Lone")
         c.ok("SUBSCRIBE Work.Projects")

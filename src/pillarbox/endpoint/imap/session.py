@@ -770,13 +770,23 @@ class Session:
             for i in range(1, len(parts)):
                 every.add(".".join(parts[:i]))
         with_children = {n.rpartition(".")[0] for n in every if "." in n}
-        for n in sorted(every, key=lambda x: (x != "INBOX", x)):
+        # RFC 3501 6.3.9: LSUB "" % with Work.Projects subscribed but not Work lists
+        # Work, as \Noselect, where the pattern stops short of the subscribed child.
+        stand_ins = set()
+        if lsub:
+            for s in subscribed:
+                parts = s.split(".")
+                if len(parts) > 1 and not match.match(s):
+                    stand_ins |= {a for i in range(1, len(parts))
+                                  if (a := ".".join(parts[:i])) not in subscribed
+                                  and match.match(a)}
+        for n in sorted(every | stand_ins, key=lambda x: (x != "INBOX", x)):
             if not (match_inbox if n == "INBOX" else match).match(n):
                 continue
-            if only_subscribed and n not in subscribed:
+            if only_subscribed and n not in subscribed and n not in stand_ins:
                 continue
             attrs = []
-            if n not in names:
+            if n not in names or n in stand_ins:
                 attrs.append("\\Noselect")
             attrs.append("\\HasChildren" if n in with_children else "\\HasNoChildren")
             box = store.boxes.get(n)
