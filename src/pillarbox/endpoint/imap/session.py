@@ -14,6 +14,7 @@ import base64
 import binascii
 import datetime
 import functools
+import ipaddress
 import logging
 import os
 import re
@@ -144,6 +145,8 @@ class Session:
         self.out: list[bytes] = []
         self.out_size = 0
         self.tls = kind == "imaps"
+        # imap.cleartext_login_networks: LOGIN without TLS allowed from this client
+        self.cleartext_ok = _listed(self.peer_ip, self.limits.cleartext_login_networks)
         self.user: str | None = None
         self.store: MailStore | None = None
         self.selected: str | None = None
@@ -395,9 +398,9 @@ class Session:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                 "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}"]
-        if not self.tls:
-            if self.ctx.tls is not None:
-                caps.append("STARTTLS")
+        if not self.tls and self.ctx.tls is not None:
+            caps.append("STARTTLS")
+        if not self.tls and not self.cleartext_ok:
             caps.append("LOGINDISABLED")
         elif self.user is None:
             caps.append("AUTH=PLAIN")
@@ -584,12 +587,12 @@ class Session:
         raise _Handled()
 
     async def cmd_LOGIN(self, cmd: Command):
-        if not self.tls:
+        if not self.tls and not self.cleartext_ok:
             return ("NO", "[PRIVACYREQUIRED] Use STARTTLS (or the IMAPS port) before LOGIN")
         return await self._login(cmd.args["user"], cmd.args["password"])
 
     async def cmd_AUTHENTICATE(self, cmd: Command):
-        if not self.tls:
+        if not self.tls and not self.cleartext_ok:
             return ("NO", "[PRIVACYREQUIRED] Use STARTTLS (or the IMAPS port) before "
                           "AUTHENTICATE")
         if cmd.args["mechanism"] != "PLAIN":
@@ -1215,6 +1218,20 @@ class Session:
 
 
 NO_SPACE = "Not enough disk space, try again later"
+
+
+def _listed(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the client address is in one of `networks` (an IPv4-mapped IPv6
+    address, as a dual-stack socket reports IPv4 clients, counts as IPv4)."""
+    if not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:  # "unknown", a Unix socket
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in n for n in networks)
 
 
 def _storage_failure(e: OSError | sqlite3.Error) -> tuple[str, str]:
