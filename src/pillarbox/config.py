@@ -137,6 +137,10 @@ class IMAPSettings:
     max_connections_per_ip: int = 50
     idle_timeout: float = 1800.0
     max_bad_commands: int = 10
+    # LOGIN/AUTHENTICATE PLAIN without TLS on listen.imap from these (test tools,
+    # a webmail on the same host); empty: never
+    cleartext_login_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list)
 
 
 @dataclass
@@ -251,7 +255,8 @@ _SECTION_KEYS = {
                "mta_sts"},
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
              "max_literal_memory_per_session", "max_connections_per_user",
-             "max_connections_per_ip", "idle_timeout", "max_bad_commands"},
+             "max_connections_per_ip", "idle_timeout", "max_bad_commands",
+             "cleartext_login_networks"},
     "delivery": {"recipient_delimiter", "detail_folder", "srs", "srs_domain", "arc_seal"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
@@ -297,6 +302,20 @@ def _str(value: object, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(key, f"expected a string, got {value!r}")
     return value
+
+
+def _networks(value: object, key: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A list of addresses and CIDR networks ("127.0.0.1", "10.0.0.0/8", "::1")."""
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list like [\"127.0.0.1\", \"10.0.0.0/8\"], "
+                               f"got {value!r}")
+    out = []
+    for item in value:
+        try:
+            out.append(ipaddress.ip_network(_str(item, key)))
+        except ValueError as e:  # a host name, or host bits set ("10.0.0.1/8")
+            raise ConfigError(key, f"{item!r} is not an address or network: {e}") from None
+    return out
 
 
 def _int(value: object, key: str, minimum: int = 0) -> int:
@@ -464,6 +483,9 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
             setattr(imap, k, _int(im[k], f"imap.{k}", 1))
     if "idle_timeout" in im:
         imap.idle_timeout = parse_duration(im["idle_timeout"], "imap.idle_timeout")
+    if "cleartext_login_networks" in im:
+        imap.cleartext_login_networks = _networks(im["cleartext_login_networks"],
+                                                  "imap.cleartext_login_networks")
 
     delivery = _delivery(_section(data, "delivery"), domains)
 
@@ -794,6 +816,9 @@ max_connections_per_user = 20     # concurrent logins of one user; more get NO [
 max_connections_per_ip   = 50     # concurrent connections from one address; more get BYE
 idle_timeout             = "30m"  # silence (also in IDLE) before BYE; RFC 3501 asks for 30m+
 max_bad_commands         = 10     # BAD replies before the connection is closed
+# Addresses/networks allowed to LOGIN without TLS on listen.imap (e.g. ["127.0.0.1"]
+# for a local webmail or test tool); [] : STARTTLS first, from everywhere
+cleartext_login_networks = []
 
 [delivery]
 # Plus-addressing: alice+shopping@ reaches alice when no user or alias has the

@@ -8,6 +8,7 @@ bytes and durations in seconds, paths absolute)."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
 
@@ -26,6 +27,8 @@ def _value(v: object) -> str:
         return str(int(v))  # "5m" loads as 300, 300.0 or 300: one spelling
     if isinstance(v, int | float):
         return repr(v)
+    if isinstance(v, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        v = str(v)
     if isinstance(v, str):
         # JSON's escapes are TOML's; DEL is allowed in JSON strings, not in TOML.
         return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")

@@ -35,6 +35,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.limits.min_data_rate == 500
 
 
+def test_cleartext_login_networks(tmp_path: Path) -> None:
+    assert load_text(tmp_path, BASE).imap.cleartext_login_networks == []
+    cfg = load_text(tmp_path, BASE + '[imap]\ncleartext_login_networks = '
+                                     '["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]\n')
+    assert [str(n) for n in cfg.imap.cleartext_login_networks] == [
+        "127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"]
+
+
 @pytest.mark.parametrize(
     "extra, key",
     [
@@ -53,6 +61,10 @@ def test_defaults(tmp_path: Path) -> None:
         ("mode = \"party\"\n", "mode"),
         ("[imap]\nmax_literal_memory_per_session = \"300M\"\n",
          "imap.max_literal_memory_per_session"),
+        ("[imap]\ncleartext_login_networks = [\"localhost\"]\n", "imap.cleartext_login_networks"),
+        ("[imap]\ncleartext_login_networks = \"127.0.0.1\"\n", "imap.cleartext_login_networks"),
+        ("[imap]\ncleartext_login_networks = [\"10.0.0.1/8\"]\n",
+         "imap.cleartext_login_networks"),
         ("[delivery]\nrecipient_delimiter = \".\"\n", "delivery.recipient_delimiter"),
         ("[delivery]\ndetail_folder = \"yes\"\n", "delivery.detail_folder"),
         ("[delivery]\nsrs = \"on\"\n", "delivery.srs"),

@@ -26,6 +26,8 @@ command_timeout = "90s"
 auth_failure_delay = "500ms"
 [queue]
 retry_schedule = ["10s", "1h"]
+[imap]
+cleartext_login_networks = ["127.0.0.1", "fd00::/8"]
 [delivery]
 srs_domain = "other.test"
 [[route]]

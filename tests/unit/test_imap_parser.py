@@ -191,3 +191,30 @@ def test_setquota_is_parsed_to_be_refused():
     assert cmd('a SETQUOTA "" (STORAGE 512)').args["root"] == ""
     assert cmd('a SETQUOTA "" ()').args["root"] == ""
     bad('a SETQUOTA ""')
+
+
+# RFC 3501 section 9, written out here rather than taken from the parser:
+# ATOM-CHAR is any CHAR except atom-specials; ASTRING-CHAR adds "]";
+# list-char adds the list-wildcards "%" and "*".
+_ATOM_SPECIALS = '(){ %*"\\]'
+_ATOM_CHARS = [chr(c) for c in range(0x21, 0x7F) if chr(c) not in _ATOM_SPECIALS]
+
+
+@pytest.mark.parametrize("c", _ATOM_CHARS)
+def test_every_atom_char_starts_ends_and_fills_an_astring(c: str) -> None:
+    for name in (f"{c}foo", f"foo{c}", c, c * 3):
+        assert cmd(f"a SELECT {name}").args["mailbox"] == name
+        assert cmd(f"a LOGIN {name} {name}").args["user"] == name
+        args = cmd(f'a LIST {name} {name}').args
+        assert (args["reference"], args["pattern"]) == (name, name)
+        assert cmd(f"a STATUS {name} (MESSAGES)").args["mailbox"] == name
+
+
+def test_astring_chars_and_list_wildcards() -> None:
+    assert cmd("a SELECT foo]").args["mailbox"] == "foo]"
+    assert cmd('a LIST "" ]%*~').args["pattern"] == "]%*~"
+    assert cmd('a LIST "" ~{3}\r\n', b"a.b").args["pattern"] == "a.b"
+    assert cmd("a SELECT ~{3}\r\n", b"abc").args["mailbox"] == "abc"
+    for special in ("(", ")", "{", "%", "*", '"', "\\"):
+        bad(f"a SELECT a{special}b")
+    bad("a SELECT ~{3}x")

@@ -14,6 +14,7 @@ import email.policy
 import email.utils
 import re
 
+from pillarbox.endpoint.imap import addrlist
 from pillarbox.endpoint.imap.parser import Section
 
 _FIELD_RE = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:", re.M)
@@ -231,37 +232,37 @@ def _raw(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
 
-def _addresses(values: list[bytes]) -> bytes:
-    if not values:
+def addresses(values: list[bytes]) -> list[addrlist.Address]:
+    """The address structures of one or more address-list fields (their octets
+    that are not UTF-8 kept as surrogates)."""
+    return [a for v in values for a in addrlist.parse(v.decode("utf-8", "surrogateescape"))]
+
+
+def _address_list(addrs: list[addrlist.Address]) -> bytes:
+    if not addrs:
         return b"NIL"
-    text = ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
-    out = []
-    for name, addr in email.utils.getaddresses([text]):
-        if not addr and not name:
-            continue
-        mailbox, at, host = addr.rpartition("@")
-        if not at:
-            mailbox, host = addr, None
-        # Header octets that are not UTF-8 came in as surrogates: they go back out as
-        # the same octets (in a literal), never as an encoding error.
-        out.append(b"(" + b" ".join([_nstring(_raw(name)), b"NIL", quote(_raw(mailbox)),
-                                     _nstring(_raw(host) if host else None)]) + b")")
-    return b"(" + b"".join(out) + b")" if out else b"NIL"
+    # Header octets that are not UTF-8 came in as surrogates: they go back out as
+    # the same octets (in a literal), never as an encoding error.
+    return b"(" + b"".join(
+        b"(" + b" ".join(quote(_raw(v)) if v is not None else b"NIL"
+                         for v in (a.name, a.adl, a.mailbox, a.host)) + b")"
+        for a in addrs) + b")"
 
 
 def envelope(p: Part) -> bytes:
-    frm = p.get_all("from")
-    sender = p.get_all("sender") or frm
-    reply_to = p.get_all("reply-to") or frm
+    frm = addresses(p.get_all("from"))
+    # RFC 3501 7.4.2: a Sender or Reply-To that is absent or empty is From.
+    sender = addresses(p.get_all("sender")) or frm
+    reply_to = addresses(p.get_all("reply-to")) or frm
     items = [
         _nstring(p.get("date")),
         _nstring(p.get("subject")),
-        _addresses(frm),
-        _addresses(sender),
-        _addresses(reply_to),
-        _addresses(p.get_all("to")),
-        _addresses(p.get_all("cc")),
-        _addresses(p.get_all("bcc")),
+        _address_list(frm),
+        _address_list(sender),
+        _address_list(reply_to),
+        _address_list(addresses(p.get_all("to"))),
+        _address_list(addresses(p.get_all("cc"))),
+        _address_list(addresses(p.get_all("bcc"))),
         _nstring(p.get("in-reply-to")),
         _nstring(p.get("message-id")),
     ]

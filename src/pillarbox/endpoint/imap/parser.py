@@ -288,17 +288,22 @@ class Reader:
         self.pos = 0
         return data
 
+    def at_string(self) -> bool:
+        """Whether a quoted string or a literal starts here. `~` alone is an ATOM-CHAR
+        (`SELECT ~foo`); only `~{` starts a literal8."""
+        c = self.peek()
+        return c in (0x22, 0x7B) or (c == 0x7E and self.line[self.pos + 1:self.pos + 2] == b"{")
+
     def string(self, what: str = "a string") -> bytes:
         c = self.peek()
         if c == 0x22:
             return self.quoted()
-        if c in (0x7B, 0x7E):  # { or ~{
+        if self.at_string():  # { or ~{
             return self.literal()
         raise ParseError(f"expected {what} {self.where()}")
 
     def astring(self, what: str = "a string") -> bytes:
-        c = self.peek()
-        if c in (0x22, 0x7B, 0x7E):
+        if self.at_string():
             return self.string(what)
         a = self.run(ASTRING_CHARS)
         if not a:
@@ -321,8 +326,7 @@ class Reader:
         return "INBOX" if name.upper() == "INBOX" else name
 
     def list_mailbox(self) -> str:
-        c = self.peek()
-        if c in (0x22, 0x7B, 0x7E):
+        if self.at_string():
             raw = self.string()
         else:
             raw = self.run(LIST_CHARS)

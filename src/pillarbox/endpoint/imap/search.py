@@ -11,7 +11,7 @@ import datetime
 import email.utils
 from pathlib import Path
 
-from pillarbox.endpoint.imap import mime
+from pillarbox.endpoint.imap import addrlist, mime
 from pillarbox.store.mailbox_index import Message
 
 
@@ -68,6 +68,28 @@ class Searcher:
             b = self._cache["body"] = mime.body_text(self._part(msg).raw).casefold()
         return b
 
+    def _addresses(self, msg: Message, name: str) -> str:
+        """An address field as the user reads it, for FROM/TO/CC/BCC: each address
+        as `Display Name <local@domain>` (names decoded, comments and the spaces
+        between an address's parts gone), group names too; the decoded text when
+        nothing in it reads as an address."""
+        key = "addr-" + name
+        text = self._cache.get(key)
+        if text is None:
+            part = self._part(msg)
+            lines = []
+            for a in mime.addresses(part.get_all(name)):
+                if a.host is None:
+                    lines.append(mime.decoded_words(a.mailbox) if a.mailbox else "")
+                    continue
+                addr = f"{a.mailbox}@{a.host}" if a.host != addrlist.MISSING_HOST \
+                    else a.mailbox or ""
+                lines.append(f"{mime.decoded_words(a.name)} <{addr}>" if a.name
+                             else f"<{addr}>")
+            text = "\n".join(lines) if lines else mime.decoded_header(part, name)
+            text = self._cache[key] = text.encode("utf-8", "replace").decode().casefold()
+        return text
+
     def _sent(self, msg: Message) -> datetime.date | None:
         v = self._part(msg).get("date")
         if not v:
@@ -120,7 +142,9 @@ class Searcher:
         if k in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             d = self._sent(msg)
             return d is not None and cmp_date(k[4:], d, key[1])
-        if k in ("BCC", "CC", "FROM", "SUBJECT", "TO"):
+        if k in ("BCC", "CC", "FROM", "TO"):
+            return key[1].casefold() in self._addresses(msg, k)
+        if k == "SUBJECT":
             return key[1].casefold() in mime.decoded_header(self._part(msg), k).casefold()
         if k == "HEADER":
             part = self._part(msg)

@@ -14,6 +14,7 @@ import base64
 import binascii
 import datetime
 import functools
+import ipaddress
 import logging
 import os
 import re
@@ -144,6 +145,8 @@ class Session:
         self.out: list[bytes] = []
         self.out_size = 0
         self.tls = kind == "imaps"
+        # imap.cleartext_login_networks: LOGIN without TLS allowed from this client
+        self.cleartext_ok = _listed(self.peer_ip, self.limits.cleartext_login_networks)
         self.user: str | None = None
         self.store: MailStore | None = None
         self.selected: str | None = None
@@ -395,9 +398,9 @@ class Session:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                 "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}"]
-        if not self.tls:
-            if self.ctx.tls is not None:
-                caps.append("STARTTLS")
+        if not self.tls and self.ctx.tls is not None:
+            caps.append("STARTTLS")
+        if not self.tls and not self.cleartext_ok:
             caps.append("LOGINDISABLED")
         elif self.user is None:
             caps.append("AUTH=PLAIN")
@@ -584,12 +587,12 @@ class Session:
         raise _Handled()
 
     async def cmd_LOGIN(self, cmd: Command):
-        if not self.tls:
+        if not self.tls and not self.cleartext_ok:
             return ("NO", "[PRIVACYREQUIRED] Use STARTTLS (or the IMAPS port) before LOGIN")
         return await self._login(cmd.args["user"], cmd.args["password"])
 
     async def cmd_AUTHENTICATE(self, cmd: Command):
-        if not self.tls:
+        if not self.tls and not self.cleartext_ok:
             return ("NO", "[PRIVACYREQUIRED] Use STARTTLS (or the IMAPS port) before "
                           "AUTHENTICATE")
         if cmd.args["mechanism"] != "PLAIN":
@@ -770,13 +773,23 @@ class Session:
             for i in range(1, len(parts)):
                 every.add(".".join(parts[:i]))
         with_children = {n.rpartition(".")[0] for n in every if "." in n}
-        for n in sorted(every, key=lambda x: (x != "INBOX", x)):
+        # RFC 3501 6.3.9: LSUB "" % with Work.Projects subscribed but not Work lists
+        # Work, as \Noselect, where the pattern stops short of the subscribed child.
+        stand_ins = set()
+        if lsub:
+            for s in subscribed:
+                parts = s.split(".")
+                if len(parts) > 1 and not match.match(s):
+                    stand_ins |= {a for i in range(1, len(parts))
+                                  if (a := ".".join(parts[:i])) not in subscribed
+                                  and match.match(a)}
+        for n in sorted(every | stand_ins, key=lambda x: (x != "INBOX", x)):
             if not (match_inbox if n == "INBOX" else match).match(n):
                 continue
-            if only_subscribed and n not in subscribed:
+            if only_subscribed and n not in subscribed and n not in stand_ins:
                 continue
             attrs = []
-            if n not in names:
+            if n not in names or n in stand_ins:
                 attrs.append("\\Noselect")
             attrs.append("\\HasChildren" if n in with_children else "\\HasNoChildren")
             box = store.boxes.get(n)
@@ -1205,6 +1218,20 @@ class Session:
 
 
 NO_SPACE = "Not enough disk space, try again later"
+
+
+def _listed(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether the client address is in one of `networks` (an IPv4-mapped IPv6
+    address, as a dual-stack socket reports IPv4 clients, counts as IPv4)."""
+    if not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:  # "unknown", a Unix socket
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in n for n in networks)
 
 
 def _storage_failure(e: OSError | sqlite3.Error) -> tuple[str, str]:
