@@ -697,7 +697,8 @@ def warnings(cfg: Config) -> list[str]:
 TEMPLATE = """\
 # pillarbox configuration. Every key is optional except hostname and domains;
 # the value shown is the default, except in [listen], where a missing key
-# means the endpoint is off. Sizes take K/M/G, durations s/m/h/d.
+# means the endpoint is off, and in [pipeline.smtp] at the end, which turns on
+# more checks than a config without it has. Sizes take K/M/G, durations s/m/h/d.
 
 # The name this server gives itself in the SMTP banner, EHLO and Received
 # headers. Publish it as the MX host of your domains (`pillarbox dns`).
@@ -846,4 +847,14 @@ arc_seal   = true
 # tls           = "required"           # none | opportunistic | required | verify
 # auth_user     = "me@provider.example"
 # auth_password = "secret"
+
+# What the MX (listen.smtp) asks of mail from other servers, in order:
+# "relay" refuses other domains, "recipient" unknown local addresses, and
+# "authentication" verifies DKIM, SPF, DMARC and ARC into one
+# Authentication-Results field (a failing DMARC p=reject: 550 5.7.1;
+# p=quarantine: the Junk folder). Without this table: relay and recipient only.
+# More checks (helo, rate_limit, dnsbl, greylist, rspamd): docs/ABUSE.md,
+# docs/SPAM.md; every kind and option: docs/MODULES.md.
+[pipeline.smtp]
+checks = ["relay", "recipient", "authentication"]
 """
