@@ -4,7 +4,9 @@ this file by rspamd_server.py), driven over SMTP through a real pillarbox."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
+import json
 import socket
 import tempfile
 import threading
@@ -13,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pillarbox import module
+from pillarbox import module, registry
 from pillarbox.check import rspamd as rspamd_check
+from pillarbox.resolver import make_resolver
 
+from .dns_server import DNSServer
 from .rspamd_server import (
     GREY_SUBJECT,
     GTUBE,
@@ -24,7 +28,7 @@ from .rspamd_server import (
     SOFT_SUBJECT,
     RspamdServer,
 )
-from .support import ALICE, free_ports, make_message, parse, token
+from .support import ALICE, BOB, free_ports, make_message, parse, token
 
 SENDER = "sender@remote.test"
 
@@ -191,3 +195,166 @@ def test_a_silent_rspamd_hits_the_timeout_and_gives_the_fallback(make_server, si
         assert code == 250
         assert _delivered(srv, tok)["X-Spam-Result"] == 'unavailable; reason="timeout"'
 
+
+
+# -- what pillarbox sends, and rspamd answers it must not trust -----------------------
+
+class _Canned:
+    """An HTTP server on 127.0.0.1 answering every request with one canned
+    reply (status, body), and recording each request (headers, body)."""
+
+    def __init__(self, status: int = 200, body: bytes = b"") -> None:
+        self.status, self.body = status, body
+        self.requests: list[tuple[list[tuple[str, str]], bytes]] = []
+        canned = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                canned.requests.append((list(self.headers.items()), data))
+                self.send_response(canned.status)
+                self.send_header("Content-Length", str(len(canned.body)))
+                self.end_headers()
+                self.wfile.write(canned.body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def canned():
+    made: list[_Canned] = []
+
+    def make(status: int = 200, body: bytes | dict = b"") -> _Canned:
+        c = _Canned(status, json.dumps(body).encode() if isinstance(body, dict) else body)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+NO_ACTION = {"score": 1.5, "required_score": 15.0, "action": "no action", "symbols": {}}
+
+
+def _scan(url: str, message: bytes, source: module.Source | None = None, resolver=None,
+          **options) -> module.Verdict:
+    async def run() -> module.Verdict:
+        opts = registry.validate_options(rspamd_check.KIND, "spam", {"url": url, **options})
+        check = rspamd_check.KIND.make("spam", opts, registry.Env(config=None,
+                                                                  resolver=resolver))
+        st = check.state(source or module.Source("smtp", client_ip="127.0.0.1",
+                                                  helo="client.test"))
+        await st.mail(SENDER)
+        await st.rcpt(ALICE)
+        try:
+            return await st.body(parse(message), io.BytesIO(message))
+        finally:
+            await check.close()
+
+    return asyncio.run(run())
+
+
+def test_submission_tells_rspamd_the_envelope_and_the_authenticated_user(make_server, canned):
+    c = canned(body=NO_ACTION)
+    srv = make_server(extra_toml=f'''
+[module.spam]
+kind = "rspamd"
+url = "{c.url}"
+
+[pipeline.submission]
+checks = ["sender", "relay", "recipient", "spam"]
+''')
+    tok = token()
+    msg = make_message(ALICE, [BOB, "carol@elsewhere.test"], tok)
+    with srv.submission(ALICE) as s:
+        s.sendmail(ALICE, [BOB, "carol@elsewhere.test"], msg)
+    ((headers, body),) = c.requests
+    got = [(k.lower(), v) for k, v in headers]
+    assert ("ip", "127.0.0.1") in got and ("helo", "client.test") in got
+    assert ("from", ALICE) in got and ("user", ALICE) in got
+    assert [v for k, v in got if k == "rcpt"] == [BOB, "carol@elsewhere.test"]
+    assert ("mta-name", "mx.example.test") in got and ("hostname", "localhost") in got
+    assert ("tls-version", "TLSv1.3") in got
+    assert body == msg  # the message as received, streamed whole
+    assert "score=1.50; required=15.00; action=\"no action\"" in \
+        parse(srv.wait_for_messages(BOB, 1)[0])["X-Spam-Result"]
+
+
+@pytest.mark.parametrize(("status", "body", "reason"), [
+    (200, b"{not json", "malformed answer"),
+    (200, b'{"action": "launch missiles", "score": 1, "required_score": 15}',
+     "malformed answer"),
+    (200, b'{"action": "reject", "score": "high", "required_score": 15}', "malformed answer"),
+    (200, b'["reject"]', "malformed answer"),
+    (200, b"[" * 100_000, "malformed answer"),
+    (500, b"oops", "status 500"),
+    (200, b" " * (rspamd_check.MAX_REPLY + 1), "answer too large"),
+])
+def test_an_answer_rspamd_should_not_send_gives_the_fallback(canned, status, body, reason):
+    c = canned(status, body)
+    raw = make_message(SENDER, ALICE, "hello")
+    v = _scan(c.url, raw, fallback="accept")
+    assert v.reject is None
+    assert v.add_headers == [("X-Spam-Result", f'unavailable; reason="{reason}"')]
+    v = _scan(c.url, raw, fallback="defer")
+    assert (v.reject.code, v.reject.text) == (451, "4.7.1 Spam filter unavailable, "
+                                                   "try again later")
+
+
+def test_rspamds_texts_are_cleaned_and_bounded(canned):
+    symbols = {f"SYM_{i}\r\nX-Evil: 1": {"score": i / 10} for i in range(500)}
+    c = canned(body={"action": "rewrite subject", "score": 9.0, "required_score": 15.0,
+                     "subject": "*** SPAM ***\r\nBcc: everyone@example.test hello",
+                     "symbols": symbols})
+    v = _scan(c.url, make_message(SENDER, ALICE, "hello"))
+    assert v.subject == "*** SPAM *** Bcc: everyone@example.test hello"
+    (flag, result) = v.add_headers
+    assert flag == ("X-Spam", "Yes")
+    assert len(result[1]) <= rspamd_check.MAX_FIELD and result[1].endswith(", ...")
+    assert "\r" not in result[1] and "\n" not in result[1]
+    assert "SYM_499__X-Evil:_1(49.90)" in result[1]  # the heaviest first
+    c2 = canned(body={"action": "reject", "score": 20.0, "required_score": 15.0,
+                      "messages": {"smtp_message": "no\r\n250 thanks" + "x" * 500}})
+    v = _scan(c2.url, make_message(SENDER, ALICE, "hello"))
+    assert v.reject.code == 550
+    assert v.reject.text == ("5.7.1 no 250 thanks" + "x" * 500)[:6 + rspamd_check.MAX_TEXT]
+
+
+def test_the_client_name_is_its_forward_confirmed_reverse_name(canned):
+    c = canned(body=NO_ACTION)
+    with DNSServer() as dns_srv:
+        dns_srv.add("7.2.0.192.in-addr.arpa", "PTR", "mail.remote.test.")
+        dns_srv.a("mail.remote.test", "192.0.2.7")
+        dns_srv.add("8.2.0.192.in-addr.arpa", "PTR", "liar.remote.test.")
+        dns_srv.a("liar.remote.test", "192.0.2.99")
+        resolver = make_resolver([dns_srv.address])
+        raw = make_message(SENDER, ALICE, "hello")
+        for ip, want in [("192.0.2.7", "mail.remote.test"), ("192.0.2.8", "unknown"),
+                         ("192.0.2.9", "unknown")]:
+            _scan(c.url, raw, module.Source("smtp", client_ip=ip, helo="x"), resolver)
+            headers = dict((k.lower(), v) for k, v in c.requests[-1][0])
+            assert (headers["ip"], headers["hostname"]) == (ip, want)
+
+
+def test_options_are_validated():
+    ok = {"url": "http://127.0.0.1:11333"}
+    for bad, why in [({"url": "ftp://x"}, "url:"), ({"url": "http://x:99999"}, "url:"),
+                     ({"timeout": 0}, "timeout:"), ({"timeout": 601}, "timeout:"),
+                     ({"fallback": "maybe"}, "fallback:"),
+                     ({"header": "X Spam"}, "header:"), ({"flag_header": ""}, "flag_header:"),
+                     ({"password": "a\r\nb"}, "password:")]:
+        opts = registry.validate_options(rspamd_check.KIND, "spam", {**ok, **bad})
+        with pytest.raises(ValueError, match=why):
+            rspamd_check.KIND.validate(opts)
+    rspamd_check.KIND.validate(registry.validate_options(rspamd_check.KIND, "spam", ok))

@@ -26,6 +26,7 @@ timeout, a status other than 200, malformed JSON, an unknown action) is
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import aiohttp
+import dns.exception
 
 from pillarbox import module
 from pillarbox.check import Reply
@@ -45,6 +47,7 @@ BLOCK = 64 * 1024
 MAX_REPLY = 1024 * 1024  # rspamd's JSON answer; a larger one is malformed
 MAX_FIELD = 900  # the result field's value, on one line (RFC 5322: 998 per line)
 MAX_TEXT = 200  # rspamd's SMTP message and new Subject, as we pass them on
+HOSTNAME_SHARE = 0.3  # of `timeout`, at most, for the client's reverse DNS name
 ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
 _FIELD_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
 _SYMBOL_RE = re.compile(r"[^A-Za-z0-9_.:-]")
@@ -117,9 +120,35 @@ def parse_answer(raw: bytes) -> dict[str, Any]:
     return answer
 
 
+async def client_hostname(resolver: Any, ip: str, budget: float) -> str | None:
+    """The client's reverse DNS name confirmed by a forward lookup, for
+    rspamd's Hostname header (as Postfix gives it): "unknown" when there is
+    none or DNS fails within `budget` seconds; None without a resolver."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "unknown"
+    if addr.is_loopback:
+        return "localhost"
+    if resolver is None:
+        return None
+    try:
+        async with asyncio.timeout(budget):
+            ptr = await resolver.resolve_address(ip)
+            for rr in list(ptr)[:4]:  # a name with many PTRs: the first few are enough
+                name = rr.target.to_text(omit_final_dot=True).lower()
+                fwd = await resolver.resolve(name, "A" if addr.version == 4 else "AAAA",
+                                             search=False)
+                if any(ipaddress.ip_address(r.address) == addr for r in fwd):
+                    return name
+    except (TimeoutError, dns.exception.DNSException, ValueError):
+        pass
+    return "unknown"
+
+
 class RspamdCheck:
     def __init__(self, name: str, url: str, timeout: float, fallback: str, header: str,
-                 flag_header: str, password: str, hostname: str) -> None:
+                 flag_header: str, password: str, hostname: str, resolver: Any = None) -> None:
         self.name = name
         self.url = url.rstrip("/") + "/checkv2"
         self.timeout = timeout
@@ -128,6 +157,7 @@ class RspamdCheck:
         self.flag_header = flag_header
         self._password = password
         self._hostname = hostname
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
 
     def state(self, source: module.Source) -> _State:
@@ -149,11 +179,14 @@ class RspamdCheck:
     # -- the exchange ------------------------------------------------------------
 
     def request_headers(self, source: module.Source, helo: str, mail_from: str,
-                        rcpts: list[str], size: int) -> list[tuple[str, str]]:
+                        rcpts: list[str], size: int,
+                        client_name: str | None = None) -> list[tuple[str, str]]:
         """rspamd's protocol headers for one message (repeated Rcpt: a list of pairs)."""
         h = [("Content-Length", str(size)), ("MTA-Name", self._hostname)]
         if source.client_ip:
             h.append(("IP", source.client_ip))
+        if client_name:
+            h.append(("Hostname", client_name))
         if helo:
             h.append(("Helo", helo))
         h.append(("From", mail_from or "<>"))
@@ -168,10 +201,11 @@ class RspamdCheck:
         # Values came from the dialogue: no CR/LF/NUL may reach the request.
         return [(k, _one_line(v)) for k, v in h]
 
-    async def ask(self, headers: list[tuple[str, str]], body: BinaryIO) -> dict[str, Any]:
+    async def ask(self, headers: list[tuple[str, str]], body: BinaryIO,
+                  timeout: float) -> dict[str, Any]:
         """rspamd's answer, or Unavailable."""
         try:
-            async with asyncio.timeout(self.timeout):  # the whole exchange, whatever happens
+            async with asyncio.timeout(timeout):  # the whole exchange, whatever happens
                 async with self._client().post(self.url, data=_blocks(body), headers=headers,
                                                allow_redirects=False) as response:
                     if response.status != 200:
@@ -189,10 +223,14 @@ class RspamdCheck:
 
     async def scan(self, source: module.Source, helo: str, mail_from: str, rcpts: list[str],
                    body: BinaryIO) -> module.Verdict:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout  # one deadline: DNS and rspamd together
+        name = await client_hostname(self._resolver, source.client_ip,
+                                     self.timeout * HOSTNAME_SHARE)
         try:
             size = _size(body)
-            answer = await self.ask(self.request_headers(source, helo, mail_from, rcpts, size),
-                                    body)
+            headers = self.request_headers(source, helo, mail_from, rcpts, size, name)
+            answer = await self.ask(headers, body, max(0.0, deadline - loop.time()))
         except (Unavailable, ValueError) as e:  # ValueError: a closed reader
             return self._fallback(str(e) or "unreadable message")
         verdict = self.verdict(answer)
@@ -215,9 +253,11 @@ class RspamdCheck:
         said = _text(messages.get("smtp_message")) if isinstance(messages, dict) else ""
         fields = [(self.header, result_field(answer))]
         if action == "reject":
-            return module.Verdict(reject=Reply(550, f"5.7.1 {said or 'Message refused as spam'}"))
+            return module.Verdict(reject=Reply(550, f"5.7.1 {said}") if said
+                                  else Reply(550, "5.7.1 Message refused as spam"))
         if action == "soft reject":
-            return module.Verdict(reject=Reply(451, f"4.7.1 {said or 'Try again later'}"))
+            return module.Verdict(reject=Reply(451, f"4.7.1 {said}") if said
+                                  else Reply(451, "4.7.1 Try again later"))
         if action == "greylist":
             return module.Verdict(reject=Reply(451, "4.7.1 Greylisted, please try again later"))
         if action == "add header":
@@ -318,7 +358,8 @@ def _make(name: str, options: dict[str, Any], env: Any) -> RspamdCheck:
     o = _check(options)
     hostname = getattr(getattr(env, "config", None), "hostname", "") or "localhost"
     return RspamdCheck(name, o["url"], o["timeout"], o["fallback"], o["header"],
-                       o["flag_header"], o["password"], hostname)
+                       o["flag_header"], o["password"], hostname,
+                       getattr(env, "resolver", None))
 
 
 KIND = module.Kind(
