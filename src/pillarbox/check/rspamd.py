@@ -12,15 +12,16 @@ what to do with it.
 
 The envelope is collected by the MAIL and RCPT hooks; at the body hook the
 message goes to rspamd's HTTP protocol (`POST /checkv2`), streamed from the
-reader in blocks with the envelope in request headers (IP, Helo, From, one
-Rcpt per recipient, User when authenticated, MTA-Name, TLS-Version and
-TLS-Cipher). rspamd's `action` decides the verdict (see ACTIONS below); its
-score, required score, action and symbols go into one header field.
+reader in blocks, with the envelope in request headers (IP; Hostname, the
+client's forward-confirmed reverse name; Helo, From, one Rcpt per
+recipient, User when authenticated, MTA-Name, TLS-Version, TLS-Cipher).
+rspamd's `action` decides the verdict (`RspamdCheck.verdict`); its score,
+required score, action and symbols go into one header field.
 
-Never a hang: one deadline covers the whole exchange, rspamd's answer is
-read up to MAX_REPLY bytes, and anything unexpected (refused connection,
-timeout, a status other than 200, malformed JSON, an unknown action) is
-"rspamd unavailable" and gives the fallback.
+Never a hang: one deadline (`timeout`) covers the DNS lookup and the whole
+exchange, rspamd's answer is read up to MAX_REPLY bytes, and anything
+unexpected (refused connection, timeout, a status other than 200, malformed
+JSON, an unknown action) is "rspamd unavailable" and gives the fallback.
 """
 
 from __future__ import annotations
@@ -233,6 +234,9 @@ class RspamdCheck:
             answer = await self.ask(headers, body, max(0.0, deadline - loop.time()))
         except (Unavailable, ValueError) as e:  # ValueError: a closed reader
             return self._fallback(str(e) or "unreadable message")
+        except Exception as e:  # whatever went wrong, the session goes on with the fallback
+            log.warning("rspamd check=%s failed", self.name, exc_info=True)
+            return self._fallback(f"error ({type(e).__name__})")
         verdict = self.verdict(answer)
         log.info("rspamd check=%s action=%s score=%s from=<%s> rcpts=%d", self.name,
                  answer["action"], answer["score"], _text(mail_from, 200), len(rcpts))
