@@ -317,7 +317,8 @@ def test_an_answer_rspamd_should_not_send_gives_the_fallback(canned, status, bod
 
 def test_rspamds_texts_are_cleaned_and_bounded(canned):
     symbols = {f"SYM_{i}\r\nX-Evil: 1": {"score": i / 10} for i in range(500)}
-    c = canned(body={"action": "rewrite subject", "score": 9.0, "required_score": 15.0,
+    symbols["HUGE"] = {"score": -1e300}
+    c = canned(body={"action": "rewrite subject", "score": 1e300, "required_score": 15.0,
                      "subject": "*** SPAM ***\r\nBcc: everyone@example.test hello",
                      "symbols": symbols})
     v = _scan(c.url, make_message(SENDER, ALICE, "hello"))
@@ -326,7 +327,8 @@ def test_rspamds_texts_are_cleaned_and_bounded(canned):
     assert flag == ("X-Spam", "Yes")
     assert len(result[1]) <= rspamd_check.MAX_FIELD and result[1].endswith(", ...")
     assert "\r" not in result[1] and "\n" not in result[1]
-    assert "SYM_499__X-Evil:_1(49.90)" in result[1]  # the heaviest first
+    assert result[1].startswith('score=1000000.00; required=15.00; action="rewrite subject"; '
+                                'symbols=HUGE(-1000000.00), SYM_499__X-Evil:_1(49.90), ')
     c2 = canned(body={"action": "reject", "score": 20.0, "required_score": 15.0,
                       "messages": {"smtp_message": "no\r\n250 thanks" + "x" * 500}})
     v = _scan(c2.url, make_message(SENDER, ALICE, "hello"))

@@ -80,11 +80,16 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def _score(x: float) -> str:
+    """A score for the result field: bounded, so 1e300 cannot overflow the line."""
+    return f"{max(-1e6, min(1e6, x)):.2f}"
+
+
 def result_field(answer: dict[str, Any]) -> str:
     """rspamd's verdict on one line: score, required score, action, and the
     symbols by weight (the heaviest first, cut to fit MAX_FIELD)."""
-    head = (f"score={_number(answer.get('score')):.2f}; "
-            f"required={_number(answer.get('required_score')):.2f}; "
+    head = (f"score={_score(_number(answer.get('score')))}; "
+            f"required={_score(_number(answer.get('required_score')))}; "
             f"action=\"{answer['action']}\"")
     symbols = answer.get("symbols")
     items: list[tuple[float, str]] = []
@@ -99,7 +104,7 @@ def result_field(answer: dict[str, Any]) -> str:
     room = MAX_FIELD - len(out)
     parts: list[str] = []
     for score, name in items:
-        part = f"{name}({score:.2f})"
+        part = f"{name}({_score(score)})"
         if len(part) + 2 > room - 5:  # keep room for ", ..."
             parts.append("...")
             break
