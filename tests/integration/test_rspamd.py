@@ -157,6 +157,15 @@ def test_soft_reject_and_greylist_defer_with_451(pbx):
     assert _with_subject(pbx, SOFT_SUBJECT) == _with_subject(pbx, GREY_SUBJECT) == []
 
 
+def test_rewrite_subject_replaces_the_subject_with_rspamds(pbx):
+    tok = token()
+    assert _send(pbx, tok, f"{GTUBE_REWRITE_SUBJECT}\r\n")[0] == 250
+    msg = _delivered(pbx, f"*** SPAM *** {tok}")
+    assert msg["X-Spam"] == "Yes"
+    assert msg["X-Spam-Result"].startswith('score=0.00; required=15.00; '
+                                           'action="rewrite subject"; symbols=GTUBE(0.00)')
+
+
 def test_rewrite_subject_gives_rspamds_new_subject(rspamd):
     """The check's verdict carries rspamd's Subject (the session applies it)."""
     raw = make_message(SENDER, ALICE, "hello", f"{GTUBE_REWRITE_SUBJECT}\r\n")
@@ -363,3 +372,21 @@ def test_options_are_validated():
         with pytest.raises(ValueError, match=why):
             rspamd_check.KIND.validate(opts)
     rspamd_check.KIND.validate(registry.validate_options(rspamd_check.KIND, "spam", ok))
+
+
+def test_each_message_of_a_connection_tells_rspamd_its_own_envelope(make_server, canned):
+    """Check states live for the connection: the second message's request
+    names its own sender and recipients only. The second is large (spilled
+    to disk by the session): it reaches rspamd whole, streamed."""
+    c = canned(body=NO_ACTION)
+    srv = _server(make_server, c.url)
+    small = make_message(SENDER, ALICE, token())
+    large = make_message("other@remote.test", BOB, token(), ("x" * 998 + "\r\n") * 2000)
+    with srv.smtp() as s:
+        s.sendmail(SENDER, [ALICE], small)
+        s.sendmail("other@remote.test", [BOB], large)
+    assert [body for _, body in c.requests] == [small, large]
+    first, second = ([(k.lower(), v) for k, v in h] for h, _ in c.requests)
+    assert [v for k, v in first if k in ("from", "rcpt")] == [SENDER, ALICE]
+    assert [v for k, v in second if k in ("from", "rcpt")] == ["other@remote.test", BOB]
+    assert ("helo", "client.test") in second

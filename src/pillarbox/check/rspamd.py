@@ -10,7 +10,8 @@ what to do with it.
     [pipeline.smtp]
     checks = ["relay", "recipient", "spam"]
 
-The envelope is collected by the MAIL and RCPT hooks; at the body hook the
+The envelope is collected by the MAIL and RCPT hooks (the state lives for the
+connection: MAIL starts each message afresh); at the body hook the
 message goes to rspamd's HTTP protocol (`POST /checkv2`), streamed from the
 reader in blocks, with the envelope in request headers (IP; Hostname, the
 client's forward-confirmed reverse name; Helo, From, one Rcpt per
@@ -27,6 +28,7 @@ JSON, an unknown action) is "rspamd unavailable" and gives the fallback.
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import json
 import logging
@@ -291,26 +293,24 @@ def _size(body: BinaryIO) -> int:
 
 
 async def _blocks(body: BinaryIO) -> AsyncIterator[bytes]:
+    """The message in blocks; a body spilled to disk is read off the event loop."""
     body.seek(0)
-    while block := body.read(BLOCK):
+    in_memory = isinstance(body, io.BytesIO)
+    while block := (body.read(BLOCK) if in_memory else await asyncio.to_thread(body.read, BLOCK)):
         yield block
 
 
 class _State(module.BaseCheckState):
-    """Collects the envelope; asks rspamd at the body."""
+    """One connection's state: collects each message's envelope (MAIL starts
+    a message), asks rspamd at its body."""
 
     def __init__(self, check: RspamdCheck, source: module.Source) -> None:
-        self.check, self.source = check, source
-        self.helo_name = source.helo or ""
+        self.check, self.source = check, source  # the session fills in helo, auth, tls
         self.mail_from = ""
         self.rcpts: list[str] = []
 
-    async def helo(self, name: str) -> module.Verdict:
-        self.helo_name = name or self.helo_name
-        return module.ACCEPT
-
     async def mail(self, sender: str) -> module.Verdict:
-        self.mail_from = sender
+        self.mail_from, self.rcpts = sender, []
         return module.ACCEPT
 
     async def rcpt(self, rcpt: str) -> module.Verdict:
@@ -319,8 +319,8 @@ class _State(module.BaseCheckState):
         return module.ACCEPT
 
     async def body(self, header: Message, body: BinaryIO) -> module.Verdict:
-        return await self.check.scan(self.source, self.helo_name, self.mail_from, self.rcpts,
-                                     body)
+        return await self.check.scan(self.source, self.source.helo or "", self.mail_from,
+                                     self.rcpts, body)
 
 
 # -- options -----------------------------------------------------------------------
