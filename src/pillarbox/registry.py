@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "pillarbox.check.message_rate",
     "pillarbox.check.greylist",
     "pillarbox.check.authentication",
+    "pillarbox.check.rspamd",
     "pillarbox.modify.received",
     "pillarbox.modify.submission",
     "pillarbox.modify.dkim_sign",
