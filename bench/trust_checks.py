@@ -46,11 +46,9 @@ import compare_postfix as cp
 import smtp_load as sl
 from common import REPO, bullet, log, os_name, para, write_section
 
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-import dns_server  # noqa: E402 (the tests' DNS server, on a free port)
-
-with contextlib.suppress(ImportError):
-    import rspamd_server  # noqa: E402 (the tests' rspamd fixture, when it exists)
+sys.path.insert(0, str(REPO))
+# The tests' DNS server and rspamd fixture: free ports, a temp dir, stopped after.
+from tests.integration import dns_server, rspamd_server  # noqa: E402
 
 SECTION = "Trust checks on the MX (issue 12)"
 SENDER_DOMAIN = sl.SENDER.rpartition("@")[2]
@@ -117,8 +115,8 @@ def pillarbox_run(variant: str, extra: str, args: argparse.Namespace, head: byte
     res = sl.Result("reuse", args.sessions, args.messages, len(head) + 8 + len(body))
     try:
         srv.setup()
-        with open(srv.cfg, "a") as f:
-            f.write(extra)
+        text = srv.cfg.read_text().replace("nameservers = []", args.dns_line, 1)
+        srv.cfg.write_text(text + extra)
         srv.start()
         cpu0 = srv.cpu_seconds()
         asyncio.run(sl.Load(srv.port, res, head, body).run(True, args.timeout))
@@ -174,13 +172,12 @@ def main() -> int:
         pem, record = dkim_key()
         publish(dns, record)
         head, body = signed_message(args.size, pem)
-        base = f'\n[dns]\nnameservers = ["127.0.0.1:{dns.port}"]\n'
-        base_checks = base + CHECKS.format(zone=ZONE, rspamd="")
-        variants = [("checks off", base), ("checks on", base_checks)]
-        if "rspamd_server" in globals() and shutil.which("rspamd"):
+        args.dns_line = f'nameservers = ["127.0.0.1:{dns.port}"]'
+        variants = [("checks off", ""), ("checks on", CHECKS.format(zone=ZONE, rspamd=""))]
+        if shutil.which("rspamd"):
             rspamd = rspamd_server.RspamdServer(Path(tempfile.mkdtemp(prefix="trust-rspamd-")))
             rspamd.start()
-            variants.append(("checks on + rspamd", base + RSPAMD.format(url=rspamd.url)
+            variants.append(("checks on + rspamd", RSPAMD.format(url=rspamd.url)
                              + CHECKS.format(zone=ZONE, rspamd=', "spam"')))
         else:
             log("rspamd not installed: the rspamd row is left out")

@@ -14,7 +14,11 @@ from collections.abc import Callable
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.nameserver
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 
 from pillarbox.config import parse_hostport
@@ -49,6 +53,9 @@ def sync_lookup(resolver: dns.asyncresolver.Resolver, loop: asyncio.AbstractEven
     Never call it on the event loop thread itself: it would wait on itself."""
 
     def lookup(name: str, rdtype: str) -> dns.resolver.Answer:
+        answer = cached(resolver, name, rdtype)  # most lookups: no trip to the loop
+        if answer is not None:
+            return answer
         fut = asyncio.run_coroutine_threadsafe(
             resolver.resolve(name, rdtype, search=False), loop)
         return fut.result(LIFETIME + 1)
@@ -56,3 +63,25 @@ def sync_lookup(resolver: dns.asyncresolver.Resolver, loop: asyncio.AbstractEven
     return lookup
 
 
+def cached(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str
+            ) -> dns.resolver.Answer | None:
+    """The answer the shared cache holds, as `resolve` would give it (a cached
+    empty answer raises NoAnswer, a cached NXDOMAIN raises NXDOMAIN); None when
+    the cache does not know. The cache is thread-safe."""
+    cache = resolver.cache
+    if not cache:
+        return None
+    try:
+        qname = dns.name.from_text(name)
+        rdt = dns.rdatatype.RdataType.make(rdtype)
+    except dns.exception.DNSException:
+        return None  # let resolve() raise what it raises for such a name
+    answer = cache.get((qname, rdt, dns.rdataclass.IN))
+    if answer is not None:
+        if answer.rrset is None:
+            raise dns.resolver.NoAnswer(response=answer.response)
+        return answer
+    answer = cache.get((qname, dns.rdatatype.ANY, dns.rdataclass.IN))
+    if answer is not None and answer.response.rcode() == dns.rcode.NXDOMAIN:
+        raise dns.resolver.NXDOMAIN(qnames=[qname], responses={qname: answer.response})
+    return None

@@ -9,7 +9,7 @@ This only reads the chain; sealing what we forward is modify/arc_seal.py.
 
 from __future__ import annotations
 
-import asyncio
+import re
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,7 @@ import authres.arc
 import dkim
 
 from pillarbox.check.dkim import LIBRARY_LOG, comment, dnsfunc
-from pillarbox.check.lookup import Lookups, in_thread
+from pillarbox.check.lookup import INLINE_MAX, Lookups, run
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class ARCResult:
     def entry(self) -> str:
         return str(authres.arc.ARCAuthenticationResult(result=self.result,
                                                        result_comment=self.reason or None))
+
+
+_ARC_SEAL = re.compile(rb"(?im)^arc-seal[ \t]*:")
 
 
 def verify_sync(message: bytes, lookups: Lookups) -> ARCResult:
@@ -47,5 +50,8 @@ def verify_sync(message: bytes, lookups: Lookups) -> ARCResult:
 
 
 async def verify(message: bytes, resolver: Any, executor: Executor | None = None) -> ARCResult:
-    lookups = Lookups(resolver, asyncio.get_running_loop())
-    return await in_thread(executor, verify_sync, message, lookups)
+    end = message.find(b"\r\n\r\n")
+    if not _ARC_SEAL.search(message if end < 0 else message[:end + 2]):
+        return ARCResult("none")  # no chain: nothing for dkimpy to parse
+    return await run(resolver, lambda lookups: verify_sync(message, lookups),
+                     inline=len(message) <= INLINE_MAX, executor=executor)

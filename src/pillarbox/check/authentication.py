@@ -12,6 +12,7 @@ memory). Authenticated mail (submission) is not judged.
 from __future__ import annotations
 
 import asyncio
+import io
 from concurrent.futures import ThreadPoolExecutor
 from email.message import Message
 from email.utils import getaddresses
@@ -83,7 +84,8 @@ class _State(module.BaseCheckState):
         if not self.judged:
             return module.ACCEPT
         async with self.check.slots:  # bounds the messages held in memory at once
-            message = await asyncio.to_thread(body.read)
+            message = body.read() if isinstance(body, io.BytesIO) else \
+                await asyncio.to_thread(body.read)  # a spilled body: read off the loop
             return await self.check.judge(message, header, self.spf)
 
 

@@ -32,6 +32,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()  # the bundled list, read once per process
 
 
+@lru_cache(maxsize=4096)
 def org_domain(domain: str) -> str:
     """The organizational domain (RFC 7489 3.2): one label below the public
     suffix; a public suffix itself is its own."""

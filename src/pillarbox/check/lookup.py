@@ -3,9 +3,15 @@
 One place decides what a DNS error means: a name that does not exist (or is
 not a valid name at all) has no records; a server failure or a timeout is a
 temporary failure (`DNSFailure`), which the checks record as `temperror`
-and never take as "no record". The protocol libraries are synchronous and
-run in a worker thread: `Lookups` is their blocking view, sending every
-query back to the shared resolver on the event loop (resolver.sync_lookup).
+and never take as "no record".
+
+The protocol libraries (pyspf, dkimpy) are synchronous. `run` calls them on
+the event loop with `Lookups` answering from the shared cache only; a lookup
+the cache cannot answer is noted, fetched asynchronously, and the library
+runs again (a sender seen before costs no round, a new one a few). Large
+messages, or a library still missing answers after MAX_ROUNDS, go to a
+worker thread whose lookups wait on the resolver (resolver.sync_lookup).
+Threads cost more than the checks themselves on small messages.
 """
 
 from __future__ import annotations
@@ -38,15 +44,6 @@ def _failure(e: Exception) -> DNSFailure:
     return DNSFailure("DNS server failure")
 
 
-def _answer(get: Callable[[], Any]) -> list[Any]:
-    try:
-        return list(get())
-    except _NO_SUCH_NAME:
-        return []
-    except Exception as e:  # SERVFAIL, timeout, refused, anything else: not "no record"
-        raise _failure(e) from None
-
-
 def txt_strings(rdatas: list[Any]) -> list[bytes]:
     """Each TXT record as one byte string (its strings joined, RFC 7208 3.3)."""
     return [b"".join(r.strings) for r in rdatas]
@@ -63,24 +60,80 @@ async def txt(resolver: Any, name: str) -> list[bytes]:
     return txt_strings(list(answer))
 
 
-class Lookups:
-    """Blocking queries for a library in a worker thread (never call on the
-    event loop). `failed` tells whether any query failed for a DNS reason,
-    for libraries that fold DNS errors into a plain "invalid"."""
+MAX_ROUNDS = 12  # SPF's 10 lookups and its void lookups, then a thread
+# Messages up to this size are verified on the event loop (DKIM hashes them
+# whole: about a millisecond for 256 KiB); larger ones in a worker thread.
+INLINE_MAX = 256 * 1024
 
-    def __init__(self, resolver: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._lookup = shared.sync_lookup(resolver, loop)
+
+class Lookups:
+    """The libraries' blocking view of DNS. In a worker thread (`loop` given)
+    each query waits on the resolver; on the event loop (no `loop`) a query
+    the cache cannot answer is noted in `missing` and fails as DNSFailure,
+    and `run` fetches it and runs the library again. `failed` tells whether
+    any query failed for a DNS reason, for libraries that fold DNS errors
+    into a plain "invalid"."""
+
+    def __init__(self, resolver: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._resolver = resolver
+        self._lookup = shared.sync_lookup(resolver, loop) if loop is not None else None
+        self._fetched: dict[tuple[str, str], list[Any] | DNSFailure] = {}
+        self.missing: list[tuple[str, str]] = []
         self.failed = False
 
     def query(self, name: str, rdtype: str) -> list[Any]:
-        try:
-            return _answer(lambda: self._lookup(name, rdtype))
-        except DNSFailure:
+        got = self._fetched.get((name, rdtype))
+        if got is None:
+            if self._lookup is not None:
+                got = _outcome(lambda: self._lookup(name, rdtype))
+            else:
+                got = _outcome(lambda: shared.cached(self._resolver, name, rdtype))
+                if got is None:
+                    self.missing.append((name, rdtype))
+                    got = DNSFailure("not looked up yet")
+        if isinstance(got, DNSFailure):
             self.failed = True
-            raise
+            raise got
+        return got
 
     def txt(self, name: str) -> list[bytes]:
         return txt_strings(self.query(name, "TXT"))
+
+    async def fetch_missing(self) -> None:
+        for name, rdtype in self.missing:
+            try:
+                answer = await self._resolver.resolve(name, rdtype, search=False)
+                self._fetched[(name, rdtype)] = list(answer)
+            except _NO_SUCH_NAME:
+                self._fetched[(name, rdtype)] = []
+            except Exception as e:
+                self._fetched[(name, rdtype)] = _failure(e)
+        self.missing = []
+
+
+def _outcome(get: Callable[[], Any]) -> list[Any] | DNSFailure | None:
+    try:
+        answer = get()
+    except _NO_SUCH_NAME:
+        return []
+    except Exception as e:  # SERVFAIL, timeout, refused, anything else: not "no record"
+        return _failure(e)
+    return None if answer is None else list(answer)
+
+
+async def run(resolver: Any, fn: Callable[[Lookups], Any], inline: bool = True,
+              executor: Executor | None = None) -> Any:
+    """`fn(lookups)`: on the event loop in rounds when `inline` (see above),
+    else (or after MAX_ROUNDS) in a worker thread of `executor`."""
+    if inline:
+        lookups = Lookups(resolver)
+        for _ in range(MAX_ROUNDS):
+            lookups.failed = False
+            result = fn(lookups)
+            if not lookups.missing:
+                return result
+            await lookups.fetch_missing()
+    return await in_thread(executor, fn, Lookups(resolver, asyncio.get_running_loop()))
 
 
 async def in_thread(executor: Executor | None, fn: Callable[..., Any], *args: Any) -> Any:

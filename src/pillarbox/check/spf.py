@@ -9,7 +9,6 @@ function for every query, which we replace once with one that uses the
 
 from __future__ import annotations
 
-import asyncio
 import re
 import threading
 from concurrent.futures import Executor
@@ -20,7 +19,7 @@ import authres
 import spf as pyspf
 
 from pillarbox.check.dkim import comment, token
-from pillarbox.check.lookup import DNSFailure, Lookups, in_thread
+from pillarbox.check.lookup import DNSFailure, Lookups, run
 
 QUERY_TIME = 20  # seconds for a whole check (RFC 7208 4.6.4 recommends at least 20)
 
@@ -96,5 +95,5 @@ def check_sync(lookups: Lookups, ip: str, mail_from: str, helo: str,
 
 async def check(resolver: Any, ip: str, mail_from: str, helo: str, receiver: str,
                 executor: Executor | None = None) -> SPFResult:
-    lookups = Lookups(resolver, asyncio.get_running_loop())
-    return await in_thread(executor, check_sync, lookups, ip, mail_from, helo, receiver)
+    return await run(resolver, lambda lookups: check_sync(lookups, ip, mail_from, helo, receiver),
+                     executor=executor)
