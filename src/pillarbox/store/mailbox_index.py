@@ -42,7 +42,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pillarbox.fileio import fsync_dir
 from pillarbox.store import line_ends
 
 log = logging.getLogger("pillarbox.imap.index")
@@ -206,6 +205,15 @@ def _modified_utf7(name: str) -> bool:
 def new_base() -> str:
     now = time.time()
     return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+
+
+@dataclass
+class Written:
+    """A message `MailStore.write_file` wrote durably into tmp/, not yet in cur/."""
+
+    tmp: Path
+    base: str
+    fname: str  # its name in cur/
 
 
 @dataclass
@@ -672,18 +680,22 @@ class MailStore:
 
     @staticmethod
     def write_file(folder: Path, data: bytes | TmpMessage, flags: Iterable[str],
-                   date: float | None) -> tuple[str, str]:
-        """Blocking (run it in a thread): write a message durably into folder/cur/.
+                   date: float | None) -> Written:
+        """Blocking (run it in a thread): write a message durably into a file in
+        tmp/, with CRLF line ends; `add_file` then moves it into folder/cur/.
 
-        Returns (base, file name)."""
-        base = f"{new_base()},S={len(data)}"
-        fname = f"{base}:2,{letters_for(flags)}"
-        if isinstance(data, TmpMessage):  # streamed already: make it durable, move it
+        Not into cur/ from here: a file there that is not indexed yet is taken
+        in by another session's sync, which may flag, move or expunge it before
+        its APPEND is done (issue 13: one APPEND in 900 failed under load)."""
+        if isinstance(data, TmpMessage):  # streamed already: make it durable
             tmp, view = data.path, memoryview(b"")
             fd = os.open(tmp, os.O_WRONLY)
         else:
-            tmp, view = folder / "tmp" / base, memoryview(data)
+            if data.count(b"\n") != data.count(b"\r\n"):  # a client that sent bare LFs
+                data = line_ends.crlf(data)
+            tmp, view = folder / "tmp" / f"{new_base()},S={len(data)}", memoryview(data)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        size = len(data)
         try:
             try:
                 while view:
@@ -691,35 +703,49 @@ class MailStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if isinstance(data, TmpMessage) and line_ends.has_bare_lf(tmp):
+                fixed = tmp.with_name(tmp.name + ".crlf")
+                size = line_ends.rewrite(tmp, fixed)
+                os.rename(fixed, tmp)
             if date is not None:
                 os.utime(tmp, (date, date))
-            os.rename(tmp, folder / "cur" / fname)
         except OSError:
             tmp.unlink(missing_ok=True)  # disk full: no partial message stays behind
             raise
-        try:
-            fsync_dir(folder / "cur")
-        except OSError:
-            (folder / "cur" / fname).unlink(missing_ok=True)
-            raise
-        try:  # a client that sent bare LFs: stored, and so served, with CRLF
-            done = line_ends.to_crlf(folder, fname, os.stat(folder / "cur" / fname))
-        except OSError:
-            (folder / "cur" / fname).unlink(missing_ok=True)
-            raise
-        if done is not None:
-            fname = done[0]
-            base = split_name(fname)[0]
-        return base, fname
+        base = f"{new_base()},S={size}"
+        return Written(tmp, base, f"{base}:2,{letters_for(flags)}")
 
-    def add_file(self, name: str, base: str, fname: str, flags: Iterable[str]) -> Message:
-        """Index a file already in name/cur/ (after write_file); returns it with its UID."""
+    def add_file(self, name: str, written: Written, flags: Iterable[str]) -> Message:
+        """Move a file `write_file` made into name/cur/ and index it, in one step on
+        the event loop (no sync sees it unindexed); returns it with its UID.
+        The caller makes the move durable (`fsync_dir` of cur/) before saying OK."""
         box = self.box(name)
-        uid = box.by_base.get(base)
-        if uid is not None:  # a sync took it in (and counted it) while it was written
-            return box.msgs[uid]
-        st = os.stat(self.path(name) / "cur" / fname)
-        return self._insert(box, [(base, fname, frozenset(flags), st.st_mtime, st.st_size)])[0]
+        dest = self.path(name) / "cur" / written.fname
+        try:
+            os.rename(written.tmp, dest)
+        except OSError:
+            written.tmp.unlink(missing_ok=True)
+            raise
+        try:
+            st = os.stat(dest)
+            return self._insert(box, [(written.base, written.fname, frozenset(flags),
+                                       st.st_mtime, st.st_size)])[0]
+        except BaseException:
+            # Not indexed (the index is full): the file goes too, or a later sync
+            # would take in a message whose APPEND said NO.
+            dest.unlink(missing_ok=True)
+            raise
+
+    def drop(self, name: str, uid: int) -> None:
+        """Remove one message at once, file and index row (an APPEND that could
+        not be made durable); nothing if another session removed it already."""
+        box = self.box(name)
+        msg = box.msgs.get(uid)
+        if msg is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(name) / "cur" / msg.fname)
+        self._remove(box, [uid])
 
     def _insert(self, box: Box, rows: list[tuple[str, str, frozenset, float, int]]
                 ) -> list[Message]:

@@ -41,6 +41,7 @@ from pillarbox.endpoint.imap.parser import (
     parse_tag,
     seqset_from,
 )
+from pillarbox.fileio import fsync_dir
 from pillarbox.store.mailbox_index import (
     SYSTEM_FLAGS,
     MailboxError,
@@ -817,16 +818,16 @@ class Session:
             return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
         date = cmd.args["date"].timestamp() if cmd.args["date"] else None
         flags = cmd.args["flags"]
-        base, fname = await asyncio.to_thread(MailStore.write_file, store.path(name), data,
-                                              flags, date)
+        written = await asyncio.to_thread(MailStore.write_file, store.path(name), data,
+                                          flags, date)
         if not store.exists(name):  # deleted while we wrote
+            written.tmp.unlink(missing_ok=True)
             return ("NO", "[TRYCREATE] The mailbox was deleted")
-        try:
-            msg = store.add_file(name, base, fname, flags)
-        except sqlite3.Error:
-            # The index is full: the file goes too, or a later sync would take in
-            # a message whose APPEND said NO.
-            (store.path(name) / "cur" / fname).unlink(missing_ok=True)
+        msg = store.add_file(name, written, flags)
+        try:  # durable before the OK (others may see it already, as a delivery's)
+            await asyncio.to_thread(fsync_dir, store.path(name) / "cur")
+        except OSError:
+            store.drop(name, msg.uid)
             raise
         return ("OK", f"[APPENDUID {store.box(name).uidvalidity} {msg.uid}] APPEND completed")
 
