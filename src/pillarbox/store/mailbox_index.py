@@ -94,6 +94,13 @@ MIGRATIONS = [
     INSERT OR IGNORE INTO meta (key, value)
         SELECT 'provisioned', 1 WHERE EXISTS (SELECT 1 FROM mailboxes);
     """,
+    # \Recent (RFC 3501 2.3.2): the highest UID a session has been shown. Above
+    # it a message is recent for the first session to select the mailbox (or to
+    # be told of it), which moves the mark. Existing mail is not recent.
+    """
+    ALTER TABLE mailboxes ADD COLUMN recentuid INTEGER NOT NULL DEFAULT 0;
+    UPDATE mailboxes SET recentuid = uidnext - 1;
+    """,
 ]
 STRUCTURE_CHUNK = 500  # UIDs per query when reading cached structures
 
@@ -136,16 +143,24 @@ class Box:
     uidnext: int
     highestmodseq: int
     special: str | None
+    recent_uid: int = 0  # UIDs above it are \Recent for the next session to take them
     msgs: dict[int, Message] = field(default_factory=dict)  # in UID order
     by_base: dict[str, int] = field(default_factory=dict)
     cur_mtime: int = -1
     loaded: bool = False
+    # Keywords used in the mailbox since it was loaded: sessions announce new ones
+    # (FLAGS, PERMANENTFLAGS) before a FETCH shows them.
+    keywords: set[str] = field(default_factory=set)
 
 
 def split_name(fname: str) -> tuple[str, str]:
     """Maildir file name -> (base, info letters after ':2,')."""
     base, sep, info = fname.partition(":2,")
     return base, info if sep else ""
+
+
+def _keywords(flags: Iterable[str]) -> Iterator[str]:
+    return (f for f in flags if not f.startswith("\\"))
 
 
 def flags_from_letters(info: str) -> set[str]:
@@ -279,9 +294,10 @@ class MailStore:
         self.db.close()
 
     def _load_boxes(self) -> None:
-        for name, v, n, m, special in self.db.execute(
-                "SELECT name, uidvalidity, uidnext, highestmodseq, special FROM mailboxes"):
-            self.boxes[name] = Box(name, v, n, m, special)
+        for name, v, n, m, special, recent in self.db.execute(
+                "SELECT name, uidvalidity, uidnext, highestmodseq, special, recentuid "
+                "FROM mailboxes"):
+            self.boxes[name] = Box(name, v, n, m, special, recent)
         provisioned = self.db.execute(
             "SELECT 1 FROM meta WHERE key = 'provisioned'").fetchone() is not None
         add: dict[str, str | None] = {}
@@ -361,11 +377,27 @@ class MailStore:
             for uid, base, fname, flags, idate, size, modseq in self.db.execute(
                     "SELECT uid, base, fname, flags, internaldate, size, modseq FROM messages "
                     "WHERE mailbox = ? ORDER BY uid", (name,)):
-                box.msgs[uid] = Message(uid, base, fname, frozenset(flags.split()), idate, size,
-                                        modseq)
+                box.msgs[uid] = msg = Message(uid, base, fname, frozenset(flags.split()), idate,
+                                              size, modseq)
                 box.by_base[base] = uid
+                box.keywords.update(_keywords(msg.flags))
             box.loaded = True
         return box
+
+    def take_recent(self, name: str) -> int:
+        r"""A session (read-write) is shown the mailbox up to its last UID: the
+        messages above the old mark are \Recent for it alone. Returns the old mark."""
+        box = self.box(name)
+        old, last = box.recent_uid, box.uidnext - 1
+        if last > old:
+            box.recent_uid = last
+            try:
+                with self._transaction():
+                    self.db.execute("UPDATE mailboxes SET recentuid = ? WHERE name = ?",
+                                    (last, name))
+            except sqlite3.Error as e:  # disk full: \Recent is not worth failing for
+                log.warning("could not keep the recent mark mailbox=%r error=%r", name, e)
+        return old
 
     def file(self, name: str, msg: Message) -> Path:
         return self.path(name) / "cur" / msg.fname
@@ -614,6 +646,7 @@ class MailStore:
                                     "WHERE mailbox = ? AND uid = ?",
                                     (fname, " ".join(sorted(new)), modseq, name, uid))
                     msg.fname, msg.flags, msg.modseq = fname, new, modseq
+                    box.keywords.update(_keywords(new))
                     changed.append(msg)
                 if changed:
                     self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
@@ -766,6 +799,7 @@ class MailStore:
         for m in out:
             box.msgs[m.uid] = m
             box.by_base[m.base] = m.uid
+            box.keywords.update(_keywords(m.flags))
         self._usage(sum(m.size for m in out))
         self._changed(box.name)
         return out
@@ -862,15 +896,21 @@ class MailStore:
     def status(self, name: str) -> dict[str, int]:
         box = self.box(name)
         try:
-            recent = sum(1 for f in os.listdir(self.path(name) / "new") if not f.startswith("."))
+            incoming = sum(1 for f in os.listdir(self.path(name) / "new")
+                           if not f.startswith("."))
         except FileNotFoundError:
-            recent = 0
+            incoming = 0
+        recent = 0
+        for uid in reversed(box.msgs):  # in UID order: the recent ones are last
+            if uid <= box.recent_uid:
+                break
+            recent += 1
         return {
-            "MESSAGES": len(box.msgs) + recent,
-            "RECENT": recent,
-            "UIDNEXT": box.uidnext + recent,
+            "MESSAGES": len(box.msgs) + incoming,
+            "RECENT": recent + incoming,
+            "UIDNEXT": box.uidnext + incoming,
             "UIDVALIDITY": box.uidvalidity,
-            "UNSEEN": sum(1 for m in box.msgs.values() if "\\Seen" not in m.flags) + recent,
+            "UNSEEN": sum(1 for m in box.msgs.values() if "\\Seen" not in m.flags) + incoming,
             "HIGHESTMODSEQ": box.highestmodseq,
             "SIZE": sum(m.size for m in box.msgs.values()),
         }
