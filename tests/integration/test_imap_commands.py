@@ -59,6 +59,8 @@ def test_every_search_key(server):
     for flags, when, raw in msgs:
         typ, data = c.append("INBOX", flags, when, raw)
         assert typ == "OK", data
+    c.select("INBOX")  # 1-3 are \Recent in this selection only
+    c.unselect()
     # 4: delivered by SMTP into new/, so \Recent for the session that selects first
     with server.smtp() as s:
         s.sendmail(BOB, [ALICE], _msg("delta news"))

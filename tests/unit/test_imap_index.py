@@ -116,11 +116,12 @@ def test_copy_move_and_folders(tmp_path):
 def test_append_write_file(tmp_path):
     root = tmp_path / "u"
     s = MailStore(root)
-    base, fname = MailStore.write_file(s.path("Sent"), b"Subject: s\r\n\r\nx\r\n", ["\\Seen"],
-                                       1_700_000_000.0)
-    m = s.add_file("Sent", base, fname, ["\\Seen"])
+    written = MailStore.write_file(s.path("Sent"), b"Subject: s\r\n\r\nx\r\n", ["\\Seen"],
+                                   1_700_000_000.0)
+    m = s.add_file("Sent", written, ["\\Seen"])
     assert m.uid == 1 and m.size == 17 and m.internaldate == 1_700_000_000.0
-    assert fname.endswith(":2,S")
+    assert m.fname.endswith(":2,S") and (s.path("Sent") / "cur" / m.fname).exists()
+    assert not written.tmp.exists()
 
 
 MULTI = (b"Subject: m\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
@@ -196,8 +197,7 @@ def test_usage_changes_are_reported(tmp_path):
     drop(root, "100.a.host", b"x" * 100)
     s.sync("INBOX")  # a delivery: the queue counted it already
     assert deltas == []
-    base, fname = MailStore.write_file(root, b"y" * 50, [], None)
-    s.add_file("INBOX", base, fname, [])
+    s.add_file("INBOX", MailStore.write_file(root, b"y" * 50, [], None), [])
     s.copy("INBOX", [1, 2], "Archive")
     s.copy("Archive", [1], "Trash", move=True)
     assert deltas == [50, 150, 100, -100]
@@ -234,17 +234,27 @@ def _touch(d: Path) -> None:
     os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
 
-def test_an_append_taken_in_by_a_sync_meanwhile_is_indexed_once(tmp_path):
-    """APPEND writes its file in a thread; another session's sync may see it in cur/
-    before the APPEND indexes it: one UID, counted once."""
+def test_an_append_is_not_taken_in_by_a_sync_before_it_is_indexed(tmp_path):
+    """APPEND writes its file in a thread; another session's sync meanwhile must
+    not see it (it could flag or expunge it before the APPEND is done): one UID,
+    counted once."""
     root = tmp_path / "u"
     s = MailStore(root)
     deltas: list[int] = []
     s.usage_changed = deltas.append
     data = b"Subject: appended\r\n\r\nhello\r\n"
-    base, fname = MailStore.write_file(s.path("INBOX"), data, ["\\Seen"], None)
+    written = MailStore.write_file(s.path("INBOX"), data, ["\\Seen"], None)
     _touch(root / "cur")
-    assert len(s.sync("INBOX")) == 1  # the other session's look
-    msg = s.add_file("INBOX", base, fname, ["\\Seen"])
+    assert s.sync("INBOX") == []  # the other session's look
+    msg = s.add_file("INBOX", written, ["\\Seen"])
     assert [m.uid for m in s.box("INBOX").msgs.values()] == [msg.uid]
     assert deltas == [len(data)]
+    assert s.sync("INBOX") == [] and len(s.box("INBOX").msgs) == 1
+
+
+def test_an_append_with_bare_lfs_is_stored_with_crlf(tmp_path):
+    s = MailStore(tmp_path / "u")
+    msg = s.add_file("INBOX", MailStore.write_file(s.path("INBOX"), b"S: x\n\nhi\r\nyo\n",
+                                                   [], None), [])
+    assert s.file("INBOX", msg).read_bytes() == b"S: x\r\n\r\nhi\r\nyo\r\n"
+    assert msg.size == 16 and ",S=16:" in msg.fname

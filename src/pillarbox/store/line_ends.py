@@ -46,21 +46,18 @@ def _convert(chunk: bytes, prev_cr: bool) -> bytes:
     return out
 
 
+def crlf(data: bytes) -> bytes:
+    """`data` with every bare LF made CRLF."""
+    return _convert(data, False)
+
+
 def with_size(fname: str, size: int) -> str:
     return _SIZE_FIELD.sub(f",S={size}", fname, count=1)
 
 
-def to_crlf(folder: Path, fname: str, st: os.stat_result,
-            sync: bool = True) -> tuple[str, os.stat_result] | None:
-    """Blocking: rewrite folder/cur/fname with CRLF if it has a bare LF.
-
-    Returns the new (file name, stat), or None when the file needed nothing.
-    `sync=False`: no fsync (the caller syncs everything at the end)."""
-    src = folder / "cur" / fname
-    if not has_bare_lf(src):
-        return None
-    tmp = folder / "tmp" / f"{fname.partition(':')[0]}.crlf"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def rewrite(src: Path, dst: Path, sync: bool = True) -> int:
+    """Blocking: write src with CRLF line ends to the new file dst; return its size."""
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         size, prev_cr = 0, False
         with open(src, "rb") as f:
@@ -74,9 +71,23 @@ def to_crlf(folder: Path, fname: str, st: os.stat_result,
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
         raise
     os.close(fd)
+    return size
+
+
+def to_crlf(folder: Path, fname: str, st: os.stat_result,
+            sync: bool = True) -> tuple[str, os.stat_result] | None:
+    """Blocking: rewrite folder/cur/fname with CRLF if it has a bare LF.
+
+    Returns the new (file name, stat), or None when the file needed nothing.
+    `sync=False`: no fsync (the caller syncs everything at the end)."""
+    src = folder / "cur" / fname
+    if not has_bare_lf(src):
+        return None
+    tmp = folder / "tmp" / f"{fname.partition(':')[0]}.crlf"
+    size = rewrite(src, tmp, sync)
     os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
     new = with_size(fname, size)
     try:

@@ -42,7 +42,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pillarbox.fileio import fsync_dir
 from pillarbox.store import line_ends
 
 log = logging.getLogger("pillarbox.imap.index")
@@ -95,6 +94,13 @@ MIGRATIONS = [
     INSERT OR IGNORE INTO meta (key, value)
         SELECT 'provisioned', 1 WHERE EXISTS (SELECT 1 FROM mailboxes);
     """,
+    # \Recent (RFC 3501 2.3.2): the highest UID a session has been shown. Above
+    # it a message is recent for the first session to select the mailbox (or to
+    # be told of it), which moves the mark. Existing mail is not recent.
+    """
+    ALTER TABLE mailboxes ADD COLUMN recentuid INTEGER NOT NULL DEFAULT 0;
+    UPDATE mailboxes SET recentuid = uidnext - 1;
+    """,
 ]
 STRUCTURE_CHUNK = 500  # UIDs per query when reading cached structures
 
@@ -137,16 +143,24 @@ class Box:
     uidnext: int
     highestmodseq: int
     special: str | None
+    recent_uid: int = 0  # UIDs above it are \Recent for the next session to take them
     msgs: dict[int, Message] = field(default_factory=dict)  # in UID order
     by_base: dict[str, int] = field(default_factory=dict)
     cur_mtime: int = -1
     loaded: bool = False
+    # Keywords used in the mailbox since it was loaded: sessions announce new ones
+    # (FLAGS, PERMANENTFLAGS) before a FETCH shows them.
+    keywords: set[str] = field(default_factory=set)
 
 
 def split_name(fname: str) -> tuple[str, str]:
     """Maildir file name -> (base, info letters after ':2,')."""
     base, sep, info = fname.partition(":2,")
     return base, info if sep else ""
+
+
+def _keywords(flags: Iterable[str]) -> Iterator[str]:
+    return (f for f in flags if not f.startswith("\\"))
 
 
 def flags_from_letters(info: str) -> set[str]:
@@ -206,6 +220,15 @@ def _modified_utf7(name: str) -> bool:
 def new_base() -> str:
     now = time.time()
     return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{_HOST}"
+
+
+@dataclass
+class Written:
+    """A message `MailStore.write_file` wrote durably into tmp/, not yet in cur/."""
+
+    tmp: Path
+    base: str
+    fname: str  # its name in cur/
 
 
 @dataclass
@@ -271,9 +294,10 @@ class MailStore:
         self.db.close()
 
     def _load_boxes(self) -> None:
-        for name, v, n, m, special in self.db.execute(
-                "SELECT name, uidvalidity, uidnext, highestmodseq, special FROM mailboxes"):
-            self.boxes[name] = Box(name, v, n, m, special)
+        for name, v, n, m, special, recent in self.db.execute(
+                "SELECT name, uidvalidity, uidnext, highestmodseq, special, recentuid "
+                "FROM mailboxes"):
+            self.boxes[name] = Box(name, v, n, m, special, recent)
         provisioned = self.db.execute(
             "SELECT 1 FROM meta WHERE key = 'provisioned'").fetchone() is not None
         add: dict[str, str | None] = {}
@@ -353,11 +377,27 @@ class MailStore:
             for uid, base, fname, flags, idate, size, modseq in self.db.execute(
                     "SELECT uid, base, fname, flags, internaldate, size, modseq FROM messages "
                     "WHERE mailbox = ? ORDER BY uid", (name,)):
-                box.msgs[uid] = Message(uid, base, fname, frozenset(flags.split()), idate, size,
-                                        modseq)
+                box.msgs[uid] = msg = Message(uid, base, fname, frozenset(flags.split()), idate,
+                                              size, modseq)
                 box.by_base[base] = uid
+                box.keywords.update(_keywords(msg.flags))
             box.loaded = True
         return box
+
+    def take_recent(self, name: str) -> int:
+        r"""A session (read-write) is shown the mailbox up to its last UID: the
+        messages above the old mark are \Recent for it alone. Returns the old mark."""
+        box = self.box(name)
+        old, last = box.recent_uid, box.uidnext - 1
+        if last > old:
+            box.recent_uid = last
+            try:
+                with self._transaction():
+                    self.db.execute("UPDATE mailboxes SET recentuid = ? WHERE name = ?",
+                                    (last, name))
+            except sqlite3.Error as e:  # disk full: \Recent is not worth failing for
+                log.warning("could not keep the recent mark mailbox=%r error=%r", name, e)
+        return old
 
     def file(self, name: str, msg: Message) -> Path:
         return self.path(name) / "cur" / msg.fname
@@ -606,6 +646,7 @@ class MailStore:
                                     "WHERE mailbox = ? AND uid = ?",
                                     (fname, " ".join(sorted(new)), modseq, name, uid))
                     msg.fname, msg.flags, msg.modseq = fname, new, modseq
+                    box.keywords.update(_keywords(new))
                     changed.append(msg)
                 if changed:
                     self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
@@ -672,18 +713,22 @@ class MailStore:
 
     @staticmethod
     def write_file(folder: Path, data: bytes | TmpMessage, flags: Iterable[str],
-                   date: float | None) -> tuple[str, str]:
-        """Blocking (run it in a thread): write a message durably into folder/cur/.
+                   date: float | None) -> Written:
+        """Blocking (run it in a thread): write a message durably into a file in
+        tmp/, with CRLF line ends; `add_file` then moves it into folder/cur/.
 
-        Returns (base, file name)."""
-        base = f"{new_base()},S={len(data)}"
-        fname = f"{base}:2,{letters_for(flags)}"
-        if isinstance(data, TmpMessage):  # streamed already: make it durable, move it
+        Not into cur/ from here: a file there that is not indexed yet is taken
+        in by another session's sync, which may flag, move or expunge it before
+        its APPEND is done (issue 13: one APPEND in 900 failed under load)."""
+        if isinstance(data, TmpMessage):  # streamed already: make it durable
             tmp, view = data.path, memoryview(b"")
             fd = os.open(tmp, os.O_WRONLY)
         else:
-            tmp, view = folder / "tmp" / base, memoryview(data)
+            if data.count(b"\n") != data.count(b"\r\n"):  # a client that sent bare LFs
+                data = line_ends.crlf(data)
+            tmp, view = folder / "tmp" / f"{new_base()},S={len(data)}", memoryview(data)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        size = len(data)
         try:
             try:
                 while view:
@@ -691,35 +736,49 @@ class MailStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if isinstance(data, TmpMessage) and line_ends.has_bare_lf(tmp):
+                fixed = tmp.with_name(tmp.name + ".crlf")
+                size = line_ends.rewrite(tmp, fixed)
+                os.rename(fixed, tmp)
             if date is not None:
                 os.utime(tmp, (date, date))
-            os.rename(tmp, folder / "cur" / fname)
         except OSError:
             tmp.unlink(missing_ok=True)  # disk full: no partial message stays behind
             raise
-        try:
-            fsync_dir(folder / "cur")
-        except OSError:
-            (folder / "cur" / fname).unlink(missing_ok=True)
-            raise
-        try:  # a client that sent bare LFs: stored, and so served, with CRLF
-            done = line_ends.to_crlf(folder, fname, os.stat(folder / "cur" / fname))
-        except OSError:
-            (folder / "cur" / fname).unlink(missing_ok=True)
-            raise
-        if done is not None:
-            fname = done[0]
-            base = split_name(fname)[0]
-        return base, fname
+        base = f"{new_base()},S={size}"
+        return Written(tmp, base, f"{base}:2,{letters_for(flags)}")
 
-    def add_file(self, name: str, base: str, fname: str, flags: Iterable[str]) -> Message:
-        """Index a file already in name/cur/ (after write_file); returns it with its UID."""
+    def add_file(self, name: str, written: Written, flags: Iterable[str]) -> Message:
+        """Move a file `write_file` made into name/cur/ and index it, in one step on
+        the event loop (no sync sees it unindexed); returns it with its UID.
+        The caller makes the move durable (`fsync_dir` of cur/) before saying OK."""
         box = self.box(name)
-        uid = box.by_base.get(base)
-        if uid is not None:  # a sync took it in (and counted it) while it was written
-            return box.msgs[uid]
-        st = os.stat(self.path(name) / "cur" / fname)
-        return self._insert(box, [(base, fname, frozenset(flags), st.st_mtime, st.st_size)])[0]
+        dest = self.path(name) / "cur" / written.fname
+        try:
+            os.rename(written.tmp, dest)
+        except OSError:
+            written.tmp.unlink(missing_ok=True)
+            raise
+        try:
+            st = os.stat(dest)
+            return self._insert(box, [(written.base, written.fname, frozenset(flags),
+                                       st.st_mtime, st.st_size)])[0]
+        except BaseException:
+            # Not indexed (the index is full): the file goes too, or a later sync
+            # would take in a message whose APPEND said NO.
+            dest.unlink(missing_ok=True)
+            raise
+
+    def drop(self, name: str, uid: int) -> None:
+        """Remove one message at once, file and index row (an APPEND that could
+        not be made durable); nothing if another session removed it already."""
+        box = self.box(name)
+        msg = box.msgs.get(uid)
+        if msg is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(name) / "cur" / msg.fname)
+        self._remove(box, [uid])
 
     def _insert(self, box: Box, rows: list[tuple[str, str, frozenset, float, int]]
                 ) -> list[Message]:
@@ -740,6 +799,7 @@ class MailStore:
         for m in out:
             box.msgs[m.uid] = m
             box.by_base[m.base] = m.uid
+            box.keywords.update(_keywords(m.flags))
         self._usage(sum(m.size for m in out))
         self._changed(box.name)
         return out
@@ -836,15 +896,21 @@ class MailStore:
     def status(self, name: str) -> dict[str, int]:
         box = self.box(name)
         try:
-            recent = sum(1 for f in os.listdir(self.path(name) / "new") if not f.startswith("."))
+            incoming = sum(1 for f in os.listdir(self.path(name) / "new")
+                           if not f.startswith("."))
         except FileNotFoundError:
-            recent = 0
+            incoming = 0
+        recent = 0
+        for uid in reversed(box.msgs):  # in UID order: the recent ones are last
+            if uid <= box.recent_uid:
+                break
+            recent += 1
         return {
-            "MESSAGES": len(box.msgs) + recent,
-            "RECENT": recent,
-            "UIDNEXT": box.uidnext + recent,
+            "MESSAGES": len(box.msgs) + incoming,
+            "RECENT": recent + incoming,
+            "UIDNEXT": box.uidnext + incoming,
             "UIDVALIDITY": box.uidvalidity,
-            "UNSEEN": sum(1 for m in box.msgs.values() if "\\Seen" not in m.flags) + recent,
+            "UNSEEN": sum(1 for m in box.msgs.values() if "\\Seen" not in m.flags) + incoming,
             "HIGHESTMODSEQ": box.highestmodseq,
             "SIZE": sum(m.size for m in box.msgs.values()),
         }

@@ -15,6 +15,7 @@ import binascii
 import datetime
 import functools
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ from pillarbox.endpoint.imap.parser import (
     parse_tag,
     seqset_from,
 )
+from pillarbox.fileio import fsync_dir
 from pillarbox.store.mailbox_index import (
     SYSTEM_FLAGS,
     MailboxError,
@@ -153,7 +155,8 @@ class Session:
         self.readonly = False
         self.uids: list[int] = []
         self.vflags: dict[int, frozenset[str]] = {}
-        self.recent: set[int] = set()
+        self.recent: set[int] = set()  # UIDs \Recent in this session (RFC 3501 2.3.2)
+        self.keywords: set[str] = set()  # the keywords FLAGS told this session of
         self.seen_modseq = 0
         self.condstore = False  # RFC 7162: flag FETCHes carry MODSEQ once a client asked
         self.dirty = False
@@ -478,10 +481,12 @@ class Session:
             self.untagged("BYE The selected mailbox was deleted")
             self.logout = True
             return
-        self.recent.update(store.sync(name))
+        store.sync(name)
         self.dirty = False
         box = store.box(name)
         msgs = box.msgs
+        if not self.keywords.issuperset(box.keywords):  # a STORE, APPEND or COPY brought one
+            self._announce_keywords()
         if expunges and len(msgs) < len(self.uids) + (box.uidnext - self._last_uid() - 1):
             gone = {u for u in self.uids if u not in msgs}
             if gone:
@@ -500,6 +505,9 @@ class Session:
             new.append(u)
         if new:
             new.reverse()
+            # Recent for the first session told of them (not taken by EXAMINE).
+            mark = box.recent_uid if self.readonly else store.take_recent(name)
+            self.recent.update(u for u in new if u > mark)
             self.uids.extend(new)
             for u in new:
                 self.vflags[u] = msgs[u].flags
@@ -513,9 +521,31 @@ class Session:
                 if m is not None and m.flags != self.vflags.get(u):
                     self.vflags[u] = m.flags
                     self.send(b"* %d FETCH (UID %d %sFLAGS %s)\r\n"
-                              % (i + 1, u, self._modseq_item(m),
-                                 flag_list(m.flags, u in self.recent)))
+                              % (i + 1, u, self._modseq_item(m), self._flags(m)))
             self.seen_modseq = box.highestmodseq
+
+    def _flags(self, msg: Message) -> bytes:
+        """The FLAGS list of a message as this session sees it; a keyword the
+        session was not told of is announced first (RFC 3501 7.2.6)."""
+        for f in msg.flags:
+            if f not in self.keywords and not f.startswith("\\"):
+                self._announce_keywords(msg.flags)
+                break
+        return flag_list(msg.flags, msg.uid in self.recent)
+
+    def _announce_keywords(self, more: frozenset[str] = frozenset()) -> None:
+        assert self.store is not None and self.selected is not None
+        box = self.store.box(self.selected)
+        self.keywords |= box.keywords
+        self.keywords.update(f for f in more if not f.startswith("\\"))
+        self._send_flags()
+
+    def _send_flags(self) -> None:
+        """FLAGS and PERMANENTFLAGS: the system flags and the keywords known."""
+        flags = " ".join([*SYSTEM_FLAGS, *sorted(self.keywords)])
+        self.untagged(f"FLAGS ({flags})")
+        self.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted"
+                      if not self.readonly else "OK [PERMANENTFLAGS ()] Read-only mailbox")
 
     def _modseq_item(self, msg: Message) -> bytes:
         """`MODSEQ (n) ` for a FETCH that reports a flag change, once CONDSTORE is on."""
@@ -537,7 +567,7 @@ class Session:
         if self.store is not None:
             self.store.listeners.discard(self)
         self.selected = None
-        self.uids, self.vflags, self.recent = [], {}, set()
+        self.uids, self.vflags, self.recent, self.keywords = [], {}, set(), set()
 
     def _targets(self, cmd: Command) -> list[tuple[int, int]]:
         """(sequence number, UID) of the messages a command's set names."""
@@ -680,19 +710,20 @@ class Session:
         if cmd.args["condstore"]:
             self.condstore = True  # the SELECT reply below carries HIGHESTMODSEQ anyway
         store.box(name)
-        self.recent = set(store.sync(name))
+        store.sync(name)
         box = store.box(name)
         self.selected, self.readonly = name, readonly
         self.uids = list(box.msgs)
+        # The messages no session was shown are \Recent here. SELECT takes them;
+        # EXAMINE shows them but must not (RFC 3501 6.3.2), as Dovecot does.
+        mark = box.recent_uid if readonly else store.take_recent(name)
+        self.recent = set(itertools.takewhile(lambda u: u > mark, reversed(self.uids)))
         self.vflags = {u: m.flags for u, m in box.msgs.items()}
         self.seen_modseq = box.highestmodseq
         self.dirty = False
         store.listeners.add(self)
-        keywords = {f for m in box.msgs.values() for f in m.flags if not f.startswith("\\")}
-        flags = " ".join([*SYSTEM_FLAGS, *sorted(keywords)])
-        self.untagged(f"FLAGS ({flags})")
-        self.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted"
-                      if not readonly else "OK [PERMANENTFLAGS ()] Read-only mailbox")
+        self.keywords = set(box.keywords)
+        self._send_flags()
         self.untagged(f"{len(self.uids)} EXISTS")
         self.untagged(f"{len(self.recent)} RECENT")
         first_unseen = next((i + 1 for i, u in enumerate(self.uids)
@@ -830,16 +861,16 @@ class Session:
             return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
         date = cmd.args["date"].timestamp() if cmd.args["date"] else None
         flags = cmd.args["flags"]
-        base, fname = await asyncio.to_thread(MailStore.write_file, store.path(name), data,
-                                              flags, date)
+        written = await asyncio.to_thread(MailStore.write_file, store.path(name), data,
+                                          flags, date)
         if not store.exists(name):  # deleted while we wrote
+            written.tmp.unlink(missing_ok=True)
             return ("NO", "[TRYCREATE] The mailbox was deleted")
-        try:
-            msg = store.add_file(name, base, fname, flags)
-        except sqlite3.Error:
-            # The index is full: the file goes too, or a later sync would take in
-            # a message whose APPEND said NO.
-            (store.path(name) / "cur" / fname).unlink(missing_ok=True)
+        msg = store.add_file(name, written, flags)
+        try:  # durable before the OK (others may see it already, as a delivery's)
+            await asyncio.to_thread(fsync_dir, store.path(name) / "cur")
+        except OSError:
+            store.drop(name, msg.uid)
             raise
         return ("OK", f"[APPENDUID {store.box(name).uidvalidity} {msg.uid}] APPEND completed")
 
@@ -1017,7 +1048,7 @@ class Session:
             if self.condstore and "MODSEQ" not in names:
                 items.append(b"MODSEQ (%d)" % msg.modseq)
             if "FLAGS" not in names:
-                items.append(b"FLAGS " + flag_list(msg.flags, msg.uid in self.recent))
+                items.append(b"FLAGS " + self._flags(msg))
         self.send(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
 
     async def cmd_UID_FETCH(self, cmd: Command):
@@ -1044,7 +1075,7 @@ class Session:
             elif n == "UID":
                 items.append(b"UID %d" % msg.uid)
             elif n == "FLAGS":
-                items.append(b"FLAGS " + flag_list(msg.flags, msg.uid in self.recent))
+                items.append(b"FLAGS " + self._flags(msg))
             elif n == "INTERNALDATE":
                 items.append(f'INTERNALDATE "{imap_date(msg.internaldate)}"'.encode())
             elif n == "RFC822.SIZE":
@@ -1114,7 +1145,7 @@ class Session:
             if not silent:
                 self.send(b"* %d FETCH (%s%sFLAGS %s)\r\n"
                           % (seq, uid_item, self._modseq_item(msg),
-                             flag_list(msg.flags, uid in self.recent)))
+                             self._flags(msg)))
             elif self.condstore and uid in changed:
                 self.send(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, uid_item, msg.modseq))
 
