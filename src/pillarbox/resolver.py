@@ -10,6 +10,7 @@ one timeout policy, and the event loop never waits on the network.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 import dns.asyncresolver
@@ -72,8 +73,7 @@ def cached(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str
     if not cache:
         return None
     try:
-        qname = dns.name.from_text(name)
-        rdt = dns.rdatatype.RdataType.make(rdtype)
+        qname, rdt = _key(name, rdtype)
     except dns.exception.DNSException:
         return None  # let resolve() raise what it raises for such a name
     answer = cache.get((qname, rdt, dns.rdataclass.IN))
@@ -85,3 +85,8 @@ def cached(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str
     if answer is not None and answer.response.rcode() == dns.rcode.NXDOMAIN:
         raise dns.resolver.NXDOMAIN(qnames=[qname], responses={qname: answer.response})
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(name: str, rdtype: str) -> tuple[dns.name.Name, dns.rdatatype.RdataType]:
+    return dns.name.from_text(name), dns.rdatatype.RdataType.make(rdtype)

@@ -52,7 +52,8 @@ def txt_strings(rdatas: list[Any]) -> list[bytes]:
 async def txt(resolver: Any, name: str) -> list[bytes]:
     """The TXT records of `name` ([] if none); DNSFailure if DNS failed."""
     try:
-        answer = await resolver.resolve(name, "TXT", search=False)
+        answer = shared.cached(resolver, name, "TXT") or \
+            await resolver.resolve(name, "TXT", search=False)
     except _NO_SUCH_NAME:
         return []
     except Exception as e:
