@@ -10,9 +10,15 @@ DEV_CONFIG := dev/pillarbox.toml
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# tests/plugin_pkg: a third-party module package the tests use, installed for
+# real (not editable), as an operator would install a plugin.
+PLUGIN_PKG := tests/plugin_pkg
+
+$(STAMP): pyproject.toml $(PLUGIN_PKG)/pyproject.toml $(PLUGIN_PKG)/*.py | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --force-reinstall --no-deps ./$(PLUGIN_PKG)
+	rm -rf $(PLUGIN_PKG)/build $(PLUGIN_PKG)/*.egg-info  # setuptools' leftovers
 	touch $(STAMP)
 
 $(DEV_CONFIG): | $(STAMP)
@@ -54,4 +60,4 @@ bench-imap: $(STAMP)
 	$(BIN)/python bench/imap_load.py --profile --write-docs
 
 clean:
-	rm -rf $(VENV) dev build src/*.egg-info
+	rm -rf $(VENV) dev build src/*.egg-info $(PLUGIN_PKG)/build $(PLUGIN_PKG)/*.egg-info

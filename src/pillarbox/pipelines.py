@@ -27,7 +27,7 @@ DEFAULT_PIPELINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "submissions": (("sender", "relay", "recipient"),
                     ("received", "submission_headers", "dkim_sign")),
     # `pillarbox sendmail` checks local recipients and writes its own Received
-    # and From fields; that is not (yet) configurable.
+    # and From fields; a configured pipeline runs at pickup (queue/sendmail_pipeline.py).
     "sendmail": (("recipient",), ()),
 }
 RULE_SOURCES = (*ENDPOINTS, "bounce")
@@ -206,8 +206,6 @@ def parse(data: dict) -> Modules:
         if "modifiers" in table:
             p.modifiers = [ref(v, f"{key}.modifiers", "modifier")
                            for v in _strings(table["modifiers"], f"{key}.modifiers", False)]
-        if endpoint == "sendmail" and not p.is_default("sendmail"):
-            raise PipelineError(key, "the sendmail pipeline cannot be changed yet")
 
     if not isinstance(raw_rules, list):
         raise PipelineError("rule", "expected [[rule]] tables")

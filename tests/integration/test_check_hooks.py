@@ -2,28 +2,18 @@
 check's state lives for the connection; `connection` before the greeting,
 `helo` at each EHLO/HELO, then mail, rcpt and body for each message. A
 refusal at the connection is the greeting (RFC 5321 3.1), one at HELO the
-reply to EHLO. The probe check is a plugin in tests/plugin_pkg."""
+reply to EHLO. The probe check is a plugin from
+tests/plugin_pkg, installed into the venv."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from .support import ALICE, make_message, parse, token, wait_until
-
-PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugin_pkg"
 
 
 def _toml(**options) -> str:
     lines = [f"{k} = {v}" for k, v in options.items()]
     return ("[module.probe]\nkind = \"door_probe\"\n" + "\n".join(lines) +
             '\n\n[pipeline.smtp]\nchecks = ["relay", "recipient", "probe"]\n')
-
-
-@pytest.fixture(autouse=True)
-def plugin_on_path(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(PLUGIN_DIR))
 
 
 def test_a_permanent_refusal_at_the_connection_is_a_554_greeting_then_only_quit(make_server):

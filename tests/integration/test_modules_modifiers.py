@@ -3,6 +3,7 @@ fields as the direct path, in the configured order, DKIM signatures that verify.
 
 from __future__ import annotations
 
+from .doc_examples import example
 from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
     fixture_dns,
     fixture_double,
@@ -77,14 +78,8 @@ def test_a_recipient_rewriting_modifier_delivers_to_the_new_domain(make_server):
     assert srv.cli("check").returncode == 0
 
 
-MX_REWRITE = '''
-[module.old_to_new]
-kind = "replace_rcpt"
-table = { "@old-domain.test" = "@example.test" }
-
-[pipeline.smtp]
-modifiers = ["received", "old_to_new"]
-'''
+# docs/MODULES.md's example
+MX_REWRITE = example("recipient rewriting from old-domain.test to example.test")
 
 
 def test_mail_from_outside_for_the_old_domain_reaches_the_new_one(make_server):

@@ -1,6 +1,7 @@
 """An SMTP-to-webhook gateway for tickets@: a [[rule]] sends the address to a
 webhook target; a real HTTP server checks the signature, answers 503 once (the
-queue retries), then 400 for another message (a DSN to the sender)."""
+queue retries), then 400 for another message (a DSN to the sender). The config
+is the example of docs/MODULES.md."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 
 import pytest
 
+from .doc_examples import example, replaced
 from .support import ALICE, make_message, token, wait_until
 
 SECRET = "webhook-secret-for-tests"
@@ -45,16 +47,11 @@ def hook():
 
 def test_tickets_go_to_the_webhook_with_retry_and_bounce(make_server, hook):
     url = f"http://127.0.0.1:{hook.server_address[1]}/tickets"
-    srv = make_server({"queue.retry_schedule": ["1s"]}, extra_toml=f'''
-[module.helpdesk]
-kind = "webhook"
-url = "{url}"
-secret = "{SECRET}"
-
-[[rule]]
-rcpt = "tickets@example.test"
-targets = ["helpdesk"]
-''')
+    # docs/MODULES.md's example, pointed at the test's HTTP server and secret
+    toml = replaced(example("an SMTP-to-webhook gateway for tickets@"),
+                    "https://helpdesk.example.test/inbound-mail", url)
+    toml = replaced(toml, "change-me-to-a-long-random-string", SECRET)
+    srv = make_server({"queue.retry_schedule": ["1s"]}, extra_toml=toml)
     _Hook.answers = [503]
     tok = token()
     with srv.submission(ALICE) as s:

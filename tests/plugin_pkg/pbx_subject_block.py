@@ -1,5 +1,5 @@
-"""A third-party check module, as a plugin package would ship it (the tests
-put this directory on PYTHONPATH: its .dist-info declares the entry point)."""
+"""A third-party check module, as a plugin package ships it: installed into
+the venv (tests/plugin_pkg/pyproject.toml declares the entry point)."""
 
 from __future__ import annotations
 

@@ -668,24 +668,19 @@ class Session:
         for v in verdicts:
             tx.quarantine = tx.quarantine or v.quarantine
             if v.add_headers:
-                tx.added = (tx.added or []) + [f"{n}: {_field_value(val)}"
+                tx.added = (tx.added or []) + [f"{n}: {stages.field_value(val)}"
                                                for n, val in v.add_headers]
             if v.auth_results:
-                tx.auth_results = (tx.auth_results or []) + [_field_value(r)
+                tx.auth_results = (tx.auth_results or []) + [stages.field_value(r)
                                                              for r in v.auth_results]
             if v.subject is not None:
-                tx.subject = _field_value(v.subject)
+                tx.subject = stages.field_value(v.subject)
         return None
 
     def _check_fields(self, tx: Transaction) -> list[bytes]:
         """The header fields the checks asked for, after Received."""
-        out = []
-        if tx.auth_results:
-            results = ";\r\n\t".join(tx.auth_results)
-            out.append(f"Authentication-Results: {self.cfg.hostname};\r\n\t{results}\r\n"
-                       .encode("utf-8", "replace"))
-        out += [f"{f}\r\n".encode("utf-8", "replace") for f in tx.added or []]
-        return out
+        fields = stages.check_fields(self.cfg.hostname, tx.auth_results or [], tx.added or [])
+        return [fields] if fields else []
 
     async def _connection_checks(self, checks: list[Any]) -> Reply | None:
         """Before the greeting: each check's state for this connection, and its
@@ -734,13 +729,7 @@ class Session:
             return [rcpt]
         env = module.Envelope(msg_id="", mail_from=self.tx.mail_from or "", rcpts=[rcpt],
                               source=self._source())
-        out = [rcpt]
-        for m in modifiers:
-            state = m.state(env)
-            nxt: list[str] = []
-            for r in out:
-                nxt += [x for x in await state.rcpt(r) if x not in nxt]
-            out = nxt
+        out = await stages.rewrite_rcpts([m.state(env) for m in modifiers], [rcpt])
         return out or [rcpt]
 
     async def _modified(self, tx: Transaction, body: BodyBuffer, msg_id: str,
@@ -875,12 +864,6 @@ class Session:
         if len(block) >= MAX_TEXT_LINE and max(map(len, block.split(b"\r\n"))) > 998:
             return Reply(554, "5.6.0 Message has a line longer than 998 octets")
         return None
-
-
-def _field_value(value: str) -> str:
-    """A module's header field value, on one line: no CR/LF can end the field
-    early or start a body."""
-    return " ".join(value.split())
 
 
 def _message_id(added: list[bytes], first: bytes) -> str | None:

@@ -21,7 +21,7 @@ from email.utils import formatdate
 from pillarbox.address import AddressError
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
-from pillarbox.queue import public_drop
+from pillarbox.queue import public_drop, sendmail_pipeline
 from pillarbox.queue.spool import SpoolFull, new_id
 
 log = logging.getLogger("pillarbox.queue.public")
@@ -63,16 +63,26 @@ class PublicPickup:
                 continue
             msg_id = new_id()
             data = self._head(drop, sender, msg_id) + drop.data
+            quarantine = False
+            # A configured [pipeline.sendmail]: its checks and modifiers (None by default).
+            out = await sendmail_pipeline.admit(self.queue, msg_id, sender, rcpts, data,
+                                                drop.uid)
+            if out is not None:
+                sender, rcpts, data, quarantine = (out.mail_from, out.rcpts, out.message,
+                                                   out.quarantine)
             try:
-                await self.queue.enqueue(sender, rcpts, [data], len(data), source="sendmail",
-                                         msg_id=msg_id)
+                if rcpts:  # else all were refused, and reported
+                    await self.queue.enqueue(sender, rcpts, [data], len(data),
+                                             source="sendmail", msg_id=msg_id,
+                                             quarantine=quarantine)
             except SpoolFull:
                 log.warning("maildrop: disk too full to queue %s; it waits", name)
                 return taken
             # A crash just here queues it twice at worst, never loses it.
             await asyncio.to_thread(public_drop.remove, self.dir_fd, name)
-            log.info("maildrop: queued id=%s uid=%d from=<%s> rcpts=%d", msg_id, drop.uid,
-                     sender, len(rcpts))
+            if rcpts:
+                log.info("maildrop: queued id=%s uid=%d from=<%s> rcpts=%d", msg_id, drop.uid,
+                         sender, len(rcpts))
             taken += 1
         return taken
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from pillarbox import logs, module, pipelines, route, srs
 from pillarbox.address import domain_of
+from pillarbox.check import Reply
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
 from pillarbox.printable import escape
-from pillarbox.queue import bounce
+from pillarbox.queue import bounce, sendmail_pipeline
 from pillarbox.queue.spool import (
     BodyBuffer,
     Delivery,
@@ -195,7 +196,7 @@ class Queue:
 
         On a full disk they stay there, and another pickup is tried later."""
         try:
-            ids = await self.spool.pickup()
+            ids = await self.spool.pickup(self._admit_sendmail)
         except (SpoolFull, OSError) as e:
             log.warning("maildrop pickup failed, retrying in %.0fs error=%r", PICKUP_RETRY, e)
             if self._pickup_retry is None or self._pickup_retry.done():
@@ -205,6 +206,22 @@ class Queue:
         for msg_id in ids:
             self._schedule_now(msg_id)
         return len(ids)
+
+    async def _admit_sendmail(self, env: Envelope, data: bytes) -> tuple[Envelope, bytes] | None:
+        """A drop through a configured [pipeline.sendmail] (None: nothing left
+        to queue); as it is with the default pipeline or for a bounce."""
+        if env.source != "sendmail" or sendmail_pipeline.configured(
+                self.config, self.modules) is None:
+            return env, data
+        out = await sendmail_pipeline.admit(self, env.id, env.mail_from, env.rcpts, data,
+                                            sendmail_pipeline.uid_of(data))
+        if out is None:
+            return env, data
+        if not out.rcpts:
+            return None
+        env.mail_from, env.rcpts, env.size = out.mail_from, out.rcpts, len(out.message)
+        env.quarantine = env.quarantine or out.quarantine
+        return env, out.message
 
     async def _pickup_later(self) -> None:
         await asyncio.sleep(PICKUP_RETRY)
@@ -473,15 +490,29 @@ class Queue:
             return {id(d): _failure(e) for d in ds}
         return {id(d): results.get(d.to, "4.3.0 no result") for d in ds}
 
+    async def report_refused(self, msg_id: str, mail_from: str, refused: dict[str, Reply],
+                             message: bytes, others_pending: bool = False) -> str | None:
+        """A DSN for recipients refused before the message was queued (the
+        sendmail pipeline's checks): each fails with the check's reply."""
+        env = Envelope(id=msg_id, mail_from=mail_from, rcpts=list(refused),
+                       received=time.time(), size=len(message), source="sendmail")
+        ds = [Delivery(kind="module", to=r, rcpt=r, state="failed", last_error=why.text)
+              for r, why in refused.items()]
+        return await self._report(env, ds, "failed", others_pending,
+                                  header=bounce.original_header(message[:256 * 1024]))
+
     async def _report(self, env: Envelope, ds: list[Delivery], action: str,
-                      others_pending: bool = False) -> str | None:
+                      others_pending: bool = False, header: bytes | None = None) -> str | None:
         """Send the sender a DSN about `ds`, unless the message is itself a
-        bounce (no loops); return its queue id."""
+        bounce (no loops); return its queue id. `header`: the original
+        header, when the message is not in the spool."""
         if not env.mail_from or env.source == "bounce":
             log.info("not bouncing id=%s: null sender", env.id)
             return None
 
         def head() -> bytes:
+            if header is not None:
+                return header
             with self.spool.open_message(env.id) as f:
                 return bounce.original_header(f.read(256 * 1024))
 

@@ -36,7 +36,7 @@ import secrets
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -91,6 +91,10 @@ class Envelope:
     @classmethod
     def from_json(cls, line: bytes) -> Envelope:
         return cls(**json.loads(line.decode()))
+
+
+# A maildrop file's envelope and message -> what to queue (None: nothing).
+Admit = Callable[[Envelope, bytes], Awaitable[tuple[Envelope, bytes] | None]]
 
 
 @dataclass
@@ -788,8 +792,9 @@ class Spool:
             env = Envelope.from_json(f.readline())
             return env, f.read()
 
-    async def pickup(self) -> list[str]:
-        """Move maildrop files into the queue; return their ids.
+    async def pickup(self, admit: Admit | None = None) -> list[str]:
+        """Move maildrop files into the queue; return their ids. `admit` may
+        change a drop first, or take it (None: nothing to queue).
 
         Raises SpoolFull when the disk is too full; the files not yet moved
         stay in maildrop/ for the next pickup."""
@@ -800,6 +805,11 @@ class Spool:
             except (FileNotFoundError, ValueError, TypeError):
                 continue
             if env.id not in self.index:
+                admitted = (env, data) if admit is None else await admit(env, data)
+                if admitted is None:  # refused whole (and reported): nothing queued
+                    (self.maildrop / msg_id).unlink(missing_ok=True)
+                    continue
+                env, data = admitted
                 await self.append(env, [data])
             (self.maildrop / msg_id).unlink(missing_ok=True)
             moved.append(env.id)
