@@ -175,7 +175,8 @@ def main() -> int:
         args.dns_line = f'nameservers = ["127.0.0.1:{dns.port}"]'
         variants = [("checks off", ""), ("checks on", CHECKS.format(zone=ZONE, rspamd=""))]
         if shutil.which("rspamd"):
-            rspamd = rspamd_server.RspamdServer(Path(tempfile.mkdtemp(prefix="trust-rspamd-")))
+            rspamd = rspamd_server.RspamdServer(Path(tempfile.mkdtemp(prefix="trust-rspamd-")),
+                                                nameserver=dns.address)
             rspamd.start()
             variants.append(("checks on + rspamd", RSPAMD.format(url=rspamd.url)
                              + CHECKS.format(zone=ZONE, rspamd=', "spam"')))

@@ -64,7 +64,7 @@ worker "normal" {
 """
 
 _OPTIONS = """\
-dns { nameserver = ["127.0.0.1:9"]; timeout = 0.2s; retransmits = 1; }
+dns { nameserver = ["%(nameserver)s"]; timeout = 0.2s; retransmits = 1; }
 filters = "chartable,regexp";
 url_tld = "$LOCAL_CONFDIR/tld.dat";
 enable_test_patterns = true;
@@ -90,8 +90,11 @@ def _owned_by(path: Path, user: pwd.struct_passwd | None) -> None:
 
 
 class RspamdServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, nameserver: str = "127.0.0.1:9") -> None:
+        """`nameserver`: where rspamd asks (default: a port where nothing
+        answers, so the tests never touch the network)."""
         self.root = root
+        self.nameserver = nameserver
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0
@@ -105,7 +108,7 @@ class RspamdServer:
         local = self.root / "local.d"
         local.mkdir(exist_ok=True)
         (self.root / "rspamd.conf").write_text(_CONF % {"port": self.port})
-        (local / "options.inc").write_text(_OPTIONS)
+        (local / "options.inc").write_text(_OPTIONS % {"nameserver": self.nameserver})
         (self.root / "tld.dat").write_text("test\norg\ncom\n")
         (local / "multimap.conf").write_text(_MULTIMAP)
         (self.root / "soft.map").write_text(f"/{SOFT_SUBJECT}/\n")
