@@ -234,6 +234,15 @@ def main() -> int:
                  f"{args.size} B from {args.sessions} sessions each, took {took:.0f} s."),
             "", table, "",
             bullet(verdict + "."),
+            bullet("Where the checks' time goes (cProfile of the server under this load): "
+                   "DKIM verification about half (dkimpy's header and body canonicalization "
+                   "in Python; the RSA step is OpenSSL's), SPF (pyspf) about a fifth, DMARC, "
+                   "the header parse and the Authentication-Results field the rest; no DNS "
+                   "round trip once the resolver's cache is warm. The bound of 30 % is not "
+                   "met: a message costs the intake path about 0.3 ms of CPU and these "
+                   "checks about 0.7 ms more."),
+            bullet("The rspamd row also counts rspamd's own time (one worker, its DNS "
+                   "answered by the same local server) and the HTTP exchange per message."),
             bullet("Postfix and the first pillarbox row: Postfix's smtp-source, plain "
                    "messages, the same load as the side-by-side table above. The other rows: "
                    "smtp_load.py's client with a DKIM-signed message, so the DKIM check does "
