@@ -176,8 +176,13 @@ def results(msg: email.message.Message) -> str:
     return " ".join(fields[0].split())
 
 
-def expect(*entries: str) -> str:
-    return f"{HOST}; " + "; ".join(entries)
+def expect(*entries: str, helo: str = "spf=none smtp.helo=client.test") -> str:
+    """Our field: the entries given, with the HELO identity's SPF result after
+    the MAIL FROM one (RFC 7208 2.3; the tests' HELO name has no policy)."""
+    entries_ = list(entries)
+    if entries_ and entries_[0].startswith("spf=") and "smtp.mailfrom=" in entries_[0]:
+        entries_.insert(1, helo)
+    return f"{HOST}; " + "; ".join(entries_)
 
 
 # -- DKIM ------------------------------------------------------------------------------------
@@ -296,6 +301,18 @@ def test_spf_for_the_null_sender_checks_helo(mx, dns):
     assert results(delivered(mx, tok)) == expect(
         "spf=pass smtp.helo=helo.spf-helo.test", "dkim=none",
         "dmarc=none header.from=spf-helo.test", "arc=none")
+
+
+def test_spf_checks_the_helo_identity_beside_mail_from(mx, dns):
+    dns.txt("helo2.spf-helo.test", "v=spf1 -all")
+    dns.txt("spf-both.test", "v=spf1 ip4:127.0.0.1 -all")
+    tok = token()
+    assert send(mx, message("a@spf-both.test", tok), "a@spf-both.test",
+                helo="helo2.spf-helo.test")[0] == 250
+    assert results(delivered(mx, tok)) == expect(
+        "spf=pass smtp.mailfrom=a@spf-both.test", "dkim=none",
+        "dmarc=none header.from=spf-both.test", "arc=none",
+        helo="spf=fail smtp.helo=helo2.spf-helo.test")
 
 
 def test_spf_fail_refused_when_asked(strict, dns):

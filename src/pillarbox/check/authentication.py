@@ -54,6 +54,7 @@ class _State(module.BaseCheckState):
         self.check, self.source = check, source
         self.helo_name = source.helo or ""
         self.spf: spf_check.SPFResult | None = None
+        self.spf_helo: spf_check.SPFResult | None = None
 
     @property
     def judged(self) -> bool:
@@ -61,6 +62,13 @@ class _State(module.BaseCheckState):
 
     async def helo(self, name: str) -> module.Verdict:
         self.helo_name = name or self.helo_name
+        # RFC 7208 2.3: the HELO identity is checked too, once per EHLO; only a
+        # domain name has a policy (not an address literal).
+        self.spf_helo = None
+        if name and self.judged and "." in name and not name.startswith("["):
+            self.spf_helo = await spf_check.check(self.check.resolver, self.source.client_ip,
+                                                  "", name, self.check.hostname,
+                                                  self.check.executor)
         return module.ACCEPT
 
     async def mail(self, sender: str) -> module.Verdict:
@@ -86,7 +94,7 @@ class _State(module.BaseCheckState):
         async with self.check.slots:  # bounds the messages held in memory at once
             message = body.read() if isinstance(body, io.BytesIO) else \
                 await asyncio.to_thread(body.read)  # a spilled body: read off the loop
-            return await self.check.judge(message, header, self.spf)
+            return await self.check.judge(message, header, self.spf, self.spf_helo)
 
 
 class AuthenticationCheck:
@@ -111,8 +119,8 @@ class AuthenticationCheck:
     async def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def judge(self, message: bytes, header: Message,
-                    spf: spf_check.SPFResult | None) -> module.Verdict:
+    async def judge(self, message: bytes, header: Message, spf: spf_check.SPFResult | None,
+                    spf_helo: spf_check.SPFResult | None = None) -> module.Verdict:
         sigs, arc = await asyncio.gather(
             dkim_check.verify(message, self.resolver, self.min_key_bits, self.executor),
             arc_check.verify(message, self.resolver, self.executor))
@@ -125,6 +133,8 @@ class AuthenticationCheck:
         else:
             dmarc = dmarc_check.DMARCResult("permerror", "", reason="no From address")
         entries = ([spf.entry()] if spf is not None else [])
+        if spf_helo is not None and spf is not None and spf.identity == "mailfrom":
+            entries.append(spf_helo.entry())  # (for the null sender `spf` is HELO's)
         entries += [s.entry() for s in sigs] or ["dkim=none"]
         entries += [dmarc.entry(), arc.entry()]
         # Aligned in every mode, so DMARC would pass whatever the record says.
