@@ -65,3 +65,13 @@ def test_broken_lists_give_markers_in_pairs_and_never_raise(text: str) -> None:
         else:
             assert a.mailbox is not None
     assert not open_group
+
+
+def test_a_huge_address_field_is_read_up_to_the_bound_only():
+    from pillarbox.endpoint.imap import mime
+
+    field = b", ".join(b"User %d <u%d@example.test>" % (i, i) for i in range(60_000))
+    assert len(field) > 20 * mime.MAX_ADDRESS_FIELD
+    got = mime.addresses([field])  # not 60,000: the whole field would take a second
+    assert 1000 < len(got) < 3000
+    assert got[-1].mailbox == f"u{len(got) - 1}" and got[-1].host == "example.test"

@@ -232,10 +232,23 @@ def _raw(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
 
+# Each address field is read up to here for ENVELOPE and SEARCH (about 2,000
+# addresses): parsing is linear, and a sender could fill a 25 MB message with
+# one To field that every FETCH ENVELOPE would parse on the event loop.
+MAX_ADDRESS_FIELD = 64 * 1024
+
+
 def addresses(values: list[bytes]) -> list[addrlist.Address]:
     """The address structures of one or more address-list fields (their octets
-    that are not UTF-8 kept as surrogates)."""
-    return [a for v in values for a in addrlist.parse(v.decode("utf-8", "surrogateescape"))]
+    that are not UTF-8 kept as surrogates), each cut at its last comma before
+    MAX_ADDRESS_FIELD."""
+    out = []
+    for v in values:
+        if len(v) > MAX_ADDRESS_FIELD:
+            cut = v.rfind(b",", 0, MAX_ADDRESS_FIELD)
+            v = v[:cut if cut > 0 else MAX_ADDRESS_FIELD]
+        out += addrlist.parse(v.decode("utf-8", "surrogateescape"))
+    return out
 
 
 def _address_list(addrs: list[addrlist.Address]) -> bytes:
