@@ -159,7 +159,14 @@ def test_list_status_select_misc():
     c = cmd("a STATUS INBOX (MESSAGES UIDNEXT)")
     assert c.args["items"] == ["MESSAGES", "UIDNEXT"]
     assert "STATUS item" in bad("a STATUS INBOX (BOGUS)")
-    assert cmd("a SELECT Inbox (CONDSTORE)").args == {"mailbox": "INBOX", "condstore": True}
+    assert cmd("a SELECT Inbox (CONDSTORE)").args == {"mailbox": "INBOX", "condstore": True,
+                                                      "qresync": None}
+    q = cmd("a SELECT INBOX (QRESYNC (67890007 90060115194045000 41:211,214:541 "
+            "(1:3,7 41:43,50)))").args["qresync"]
+    assert (q.uidvalidity, q.modseq, str(q.known_uids)) == (67890007, 90060115194045000,
+                                                            "41:211,214:541")
+    assert tuple(map(str, q.seq_match)) == ("1:3,7", "41:43,50")
+    assert "differ in size" in bad("a SELECT INBOX (QRESYNC (1 2 (1:3 4)))")
     assert cmd("a RENAME a b").args == {"old": "a", "new": "b"}
     assert cmd('a CREATE Stuff (USE (\\Archive))').args["use"] == ["\\Archive"]
     assert cmd('a ID ("name" "mutt" "version" NIL)').args["params"] == {

@@ -101,7 +101,25 @@ MIGRATIONS = [
     ALTER TABLE mailboxes ADD COLUMN recentuid INTEGER NOT NULL DEFAULT 0;
     UPDATE mailboxes SET recentuid = uidnext - 1;
     """,
+    # QRESYNC (RFC 7162): the UIDs expunged, with the MODSEQ of their expunge,
+    # so a client that reconnects learns exactly which of its messages went.
+    # Kept up to EXPUNGED_KEPT per mailbox; `expungedfloor` is the MODSEQ up to
+    # which expunges may be missing (pruned, or made before this table).
+    """
+    CREATE TABLE expunged (
+        mailbox TEXT NOT NULL,
+        uid     INTEGER NOT NULL,
+        modseq  INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, uid)
+    );
+    CREATE INDEX expunged_modseq ON expunged (mailbox, modseq);
+    ALTER TABLE mailboxes ADD COLUMN expungedfloor INTEGER NOT NULL DEFAULT 0;
+    UPDATE mailboxes SET expungedfloor = highestmodseq;
+    """,
 ]
+# Expunged UIDs remembered per mailbox; past it the oldest quarter is pruned and
+# a client resyncing from before then is told every UID it may know that is gone.
+EXPUNGED_KEPT = 10_000
 STRUCTURE_CHUNK = 500  # UIDs per query when reading cached structures
 
 _counter = itertools.count()
@@ -144,6 +162,8 @@ class Box:
     highestmodseq: int
     special: str | None
     recent_uid: int = 0  # UIDs above it are \Recent for the next session to take them
+    # Expunges up to this MODSEQ may be unrecorded (pruned, or older than the table).
+    expunged_floor: int = 0
     msgs: dict[int, Message] = field(default_factory=dict)  # in UID order
     by_base: dict[str, int] = field(default_factory=dict)
     cur_mtime: int = -1
@@ -262,6 +282,7 @@ class MailStore:
         # quota usage follows at once. Deliveries are counted by the queue.
         self.usage_changed: Callable[[int], None] | None = None
         self.users = 0  # sessions holding this store open
+        self.expunged_kept = EXPUNGED_KEPT  # a test may lower it
         index = root / INDEX_NAME
         made = not index.exists()
         self.db = sqlite3.connect(index, isolation_level=None, check_same_thread=False,
@@ -294,10 +315,10 @@ class MailStore:
         self.db.close()
 
     def _load_boxes(self) -> None:
-        for name, v, n, m, special, recent in self.db.execute(
-                "SELECT name, uidvalidity, uidnext, highestmodseq, special, recentuid "
-                "FROM mailboxes"):
-            self.boxes[name] = Box(name, v, n, m, special, recent)
+        for name, v, n, m, special, recent, floor in self.db.execute(
+                "SELECT name, uidvalidity, uidnext, highestmodseq, special, recentuid, "
+                "expungedfloor FROM mailboxes"):
+            self.boxes[name] = Box(name, v, n, m, special, recent, floor)
         provisioned = self.db.execute(
             "SELECT 1 FROM meta WHERE key = 'provisioned'").fetchone() is not None
         add: dict[str, str | None] = {}
@@ -427,6 +448,7 @@ class MailStore:
         box = self.box(name)
         with self._transaction():
             self.db.execute("DELETE FROM messages WHERE mailbox = ?", (name,))
+            self.db.execute("DELETE FROM expunged WHERE mailbox = ?", (name,))
             self.db.execute("DELETE FROM mailboxes WHERE name = ?", (name,))
         del self.boxes[name]
         self._usage(-sum(m.size for m in box.msgs.values()))
@@ -460,6 +482,7 @@ class MailStore:
                 os.rename(self.path(a), self.path(b))
                 self.db.execute("UPDATE mailboxes SET name = ? WHERE name = ?", (b, a))
                 self.db.execute("UPDATE messages SET mailbox = ? WHERE mailbox = ?", (b, a))
+                self.db.execute("UPDATE expunged SET mailbox = ? WHERE mailbox = ?", (b, a))
                 self.db.execute("UPDATE OR IGNORE subscriptions SET name = ? WHERE name = ?",
                                 (b, a))
         for a, b in moves:
@@ -541,6 +564,7 @@ class MailStore:
                 for uid in vanished:
                     self.db.execute("DELETE FROM messages WHERE mailbox = ? AND uid = ?",
                                     (name, uid))
+                floor = self._bury(box, vanished, modseq)
                 for msg, fn in changed:
                     keywords = {f for f in msg.flags if f not in _LETTER_OF}
                     flags = frozenset(flags_from_letters(split_name(fn)[1]) | keywords)
@@ -569,7 +593,7 @@ class MailStore:
                     os.rename(path / "cur" / fn, path / "new" / fn)
             box.cur_mtime = -1
             raise
-        box.uidnext, box.highestmodseq = uid, modseq
+        box.uidnext, box.highestmodseq, box.expunged_floor = uid, modseq, floor
         for u in vanished:
             del box.by_base[box.msgs.pop(u).base]
         for msg, fn in changed:
@@ -879,9 +903,10 @@ class MailStore:
         with self._transaction():
             self.db.executemany("DELETE FROM messages WHERE mailbox = ? AND uid = ?",
                                 [(box.name, u) for u in uids])
+            floor = self._bury(box, uids, modseq)
             self.db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE name = ?",
                             (modseq, box.name))
-        box.highestmodseq = modseq
+        box.highestmodseq, box.expunged_floor = modseq, floor
         freed = 0
         for u in uids:
             msg = box.msgs.pop(u, None)
@@ -890,6 +915,39 @@ class MailStore:
                 freed += msg.size
         self._usage(-freed)
         self._changed(box.name)
+
+    def _bury(self, box: Box, uids: list[int], modseq: int) -> int:
+        """Inside a transaction: keep the expunged UIDs with their MODSEQ, pruning
+        the oldest past EXPUNGED_KEPT; returns the (new) floor, set after commit."""
+        floor = box.expunged_floor
+        if not uids:
+            return floor
+        self.db.executemany("INSERT OR REPLACE INTO expunged (mailbox, uid, modseq) "
+                            "VALUES (?, ?, ?)", [(box.name, u, modseq) for u in uids])
+        kept = self.expunged_kept
+        count = self.db.execute("SELECT COUNT(*) FROM expunged WHERE mailbox = ?",
+                                (box.name,)).fetchone()[0]
+        if count > kept:
+            # Down to three quarters, whole expunges at a time (one MODSEQ each).
+            cut = self.db.execute(
+                "SELECT modseq FROM expunged WHERE mailbox = ? ORDER BY modseq "
+                "LIMIT 1 OFFSET ?", (box.name, count - kept * 3 // 4 - 1)).fetchone()[0]
+            self.db.execute("DELETE FROM expunged WHERE mailbox = ? AND modseq <= ?",
+                            (box.name, cut))
+            floor = max(floor, cut)
+            self.db.execute("UPDATE mailboxes SET expungedfloor = ? WHERE name = ?",
+                            (floor, box.name))
+        return floor
+
+    def expunged_since(self, name: str, modseq: int) -> list[int] | None:
+        """The UIDs expunged after `modseq`, ascending; None if expunges that
+        late may have been pruned (the caller then reports every UID not present)."""
+        box = self.box(name)
+        if modseq < box.expunged_floor:
+            return None
+        return [r[0] for r in self.db.execute(
+            "SELECT uid FROM expunged WHERE mailbox = ? AND modseq > ? ORDER BY uid",
+            (name, modseq))]
 
     # -- status -------------------------------------------------------------
 

@@ -526,13 +526,72 @@ def _authenticate(r: Reader, cmd: Command) -> None:
             raise ParseError(f"expected a base64 initial response {r.where()}")
 
 
+@dataclass
+class QresyncParam:
+    """SELECT/EXAMINE (QRESYNC (uidvalidity modseq [known-uids [seq-match-data]]))."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SeqSet | None = None
+    seq_match: tuple[SeqSet, SeqSet] | None = None  # (known sequence numbers, their UIDs)
+
+
 def _select(r: Reader, cmd: Command) -> None:
     cmd.args["mailbox"] = r.mailbox()
     cmd.args["condstore"] = False
+    cmd.args["qresync"] = None
     if not r.at_end():
         r.sp()
-        opts = r.paren_atoms()
-        cmd.args["condstore"] = "CONDSTORE" in opts
+        # select-params (RFC 4466): CONDSTORE, QRESYNC (...); other atoms ignored.
+        r.expect(b"(")
+        while not r.accept(b")"):
+            opt = r.atom("a SELECT parameter").upper()
+            if opt == "CONDSTORE":
+                cmd.args["condstore"] = True
+            elif opt == "QRESYNC":
+                if cmd.args["qresync"] is not None:
+                    raise ParseError("QRESYNC given twice")
+                r.sp()
+                cmd.args["qresync"] = _qresync_param(r)
+            if r.peek() != 0x29:
+                r.sp()
+
+
+def _qresync_param(r: Reader) -> QresyncParam:
+    r.expect(b"(")
+    uidvalidity = r.nz_number("a UIDVALIDITY")
+    r.sp()
+    param = QresyncParam(uidvalidity, r.mod_sequence())
+    if r.accept(b")"):
+        return param
+    r.sp()
+    if r.peek() != 0x28:
+        param.known_uids = _star_free_set(r, "known UIDs")
+        if r.accept(b")"):
+            return param
+        r.sp()
+    r.expect(b"(", "seq-match-data")
+    seqs = _star_free_set(r, "known sequence numbers")
+    r.sp()
+    uids = _star_free_set(r, "known UIDs")
+    if _size(seqs) != _size(uids):  # they pair one to one
+        raise ParseError("seq-match-data: the two sets differ in size")
+    param.seq_match = (seqs, uids)
+    r.expect(b")")
+    r.expect(b")")
+    return param
+
+
+def _size(s: SeqSet) -> int:
+    return sum(abs(b - a) + 1 for a, b in s.ranges)
+
+
+def _star_free_set(r: Reader, what: str) -> SeqSet:
+    """A sequence set without `*` (RFC 7162 known-uids and seq-match-data)."""
+    s = r.seqset()
+    if any(STAR in pair for pair in s.ranges):
+        raise ParseError(f"\"*\" is not allowed in {what}")
+    return s
 
 
 def _create(r: Reader, cmd: Command) -> None:
@@ -759,6 +818,7 @@ def _fetch(r: Reader, cmd: Command) -> None:
             r.pos = save
             atts.append(_fetch_att(r))
     cmd.args["changedsince"] = None
+    cmd.args["vanished"] = False
     if not r.at_end():
         r.sp()
         r.expect(b"(")
@@ -768,12 +828,17 @@ def _fetch(r: Reader, cmd: Command) -> None:
                 r.sp()
                 cmd.args["changedsince"] = r.mod_sequence()
             elif mod == "VANISHED":
-                pass
+                # RFC 7162 3.2.6: UID FETCH only, and only with CHANGEDSINCE.
+                if not cmd.uid:
+                    raise ParseError("VANISHED is a UID FETCH modifier")
+                cmd.args["vanished"] = True
             else:
                 raise ParseError(f"unknown FETCH modifier {mod[:30]}")
             if r.accept(b")"):
                 break
             r.sp()
+        if cmd.args["vanished"] and cmd.args["changedsince"] is None:
+            raise ParseError("VANISHED needs CHANGEDSINCE")
     cmd.args["atts"] = atts
 
 

@@ -31,7 +31,7 @@ from pillarbox.config import Config
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
 from pillarbox.endpoint.connection import Connection, Disconnect, MemoryBudget, SessionTable
-from pillarbox.endpoint.imap import mime, search
+from pillarbox.endpoint.imap import mime, qresync, search
 from pillarbox.endpoint.imap.parser import (
     LITERAL_RE,
     MONTHS,
@@ -159,6 +159,7 @@ class Session:
         self.keywords: set[str] = set()  # the keywords FLAGS told this session of
         self.seen_modseq = 0
         self.condstore = False  # RFC 7162: flag FETCHes carry MODSEQ once a client asked
+        self.qresync = False  # ENABLE QRESYNC: VANISHED instead of EXPUNGE from then on
         self.dirty = False
         self.idling = False
         self.errors = 0
@@ -400,7 +401,8 @@ class Session:
     def capabilities(self) -> str:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                 "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
-                "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}"]
+                "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
+                "QRESYNC"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
         if not self.tls and not self.cleartext_ok:
@@ -490,8 +492,10 @@ class Session:
         if expunges and len(msgs) < len(self.uids) + (box.uidnext - self._last_uid() - 1):
             gone = {u for u in self.uids if u not in msgs}
             if gone:
+                if self.qresync:  # RFC 7162 3.2.10.2: UIDs, not sequence numbers
+                    self.untagged(f"VANISHED {seqset_from(list(gone))}")
                 for i in range(len(self.uids) - 1, -1, -1):
-                    if self.uids[i] in gone:
+                    if self.uids[i] in gone and not self.qresync:
                         self.untagged(f"{i + 1} EXPUNGE")
                 self.uids = [u for u in self.uids if u not in gone]
                 for u in gone:
@@ -697,12 +701,21 @@ class Session:
         if "CONDSTORE" in cmd.args["capabilities"] and not self.condstore:
             self._condstore_on()
             enabled.append("CONDSTORE")
+        if "QRESYNC" in cmd.args["capabilities"] and not self.qresync:
+            self._condstore_on()  # QRESYNC implies CONDSTORE (RFC 7162 3.2.3)
+            self.qresync = True
+            enabled.append("QRESYNC")
         self.untagged(" ".join(["ENABLED", *enabled]))
 
     async def cmd_NAMESPACE(self, cmd: Command):
         self.untagged('NAMESPACE (("" ".")) NIL NIL')
 
     async def _select(self, cmd: Command, readonly: bool):
+        param = cmd.args["qresync"]
+        if param is not None and not self.qresync:
+            return ("BAD", "QRESYNC needs ENABLE QRESYNC first")
+        if self.selected is not None:  # RFC 7162 3.2.11: replies from here are the new one's
+            self.untagged("OK [CLOSED] Previous mailbox closed")
         self._unselect()
         store = self.store
         assert store is not None
@@ -733,6 +746,9 @@ class Session:
         self.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
         self.untagged(f"OK [HIGHESTMODSEQ {box.highestmodseq}] Highest mod-sequence")
+        if param is not None:
+            for line in qresync.select_replies(store, name, self.uids, param, self._flags):
+                self.untagged(line)
         return ("OK", f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {cmd.name} completed")
 
     async def cmd_SELECT(self, cmd: Command):
@@ -936,10 +952,10 @@ class Session:
     # -- selected -----------------------------------------------------------
 
     async def cmd_CLOSE(self, cmd: Command):
-        if not self.readonly:
-            self._expunge(None)
+        gone = [] if self.readonly else self._expunge(None)
+        modseq = self._expunged_modseq(gone, cmd)
         self._unselect()
-        return None
+        return modseq
 
     async def cmd_UNSELECT(self, cmd: Command):
         self._unselect()
@@ -949,17 +965,28 @@ class Session:
         assert store is not None and name is not None
         return store.expunge(name, set(uids) if uids is not None else None)
 
+    def _expunged_modseq(self, gone: list[int], cmd: Command):
+        """RFC 7162 3.2.7: with QRESYNC on, the OK after an expunge tells the new MODSEQ."""
+        if not (gone and self.qresync):
+            return None
+        assert self.store is not None and self.selected is not None
+        modseq = self.store.box(self.selected).highestmodseq
+        return ("OK", f"[HIGHESTMODSEQ {modseq}] {cmd.name} completed")
+
     async def cmd_EXPUNGE(self, cmd: Command):
         if self.readonly:
             return ("NO", "[READ-ONLY] The mailbox is read-only")
-        self._expunge(None)
+        return self._expunged_modseq(self._expunge(None), cmd)
 
     async def cmd_UID_EXPUNGE(self, cmd: Command):
         if self.readonly:
             return ("NO", "[READ-ONLY] The mailbox is read-only")
-        self._expunge([u for _, u in self._targets(cmd)])
+        return self._expunged_modseq(self._expunge([u for _, u in self._targets(cmd)]),
+                                     cmd)
 
     async def cmd_FETCH(self, cmd: Command):
+        if cmd.args["vanished"] and not self.qresync:
+            return ("BAD", "VANISHED needs ENABLE QRESYNC first")
         try:
             targets = self._targets(cmd)
         except _Bad as e:
@@ -971,6 +998,10 @@ class Session:
         assert store is not None and name is not None
         box = store.box(name)
         since = cmd.args["changedsince"]
+        if cmd.args["vanished"]:  # before any FETCH (RFC 7162 3.2.6)
+            line = qresync.fetch_vanished(store, name, cmd.args["set"], since, self.uids)
+            if line is not None:
+                self.untagged(line)
         sets_seen = not self.readonly and any(
             (a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT")
             for a in atts)
