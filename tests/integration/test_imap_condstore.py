@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import sqlite3
 
+from pillarbox.store.mailbox_index import MIGRATIONS
+
 from .imap_raw import RawIMAP, code_number, modseqs
 from .support import ALICE, BOB, make_message
 
@@ -270,6 +272,11 @@ def test_index_of_the_previous_release_is_migrated(make_server):
     for column in ("envelope", "bodystructure", "body"):
         db.execute(f"ALTER TABLE messages DROP COLUMN {column}")
     db.execute("ALTER TABLE mailboxes DROP COLUMN recentuid")
+    # ... no object ids, save dates or METADATA (migration 5)
+    db.execute("ALTER TABLE mailboxes DROP COLUMN mailboxid")
+    db.execute("ALTER TABLE messages DROP COLUMN emailid")
+    db.execute("ALTER TABLE messages DROP COLUMN savedate")
+    db.execute("DROP TABLE metadata")
     db.execute("PRAGMA user_version=1")
     db.commit()
     db.close()
@@ -280,7 +287,7 @@ def test_index_of_the_previous_release_is_migrated(make_server):
         envelope = c.ok("FETCH 2 (ENVELOPE)")[0][0]
         assert b"message 2" in envelope
     db = sqlite3.connect(srv.maildir(ALICE) / INDEX)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     # An index with mailboxes counts as set up: no folders are made again.
     assert db.execute("SELECT value FROM meta WHERE key = 'provisioned'").fetchone() == (1,)
     cached = db.execute("SELECT envelope FROM messages WHERE mailbox = 'INBOX' AND uid = 2"
