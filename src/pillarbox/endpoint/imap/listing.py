@@ -9,9 +9,8 @@ session's: it sends a STATUS after each selectable mailbox listed here.
 Attributes always given: \\HasChildren or \\HasNoChildren (allowed without
 the CHILDREN return option, RFC 5258 4) and the special-use attribute
 (RFC 6154 allows it in every LIST). A name that is no mailbox but has
-mailboxes below it (`Lists` of `Lists.pillarbox`) is \\Noselect in a plain
-LIST and \\NonExistent in an extended one, as is a subscribed name with no
-mailbox.
+mailboxes below it (`Lists` of `Lists.pillarbox`) is \\Noselect, as RFC 3501
+has it; a subscribed name with no mailbox is \\NonExistent (RFC 5258).
 """
 
 from __future__ import annotations
@@ -126,19 +125,23 @@ class Tree:
             return ((not by_sub or n in self.subscribed)
                     and (not by_use or bool(self.mailboxes.get(n))))
 
-        universe = self.every | self.subscribed
+        # Subscribed names with no mailbox only when selected by subscription.
+        universe = self.every | self.subscribed if by_sub else self.every
         meeting = {n for n in universe if meets(n)}
+        # RECURSIVEMATCH (RFC 5258 3): a parent of a name that meets the criteria
+        # but matches no pattern is listed, with CHILDINFO saying why.
         with_match_below = set()
         if recursive:
             for n in meeting:
-                with_match_below.update(_ancestors(n))
+                if not any(p.match(n) for p in ps):
+                    with_match_below.update(_ancestors(n))
         out = []
         for n in _order(universe):
             if not any(p.match(n) for p in ps):
                 continue
             if n not in meeting and n not in with_match_below:
                 continue
-            attrs = self._attrs(n, "\\NonExistent")
+            attrs = self._attrs(n, "\\Noselect" if n in self.every else "\\NonExistent")
             if show_sub and n in self.subscribed:
                 attrs.append("\\Subscribed")
             item = Listed(n, attrs, selectable=n in self.mailboxes)

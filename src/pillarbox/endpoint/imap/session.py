@@ -402,7 +402,8 @@ class Session:
     def capabilities(self) -> str:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                 "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
-                "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}"]
+                "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
+                "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
         if not self.tls and not self.cleartext_ok:
