@@ -403,7 +403,7 @@ class Session:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                 "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
-                "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "METADATA"]
+                "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "METADATA", "OBJECTID", "SAVEDATE"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
         if not self.tls and not self.cleartext_ok:
