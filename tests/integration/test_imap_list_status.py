@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from .imap_raw import RawIMAP
-from .support import ALICE, BOB, make_message
+from .support import ALICE, BOB, make_message, wait_until
 
 
 def raw(server) -> RawIMAP:
@@ -159,3 +159,16 @@ def test_malformed_list_and_status(server):
                 _, tagged = c.cmd(bad)
                 assert tagged.startswith(b"BAD"), (bad, tagged)
             c.ok("NOOP")  # the session lives on
+
+
+def test_status_size_counts_a_delivery_not_yet_taken_in(server):
+    """MESSAGES counts the files waiting in new/; SIZE must count them too."""
+    with raw(server) as c:
+        c.ok("STATUS INBOX (SIZE)")  # the store is open, the delivery stays in new/
+        with server.smtp() as s:
+            s.sendmail(BOB, [ALICE], make_message(BOB, ALICE, "delivered"))
+        new = server.maildir(ALICE) / "new"
+        wait_until(lambda: any(new.iterdir()), 10, "the delivery in new/")
+        size = next(new.iterdir()).stat().st_size
+        st = statuses(c.ok("STATUS INBOX (MESSAGES SIZE)")[0])["INBOX"]
+        assert st == {"MESSAGES": b"1", "SIZE": b"%d" % size}
