@@ -137,6 +137,8 @@ class IMAPSettings:
     max_connections_per_ip: int = 50
     idle_timeout: float = 1800.0
     max_bad_commands: int = 10
+    metadata_max_size: int = 64 * 1024  # one METADATA value (RFC 5464)
+    metadata_max_entries: int = 200  # METADATA entries per user, server and mailboxes
     # LOGIN/AUTHENTICATE PLAIN without TLS on listen.imap from these (test tools,
     # a webmail on the same host); empty: never
     cleartext_login_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
@@ -256,7 +258,7 @@ _SECTION_KEYS = {
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
              "max_literal_memory_per_session", "max_connections_per_user",
              "max_connections_per_ip", "idle_timeout", "max_bad_commands",
-             "cleartext_login_networks"},
+             "cleartext_login_networks", "metadata_max_size", "metadata_max_entries"},
     "delivery": {"recipient_delimiter", "detail_folder", "srs", "srs_domain", "arc_seal"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
@@ -476,9 +478,15 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     elif imap.max_literal_memory_per_session > imap.max_literal_memory:
         raise ConfigError("imap.max_literal_memory_per_session",
                           "must be at most imap.max_literal_memory")
+    if "metadata_max_size" in im:
+        imap.metadata_max_size = parse_size(im["metadata_max_size"], "imap.metadata_max_size")
+        if not 1 <= imap.metadata_max_size <= imap.max_literal_memory_per_session:
+            raise ConfigError("imap.metadata_max_size",
+                              "must be 1 to imap.max_literal_memory_per_session")
     if imap.max_line_length < 1024:
         raise ConfigError("imap.max_line_length", "must be at least 1K")
-    for k in ("max_connections_per_user", "max_connections_per_ip", "max_bad_commands"):
+    for k in ("max_connections_per_user", "max_connections_per_ip", "max_bad_commands",
+              "metadata_max_entries"):
         if k in im:
             setattr(imap, k, _int(im[k], f"imap.{k}", 1))
     if "idle_timeout" in im:
@@ -820,6 +828,8 @@ max_bad_commands         = 10     # BAD replies before the connection is closed
 # Addresses/networks allowed to LOGIN without TLS on listen.imap (e.g. ["127.0.0.1"]
 # for a local webmail or test tool); [] : STARTTLS first, from everywhere
 cleartext_login_networks = []
+metadata_max_size        = "64K"  # one METADATA value; larger gets NO [METADATA MAXSIZE n]
+metadata_max_entries     = 200    # METADATA entries per user; more get NO [METADATA TOOMANY]
 
 [delivery]
 # Plus-addressing: alice+shopping@ reaches alice when no user or alias has the

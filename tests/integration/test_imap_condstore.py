@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import sqlite3
 
+from pillarbox.store.mailbox_index import MIGRATIONS
+
 from .imap_raw import RawIMAP, code_number, modseqs
 from .support import ALICE, BOB, make_message
 
@@ -272,6 +274,11 @@ def test_index_of_the_previous_release_is_migrated(make_server):
     db.execute("ALTER TABLE mailboxes DROP COLUMN recentuid")
     db.execute("ALTER TABLE mailboxes DROP COLUMN expungedfloor")
     db.execute("DROP TABLE expunged")
+    # ... no object ids, save dates or METADATA (migration 6)
+    db.execute("ALTER TABLE mailboxes DROP COLUMN mailboxid")
+    db.execute("ALTER TABLE messages DROP COLUMN emailid")
+    db.execute("ALTER TABLE messages DROP COLUMN savedate")
+    db.execute("DROP TABLE metadata")
     db.execute("PRAGMA user_version=1")
     db.commit()
     db.close()
@@ -282,7 +289,7 @@ def test_index_of_the_previous_release_is_migrated(make_server):
         envelope = c.ok("FETCH 2 (ENVELOPE)")[0][0]
         assert b"message 2" in envelope
     db = sqlite3.connect(srv.maildir(ALICE) / INDEX)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     # An index with mailboxes counts as set up: no folders are made again.
     assert db.execute("SELECT value FROM meta WHERE key = 'provisioned'").fetchone() == (1,)
     cached = db.execute("SELECT envelope FROM messages WHERE mailbox = 'INBOX' AND uid = 2"

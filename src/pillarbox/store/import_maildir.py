@@ -31,6 +31,7 @@ from pillarbox.store.mailbox_index import (
     MIGRATIONS,
     SPECIAL_USE,
     flags_from_letters,
+    new_object_id,
     split_name,
     valid_name,
 )
@@ -199,13 +200,16 @@ def _write_index(path: Path, boxes: list[Mailbox], subscriptions: list[str]) -> 
                 db.execute(stmt)
             db.execute(f"PRAGMA user_version={i}")
         for box in boxes:
-            db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, highestmodseq, special)"
-                       " VALUES (?, ?, ?, 1, ?)",
-                       (box.name, box.uidvalidity, box.uidnext, SPECIAL_USE.get(box.name)))
+            db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, highestmodseq, special,"
+                       " mailboxid) VALUES (?, ?, ?, 1, ?, ?)",
+                       (box.name, box.uidvalidity, box.uidnext, SPECIAL_USE.get(box.name),
+                        new_object_id("F")))
+            # SAVEDATE of imported mail: its internal date, as for mail indexed before.
             db.executemany(
                 "INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate, size, "
-                "modseq) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                [(box.name, uid, split_name(fname)[0], fname, " ".join(sorted(flags)), date, size)
+                "modseq, emailid, savedate) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                [(box.name, uid, split_name(fname)[0], fname, " ".join(sorted(flags)), date, size,
+                  new_object_id("M"), date)
                  for uid, _, fname, flags, date, size in box.messages])
         names = {b.name for b in boxes}
         db.executemany("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)",

@@ -34,6 +34,7 @@ import itertools
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import sqlite3
@@ -116,6 +117,26 @@ MIGRATIONS = [
     ALTER TABLE mailboxes ADD COLUMN expungedfloor INTEGER NOT NULL DEFAULT 0;
     UPDATE mailboxes SET expungedfloor = highestmodseq;
     """,
+    # OBJECTID (RFC 8474): a MAILBOXID per mailbox (kept by RENAME) and an EMAILID
+    # per message (kept by COPY and MOVE); SAVEDATE (RFC 8514): when the message
+    # came into its mailbox, for the mail already there its internal date (the
+    # delivery time, or the date an APPEND gave). Columns added, rows kept.
+    # METADATA (RFC 5464): entries per mailbox (by MAILBOXID, so RENAME keeps them)
+    # and of the server (mailboxid '').
+    """
+    ALTER TABLE mailboxes ADD COLUMN mailboxid TEXT;
+    UPDATE mailboxes SET mailboxid = 'F' || lower(hex(randomblob(12)));
+    ALTER TABLE messages ADD COLUMN emailid TEXT;
+    UPDATE messages SET emailid = 'M' || lower(hex(randomblob(12)));
+    ALTER TABLE messages ADD COLUMN savedate REAL;
+    UPDATE messages SET savedate = internaldate;
+    CREATE TABLE metadata (
+        mailboxid TEXT NOT NULL,
+        entry     TEXT NOT NULL,
+        value     BLOB NOT NULL,
+        PRIMARY KEY (mailboxid, entry)
+    );
+    """,
 ]
 # Expunged UIDs remembered per mailbox; past it the oldest quarter is pruned and
 # a client resyncing from before then is told every UID it may know that is gone.
@@ -152,6 +173,8 @@ class Message:
     internaldate: float
     size: int
     modseq: int
+    emailid: str = ""  # RFC 8474 EMAILID: the same for a copy, kept by MOVE
+    savedate: float = 0.0  # RFC 8514: when it came into this mailbox
 
 
 @dataclass
@@ -171,6 +194,7 @@ class Box:
     # Keywords used in the mailbox since it was loaded: sessions announce new ones
     # (FLAGS, PERMANENTFLAGS) before a FETCH shows them.
     keywords: set[str] = field(default_factory=set)
+    mailboxid: str = ""  # RFC 8474 MAILBOXID: kept by RENAME, new for a new mailbox
 
 
 def split_name(fname: str) -> tuple[str, str]:
@@ -235,6 +259,11 @@ def _modified_utf7(name: str) -> bool:
                 return False  # printable ASCII must stand for itself
         pos = m.end()
     return True
+
+
+def new_object_id(kind: str) -> str:
+    """An RFC 8474 objectid: "F" for a mailbox, "M" for a message, then 24 hex digits."""
+    return kind + secrets.token_hex(12)
 
 
 def new_base() -> str:
@@ -315,10 +344,10 @@ class MailStore:
         self.db.close()
 
     def _load_boxes(self) -> None:
-        for name, v, n, m, special, recent, floor in self.db.execute(
+        for name, v, n, m, special, recent, floor, mailboxid in self.db.execute(
                 "SELECT name, uidvalidity, uidnext, highestmodseq, special, recentuid, "
-                "expungedfloor FROM mailboxes"):
-            self.boxes[name] = Box(name, v, n, m, special, recent, floor)
+                "expungedfloor, mailboxid FROM mailboxes"):
+            self.boxes[name] = Box(name, v, n, m, special, recent, floor, mailboxid=mailboxid)
         provisioned = self.db.execute(
             "SELECT 1 FROM meta WHERE key = 'provisioned'").fetchone() is not None
         add: dict[str, str | None] = {}
@@ -363,9 +392,10 @@ class MailStore:
     def _insert_box(self, name: str, special: str | None) -> Box:
         """The row of a new mailbox (inside a transaction); its Box, not yet in self.boxes."""
         v = self._next_uidvalidity()
-        self.db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, special) "
-                        "VALUES (?, ?, 1, ?)", (name, v, special))
-        return Box(name, v, 1, 1, special)
+        mailboxid = new_object_id("F")
+        self.db.execute("INSERT INTO mailboxes (name, uidvalidity, uidnext, special, mailboxid) "
+                        "VALUES (?, ?, 1, ?, ?)", (name, v, special, mailboxid))
+        return Box(name, v, 1, 1, special, mailboxid=mailboxid)
 
     def _add_box(self, name: str, special: str | None) -> Box:
         with self._transaction():
@@ -395,11 +425,11 @@ class MailStore:
         if box is None:
             raise MailboxError(f"no mailbox named {name[:100]!r}", "NONEXISTENT")
         if not box.loaded:
-            for uid, base, fname, flags, idate, size, modseq in self.db.execute(
-                    "SELECT uid, base, fname, flags, internaldate, size, modseq FROM messages "
-                    "WHERE mailbox = ? ORDER BY uid", (name,)):
+            for uid, base, fname, flags, idate, size, modseq, emailid, saved in self.db.execute(
+                    "SELECT uid, base, fname, flags, internaldate, size, modseq, emailid, "
+                    "savedate FROM messages WHERE mailbox = ? ORDER BY uid", (name,)):
                 box.msgs[uid] = msg = Message(uid, base, fname, frozenset(flags.split()), idate,
-                                              size, modseq)
+                                              size, modseq, emailid, saved)
                 box.by_base[base] = uid
                 box.keywords.update(_keywords(msg.flags))
             box.loaded = True
@@ -450,6 +480,7 @@ class MailStore:
             self.db.execute("DELETE FROM messages WHERE mailbox = ?", (name,))
             self.db.execute("DELETE FROM expunged WHERE mailbox = ?", (name,))
             self.db.execute("DELETE FROM mailboxes WHERE name = ?", (name,))
+            self.db.execute("DELETE FROM metadata WHERE mailboxid = ?", (box.mailboxid,))
         del self.boxes[name]
         self._usage(-sum(m.size for m in box.msgs.values()))
         path = self.path(name)
@@ -573,14 +604,19 @@ class MailStore:
                                     (fn, " ".join(sorted(flags)), modseq, name, msg.uid))
                 uid = box.uidnext
                 added = []
-                for base, fn, st in found:
+                now = time.time()
+                for i, (base, fn, st) in enumerate(found):
                     flags = frozenset(flags_from_letters(split_name(fn)[1]))
-                    m = Message(uid, base, fn, flags, st.st_mtime, st.st_size, modseq)
+                    # SAVEDATE: a delivery was saved when its file was written into
+                    # new/; a file another program put into cur/, when it is seen.
+                    saved = st.st_mtime if i < from_new else now
+                    m = Message(uid, base, fn, flags, st.st_mtime, st.st_size, modseq,
+                                new_object_id("M"), saved)
                     self.db.execute(
                         "INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate,"
-                        " size, modseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " size, modseq, emailid, savedate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (name, uid, base, fn, " ".join(sorted(flags)), st.st_mtime, st.st_size,
-                         modseq))
+                         modseq, m.emailid, saved))
                     added.append(m)
                     uid += 1
                 self.db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? "
@@ -786,7 +822,7 @@ class MailStore:
         try:
             st = os.stat(dest)
             return self._insert(box, [(written.base, written.fname, frozenset(flags),
-                                       st.st_mtime, st.st_size)])[0]
+                                       st.st_mtime, st.st_size, new_object_id("M"))])[0]
         except BaseException:
             # Not indexed (the index is full): the file goes too, or a later sync
             # would take in a message whose APPEND said NO.
@@ -804,18 +840,23 @@ class MailStore:
             os.unlink(self.path(name) / "cur" / msg.fname)
         self._remove(box, [uid])
 
-    def _insert(self, box: Box, rows: list[tuple[str, str, frozenset, float, int]]
+    def _insert(self, box: Box, rows: list[tuple[str, str, frozenset, float, int, str]]
                 ) -> list[Message]:
+        """Index new files of `box`: rows of (base, fname, flags, internal date, size,
+        EMAILID); their SAVEDATE is now."""
         modseq = box.highestmodseq + 1
         uid = box.uidnext
         out = []
+        saved = time.time()
         with self._transaction():
-            for base, fname, flags, idate, size in rows:
+            for base, fname, flags, idate, size, emailid in rows:
                 self.db.execute(
                     "INSERT INTO messages (mailbox, uid, base, fname, flags, internaldate, size,"
-                    " modseq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (box.name, uid, base, fname, " ".join(sorted(flags)), idate, size, modseq))
-                out.append(Message(uid, base, fname, flags, idate, size, modseq))
+                    " modseq, emailid, savedate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (box.name, uid, base, fname, " ".join(sorted(flags)), idate, size, modseq,
+                     emailid, saved))
+                out.append(Message(uid, base, fname, flags, idate, size, modseq, emailid,
+                                   saved))
                 uid += 1
             self.db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE name = ?",
                             (uid, modseq, box.name))
@@ -856,7 +897,7 @@ class MailStore:
                                 raise
                 except FileNotFoundError:
                     continue
-                rows.append((base, fname, msg.flags, msg.internaldate, msg.size))
+                rows.append((base, fname, msg.flags, msg.internaldate, msg.size, msg.emailid))
                 pairs_src.append(uid)
             if not rows:
                 return []

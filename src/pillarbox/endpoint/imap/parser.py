@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from pillarbox.store import metadata
+
 LITERAL_RE = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
 
 # ATOM-CHAR: any CHAR except atom-specials  ( ) { SP CTL % * " \ ]
@@ -612,38 +614,154 @@ def _rename(r: Reader, cmd: Command) -> None:
     cmd.args["new"] = r.mailbox()
 
 
+LIST_SELECT = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}  # RFC 5258, 6154
+LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"}  # and STATUS (RFC 5819)
+MAX_LIST_PATTERNS = 100
+
+
 def _list(r: Reader, cmd: Command) -> None:
-    cmd.args["select_opts"] = []
-    if r.peek() == 0x28:  # RFC 5258 selection options
-        cmd.args["select_opts"] = r.paren_atoms()
+    """LIST / LSUB; for LIST the RFC 5258 forms: selection options, several
+    patterns, RETURN options (with STATUS (...) of RFC 5819). `extended` says
+    whether any of them was used (LIST-EXTENDED rules then apply)."""
+    lsub = cmd.name == "LSUB"
+    cmd.args.update({"select_opts": [], "extended": False, "return": [], "status": None})
+    if r.peek() == 0x28 and not lsub:
+        opts = r.paren_atoms()
+        for o in opts:
+            if o not in LIST_SELECT:
+                raise ParseError(f"unknown LIST selection option {o[:30]}")
+        if "RECURSIVEMATCH" in opts and "SUBSCRIBED" not in opts:
+            # RFC 5258 3: only with an option whose matches can be below a parent
+            raise ParseError("RECURSIVEMATCH needs the SUBSCRIBED selection option")
+        cmd.args.update(select_opts=opts, extended=True)
         r.sp()
     cmd.args["reference"] = r.text_astring("a reference name")
     r.sp()
-    if r.peek() == 0x28:
-        raise ParseError("multiple mailbox patterns are not supported")
-    cmd.args["pattern"] = r.list_mailbox()
-    cmd.args["return"] = []
-    if not r.at_end():
+    if r.peek() == 0x28 and not lsub:
+        r.pos += 1
+        patterns = [r.list_mailbox()]
+        while not r.accept(b")"):
+            r.sp()
+            patterns.append(r.list_mailbox())
+            if len(patterns) > MAX_LIST_PATTERNS:
+                raise ParseError(f"at most {MAX_LIST_PATTERNS} patterns")
+        cmd.args["extended"] = True
+    else:
+        patterns = [r.list_mailbox()]
+    cmd.args["patterns"] = patterns
+    cmd.args["pattern"] = patterns[0]  # the first (or only) one
+    if not r.at_end() and not lsub:
         r.sp()
         r.expect(b"RETURN")
         r.sp()
-        cmd.args["return"] = r.paren_atoms()
+        _list_return(r, cmd)
+        cmd.args["extended"] = True
+
+
+def _list_return(r: Reader, cmd: Command) -> None:
+    r.expect(b"(")
+    opts: list[str] = []
+    if r.accept(b")"):
+        return
+    while True:
+        o = r.atom("a return option").upper()
+        if o == "STATUS":
+            if cmd.args["status"] is not None:
+                raise ParseError("STATUS given twice")
+            r.sp()
+            cmd.args["status"] = _status_items(r)
+        elif o in LIST_RETURN:
+            opts.append(o)
+        else:
+            raise ParseError(f"unknown LIST return option {o[:30]}")
+        if r.accept(b")"):
+            break
+        r.sp()
+    cmd.args["return"] = opts
 
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
-                "SIZE"}
+                "SIZE", "APPENDLIMIT", "MAILBOXID"}
 
 
-def _status(r: Reader, cmd: Command) -> None:
-    cmd.args["mailbox"] = r.mailbox()
-    r.sp()
+def _status_items(r: Reader) -> list[str]:
     items = r.paren_atoms()
     if not items:
         raise ParseError("STATUS needs at least one item")
     for it in items:
         if it not in STATUS_ITEMS:
-            raise ParseError(f"unknown STATUS item {it}")
-    cmd.args["items"] = items
+            raise ParseError(f"unknown STATUS item {it[:30]}")
+    return list(dict.fromkeys(items))
+
+
+def _status(r: Reader, cmd: Command) -> None:
+    cmd.args["mailbox"] = r.mailbox()
+    r.sp()
+    cmd.args["items"] = _status_items(r)
+
+
+# -- METADATA (RFC 5464)
+
+def _entry(r: Reader) -> str:
+    raw = r.astring("an entry name")
+    name = raw.decode("ascii", "replace")
+    if not metadata.valid_entry(name):
+        raise ParseError(f"invalid entry name {name[:60]!r}: /private/... or /shared/... "
+                         "without wildcards or empty parts")
+    return name
+
+
+def _getmetadata(r: Reader, cmd: Command) -> None:
+    cmd.args.update(maxsize=None, depth=0)
+    if r.peek() == 0x28:
+        r.pos += 1
+        while True:
+            opt = r.atom("MAXSIZE or DEPTH").upper()
+            r.sp()
+            if opt == "MAXSIZE":
+                cmd.args["maxsize"] = r.number("a size")
+            elif opt == "DEPTH":
+                d = r.atom("0, 1 or infinity").lower()
+                if d not in ("0", "1", "infinity"):
+                    raise ParseError(f"DEPTH must be 0, 1 or infinity, not {d[:30]!r}")
+                cmd.args["depth"] = None if d == "infinity" else int(d)
+            else:
+                raise ParseError(f"unknown GETMETADATA option {opt[:30]}")
+            if r.accept(b")"):
+                break
+            r.sp()
+        r.sp()
+    cmd.args["mailbox"] = r.mailbox()  # "" for the server's entries
+    r.sp()
+    if r.peek() == 0x28:
+        r.pos += 1
+        entries = [_entry(r)]
+        while not r.accept(b")"):
+            r.sp()
+            entries.append(_entry(r))
+            if len(entries) > MAX_LIST_PATTERNS:
+                raise ParseError(f"at most {MAX_LIST_PATTERNS} entries")
+    else:
+        entries = [_entry(r)]
+    cmd.args["entries"] = entries
+
+
+def _setmetadata(r: Reader, cmd: Command) -> None:
+    cmd.args["mailbox"] = r.mailbox()
+    r.sp()
+    r.expect(b"(")
+    changes: list[tuple[str, bytes | None]] = []
+    while True:
+        name = _entry(r)
+        r.sp()
+        value = r.nstring()  # a literal8 (~{n}) too: values are octets
+        changes.append((name, value))
+        if len(changes) > MAX_LIST_PATTERNS:
+            raise ParseError(f"at most {MAX_LIST_PATTERNS} entries")
+        if r.accept(b")"):
+            break
+        r.sp()
+    cmd.args["changes"] = changes
 
 
 def _append(r: Reader, cmd: Command) -> None:
@@ -741,7 +859,8 @@ def _store(r: Reader, cmd: Command) -> None:
 # -- FETCH
 
 _FETCH_SIMPLE = {"FLAGS", "UID", "ENVELOPE", "INTERNALDATE", "RFC822", "RFC822.SIZE",
-                 "RFC822.HEADER", "RFC822.TEXT", "BODYSTRUCTURE", "BODY", "MODSEQ"}
+                 "RFC822.HEADER", "RFC822.TEXT", "BODYSTRUCTURE", "BODY", "MODSEQ",
+                 "SAVEDATE", "EMAILID", "THREADID"}
 _FETCH_MACROS = {
     "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
     "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
@@ -846,10 +965,11 @@ def _fetch(r: Reader, cmd: Command) -> None:
 
 _SEARCH_FLAG_KEYS = {
     "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN",
-    "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN",
+    "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN", "SAVEDATESUPPORTED",
 }
 _SEARCH_STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
-_SEARCH_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_SEARCH_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+                     "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}
 _SEARCH_ARG_KEYS = _SEARCH_STRING_KEYS | _SEARCH_DATE_KEYS | {
     "LARGER", "SMALLER", "KEYWORD", "UNKEYWORD", "HEADER", "UID", "NOT", "OR", "MODSEQ"}
 
@@ -956,4 +1076,6 @@ _PARSERS = {
     "COPY": _copy,
     "MOVE": _copy,
     "SEARCH": _search,
+    "GETMETADATA": _getmetadata,
+    "SETMETADATA": _setmetadata,
 }

@@ -139,6 +139,11 @@ class Searcher:
         if k in ("BEFORE", "ON", "SINCE"):
             d = datetime.datetime.fromtimestamp(msg.internaldate, datetime.UTC).date()
             return cmp_date(k, d, key[1])
+        if k in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):  # RFC 8514
+            d = datetime.datetime.fromtimestamp(msg.savedate, datetime.UTC).date()
+            return cmp_date(k[5:], d, key[1])
+        if k == "SAVEDATESUPPORTED":  # every mailbox keeps save dates
+            return True
         if k in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             d = self._sent(msg)
             return d is not None and cmp_date(k[4:], d, key[1])

@@ -31,7 +31,8 @@ from pillarbox.config import Config
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
 from pillarbox.endpoint.connection import Connection, Disconnect, MemoryBudget, SessionTable
-from pillarbox.endpoint.imap import mime, qresync, search
+from pillarbox.endpoint.imap import listing, mime, qresync, search
+from pillarbox.endpoint.imap import metadata as imap_metadata
 from pillarbox.endpoint.imap.parser import (
     LITERAL_RE,
     MONTHS,
@@ -54,6 +55,7 @@ from pillarbox.store.mailbox_index import (
     disk_full,
     new_base,
 )
+from pillarbox.store.metadata import Limits, Metadata
 from pillarbox.target import mailbox
 
 log = logging.getLogger("pillarbox.imap")
@@ -402,7 +404,8 @@ class Session:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                 "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
-                "QRESYNC"]
+                "QRESYNC", "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "METADATA",
+                "OBJECTID", "SAVEDATE"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
         if not self.tls and not self.cleartext_ok:
@@ -746,6 +749,7 @@ class Session:
         self.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
         self.untagged(f"OK [HIGHESTMODSEQ {box.highestmodseq}] Highest mod-sequence")
+        self.untagged(f"OK [MAILBOXID ({box.mailboxid})] Ok")
         if param is not None:
             for line in qresync.select_replies(store, name, self.uids, param, self._flags):
                 self.untagged(line)
@@ -769,6 +773,7 @@ class Session:
             return ("NO", f"[USEATTR] Unknown special-use attribute {special[:30]}")
         assert self.store is not None
         self.store.create(name, special)
+        return ("OK", f"[MAILBOXID ({self.store.box(name).mailboxid})] CREATE completed")
 
     async def cmd_DELETE(self, cmd: Command):
         assert self.store is not None
@@ -801,66 +806,56 @@ class Session:
     def _list(self, cmd: Command, lsub: bool):
         store = self.store
         assert store is not None
-        ref, pattern = cmd.args["reference"], cmd.args["pattern"]
-        verb = "LSUB" if lsub else "LIST"
-        if pattern == "":
-            self.untagged(f'{verb} (\\Noselect) "." ""')
-            return None
-        full = ref + pattern if not ref or ref.endswith(".") or pattern.startswith(".") \
-            else ref + "." + pattern
-        rx = "".join(".*" if c == "*" else "[^.]*" if c == "%" else re.escape(c) for c in full)
-        match = re.compile(rx + r"\Z")
-        match_inbox = re.compile(rx + r"\Z", re.I)  # INBOX is case-insensitive
-        subscribed = store.subscriptions()
-        only_subscribed = lsub or "SUBSCRIBED" in cmd.args["select_opts"]
-        names = set(store.names())
-        every = set(names)
-        for n in names:
-            parts = n.split(".")
-            for i in range(1, len(parts)):
-                every.add(".".join(parts[:i]))
-        with_children = {n.rpartition(".")[0] for n in every if "." in n}
-        # RFC 3501 6.3.9: LSUB "" % with Work.Projects subscribed but not Work lists
-        # Work, as \Noselect, where the pattern stops short of the subscribed child.
-        stand_ins = set()
+        args = cmd.args
+        tree = listing.Tree({n: b.special for n, b in store.boxes.items()},
+                            store.subscriptions())
+        ref, patterns = args["reference"], args["patterns"]
         if lsub:
-            for s in subscribed:
-                parts = s.split(".")
-                if len(parts) > 1 and not match.match(s):
-                    stand_ins |= {a for i in range(1, len(parts))
-                                  if (a := ".".join(parts[:i])) not in subscribed
-                                  and match.match(a)}
-        for n in sorted(every | stand_ins, key=lambda x: (x != "INBOX", x)):
-            if not (match_inbox if n == "INBOX" else match).match(n):
-                continue
-            if only_subscribed and n not in subscribed and n not in stand_ins:
-                continue
-            attrs = []
-            if n not in names or n in stand_ins:
-                attrs.append("\\Noselect")
-            attrs.append("\\HasChildren" if n in with_children else "\\HasNoChildren")
-            box = store.boxes.get(n)
-            if box is not None and box.special:
-                attrs.append(box.special)
-            if "SUBSCRIBED" in cmd.args["select_opts"] and n in subscribed:
-                attrs.append("\\Subscribed")
-            self.send(f"* {verb} ({' '.join(attrs)}) \".\" ".encode() + mime.quote(n) + b"\r\n")
+            found = tree.lsub(ref, patterns[0])
+        elif args["extended"]:
+            found = tree.extended(ref, patterns, args["select_opts"], args["return"])
+        else:
+            found = tree.plain(ref, patterns[0])
+        items = args["status"]
+        for item in found:
+            self.send(item.line("LSUB" if lsub else "LIST"))
+            if items and item.selectable:  # RFC 5819: its STATUS right after it
+                self._status(item.name, items)
         return None
 
     async def cmd_STATUS(self, cmd: Command):
+        self._status(cmd.args["mailbox"], cmd.args["items"])
+
+    def _status(self, name: str, items: list[str]) -> None:
         assert self.store is not None
-        name = cmd.args["mailbox"]
-        if "HIGHESTMODSEQ" in cmd.args["items"]:
+        if "HIGHESTMODSEQ" in items:
             self._condstore_on()
+        if "HIGHESTMODSEQ" in items or "SIZE" in items:
             # Clients skip a mailbox whose HIGHESTMODSEQ did not move: take in
-            # its deliveries first, so that they move it.
+            # its deliveries first, so that they move it (and SIZE counts them).
             self.store.sync(name)
         st = self.store.status(name)
         if name == self.selected:
             self.poll(expunges=False)
             st = self.store.status(name)
-        items = " ".join(f"{k} {st[k]}" for k in cmd.args["items"])
-        self.send(b"* STATUS " + mime.quote(name) + f" ({items})\r\n".encode())
+        values = {**st, "APPENDLIMIT": self.limits.max_literal_size,  # RFC 7889
+                  "MAILBOXID": f"({self.store.box(name).mailboxid})"}  # RFC 8474
+        text = " ".join(f"{k} {values[k]}" for k in items)
+        self.send(b"* STATUS " + mime.quote(name) + f" ({text})\r\n".encode())
+
+    def _metadata(self) -> Metadata:
+        assert self.store is not None
+        return Metadata(self.store, Limits(self.limits.metadata_max_size,
+                                           self.limits.metadata_max_entries))
+
+    async def cmd_GETMETADATA(self, cmd: Command):
+        line, result = imap_metadata.get(self._metadata(), cmd.args)
+        if line:
+            self.send(line)
+        return result
+
+    async def cmd_SETMETADATA(self, cmd: Command):
+        return imap_metadata.set_(self._metadata(), cmd.args)
 
     async def cmd_APPEND(self, cmd: Command):
         store = self.store
@@ -1113,6 +1108,12 @@ class Session:
                 items.append(b"RFC822.SIZE %d" % msg.size)
             elif n == "MODSEQ":
                 items.append(b"MODSEQ (%d)" % msg.modseq)
+            elif n == "SAVEDATE":  # RFC 8514
+                items.append(f'SAVEDATE "{imap_date(msg.savedate)}"'.encode())
+            elif n == "EMAILID":  # RFC 8474; no threads are kept, so THREADID is NIL
+                items.append(b"EMAILID (%s)" % msg.emailid.encode())
+            elif n == "THREADID":
+                items.append(b"THREADID NIL")
             elif n in _STRUCT_ITEMS:
                 assert structs is not None
                 envelope, bodystructure, body = structs
