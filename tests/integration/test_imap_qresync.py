@@ -33,8 +33,10 @@ def qresync_session(server) -> RawIMAP:
 
 
 def after_highestmodseq(untagged: list[bytes]) -> list[bytes]:
-    """The replies a QRESYNC select adds: those after [HIGHESTMODSEQ n]."""
-    i = next(i for i, line in enumerate(untagged) if line.startswith(b"OK [HIGHESTMODSEQ "))
+    """The replies a QRESYNC select adds: those after the OK codes of SELECT
+    ([HIGHESTMODSEQ n], then [MAILBOXID (...)] of OBJECTID)."""
+    i = max(i for i, line in enumerate(untagged)
+            if line.startswith((b"OK [HIGHESTMODSEQ ", b"OK [MAILBOXID ")))
     return untagged[i + 1:]
 
 
