@@ -48,9 +48,12 @@ STAR = 0  # `*` in a sequence set: the largest number in use
 
 @dataclass(frozen=True)
 class SeqSet:
-    """A sequence set: ranges of (low, high), STAR (0) standing for `*`."""
+    """A sequence set: ranges of (low, high), STAR (0) standing for `*`; `saved`
+    for `$` (RFC 5182), the session's saved search result, resolved by the
+    session before the command runs."""
 
     ranges: tuple[tuple[int, int], ...]
+    saved: bool = False
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Ranges with `*` replaced by `largest`, each ordered low..high."""
@@ -84,6 +87,8 @@ class SeqSet:
     def __str__(self) -> str:
         def one(n: int) -> str:
             return "*" if n == STAR else str(n)
+        if self.saved:
+            return "$"
         return ",".join(one(a) if a == b else f"{one(a)}:{one(b)}" for a, b in self.ranges)
 
 
@@ -345,6 +350,8 @@ class Reader:
         return self.nz_number("a sequence number or *")
 
     def seqset(self) -> SeqSet:
+        if self.accept(b"$"):  # RFC 5182: the saved search result, alone
+            return SeqSet((), saved=True)
         ranges = []
         while True:
             a = self.seq_number()
@@ -461,7 +468,7 @@ class Reader:
 NO_ARGS = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "EXPUNGE", "UNSELECT",
            "IDLE", "NAMESPACE"}
 MAILBOX_ONLY = {"DELETE", "SUBSCRIBE", "UNSUBSCRIBE", "GETQUOTAROOT"}
-UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"}
+UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"}
 
 
 def parse_command(lines: list[bytes], literals: list[bytes] | None = None) -> Command:
@@ -993,7 +1000,7 @@ def _search_key(r: Reader, charset: str, depth: int = 0) -> tuple:
             r.sp()
             keys.append(_search_key(r, charset, depth + 1))
         return ("AND", keys)
-    if c == 0x2A or 0x30 <= c <= 0x39:
+    if c in (0x2A, 0x24) or 0x30 <= c <= 0x39:  # *, $ or a digit
         return ("SEQ", r.seqset())
     key = r.atom("a search key").upper()
     if key in _SEARCH_FLAG_KEYS:
@@ -1035,15 +1042,27 @@ def _search_key(r: Reader, charset: str, depth: int = 0) -> tuple:
     raise ParseError(f"unknown search key {key[:30]}")
 
 
+SEARCH_RETURN = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}  # RFC 4731, RFC 5182
+
+
 def _search(r: Reader, cmd: Command) -> None:
     charset = "US-ASCII"
     cmd.args["return"] = None
     if r.accept(b"RETURN "):  # RFC 4731 ESEARCH
-        cmd.args["return"] = r.paren_atoms() or ["ALL"]
+        opts = r.paren_atoms()
+        for o in opts:
+            if o not in SEARCH_RETURN:
+                raise ParseError(f"unknown SEARCH return option {o[:30]}")
+        cmd.args["return"] = opts or ["ALL"]  # RETURN () is RETURN (ALL)
         r.sp()
     if r.accept(b"CHARSET "):
         charset = r.astring("a charset").decode("ascii", "replace").upper()
         r.sp()
+    _search_program(r, cmd, charset)
+
+
+def _search_program(r: Reader, cmd: Command, charset: str) -> None:
+    """The search keys after the charset: args charset and keys (an AND of them)."""
     cmd.args["charset"] = charset
     if charset not in ("US-ASCII", "UTF-8"):
         cmd.args["keys"] = ("ALL",)  # the session answers NO [BADCHARSET]
@@ -1054,6 +1073,48 @@ def _search(r: Reader, cmd: Command) -> None:
         r.sp()
         keys.append(_search_key(r, charset))
     cmd.args["keys"] = ("AND", keys)
+
+
+SORT_KEYS = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
+             "DISPLAYFROM", "DISPLAYTO"}  # RFC 5256, RFC 5957
+THREAD_ALGORITHMS = {"ORDEREDSUBJECT", "REFERENCES"}
+
+
+def _sort(r: Reader, cmd: Command) -> None:
+    """SORT (criteria) charset keys: criteria as [(key, reverse)]."""
+    r.expect(b"(")
+    criteria: list[tuple[str, bool]] = []
+    while True:
+        word = r.atom("a sort key").upper()
+        reverse = word == "REVERSE"
+        if reverse:
+            r.sp()
+            word = r.atom("a sort key").upper()
+        if word not in SORT_KEYS:
+            raise ParseError(f"unknown sort key {word[:30]}")
+        criteria.append((word, reverse))
+        if r.accept(b")"):
+            break
+        r.sp()
+    cmd.args["criteria"] = criteria
+    r.sp()
+    _charset_and_program(r, cmd)
+
+
+def _thread(r: Reader, cmd: Command) -> None:
+    algorithm = r.atom("a threading algorithm").upper()
+    if algorithm not in THREAD_ALGORITHMS:
+        raise ParseError(f"unknown threading algorithm {algorithm[:30]}")
+    cmd.args["algorithm"] = algorithm
+    r.sp()
+    _charset_and_program(r, cmd)
+
+
+def _charset_and_program(r: Reader, cmd: Command) -> None:
+    """SORT and THREAD: a charset (not optional there), then the search keys."""
+    charset = r.astring("a charset").decode("ascii", "replace").upper()
+    r.sp()
+    _search_program(r, cmd, charset)
 
 
 _PARSERS = {
@@ -1078,4 +1139,6 @@ _PARSERS = {
     "SEARCH": _search,
     "GETMETADATA": _getmetadata,
     "SETMETADATA": _setmetadata,
+    "SORT": _sort,
+    "THREAD": _thread,
 }
