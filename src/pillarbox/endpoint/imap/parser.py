@@ -1054,11 +1054,17 @@ def _search(r: Reader, cmd: Command) -> None:
             if o not in SEARCH_RETURN:
                 raise ParseError(f"unknown SEARCH return option {o[:30]}")
         cmd.args["return"] = opts or ["ALL"]  # RETURN () is RETURN (ALL)
-        r.sp()
-    if r.accept(b"CHARSET "):
-        charset = r.astring("a charset").decode("ascii", "replace").upper()
-        r.sp()
-    _search_program(r, cmd, charset)
+    try:
+        if cmd.args["return"] is not None:
+            r.sp()
+        if r.accept(b"CHARSET "):
+            charset = r.astring("a charset").decode("ascii", "replace").upper()
+            r.sp()
+        _search_program(r, cmd, charset)
+    except ParseError as e:
+        # RFC 5182 2.1: a SEARCH with SAVE that fails (BAD too) empties `$`.
+        e.resets_saved = "SAVE" in (cmd.args["return"] or ())  # type: ignore[attr-defined]
+        raise
 
 
 def _search_program(r: Reader, cmd: Command, charset: str) -> None:

@@ -31,7 +31,7 @@ from pillarbox.config import Config
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
 from pillarbox.endpoint.connection import Connection, Disconnect, MemoryBudget, SessionTable
-from pillarbox.endpoint.imap import listing, mime, qresync, search
+from pillarbox.endpoint.imap import esearch, listing, mime, qresync, search, sort, thread
 from pillarbox.endpoint.imap import metadata as imap_metadata
 from pillarbox.endpoint.imap.parser import (
     LITERAL_RE,
@@ -159,6 +159,7 @@ class Session:
         self.vflags: dict[int, frozenset[str]] = {}
         self.recent: set[int] = set()  # UIDs \Recent in this session (RFC 3501 2.3.2)
         self.keywords: set[str] = set()  # the keywords FLAGS told this session of
+        self.saved: list[int] = []  # UIDs of SEARCH RETURN (SAVE), `$` (RFC 5182)
         self.seen_modseq = 0
         self.condstore = False  # RFC 7162: flag FETCHes carry MODSEQ once a client asked
         self.qresync = False  # ENABLE QRESYNC: VANISHED instead of EXPUNGE from then on
@@ -405,7 +406,8 @@ class Session:
                 "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
                 "QRESYNC", "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "METADATA",
-                "OBJECTID", "SAVEDATE"]
+                "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
+                "THREAD=REFERENCES", "ESEARCH", "SEARCHRES"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
         if not self.tls and not self.cleartext_ok:
@@ -420,9 +422,9 @@ class Session:
     _NONAUTH = {"STARTTLS", "LOGIN", "AUTHENTICATE"}
     _SELECTED = {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY",
                  "MOVE", "UID FETCH", "UID STORE", "UID COPY", "UID MOVE", "UID SEARCH",
-                 "UID EXPUNGE"}
+                 "UID EXPUNGE", "SORT", "THREAD", "UID SORT", "UID THREAD"}
     # Sequence numbers must not shift under these (RFC 3501 7.4.1): no EXPUNGE after them.
-    _NO_EXPUNGE = {"FETCH", "STORE", "SEARCH"}
+    _NO_EXPUNGE = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
     # Their replies are FETCH responses that clients take as the answer (Delta Chat,
     # imaplib): flag changes of other messages wait for the next command (or IDLE).
     _NO_FLAG_UPDATES = {"FETCH", "STORE", "UID FETCH", "UID STORE"}
@@ -432,6 +434,8 @@ class Session:
             cmd = parse_command(lines, literals)
         except ParseError as e:
             tag = getattr(e, "tag", None) or parse_tag(lines[0])
+            if getattr(e, "resets_saved", False):
+                self.saved = []
             self.send(f"{tag or '*'} BAD {e}\r\n".encode())
             if self._count_error():
                 raise Disconnect() from None
@@ -443,6 +447,8 @@ class Session:
             return self._bad(cmd, "Log in first")
         if name in self._SELECTED and self.selected is None:
             return self._bad(cmd, "No mailbox selected")
+        if esearch.uses_saved(cmd):  # `$`: the saved result, as this session sees it now
+            esearch.resolve(cmd, self.saved, self.uids)
         handler = getattr(self, "cmd_" + name.replace(" ", "_"))
         try:
             result = await handler(cmd)
@@ -575,11 +581,14 @@ class Session:
             self.store.listeners.discard(self)
         self.selected = None
         self.uids, self.vflags, self.recent, self.keywords = [], {}, set(), set()
+        self.saved = []  # RFC 5182 2.1: a new mailbox (or none) empties `$`
 
     def _targets(self, cmd: Command) -> list[tuple[int, int]]:
         """(sequence number, UID) of the messages a command's set names."""
         s: SeqSet = cmd.args["set"]
         uids = self.uids
+        if not s.ranges:  # `$` with an empty saved result: no messages, no error
+            return []
         if cmd.uid:
             if not uids:
                 return []
@@ -1232,45 +1241,46 @@ class Session:
     async def cmd_UID_MOVE(self, cmd: Command):
         return await self._copy(cmd, True)
 
-    async def cmd_SEARCH(self, cmd: Command):
-        if cmd.args["charset"] not in ("US-ASCII", "UTF-8"):
-            return ("NO", "[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
+    async def _search_hits(self, cmd: Command) -> list[tuple[int, int]]:
+        """(sequence number, UID) of the messages matching a command's search keys,
+        in mailbox order."""
         store, name = self.store, self.selected
         assert store is not None and name is not None
         box = store.box(name)
         folder = store.path(name) / "cur"
         cands = [(i + 1, u, box.msgs[u]) for i, u in enumerate(self.uids) if u in box.msgs]
-        keys = cmd.args["keys"]
-        searcher = search.Searcher(keys, folder, len(self.uids), self._last_uid(), self.recent)
+        searcher = search.Searcher(cmd.args["keys"], folder, len(self.uids), self._last_uid(),
+                                   self.recent)
         if searcher.needs_file:
-            hits = await asyncio.to_thread(searcher.run, cands)
-        else:  # on the event loop, in slices: others are served between two
-            hits = []
-            for i in range(0, len(cands), LOOP_SLICE):
-                if i:
-                    await asyncio.sleep(0)
-                hits += searcher.run(cands[i:i + LOOP_SLICE])
+            return await asyncio.to_thread(searcher.run, cands)
+        hits = []  # on the event loop, in slices: others are served between two
+        for i in range(0, len(cands), LOOP_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            hits += searcher.run(cands[i:i + LOOP_SLICE])
+        return hits
+
+    async def cmd_SEARCH(self, cmd: Command):
+        ret = cmd.args.get("return")
+        if ret is not None and "SAVE" in ret:
+            self.saved = []  # RFC 5182 2.1: emptied should the search fail
+        if cmd.args["charset"] not in ("US-ASCII", "UTF-8"):
+            return ("NO", "[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
+        hits = await self._search_hits(cmd)
+        assert self.store is not None and self.selected is not None
+        box = self.store.box(self.selected)
         nums = [u if cmd.uid else seq for seq, u in hits]
         # RFC 7162 3.1.5: a search on MODSEQ tells the highest MODSEQ of the hits.
         modseq = None
-        if search.uses(keys, {"MODSEQ"}):
+        if search.uses(cmd.args["keys"], {"MODSEQ"}):
             self._condstore_on()
             modseq = max((box.msgs[u].modseq for _, u in hits if u in box.msgs), default=None)
-        ret = cmd.args.get("return")
         if ret is not None:
-            tag_part = f'(TAG "{cmd.tag}")' + (" UID" if cmd.uid else "")
-            parts = []
-            if nums and "MIN" in ret:
-                parts.append(f"MIN {min(nums)}")
-            if nums and "MAX" in ret:
-                parts.append(f"MAX {max(nums)}")
-            if "COUNT" in ret:
-                parts.append(f"COUNT {len(nums)}")
-            if nums and "ALL" in ret:
-                parts.append(f"ALL {seqset_from(nums)}")
-            if modseq is not None:
-                parts.append(f"MODSEQ {modseq}")
-            self.untagged(" ".join(["ESEARCH", tag_part, *parts]))
+            if "SAVE" in ret:
+                self.saved = esearch.to_save(ret, [u for _, u in hits])
+            text = esearch.response(cmd.tag, cmd.uid, ret, nums, modseq)
+            if text is not None:
+                self.untagged(text)
         else:
             tail = [f"(MODSEQ {modseq})"] if modseq is not None else []
             self.untagged(" ".join(["SEARCH", *map(str, nums), *tail]))
@@ -1278,6 +1288,44 @@ class Session:
 
     async def cmd_UID_SEARCH(self, cmd: Command):
         return await self.cmd_SEARCH(cmd)
+
+    async def _facts(self, cmd: Command) -> list[sort.Facts] | tuple[str, str]:
+        """What SORT and THREAD need of the matching messages: read off the event
+        loop (one header per message), or the NO for an unknown charset."""
+        if cmd.args["charset"] not in ("US-ASCII", "UTF-8"):
+            return ("NO", "[BADCHARSET (US-ASCII UTF-8)] Unsupported charset")
+        hits = await self._search_hits(cmd)
+        assert self.store is not None and self.selected is not None
+        box = self.store.box(self.selected)
+        folder = self.store.path(self.selected) / "cur"
+        found = [(seq, u, box.msgs[u]) for seq, u in hits if u in box.msgs]
+        # Only ARRIVAL and SIZE: the index has all; else one header file per message.
+        files = not set(k for k, _ in cmd.args.get("criteria", [("FROM", False)])) \
+            <= {"ARRIVAL", "SIZE"}
+        return await asyncio.to_thread(sort.read_facts, folder, found, files)
+
+    async def cmd_SORT(self, cmd: Command):
+        facts = await self._facts(cmd)
+        if isinstance(facts, tuple):
+            return facts
+        ordered = await asyncio.to_thread(sort.sort, facts, cmd.args["criteria"])
+        nums = [f.uid if cmd.uid else f.seq for f in ordered]
+        self.untagged(" ".join(["SORT", *map(str, nums)]))
+        return None
+
+    async def cmd_UID_SORT(self, cmd: Command):
+        return await self.cmd_SORT(cmd)
+
+    async def cmd_THREAD(self, cmd: Command):
+        facts = await self._facts(cmd)
+        if isinstance(facts, tuple):
+            return facts
+        text = await asyncio.to_thread(thread.threads, facts, cmd.args["algorithm"], cmd.uid)
+        self.untagged(f"THREAD {text}" if text else "THREAD")
+        return None
+
+    async def cmd_UID_THREAD(self, cmd: Command):
+        return await self.cmd_THREAD(cmd)
 
 
 NO_SPACE = "Not enough disk space, try again later"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pillarbox.endpoint.imap import addrlist, mime
+from pillarbox.store.mailbox_index import Message
 
 HEADER_READ = 64 * 1024  # octets read at a time looking for the end of the header
 MAX_HEADER = 512 * 1024  # a header longer than this is cut: its fields after are not seen
@@ -73,6 +74,20 @@ def read_header(path: Path) -> bytes:
                     or b"\n\n" in out[start:]:
                 break
     return mime.split(out)[0]
+
+
+def read_facts(folder: Path, found: list[tuple[int, int, Message]],
+               files: bool = True) -> list[Facts]:
+    """The Facts of (sequence number, UID, indexed message) triples; with files False
+    from the index alone (for ARRIVAL and SIZE). A file gone meanwhile is left out."""
+    out = []
+    for seq, uid, msg in found:
+        try:
+            header = read_header(folder / msg.fname) if files else b""
+        except FileNotFoundError:
+            continue
+        out.append(facts(seq, uid, msg.internaldate, msg.size, header))
+    return out
 
 
 def sent_date(value: str, arrival: float) -> float:

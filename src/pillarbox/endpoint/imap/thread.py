@@ -230,6 +230,12 @@ def _sort_all(roots: list[Node]) -> None:
 # -- the response
 
 
+def threads(messages: list[Facts], algorithm: str, uid: bool) -> str:
+    """The text of a THREAD response after `* THREAD`: UIDs for UID THREAD."""
+    roots = references(messages) if algorithm == "REFERENCES" else ordered_subject(messages)
+    return render(roots, (lambda f: f.uid) if uid else (lambda f: f.seq))
+
+
 def render(roots: list[Node], number: Callable[[Facts], int]) -> str:
     """The threads as a THREAD response has them: `(1 2 (3)(4 5))(6)`."""
     out: list[str] = []
