@@ -66,7 +66,8 @@ VERBS = [
     b"STATUS", b"APPEND", b"CHECK", b"CLOSE", b"EXPUNGE", b"SEARCH", b"FETCH", b"STORE",
     b"COPY", b"MOVE", b"UID FETCH", b"UID STORE", b"UID SEARCH", b"UID COPY", b"UID MOVE",
     b"UID EXPUNGE", b"UID", b"IDLE", b"NAMESPACE", b"ENABLE", b"ID", b"UNSELECT", b"GETQUOTA",
-    b"GETQUOTAROOT", b"SETQUOTA", b"uid fetch", b"fetch",
+    b"GETQUOTAROOT", b"SETQUOTA", b"uid fetch", b"fetch", b"SORT", b"THREAD", b"UID SORT",
+    b"UID THREAD",
 ]
 TOKENS = [
     b" ", b"  ", b"(", b")", b"[", b"]", b"<", b">", b".", b"*", b":", b",", b"%", b"\\", b'"',
@@ -83,7 +84,8 @@ TOKENS = [
     b"LARGER", b"KEYWORD", b'"/flags/\\\\seen"', b"priv", b'"01-Feb-2024 10:00:00 +0000"',
     b'"99-Foo-2024 10:00:00 +0000"', b"(CONDSTORE)", b"(USE (\\Sent))", b"RETURN (SUBSCRIBED)",
     b"(SUBSCRIBED)", b"(MESSAGES UIDNEXT)", b"(STORAGE 100)", b"PLAIN", b"AGFsaWNlAHNlY3JldA==",
-    b"=", b"\x00", b"\xff", b"\xc3\xa4", b"\r", b"\t", b"\x7f",
+    b"=", b"\x00", b"\xff", b"\xc3\xa4", b"\r", b"\t", b"\x7f", b"$", b"(REVERSE DATE)",
+    b"(SUBJECT DISPLAYFROM)", b"REFERENCES", b"ORDEREDSUBJECT", b"(SAVE MIN)",
 ]
 
 tag = st.one_of(st.sampled_from([b"a1", b"*", b"+", b"A.B", b"t\xff", b""]),
@@ -101,6 +103,8 @@ command = st.builds(lambda t, v, a, end: t + b" " + v + a + end, tag, st.sampled
 @example(b"a SEARCH CHARSET {5}\r\nUTF-8 ALL\r\n")
 @example(b"a SETQUOTA \"\" (STORAGE {2}\r\n10)\r\n")
 @example(b"a\xff NOOP\r\n")
+@example(b"a UID SORT (REVERSE ARRIVAL) UTF-8 UID $ NOT $\r\n")
+@example(b"a THREAD REFERENCES {5}\r\nUTF-8 ALL\r\n")
 @example(b"a STORE 1 (UNCHANGEDSINCE 99999999999999999999) FLAGS ()\r\n")
 def test_any_command_parses_or_raises_parse_error(data: bytes) -> None:
     check(data)
