@@ -73,6 +73,13 @@ def test_ties_keep_sequence_order_even_reversed():
     assert order(ms, "-ARRIVAL", "-SUBJECT") == [1, 2, 3]
 
 
+def test_a_key_named_again_changes_nothing():
+    ms = [msg(1, "Subject: b", size=1), msg(2, "Subject: a", size=1), msg(3, "Subject: a",
+                                                                          size=2)]
+    assert order(ms, "SUBJECT", "-SUBJECT", "-SIZE") == [3, 2, 1]
+    assert order(ms, *(["SIZE", "-SIZE"] * 5000), "SUBJECT") == [2, 1, 3]
+
+
 def test_arrival_size_and_address_keys():
     ms = [msg(1, "From: Zed <alice@b.example>\r\nTo: x@y\r\nCc: mm@c", arrival=3, size=5),
           msg(2, "From: \"Bob\" <zoe@a.example>\r\nTo: \"Amy\" <b@y>", arrival=1, size=7),

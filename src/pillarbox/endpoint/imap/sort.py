@@ -200,7 +200,12 @@ def sort(messages: list[Facts], criteria: list[tuple[str, bool]]) -> list[Facts]
     """The messages in the order of `criteria` [(key, reverse)], ties in
     sequence number order (RFC 5256 3: REVERSE turns its own key only)."""
     out = sorted(messages, key=lambda f: f.seq)
+    # A key named again decides nothing its first use left equal: dropped, so that
+    # a line of thousands of keys costs no more than nine.
+    firsts: dict[str, bool] = {}
+    for key, reverse in criteria:
+        firsts.setdefault(key, reverse)
     # Stable sorts from the last key to the first (a reversed sort stays stable).
-    for key, reverse in reversed(criteria):
+    for key, reverse in reversed(firsts.items()):
         out.sort(key=_KEYS[key], reverse=reverse)
     return out

@@ -31,6 +31,8 @@ class Node:
 
     def has_ancestor(self, other: Node) -> bool:
         """Whether `other` is this node or one above it."""
+        if other is not self and not other.children:  # then it is above nobody
+            return False
         n: Node | None = self
         while n is not None:
             if n is other:
@@ -71,16 +73,12 @@ def ordered_subject(messages: list[Facts]) -> list[Node]:
 # -- REFERENCES
 
 _MSG_ID = re.compile(r"<([^<>]*)>")
+_NO_SPACE = str.maketrans("", "", " \t\r\n")
 
 
 def _ids(text: str) -> list[str]:
     """The message IDs in a field, without brackets or spaces (folding may split them)."""
-    out = []
-    for m in _MSG_ID.finditer(text):
-        i = re.sub(r"[ \t\r\n]", "", m.group(1))
-        if i:
-            out.append(i)
-    return out
+    return [i for i in (m.translate(_NO_SPACE) for m in _MSG_ID.findall(text)) if i]
 
 
 def references(messages: list[Facts]) -> list[Node]:
