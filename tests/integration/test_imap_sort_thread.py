@@ -76,6 +76,19 @@ def test_sort_rfc_5256_examples_and_every_key(server):
         assert c.ok('UID SORT (DATE) UTF-8 FROM "kim"')[0] == [f"SORT {uids[2]}".encode()]
 
 
+def test_sort_modseq(server):
+    # RFC 7162 3.1.5: a SORT on MODSEQ ends in the highest MODSEQ of the hits.
+    with session(server, FIVE[:3]) as c:
+        c.ok("STORE 2 +FLAGS.SILENT (\\Seen)")
+        untagged, _ = c.ok("FETCH 1:3 (MODSEQ)")
+        modseqs = [int(line.split(b"MODSEQ (")[1].split(b")")[0]) for line in untagged
+                   if b"FETCH" in line]
+        untagged, _ = c.ok(f"SORT (DATE) UTF-8 MODSEQ {min(modseqs)}")
+        assert untagged[-1] == f"SORT 2 1 3 (MODSEQ {max(modseqs)})".encode()
+        untagged, _ = c.ok(f"SORT (DATE) UTF-8 MODSEQ {max(modseqs) + 1}")
+        assert untagged[-1] == b"SORT"
+
+
 def test_sort_charset_and_malformed_arguments(server):
     with session(server, FIVE[:2]) as c:
         untagged, tagged = c.cmd("SORT (DATE) KOI8-R ALL")

@@ -1299,10 +1299,10 @@ class Session:
         box = self.store.box(self.selected)
         folder = self.store.path(self.selected) / "cur"
         found = [(seq, u, box.msgs[u]) for seq, u in hits if u in box.msgs]
-        # Only ARRIVAL and SIZE: the index has all; else one header file per message.
-        files = not set(k for k, _ in cmd.args.get("criteria", [("FROM", False)])) \
-            <= {"ARRIVAL", "SIZE"}
-        return await asyncio.to_thread(sort.read_facts, folder, found, files)
+        # SORT by ARRIVAL and SIZE only: the index has all; else a header per message.
+        index_only = "criteria" in cmd.args and \
+            {k for k, _ in cmd.args["criteria"]} <= {"ARRIVAL", "SIZE"}
+        return await asyncio.to_thread(sort.read_facts, folder, found, not index_only)
 
     async def cmd_SORT(self, cmd: Command):
         facts = await self._facts(cmd)
@@ -1310,7 +1310,14 @@ class Session:
             return facts
         ordered = await asyncio.to_thread(sort.sort, facts, cmd.args["criteria"])
         nums = [f.uid if cmd.uid else f.seq for f in ordered]
-        self.untagged(" ".join(["SORT", *map(str, nums)]))
+        tail = []
+        if search.uses(cmd.args["keys"], {"MODSEQ"}):  # RFC 7162 3.1.5, as for SEARCH
+            self._condstore_on()
+            assert self.store is not None and self.selected is not None
+            msgs = self.store.box(self.selected).msgs
+            top = max((msgs[f.uid].modseq for f in facts if f.uid in msgs), default=None)
+            tail = [f"(MODSEQ {top})"] if top is not None else []
+        self.untagged(" ".join(["SORT", *map(str, nums), *tail]))
         return None
 
     async def cmd_UID_SORT(self, cmd: Command):
