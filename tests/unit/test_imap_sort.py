@@ -119,6 +119,7 @@ def test_header_is_read_without_the_body(tmp_path):
     b"a SORT (DATE) ALL", b"a SORT DATE UTF-8 ALL", b"a SORT (DATE) UTF-8",
     b"a SORT (REVERSE REVERSE DATE) UTF-8 ALL", b"a THREAD FOO UTF-8 ALL",
     b"a THREAD REFERENCES", b"a SEARCH RETURN (BOGUS) ALL", b"a FETCH $1 FLAGS",
+    b"a SELECT INBOX (QRESYNC (1 2 $))", b"a FETCH 1,$ FLAGS",
 ])
 def test_malformed_arguments_are_parse_errors(line):
     with pytest.raises(ParseError):

@@ -598,6 +598,8 @@ def _size(s: SeqSet) -> int:
 def _star_free_set(r: Reader, what: str) -> SeqSet:
     """A sequence set without `*` (RFC 7162 known-uids and seq-match-data)."""
     s = r.seqset()
+    if s.saved:  # SELECT empties the saved result: `$` would name nothing
+        raise ParseError(f"\"$\" is not allowed in {what}")
     if any(STAR in pair for pair in s.ranges):
         raise ParseError(f"\"*\" is not allowed in {what}")
     return s
