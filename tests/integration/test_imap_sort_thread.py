@@ -162,7 +162,9 @@ def test_esearch_rfc_4731(server):
 
 def test_searchres_save_and_dollar(server):
     msgs = [mail(f"m{i}", i) for i in range(1, 7)]
-    with session(server, msgs) as c:
+    # Arrival times of their own: appended in one second they would tie, and a
+    # tie sorts by sequence number even under REVERSE (RFC 5256).
+    with session(server, msgs, arrival=list(range(1, 7))) as c:
         u = [int(x) for x in c.ok("UID SEARCH ALL")[0][0].split()[1:]]
         c.ok("STORE 2,4:5 +FLAGS.SILENT (\\Flagged)")
         # RFC 5182 example: SAVE alone gives no ESEARCH; $ then names the result.
