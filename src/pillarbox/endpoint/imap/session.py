@@ -1140,7 +1140,11 @@ class Session:
             msg = box.msgs.get(uid)
             if msg is None or uid in failed:
                 continue
-            self.vflags[uid] = msg.flags
+            if not silent:
+                self.vflags[uid] = msg.flags
+            else:  # the client knows its own change only: others' come with the next poll
+                self.vflags[uid] = _applied(self.vflags.get(uid, frozenset()),
+                                            cmd.args["mode"], cmd.args["flags"])
             uid_item = b"UID %d " % uid if cmd.uid or self.condstore else b""
             if not silent:
                 self.send(b"* %d FETCH (%s%sFLAGS %s)\r\n"
@@ -1263,6 +1267,15 @@ def _listed(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Networ
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr in n for n in networks)
+
+
+def _applied(flags: frozenset[str], mode: str, change: list[str]) -> frozenset[str]:
+    """Flags after a STORE of `change` in `mode` (set, add, remove)."""
+    if mode == "set":
+        return frozenset(change)
+    if mode == "add":
+        return flags | set(change)
+    return flags - set(change)
 
 
 def _storage_failure(e: OSError | sqlite3.Error) -> tuple[str, str]:
