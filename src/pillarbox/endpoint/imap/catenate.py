@@ -29,9 +29,11 @@ class BadURL(Exception):
         super().__init__(why)
         self.url = url
 
-    def code(self) -> str:
-        # url-resp-text excludes CR, LF, "\" and "]"
-        return "BADURL " + re.sub(r"[\r\n\\\]]", "", self.url)[:200]
+    @property
+    def text(self) -> str:
+        """The URL as it may stand in [BADURL ...]: url-resp-text excludes CR,
+        LF, "\\" and "]"."""
+        return re.sub(r"[\r\n\\\]]", "", self.url)[:200]
 
 
 class TooBig(Exception):

@@ -879,7 +879,7 @@ class Session:
                     data = await catenate.assemble(store, m.parts, self.user, self.selected,
                                                    self.limits.max_literal_size)
                 except catenate.BadURL as e:
-                    return ("NO", f"[{e.code()}] {e}")
+                    return ("NO", f"[BADURL {e.text}] {e}")
                 except catenate.TooBig:
                     return ("NO", "[TOOBIG] The catenated message is too large "
                                   f"({self.limits.max_literal_size} octets at most)")
