@@ -218,3 +218,36 @@ def test_literal8_append_is_kept_octet_for_octet(server):
         untagged, _ = c.ok(f"UID FETCH {uid} (RFC822.SIZE BINARY.PEEK[1])")
         assert b"RFC822.SIZE %d" % len(msg) in untagged[0]
         assert untagged[0].endswith(b"BINARY[1] ~{6}\r\n\x00\x01\n\x02\r\n)")
+
+
+def test_catenate_total_of_a_multiappend_is_bounded(make_server):
+    """Each message under the limit, together over it: refused, nothing added
+    (else 1,000 messages of URLs could make 1,000 times the limit in memory)."""
+    srv = make_server(imap__max_literal_size="3K")
+    msg = make_message(BOB, ALICE, "part", body="w" * 1000 + "\r\n")
+    with RawIMAP(srv.imaps_port, ALICE) as c:
+        _, tagged = c.ok(b"APPEND INBOX " + _lit(msg))
+        uid = int(re.search(rb"APPENDUID \d+ (\d+)", tagged).group(1))
+        one = f'CATENATE (URL "/INBOX/;UID={uid}")'
+        c.ok(f"APPEND INBOX {one} {one}")  # two copies fit
+        _, tagged = c.cmd(f"APPEND INBOX {one} {one} {one}")
+        assert tagged.startswith(b"NO [TOOBIG]"), tagged
+        assert _count(c, "INBOX") == 3
+        url = f'URL "/INBOX/;UID={uid}"'
+        many = " ".join(["CATENATE (" + " ".join([url] * 100) + ")"] * 11)
+        _, tagged = c.cmd(f"APPEND INBOX {many}")
+        assert tagged.startswith(b"BAD"), tagged
+
+
+def test_catenate_urls_read_at_most_four_times_the_limit(make_server):
+    """A small partial of a large message, many times: the reading is bounded
+    too, not only what is built."""
+    srv = make_server(imap__max_literal_size="20K")
+    msg = make_message(BOB, ALICE, "large", body="v" * 15_000 + "\r\n")
+    with RawIMAP(srv.imaps_port, ALICE) as c:
+        _, tagged = c.ok(b"APPEND INBOX " + _lit(msg))
+        uid = int(re.search(rb"APPENDUID \d+ (\d+)", tagged).group(1))
+        url = f'URL "/INBOX/;UID={uid}/;PARTIAL=0.10"'
+        c.ok(f"APPEND INBOX CATENATE ({' '.join([url] * 5)})")  # 5 x 15K read: fits
+        _, tagged = c.cmd(f"APPEND INBOX CATENATE ({' '.join([url] * 6)})")
+        assert tagged.startswith(b"NO [TOOBIG]"), tagged

@@ -37,7 +37,23 @@ class BadURL(Exception):
 
 
 class TooBig(Exception):
-    """The catenated message is larger than the APPEND limit."""
+    """The catenated messages are larger than the APPEND limit, or their URLs
+    would read more than READ_FACTOR times it."""
+
+
+READ_FACTOR = 4  # message octets one APPEND's URLs may read, in APPEND limits
+
+
+@dataclass
+class Budget:
+    """What the CATENATEs of one APPEND command may still make and read."""
+
+    make: int
+    read: int
+
+    @classmethod
+    def for_limit(cls, limit: int) -> Budget:
+        return cls(limit, READ_FACTOR * limit)
 
 
 @dataclass
@@ -108,7 +124,8 @@ def parse_url(url: str, user: str, selected: str | None) -> IMAPURL:
     return IMAPURL(mailbox, uidvalidity, int(found["UID"]), section, partial)
 
 
-async def fetch(store: MailStore, url: str, user: str, selected: str | None) -> bytes:
+async def fetch(store: MailStore, url: str, user: str, selected: str | None,
+                budget: Budget) -> bytes:
     """The octets a URL names: a message, or a section of it, or part of either."""
     u = parse_url(url, user, selected)
     if not store.exists(u.mailbox):
@@ -120,6 +137,9 @@ async def fetch(store: MailStore, url: str, user: str, selected: str | None) -> 
     msg = box.msgs.get(u.uid)
     if msg is None:
         raise BadURL(url, "no such message")
+    if msg.size > budget.read:  # a thousand URLs to a part of one large message
+        raise TooBig()
+    budget.read -= msg.size
     path = store.file(u.mailbox, msg)
     big = msg.size > THREAD_AT
     try:
@@ -143,13 +163,13 @@ def _section(raw: bytes, sec: Section) -> bytes:
 
 
 async def assemble(store: MailStore, parts: list[tuple[str, object]], user: str,
-                   selected: str | None, limit: int) -> bytes:
-    """The message CATENATE parts make, at most `limit` octets (else TooBig)."""
+                   selected: str | None, budget: Budget) -> bytes:
+    """The message CATENATE parts make, within the command's budget (else TooBig)."""
     out = bytearray()
     for kind, value in parts:
         if kind == "URL":
             assert isinstance(value, str)
-            data = await fetch(store, value, user, selected)
+            data = await fetch(store, value, user, selected, budget)
         elif isinstance(value, TmpMessage):  # a large TEXT literal, streamed to disk
             if value.failed:
                 raise OSError(28, "No space left on device")
@@ -157,7 +177,8 @@ async def assemble(store: MailStore, parts: list[tuple[str, object]], user: str,
         else:
             assert isinstance(value, bytes | bytearray)
             data = bytes(value)
-        if len(out) + len(data) > limit:
+        if len(data) > budget.make:
             raise TooBig()
+        budget.make -= len(data)
         out += data
     return bytes(out)

@@ -596,6 +596,7 @@ def _status(r: Reader, cmd: Command) -> None:
 
 MAX_APPEND_MESSAGES = 1000  # messages in one MULTIAPPEND (each needs a literal anyway)
 MAX_CATENATE_PARTS = 100  # TEXT and URL parts of one CATENATE (RFC 4469 allows a limit)
+MAX_CATENATE_TOTAL = 1000  # ... of all the CATENATEs of one MULTIAPPEND
 
 
 @dataclass
@@ -614,9 +615,13 @@ class AppendMessage:
 def _append(r: Reader, cmd: Command) -> None:
     cmd.args["mailbox"] = r.mailbox()
     messages: list[AppendMessage] = []
+    parts = 0
     while True:
         r.sp()
         messages.append(_append_message(r))
+        parts += len(messages[-1].parts or ())
+        if parts > MAX_CATENATE_TOTAL:
+            raise ParseError(f"more than {MAX_CATENATE_TOTAL} CATENATE parts in one APPEND")
         if r.at_end():
             break
         if len(messages) >= MAX_APPEND_MESSAGES:

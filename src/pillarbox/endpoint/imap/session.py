@@ -872,17 +872,19 @@ class Session:
         if not store.exists(name):
             return ("NO", f"[TRYCREATE] No mailbox named {name[:100]!r}")
         new = []
+        budget = catenate.Budget.for_limit(self.limits.max_literal_size)  # the whole command's
         for m in cmd.args["messages"]:  # MULTIAPPEND: several, all or none
             data = m.data
             if m.parts is not None:  # CATENATE
                 try:
                     data = await catenate.assemble(store, m.parts, self.user, self.selected,
-                                                   self.limits.max_literal_size)
+                                                   budget)
                 except catenate.BadURL as e:
                     return ("NO", f"[BADURL {e.text}] {e}")
                 except catenate.TooBig:
-                    return ("NO", "[TOOBIG] The catenated message is too large "
-                                  f"({self.limits.max_literal_size} octets at most)")
+                    return ("NO", "[TOOBIG] The catenated messages are too large "
+                                  f"({self.limits.max_literal_size} octets at most, "
+                                  f"{catenate.READ_FACTOR} times that read)")
             if not data:
                 return ("NO", "Empty message")
             if isinstance(data, TmpMessage) and data.failed:  # its write to tmp/ failed
