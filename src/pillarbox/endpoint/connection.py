@@ -26,6 +26,7 @@ import logging
 import math
 import ssl
 import time
+from typing import Protocol
 
 from pillarbox import logs
 
@@ -76,6 +77,19 @@ class SessionTable:
                 del self.per_ip[ip]
 
 
+class Codec(Protocol):
+    """A transformation of the byte stream both ways (see Connection.codec);
+    `take` raises a ValueError on corrupt input."""
+
+    pending: bool
+
+    def feed(self, data: bytes) -> None: ...
+
+    def take(self, room: int) -> bytes: ...
+
+    def encode(self, data: bytes) -> bytes: ...
+
+
 class Connection(asyncio.Protocol):
     """Subclasses set `table`, `kind`, `timeout` (limits.command_timeout) and
     `min_rate` (limits.min_data_rate), `implicit_tls` for a port that speaks
@@ -103,6 +117,9 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._drain: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        # A stream codec over the connection (IMAP COMPRESS=DEFLATE): feed/take
+        # input within a room, encode output, `pending` while input is held.
+        self.codec: Codec | None = None
 
     def start(self) -> None:
         raise NotImplementedError
@@ -177,16 +194,44 @@ class Connection(asyncio.Protocol):
     # -- input ------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        if self.codec is not None:
+            self.codec.feed(data)
+            if not self._decode():
+                return
+        else:
+            self.buf += data
         if self._idle:  # a command's first byte: it has `timeout` to be complete
             self._idle = False
             self.deadline = time.monotonic() + self.timeout
         elif self._rate:
             ahead = time.monotonic() + self.timeout
             self.deadline = min(ahead, self._cap, self.deadline + len(data) / self._rate)
-        if len(self.buf) > MAX_BUFFER and self.transport is not None:
+        if self.transport is not None and (len(self.buf) > MAX_BUFFER or
+                                           (self.codec is not None and self.codec.pending)):
             self.transport.pause_reading()  # resumed when the session catches up
         self.wake()
+
+    def start_codec(self, codec: Codec) -> None:
+        """From now on input and output go through `codec`; input already
+        buffered (sent after the command that started it) is its first."""
+        self.codec = codec
+        if self.buf:
+            codec.feed(bytes(self.buf))
+            self.buf.clear()
+            self._decode()
+
+    def _decode(self) -> bool:
+        """Move what the codec holds into the buffer, as far as there is room;
+        False if its stream is corrupt (the connection is closed then)."""
+        assert self.codec is not None
+        try:
+            self.buf += self.codec.take(MAX_BUFFER - len(self.buf))
+        except ValueError as e:
+            logs.event(log, logging.INFO, "corrupt compressed input, closing",
+                       client=logs.client(self.peer_ip), endpoint=self.kind, error=str(e))
+            self.close()
+            return False
+        return True
 
     def wake(self) -> None:
         """Let a session waiting for input look again (input, or another event)."""
@@ -221,6 +266,13 @@ class Connection(asyncio.Protocol):
             raise Disconnect()
         if self.deadline == math.inf:  # more input within a command (AUTH, a literal's line)
             self.deadline = time.monotonic() + self.timeout
+        if self.codec is not None:
+            before = len(self.buf)  # input held compressed: inflate more of it first
+            while self.codec.pending and len(self.buf) == before < MAX_BUFFER:
+                if not self._decode():
+                    raise Disconnect()
+            if len(self.buf) > before:
+                return
         if self.transport is not None and len(self.buf) < MAX_BUFFER:
             self.transport.resume_reading()
         self._waiter = asyncio.get_running_loop().create_future()
@@ -236,6 +288,8 @@ class Connection(asyncio.Protocol):
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise Disconnect()
+        if self.codec is not None:
+            data = self.codec.encode(data)
         self.transport.write(data)
         if self._drain is not None:
             # A peer that reads slowly: what is queued must drain at min_rate.
@@ -299,7 +353,7 @@ class Connection(asyncio.Protocol):
         commands, in IMAP IDLE, in message data), where it cannot cut into
         another reply."""
         if self.transport is not None and not self.closed and self._waiter is not None:
-            self.transport.write(line)
+            self.transport.write(self.codec.encode(line) if self.codec is not None else line)
         self.close()
 
 

@@ -773,18 +773,20 @@ class MailStore:
 
     @staticmethod
     def write_file(folder: Path, data: bytes | TmpMessage, flags: Iterable[str],
-                   date: float | None) -> Written:
+                   date: float | None, binary: bool = False) -> Written:
         """Blocking (run it in a thread): write a message durably into a file in
         tmp/, with CRLF line ends; `add_file` then moves it into folder/cur/.
 
         Not into cur/ from here: a file there that is not indexed yet is taken
         in by another session's sync, which may flag, move or expunge it before
-        its APPEND is done (issue 13: one APPEND in 900 failed under load)."""
+        its APPEND is done (issue 13: one APPEND in 900 failed under load).
+        A `binary` message (an IMAP literal8) is kept octet for octet: its bare
+        LFs may be content, not line ends."""
         if isinstance(data, TmpMessage):  # streamed already: make it durable
             tmp, view = data.path, memoryview(b"")
             fd = os.open(tmp, os.O_WRONLY)
         else:
-            if data.count(b"\n") != data.count(b"\r\n"):  # a client that sent bare LFs
+            if not binary and data.count(b"\n") != data.count(b"\r\n"):  # bare LFs sent
                 data = line_ends.crlf(data)
             tmp, view = folder / "tmp" / f"{new_base()},S={len(data)}", memoryview(data)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -796,7 +798,7 @@ class MailStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if isinstance(data, TmpMessage) and line_ends.has_bare_lf(tmp):
+            if isinstance(data, TmpMessage) and not binary and line_ends.has_bare_lf(tmp):
                 fixed = tmp.with_name(tmp.name + ".crlf")
                 size = line_ends.rewrite(tmp, fixed)
                 os.rename(fixed, tmp)

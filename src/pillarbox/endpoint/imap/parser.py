@@ -134,10 +134,17 @@ class FetchAtt:
     partial: tuple[int, int] | None = None
     peek: bool = False
 
+    @property
+    def binary(self) -> bool:
+        """BINARY[...] or BINARY.SIZE[...] (RFC 3516): decoded content."""
+        return self.name in ("BINARY", "BINARY.SIZE")
+
     def response_name(self) -> str:
         if self.section is None:
             return self.name
-        name = f"BODY[{self.section}]"
+        if self.name == "BINARY.SIZE":
+            return f"BINARY.SIZE[{self.section}]"
+        name = f"{'BINARY' if self.name == 'BINARY' else 'BODY'}[{self.section}]"
         if self.partial is not None:
             name += f"<{self.partial[0]}>"
         return name
@@ -466,7 +473,7 @@ class Reader:
 # commands
 
 NO_ARGS = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "EXPUNGE", "UNSELECT",
-           "IDLE", "NAMESPACE"}
+           "IDLE", "NAMESPACE", "UNAUTHENTICATE"}
 MAILBOX_ONLY = {"DELETE", "SUBSCRIBE", "UNSUBSCRIBE", "GETQUOTAROOT"}
 UID_COMMANDS = {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"}
 
@@ -773,22 +780,82 @@ def _setmetadata(r: Reader, cmd: Command) -> None:
     cmd.args["changes"] = changes
 
 
+MAX_APPEND_MESSAGES = 1000  # messages in one MULTIAPPEND (each needs a literal anyway)
+MAX_CATENATE_PARTS = 100  # TEXT and URL parts of one CATENATE (RFC 4469 allows a limit)
+MAX_CATENATE_TOTAL = 1000  # ... of all the CATENATEs of one MULTIAPPEND
+
+
+@dataclass
+class AppendMessage:
+    """One message of an APPEND (RFC 3502 MULTIAPPEND: one or more): a literal
+    (`binary` for a literal8, RFC 3516), or CATENATE parts (RFC 4469):
+    ("TEXT", data) and ("URL", url)."""
+
+    flags: list[str]
+    date: datetime.datetime | None
+    data: object = None  # bytes, or a TmpMessage for a literal streamed to disk
+    binary: bool = False
+    parts: list[tuple[str, object]] | None = None
+
+
 def _append(r: Reader, cmd: Command) -> None:
     cmd.args["mailbox"] = r.mailbox()
-    r.sp()
-    cmd.args["flags"] = []
-    cmd.args["date"] = None
+    messages: list[AppendMessage] = []
+    parts = 0
+    while True:
+        r.sp()
+        messages.append(_append_message(r))
+        parts += len(messages[-1].parts or ())
+        if parts > MAX_CATENATE_TOTAL:
+            raise ParseError(f"more than {MAX_CATENATE_TOTAL} CATENATE parts in one APPEND")
+        if r.at_end():
+            break
+        if len(messages) >= MAX_APPEND_MESSAGES:
+            raise ParseError(f"more than {MAX_APPEND_MESSAGES} messages in one APPEND")
+    cmd.args["messages"] = messages
+    first = messages[0]  # the single-message view, as before MULTIAPPEND
+    cmd.args.update(flags=first.flags, date=first.date, message=first.data)
+
+
+def _append_message(r: Reader) -> AppendMessage:
+    flags: list[str] = []
+    date = None
     if r.peek() == 0x28:
-        cmd.args["flags"] = [f for f in r.flag_list() if f != "\\Recent"]
-        if "\\*" in cmd.args["flags"]:
+        flags = [f for f in r.flag_list() if f != "\\Recent"]
+        if "\\*" in flags:
             raise ParseError("\\* is not a flag")
         r.sp()
     if r.peek() == 0x22:
-        cmd.args["date"] = r.date_time()
+        date = r.date_time()
         r.sp()
+    if r.accept(b"CATENATE"):
+        r.sp()
+        return AppendMessage(flags, date, parts=_catenate_parts(r))
     if r.peek() not in (0x7B, 0x7E):
         raise ParseError(f"expected the message as a literal {r.where()}")
-    cmd.args["message"] = r.literal(streamed_ok=True)
+    binary = r.peek() == 0x7E
+    return AppendMessage(flags, date, r.literal(streamed_ok=True), binary)
+
+
+def _catenate_parts(r: Reader) -> list[tuple[str, object]]:
+    r.expect(b"(")
+    parts: list[tuple[str, object]] = []
+    while True:
+        kind = r.atom("TEXT or URL").upper()
+        r.sp()
+        if kind == "TEXT":
+            if r.peek() not in (0x7B, 0x7E):
+                raise ParseError(f"expected a literal after TEXT {r.where()}")
+            parts.append(("TEXT", r.literal(streamed_ok=True)))
+        elif kind == "URL":
+            parts.append(("URL", r.astring("an IMAP URL").decode("utf-8", "replace")))
+        else:
+            raise ParseError(f"expected TEXT or URL, got {kind[:30]!r}")
+        if len(parts) > MAX_CATENATE_PARTS:
+            raise ParseError(f"more than {MAX_CATENATE_PARTS} CATENATE parts")
+        if r.accept(b")"):
+            return parts
+        r.sp()
 
 
 def _enable(r: Reader, cmd: Command) -> None:
@@ -815,6 +882,10 @@ def _id(r: Reader, cmd: Command) -> None:
                 break
             r.sp()
     cmd.args["params"] = params
+
+
+def _compress(r: Reader, cmd: Command) -> None:
+    cmd.args["mechanism"] = r.atom("a compression mechanism").upper()
 
 
 def _getquota(r: Reader, cmd: Command) -> None:
@@ -884,17 +955,40 @@ def _fetch_att(r: Reader) -> FetchAtt:
         r.pos += 1
         section = _section(r)
         r.expect(b"]")
-        partial = None
-        if r.accept(b"<"):
-            offset = r.number()
-            r.expect(b".")
-            count = r.nz_number("a non-zero octet count")
-            r.expect(b">")
-            partial = (offset, count)
-        return FetchAtt("BODY", section, partial, peek=name == "BODY.PEEK")
+        return FetchAtt("BODY", section, _partial(r), peek=name == "BODY.PEEK")
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):  # RFC 3516
+        r.expect(b"[")
+        part: list[int] = []
+        while r.peek() != 0x5D:
+            part.append(r.nz_number("a part number"))
+            if not r.accept(b"."):
+                break
+        r.expect(b"]", "] (a BINARY section is part numbers only)")
+        section = Section(tuple(part))
+        if name == "BINARY.SIZE":
+            return FetchAtt(name, section, peek=True)  # a size never sets \Seen
+        return FetchAtt("BINARY", section, _partial(r), peek=name == "BINARY.PEEK")
     if name in _FETCH_SIMPLE:
         return FetchAtt(name)
     raise ParseError(f"unknown FETCH item {name[:30] or r.where()}")
+
+
+def _partial(r: Reader) -> tuple[int, int] | None:
+    if not r.accept(b"<"):
+        return None
+    offset = r.number()
+    r.expect(b".")
+    count = r.nz_number("a non-zero octet count")
+    r.expect(b">")
+    return (offset, count)
+
+
+def section_spec(text: str) -> Section:
+    """A section as an IMAP URL writes it (;SECTION=1.2.MIME, RFC 5092)."""
+    r = Reader([text.encode("utf-8")], [])
+    sec = _section(r)
+    r.end()
+    return sec
 
 
 def _section(r: Reader) -> Section:
@@ -1139,6 +1233,7 @@ _PARSERS = {
     "ENABLE": _enable,
     "ID": _id,
     "GETQUOTA": _getquota,
+    "COMPRESS": _compress,
     "SETQUOTA": _setquota,
     "FETCH": _fetch,
     "STORE": _store,

@@ -31,7 +31,19 @@ from pillarbox.config import Config
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
 from pillarbox.endpoint.connection import Connection, Disconnect, MemoryBudget, SessionTable
-from pillarbox.endpoint.imap import esearch, listing, mime, qresync, search, sort, thread
+from pillarbox.endpoint.imap import (
+    append,
+    binary,
+    catenate,
+    compress,
+    esearch,
+    listing,
+    mime,
+    qresync,
+    search,
+    sort,
+    thread,
+)
 from pillarbox.endpoint.imap import metadata as imap_metadata
 from pillarbox.endpoint.imap.parser import (
     LITERAL_RE,
@@ -44,7 +56,6 @@ from pillarbox.endpoint.imap.parser import (
     parse_tag,
     seqset_from,
 )
-from pillarbox.fileio import fsync_dir
 from pillarbox.store.mailbox_index import (
     SYSTEM_FLAGS,
     MailboxError,
@@ -407,7 +418,8 @@ class Session:
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
                 "QRESYNC", "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "METADATA",
                 "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
-                "THREAD=REFERENCES", "ESEARCH", "SEARCHRES"]
+                "THREAD=REFERENCES", "ESEARCH", "SEARCHRES", "MULTIAPPEND", "CATENATE",
+                "BINARY", "UNAUTHENTICATE", "COMPRESS=DEFLATE"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
         if not self.tls and not self.cleartext_ok:
@@ -624,6 +636,8 @@ class Session:
     # -- not authenticated --------------------------------------------------
 
     async def cmd_STARTTLS(self, cmd: Command):
+        if self.conn.codec is not None:  # TLS under DEFLATE would be useless and odd
+            return ("BAD", "STARTTLS after COMPRESS is not allowed")
         if self.tls or self.ctx.tls is None:
             return ("BAD", "TLS is already active" if self.tls else "TLS is not available")
         self.tagged(cmd.tag, "OK", "Begin TLS negotiation now")
@@ -718,6 +732,23 @@ class Session:
             self.qresync = True
             enabled.append("QRESYNC")
         self.untagged(" ".join(["ENABLED", *enabled]))
+
+    async def cmd_UNAUTHENTICATE(self, cmd: Command):
+        """RFC 8437: back to the not-authenticated state, as on a new connection
+        (the mailbox is left as UNSELECT leaves it; TLS and COMPRESS stay)."""
+        self._end_login()
+        self.condstore = self.qresync = False  # ENABLEd extensions end with the login
+        return ("OK", "Not authenticated any more")
+
+    async def cmd_COMPRESS(self, cmd: Command):
+        if cmd.args["mechanism"] != "DEFLATE":
+            return ("BAD", "Unknown compression mechanism; DEFLATE is supported")
+        if self.conn.codec is not None:
+            return ("NO", "[COMPRESSIONACTIVE] DEFLATE is active already")
+        self.tagged(cmd.tag, "OK", "DEFLATE active")
+        await self.flush()
+        self.conn.start_codec(compress.Deflate())
+        raise _Handled()
 
     async def cmd_NAMESPACE(self, cmd: Command):
         self.untagged('NAMESPACE (("" ".")) NIL NIL')
@@ -870,29 +901,35 @@ class Session:
         store = self.store
         assert store is not None and self.user is not None
         name = cmd.args["mailbox"]
-        data: bytes | TmpMessage = cmd.args["message"]
         if not store.exists(name):
             return ("NO", f"[TRYCREATE] No mailbox named {name[:100]!r}")
-        if not data:
-            return ("NO", "Empty message")
-        if isinstance(data, TmpMessage) and data.failed:  # its write to tmp/ failed
-            return ("NO", f"[OVERQUOTA] {NO_SPACE}")
-        if self._over_quota(len(data)):
+        new = []
+        budget = catenate.Budget.for_limit(self.limits.max_literal_size)  # the whole command's
+        for m in cmd.args["messages"]:  # MULTIAPPEND: several, all or none
+            data = m.data
+            if m.parts is not None:  # CATENATE
+                try:
+                    data = await catenate.assemble(store, m.parts, self.user, self.selected,
+                                                   budget)
+                except catenate.BadURL as e:
+                    return ("NO", f"[BADURL {e.text}] {e}")
+                except catenate.TooBig:
+                    return ("NO", "[TOOBIG] The catenated messages are too large "
+                                  f"({self.limits.max_literal_size} octets at most, "
+                                  f"{catenate.READ_FACTOR} times that read)")
+            if not data:
+                return ("NO", "Empty message")
+            if isinstance(data, TmpMessage) and data.failed:  # its write to tmp/ failed
+                return ("NO", f"[OVERQUOTA] {NO_SPACE}")
+            date = m.date.timestamp() if m.date else None
+            new.append(append.NewMessage(data, m.flags, date, m.binary))
+        if self._over_quota(sum(len(n.data) for n in new)):
             return ("NO", "[OVERQUOTA] Mailbox quota exceeded")
-        date = cmd.args["date"].timestamp() if cmd.args["date"] else None
-        flags = cmd.args["flags"]
-        written = await asyncio.to_thread(MailStore.write_file, store.path(name), data,
-                                          flags, date)
-        if not store.exists(name):  # deleted while we wrote
-            written.tmp.unlink(missing_ok=True)
+        uids = await append.append_all(store, name, new)
+        if uids is None:
             return ("NO", "[TRYCREATE] The mailbox was deleted")
-        msg = store.add_file(name, written, flags)
-        try:  # durable before the OK (others may see it already, as a delivery's)
-            await asyncio.to_thread(fsync_dir, store.path(name) / "cur")
-        except OSError:
-            store.drop(name, msg.uid)
-            raise
-        return ("OK", f"[APPENDUID {store.box(name).uidvalidity} {msg.uid}] APPEND completed")
+        return ("OK", f"[APPENDUID {store.box(name).uidvalidity} {seqset_from(uids)}] "
+                      "APPEND completed")
 
     async def cmd_IDLE(self, cmd: Command):
         self.send(b"+ idling\r\n")
@@ -1015,6 +1052,7 @@ class Session:
         # (parsing was 39 % of a BODY.PEEK[] profile).
         needs_parse = any(not _whole(a) for a in atts
                           if a.section is not None or a.name in ("RFC822.HEADER", "RFC822.TEXT"))
+        wants_binary = any(a.binary for a in atts)
         missing = False
         for i in range(0, len(targets), STRUCT_CHUNK):
             chunk = targets[i:i + STRUCT_CHUNK]
@@ -1046,7 +1084,13 @@ class Session:
                         part, made = _parse(raw, want)
                     if made is not None:
                         structs = computed[uid] = made
-                self._fetch_one(seq, msg, atts, part, structs, sets_seen)
+                decoded = {}
+                if wants_binary:
+                    try:
+                        decoded = await self._decode(part, msg.size, atts)
+                    except binary.UnknownCTE as e:
+                        return ("NO", f"[UNKNOWN-CTE] Cannot decode the {e} transfer encoding")
+                self._fetch_one(seq, msg, atts, part, structs, sets_seen, decoded)
                 if self.out_size > FLUSH_AT:
                     await self.flush()
             store.save_structures(name, computed)
@@ -1068,14 +1112,15 @@ class Session:
 
     def _fetch_one(self, seq: int, msg: Message, atts: list[FetchAtt],
                    part: mime.Part | _Whole | None,
-                   structs: tuple[bytes, bytes, bytes] | None, sets_seen: bool) -> None:
+                   structs: tuple[bytes, bytes, bytes] | None, sets_seen: bool,
+                   decoded: dict[tuple[int, ...], bytes]) -> None:
         flags_changed = False
         if sets_seen and "\\Seen" not in msg.flags:
             assert self.store is not None and self.selected is not None
             self.store.store_flags(self.selected, [msg.uid], "add", ["\\Seen"])
             self.vflags[msg.uid] = msg.flags
             flags_changed = True
-        items = self._fetch_items(msg, atts, part, structs)
+        items = self._fetch_items(msg, atts, part, structs, decoded)
         if flags_changed:  # the client learns the new flags (RFC 3501 6.4.5)
             names = {a.name for a in atts if a.section is None}
             if self.condstore and "UID" not in names:
@@ -1095,12 +1140,23 @@ class Session:
             return await asyncio.to_thread(path.read_bytes)
         return path.read_bytes()
 
+    @staticmethod
+    async def _decode(part: mime.Part | _Whole | None, size: int,
+                      atts: list[FetchAtt]) -> dict[tuple[int, ...], bytes]:
+        """BINARY contents; a large message's off the event loop (RFC 3516)."""
+        if size > THREAD_READ_AT:
+            return await asyncio.to_thread(binary.decode, part, atts)
+        return binary.decode(part, atts)
+
     def _fetch_items(self, msg: Message, atts: list[FetchAtt], part: mime.Part | _Whole | None,
-                     structs: tuple[bytes, bytes, bytes] | None) -> list[bytes]:
+                     structs: tuple[bytes, bytes, bytes] | None,
+                     decoded: dict[tuple[int, ...], bytes]) -> list[bytes]:
         items = []
         for a in atts:
             n = a.name
-            if a.section is not None:
+            if a.binary:
+                items.append(binary.item(a, decoded))
+            elif a.section is not None:
                 assert part is not None
                 data = part.raw if _whole(a) else mime.section(part, a.section)
                 if a.partial is not None:
@@ -1181,7 +1237,11 @@ class Session:
             msg = box.msgs.get(uid)
             if msg is None or uid in failed:
                 continue
-            self.vflags[uid] = msg.flags
+            if not silent:
+                self.vflags[uid] = msg.flags
+            else:  # the client knows its own change only: others' come with the next poll
+                self.vflags[uid] = _applied(self.vflags.get(uid, frozenset()),
+                                            cmd.args["mode"], cmd.args["flags"])
             uid_item = b"UID %d " % uid if cmd.uid or self.condstore else b""
             if not silent:
                 self.send(b"* %d FETCH (%s%sFLAGS %s)\r\n"
@@ -1350,6 +1410,15 @@ def _listed(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Networ
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr in n for n in networks)
+
+
+def _applied(flags: frozenset[str], mode: str, change: list[str]) -> frozenset[str]:
+    """Flags after a STORE of `change` in `mode` (set, add, remove)."""
+    if mode == "set":
+        return frozenset(change)
+    if mode == "add":
+        return flags | set(change)
+    return flags - set(change)
 
 
 def _storage_failure(e: OSError | sqlite3.Error) -> tuple[str, str]:
