@@ -20,7 +20,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from pillarbox import logs, module
+from pillarbox import client_ip, logs, module
 from pillarbox.check import Reply
 from pillarbox.config import ConfigError, parse_duration
 
@@ -47,12 +47,9 @@ class Zone:
 def query_name(ip: str, zone: str) -> str | None:
     """`2.0.0.127.zone` / the 32 nibbles of an IPv6 address + zone; None for
     no IP address."""
-    try:
-        a = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    a = client_ip.parse(ip)
+    if a is None:
         return None
-    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-        a = a.ipv4_mapped
     rev = a.reverse_pointer  # "1.0.0.127.in-addr.arpa", "...ip6.arpa"
     return rev.rsplit(".", 2)[0] + "." + zone
 

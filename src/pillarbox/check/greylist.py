@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from pillarbox import address, logs, module
+from pillarbox import address, client_ip, logs, module
 from pillarbox.check import Reply
 from pillarbox.config import ConfigError, parse_duration
 
@@ -42,12 +42,9 @@ CREATE INDEX IF NOT EXISTS known_last ON known (last);
 
 
 def network_of(ip: str) -> str:
-    try:
-        a = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    a = client_ip.parse(ip)
+    if a is None:
         return ip[:64]
-    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-        a = a.ipv4_mapped
     prefix = 24 if a.version == 4 else 64
     return str(ipaddress.ip_network((a, prefix), strict=False))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from pillarbox import module
+from pillarbox import client_ip, module
 from pillarbox.check import Reply
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")  # "_" seen in the wild (Windows)
@@ -34,13 +34,7 @@ def _literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None 
 
 
 def _same(a: ipaddress.IPv4Address | ipaddress.IPv6Address, peer: str) -> bool:
-    try:
-        p = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(p, ipaddress.IPv6Address) and p.ipv4_mapped is not None:
-        p = p.ipv4_mapped
-    return a == p
+    return a == client_ip.parse(peer)
 
 
 class HeloCheck:

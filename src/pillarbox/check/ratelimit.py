@@ -31,7 +31,7 @@ import logging
 import time
 from collections import deque
 
-from pillarbox import logs
+from pillarbox import client_ip, logs
 from pillarbox.config import Limits
 
 log = logging.getLogger("pillarbox.auth")
@@ -42,13 +42,10 @@ KNOWN_SOURCE_TTL = 7 * 86400.0
 
 def source_of(ip: str) -> str:
     """The key a client address counts under: IPv4 as is, IPv6 by its /64."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    addr = client_ip.parse(ip)
+    if addr is None:
         return ip[:64]
     if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
         return str(ipaddress.IPv6Network((addr, 64), strict=False))
     return str(addr)
 

@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pillarbox import __version__, logs
+from pillarbox import __version__, client_ip, logs
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.users import Users
@@ -1403,13 +1403,8 @@ def _listed(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Networ
     address, as a dual-stack socket reports IPv4 clients, counts as IPv4)."""
     if not networks:
         return False
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:  # "unknown", a Unix socket
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in n for n in networks)
+    addr = client_ip.parse(ip)
+    return addr is not None and any(addr in n for n in networks)
 
 
 def _applied(flags: frozenset[str], mode: str, change: list[str]) -> frozenset[str]:
