@@ -36,11 +36,15 @@ asyncio clients in this process (uvloop) over IMAPS unless said otherwise:
   through SMTP and the time until every IDLE connection got its EXISTS.
 
 For each load: server CPU (utime + stime from /proc of the server and its
-children; in brackets its main thread, the event loop) and this process's CPU
+children; in brackets its main thread, the event loop), also per 1,000 IMAP
+commands the clients sent, and this process's CPU
 (the clients), so a reader sees where the time goes, and the whole machine's
-CPU use (it is shared). With --profile, py-spy (`pip install py-spy`) samples
-the server during every load (100 Hz, --nonblocking: the server is not
-stopped to be sampled) and the heaviest functions are reported.
+CPU use (it is shared). Then, unless --no-dovecot, the same loads against Debian's
+Dovecot on a copy of the Maildir, in two set-ups: its default (a process per
+connection) and with process reuse (`service_count = 0`, `process_min_avail`
+= the number of CPUs, for imap-login and imap). With --profile, py-spy
+(`pip install py-spy`) samples the server during every load (100 Hz,
+--nonblocking: the server is not stopped to be sampled) and the heaviest functions are reported.
 
 The run fails (exit 1) unless every login, FETCH and APPEND got OK, every
 FETCH returned every message (and exactly the octets stored for BODY.PEEK[]),
