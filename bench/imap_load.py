@@ -1760,8 +1760,9 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], runs: dict[str, Ru
         compare = ("Side by side with Dovecot (ratio is pillarbox ÷ Dovecot; the same "
                    "mailbox, clients and loads, see below):\n\n" + compare_table(runs) + "\n\n")
     dovecot_all = "".join(
-        f"\n{name}'s figures, the same loads (no event-loop column: no single event "
-        f"loop):\n\n" + table(r) + "\n" for name, r in runs.items() if name in DOVECOT_VARIANTS)
+        f"\nThe figures of {name}, the same loads (no event-loop column: no single "
+        f"event loop):\n\n" + table(r) + "\n"
+        for name, r in runs.items() if name in DOVECOT_VARIANTS)
     cpu = ("Server CPU seconds per 1,000 IMAP commands, load by load (\"Dovecot\" is its "
            "default set-up, a process per connection; \"Dovecot, reuse\" has `service_count = "
            f"0` and `process_min_avail = {NPROC}` for imap-login and imap):\n\n"
