@@ -36,11 +36,15 @@ asyncio clients in this process (uvloop) over IMAPS unless said otherwise:
   through SMTP and the time until every IDLE connection got its EXISTS.
 
 For each load: server CPU (utime + stime from /proc of the server and its
-children; in brackets its main thread, the event loop) and this process's CPU
+children; in brackets its main thread, the event loop), also per 1,000 IMAP
+commands the clients sent, and this process's CPU
 (the clients), so a reader sees where the time goes, and the whole machine's
-CPU use (it is shared). With --profile, py-spy (`pip install py-spy`) samples
-the server during every load (100 Hz, --nonblocking: the server is not
-stopped to be sampled) and the heaviest functions are reported.
+CPU use (it is shared). Then, unless --no-dovecot, the same loads against Debian's
+Dovecot on a copy of the Maildir, in two set-ups: its default (a process per
+connection) and with process reuse (`service_count = 0`, `process_min_avail`
+= the number of CPUs, for imap-login and imap). With --profile, py-spy
+(`pip install py-spy`) samples the server during every load (100 Hz,
+--nonblocking: the server is not stopped to be sampled) and the heaviest functions are reported.
 
 The run fails (exit 1) unless every login, FETCH and APPEND got OK, every
 FETCH returned every message (and exactly the octets stored for BODY.PEEK[]),
@@ -322,8 +326,15 @@ service imap-login {{
     port = {imaps}
     ssl = yes
   }}
-}}
-"""
+{reuse}}}
+{imap_service}"""
+# The second set-up (issue 13): processes reused instead of one per connection
+# (Dovecot's "high-performance mode" for imap-login), NPROC of each kept started.
+DOVECOT_REUSE = f"  service_count = 0\n  process_min_avail = {NPROC}\n"
+DOVECOT_VARIANTS = {  # run name -> what the set-up adds to imap-login and imap
+    "Dovecot": "",
+    "Dovecot, reuse": DOVECOT_REUSE,
+}
 
 
 def ensure_dovecot() -> str | None:
@@ -352,8 +363,9 @@ class Dovecot:
     name = "Dovecot"
     mem_what = "Pss"
 
-    def __init__(self, root: Path, exe: str, conn_limit: int) -> None:
+    def __init__(self, root: Path, exe: str, conn_limit: int, name: str = "Dovecot") -> None:
         self.dir, self.exe, self.conn_limit = root, exe, conn_limit
+        self.name, self.reuse = name, DOVECOT_VARIANTS[name]
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen | None = None
         self.maildir = root / "home" / USER.split("@")[0] / "Maildir"
@@ -376,7 +388,9 @@ class Dovecot:
         n = self.conn_limit
         (self.dir / "dovecot.conf").write_text(DOVECOT_CONF.format(
             tag=os.getpid(), d=self.dir, cert=tls_dir / "cert.pem", key=tls_dir / "key.pem",
-            n=n, clients=4 * n, uid=DOVECOT_UID, **self.ports))
+            n=n, clients=4 * n, uid=DOVECOT_UID, reuse=self.reuse,
+            imap_service=f"service imap {{\n{self.reuse}}}\n" if self.reuse else "",
+            **self.ports))
         r = subprocess.run([self.exe, "--version"], capture_output=True, text=True, timeout=30)
         self.version = r.stdout.split()[0] if r.stdout else "?"
 
@@ -493,6 +507,8 @@ class Client:
     """One IMAP connection: commands one at a time, responses read to the tagged line,
     literals skipped over (counted), untagged FETCH responses counted."""
 
+    sent = 0  # commands written by every client (the Meter takes the difference)
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.r, self.w = reader, writer
         self.n = 0
@@ -518,6 +534,7 @@ class Client:
     async def command(self, cmd: bytes, literal: bytes | None = None,
                       keep: bool = False) -> Reply:
         self.n += 1
+        Client.sent += 1
         tag = b"a%d" % self.n
         if literal is None:
             self.w.write(tag + b" " + cmd + b"\r\n")
@@ -589,6 +606,7 @@ class Load:
     client_cpu: float = 0.0
     machine_cpu: float = 0.0
     profiler_cpu: float = 0.0
+    commands: int = 0  # IMAP commands the clients sent (STARTTLS, LOGIN, LOGOUT included)
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
@@ -618,6 +636,7 @@ class Meter:
         if self.profiler:
             self.profiler.start(self.load.key)
         self.c0 = (self.srv.cpu_seconds(), self.srv.loop_cpu(), self_cpu(), machine_cpu())
+        self.sent0 = Client.sent
         self.t0 = time.perf_counter()
         return self
 
@@ -626,6 +645,7 @@ class Meter:
         c1 = (self.srv.cpu_seconds(), self.srv.loop_cpu(), self_cpu(), machine_cpu())
         ld = self.load
         ld.wall = t1 - self.t0
+        ld.commands = Client.sent - self.sent0
         ld.server_cpu, ld.loop_cpu, ld.client_cpu, ld.machine_cpu = (
             b - a for a, b in zip(self.c0, c1, strict=True))
         if c1[1] < 0:
@@ -1156,7 +1176,7 @@ def measure(args: argparse.Namespace, root: Path, runs: dict[str, Run]) -> None:
     run = runs["pillarbox"] = Run()
     srv = Server(root / "pillarbox", args.idle + 100)
     srv.setup()
-    dov: Dovecot | None = None
+    dovs: list[Dovecot] = []
     try:
         srv.start()
         run.rss_idle_kb = srv.mem_kb()
@@ -1176,13 +1196,15 @@ def measure(args: argparse.Namespace, root: Path, runs: dict[str, Run]) -> None:
         srv.stop()
         run.server_log += srv.errors_logged()
 
-        if args.dovecot_exe:  # the same mailbox, before the IDLE load adds a message
-            drun = runs["Dovecot"] = Run()
-            dov = Dovecot(root / "dovecot", args.dovecot_exe, args.idle + 100)
+        # the same mailbox, before the IDLE load adds a message; each set-up on its own copy
+        for i, name in enumerate(DOVECOT_VARIANTS if args.dovecot_exe else []):
+            drun = runs[name] = Run()
+            dov = Dovecot(root / f"dovecot{i}", args.dovecot_exe, args.idle + 100, name)
+            dovs.append(dov)
             dov.setup(srv.maildir, srv.dir / "var" / "tls")
             dov.start()
             drun.rss_idle_kb = dov.mem_kb()
-            log(f"Dovecot {dov.version} up (pid {dov.proc.pid if dov.proc else '?'}), "
+            log(f"{name} {dov.version} up (pid {dov.proc.pid if dov.proc else '?'}), "
                 f"{dov.processes()} processes, Pss {drun.rss_idle_kb / 1024:.0f} MB")
             drun.fill_s = run.fill_s
             drun.version = dov.version
@@ -1194,12 +1216,12 @@ def measure(args: argparse.Namespace, root: Path, runs: dict[str, Run]) -> None:
         if args.idle:
             srv.cheap_password()
             idle_modes(srv, run, args, list(IDLE_MODES))
-            if dov is not None:
+            for dov in dovs:
                 dov.set_password(cheap=True)
-                idle_modes(dov, runs["Dovecot"], args, ["inbox"])
+                idle_modes(dov, runs[dov.name], args, ["inbox"])
     finally:
         srv.stop()
-        if dov is not None:
+        for dov in dovs:
             dov.stop()
 
 
@@ -1280,8 +1302,8 @@ def problems(run: Run, pillarbox: bool = True) -> list[str]:
 
 def table(run: Run) -> str:
     cols = ["load", "clients", "count", "rate", "MB/s", "p50 ms", "p99 ms",
-            "server CPU ms / op", "server CPU busy (event loop)", "client CPU ms / op",
-            "machine CPU busy"]
+            "server CPU ms / op", "server CPU s / 1,000 commands",
+            "server CPU busy (event loop)", "client CPU ms / op", "machine CPU busy"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for ld in run.loads:
         per = 1000 / ld.ops if ld.ops else 0
@@ -1290,6 +1312,7 @@ def table(run: Run) -> str:
         lines.append("| " + " | ".join([
             ld.label, str(ld.clients), f"{ld.ops:,}", f"{ld.rate:,.0f} {unit}", mbs,
             fmt(ld.pct(50), 1), fmt(ld.pct(99), 1), f"{ld.server_cpu * per:.2f}",
+            fmt(per_1k_commands(ld), 3),
             f"{ld.server_cpu / ld.wall * 100:.0f} %" + (
                 f" ({ld.loop_cpu / ld.wall * 100:.0f} %)" if ld.loop_cpu >= 0 else ""),
             f"{ld.client_cpu * per:.2f}",
@@ -1319,9 +1342,11 @@ def idle_table(runs: dict[str, Run]) -> str:
 COMPARE = [  # (load key, what, figure)
     ("login_imaps", "logins/s, LOGIN + LOGOUT over IMAPS", "rate"),
     ("login_imaps", "server CPU ms per login (IMAPS)", "cpu_ms"),
+    ("login_imaps", "server CPU s per 1,000 commands, LOGIN + LOGOUT over IMAPS", "cpu_1k"),
     ("login_starttls", "logins/s, LOGIN + LOGOUT with STARTTLS", "rate"),
     ("tls_only", "connections/s, TLS + LOGOUT without LOGIN", "rate"),
     ("tls_only", "server CPU ms per connection without LOGIN", "cpu_ms"),
+    ("tls_only", "server CPU s per 1,000 commands, TLS + LOGOUT (LOGOUT only)", "cpu_1k"),
     ("fetch_flags", "msg/s, FETCH 1:* (FLAGS UID RFC822.SIZE)", "rate"),
     ("fetch_envelope", "msg/s, FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE)", "rate"),
     ("fetch_envelope", "server CPU µs per message, same", "cpu_us"),
@@ -1330,8 +1355,30 @@ COMPARE = [  # (load key, what, figure)
     ("fetch_large", "MB/s, BODY.PEEK[] of ~1 MiB messages", "mbs"),
     ("append_4k", "msg/s, APPEND ~4 KB", "rate"),
     ("append_4k", "server CPU ms per message, same", "cpu_ms"),
+    ("append_4k", "server CPU s per 1,000 commands, APPEND ~4 KB", "cpu_1k"),
     ("append_1m", "MB/s, APPEND ~1 MiB", "mbs"),
 ]
+
+
+def per_1k_commands(ld: Load | None) -> float | None:
+    """Server CPU seconds per 1,000 IMAP commands the clients sent during the load."""
+    return ld.server_cpu / ld.commands * 1000 if ld and ld.commands else None
+
+
+def cpu_table(runs: dict[str, Run]) -> str:
+    """Server CPU s per 1,000 commands, load by load, every server side by side."""
+    names = list(runs)
+    lines = ["| load | commands | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    keyed = {n: by_key(r) for n, r in runs.items()}
+    for ld in runs["pillarbox"].loads:
+        lines.append(f"| {ld.label} | {ld.commands:,} | " + " | ".join(
+            fmt(per_1k_commands(keyed[n].get(ld.key)), 3) for n in names) + " |")
+    tot = [(sum(x.server_cpu for x in runs[n].loads if x.key in keyed["pillarbox"]),
+            sum(x.commands for x in runs[n].loads if x.key in keyed["pillarbox"]))
+           for n in names]
+    lines.append("| all these loads together | " + f"{tot[0][1]:,} | " + " | ".join(
+        fmt(cpu / n * 1000 if n else None, 3) for cpu, n in tot) + " |")
+    return "\n".join(lines)
 
 
 def figure(ld: Load | None, what: str) -> float | None:
@@ -1341,28 +1388,37 @@ def figure(ld: Load | None, what: str) -> float | None:
         return ld.rate
     if what == "mbs":
         return ld.octets / ld.wall / 1e6
+    if what == "cpu_1k":
+        return per_1k_commands(ld)
     per = ld.server_cpu / ld.ops
     return per * 1000 if what == "cpu_ms" else per * 1e6
 
 
 def compare_table(runs: dict[str, Run]) -> str:
-    pb, dv = by_key(runs["pillarbox"]), by_key(runs["Dovecot"])
-    lines = ["| figure | Dovecot | pillarbox | ratio |", "|---|---|---|---|"]
+    """pillarbox against every Dovecot set-up in runs, with pillarbox ÷ each."""
+    dnames = [n for n in runs if n in DOVECOT_VARIANTS]
+    pb, dvs = by_key(runs["pillarbox"]), [by_key(runs[n]) for n in dnames]
+    lines = ["| figure | " + " | ".join(dnames) + " | pillarbox | "
+             + " | ".join(f"ratio to {n}" for n in dnames) + " |",
+             "|" + "---|" * (2 * len(dnames) + 2)]
 
-    def add(what: str, d: float | None, p: float | None, digits: int = 0) -> None:
-        ratio = f"{p / d:.2f} ×" if d and p is not None else "—"
-        lines.append(f"| {what} | {fmt(d, digits)} | {fmt(p, digits)} | {ratio} |")
+    def add(what: str, ds: list[float | None], p: float | None, digits: int = 0) -> None:
+        ratios = [f"{p / d:.2f} ×" if d and p is not None else "—" for d in ds]
+        lines.append(f"| {what} | " + " | ".join(fmt(d, digits) for d in ds)
+                     + f" | {fmt(p, digits)} | " + " | ".join(ratios) + " |")
 
     for key, what, fig in COMPARE:
-        d, p = figure(dv.get(key), fig), figure(pb.get(key), fig)
-        add(what, d, p, 2 if fig == "cpu_ms" else 1 if (d or 0) < 100 else 0)
-    di = next((r for r in runs["Dovecot"].idle if r.mode == "inbox"), None)
+        ds, p = [figure(dv.get(key), fig) for dv in dvs], figure(pb.get(key), fig)
+        add(what, ds, p, 3 if fig == "cpu_1k" else 2 if fig == "cpu_ms"
+            else 1 if (ds[0] or 0) < 100 else 0)
+    dis = [next((r for r in runs[n].idle if r.mode == "inbox"), None) for n in dnames]
     pi = next((r for r in runs["pillarbox"].idle if r.mode == "inbox"), None)
-    if di and pi:
-        add(f"KiB per IDLE connection ({pi.held:,} held, INBOX selected)", di.per_conn_kib,
-            pi.per_conn_kib)
-        add("memory with them all MB", di.rss_all_kb / 1024, pi.rss_all_kb / 1024)
-    add("idle memory at start MB", runs["Dovecot"].rss_idle_kb / 1024,
+    if pi and all(dis):
+        add(f"KiB per IDLE connection ({pi.held:,} held, INBOX selected)",
+            [d.per_conn_kib for d in dis if d], pi.per_conn_kib)
+        add("memory with them all MB", [d.rss_all_kb / 1024 for d in dis if d],
+            pi.rss_all_kb / 1024)
+    add("idle memory at start MB", [runs[n].rss_idle_kb / 1024 for n in dnames],
         runs["pillarbox"].rss_idle_kb / 1024)
     return "\n".join(lines)
 
@@ -1540,6 +1596,26 @@ def reading_dovecot(runs: dict[str, Run]) -> list[str]:
                    f" ×; Dovecot ran {di.processes:,} processes for {di.held:,} connections), "
                    f"while idle at start pillarbox takes {runs['pillarbox'].rss_idle_kb / 1024:.0f}"
                    f" MB and Dovecot {runs['Dovecot'].rss_idle_kb / 1024:.0f} MB.")
+    if "Dovecot, reuse" in runs:
+        rv = by_key(runs["Dovecot, reuse"])
+
+        def cpu(k: dict[str, Load], key: str) -> str:
+            return fmt(per_1k_commands(k.get(key)), 3)
+
+        def rate(k: dict[str, Load], key: str) -> str:
+            return fmt(figure(k.get(key), "rate"))
+
+        out.append(
+            "With process reuse (`service_count = 0`, `process_min_avail = "
+            f"{NPROC}` for imap-login and imap) Dovecot's server CPU per 1,000 commands is "
+            f"{cpu(rv, 'tls_only')} s for TLS + LOGOUT (default set-up {cpu(dv, 'tls_only')}, "
+            f"pillarbox {cpu(pb, 'tls_only')}; {rate(rv, 'tls_only')} connections/s against "
+            f"{rate(dv, 'tls_only')} and {rate(pb, 'tls_only')}), {cpu(rv, 'login_imaps')} s "
+            f"for LOGIN + LOGOUT over IMAPS (default {cpu(dv, 'login_imaps')}, pillarbox "
+            f"{cpu(pb, 'login_imaps')}; {rate(rv, 'login_imaps')} logins/s against "
+            f"{rate(dv, 'login_imaps')} and {rate(pb, 'login_imaps')}) and "
+            f"{cpu(rv, 'append_4k')} s for APPEND of ~4 KB (default {cpu(dv, 'append_4k')}, "
+            f"pillarbox {cpu(pb, 'append_4k')}); the table above gives every load.")
     return out
 
 
@@ -1658,6 +1734,24 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], runs: dict[str, Ru
             "(\"Anything odd\" above)"
             + (f"; with the {di.held:,} connections Dovecot ran {di.processes:,} processes"
                if di else "") + ".")
+    rv = runs.get("Dovecot, reuse")
+    if rv is not None:
+        ri = next((r for r in rv.idle if r.mode == "inbox"), None)
+        how.append(
+            "*Dovecot, reuse*: the same Dovecot, a fresh copy of the same Maildir, the same "
+            "configuration plus process reuse for `service imap-login` and `service imap`: "
+            f"`service_count = 0` and `process_min_avail = {NPROC}` (the number of CPUs). "
+            "An imap-login process then serves many connections (Dovecot's high-performance "
+            "mode; it carries the TLS of all of them) and an imap process, after its session "
+            "ends, serves the next one instead of exiting; a session still has an imap "
+            "process to itself. It ran after the default set-up, the same loads and clients"
+            + (f"; with the {ri.held:,} IDLE connections it ran {ri.processes:,} processes"
+               if ri else "") + ".")
+    how.append(
+        "*Server CPU s per 1,000 commands*: the server's CPU over a load divided by the IMAP "
+        "commands the clients sent during it (each tagged command counts one: STARTTLS, "
+        "LOGIN, LOGOUT, FETCH, APPEND), times 1,000. A FETCH `1:*` answers every message of "
+        "INBOX, so its per-command figure is large; the login rows are mostly argon2id.")
     idle = idle_table(runs) if run.idle else "(no IDLE load in this run)"
     notes = [bullet(f"{name} logged{x}") for name, r in runs.items()
              for x in distinct(r.server_log)[:5]] or ["- none"]
@@ -1665,10 +1759,14 @@ def docs_section(args: argparse.Namespace, m: dict[str, str], runs: dict[str, Ru
     if dv is not None:
         compare = ("Side by side with Dovecot (ratio is pillarbox ÷ Dovecot; the same "
                    "mailbox, clients and loads, see below):\n\n" + compare_table(runs) + "\n\n")
-    dovecot_all = ""
-    if dv is not None:
-        dovecot_all = ("\nDovecot's figures, the same loads (no event-loop column: a process "
-                       "per connection):\n\n" + table(dv) + "\n")
+    dovecot_all = "".join(
+        f"\nThe figures of {name}, the same loads (no event-loop column: no single "
+        f"event loop):\n\n" + table(r) + "\n"
+        for name, r in runs.items() if name in DOVECOT_VARIANTS)
+    cpu = ("Server CPU seconds per 1,000 IMAP commands, load by load (\"Dovecot\" is its "
+           "default set-up, a process per connection; \"Dovecot, reuse\" has `service_count = "
+           f"0` and `process_min_avail = {NPROC}` for imap-login and imap):\n\n"
+           + cpu_table(runs) + "\n\n")
     return f"""## {SECTION}
 
 {intro}
@@ -1682,7 +1780,7 @@ Command (`make bench-imap` runs it with `--profile --write-docs`, installing py-
 
 {idle}
 
-{compare}{chr(10).join(para(x) + chr(10) for x in reading(runs)).rstrip()}
+{compare}{cpu}{chr(10).join(para(x) + chr(10) for x in reading(runs)).rstrip()}
 
 Server peak RSS (VmHWM) over the loads above: {run.hwm_kb / 1024:.0f} MB (idle at start
 {run.rss_idle_kb / 1024:.0f} MB); the concurrent argon2id checks (64 MiB each) make most of it.
@@ -1826,6 +1924,7 @@ def run_all(args: argparse.Namespace, root: Path, commit: str | None) -> int:
         print(idle_table(runs) + "\n")
     if "Dovecot" in runs:
         print(compare_table(runs) + "\n")
+    print(cpu_table(runs) + "\n")
     for x in reading(runs):
         print(para(x) + "\n")
     bad = [f"{name}: {p}" for name, run in runs.items()
