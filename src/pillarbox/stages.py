@@ -142,6 +142,18 @@ def _subject_value(subject: str) -> str:
 
 # -- checks -----------------------------------------------------------------------
 
+async def rcpt_verdicts(states: Sequence[Any], rcpt: str) -> list[module.Verdict]:
+    """The checks' verdicts on one recipient, in order, up to the first refusal:
+    a check after it never hears of a recipient that is refused (rspamd would
+    count it for the message)."""
+    out = []
+    for state in states:
+        out.append(await state.rcpt(rcpt))
+        if out[-1].reject is not None:
+            break
+    return out
+
+
 async def body_verdicts(states: Sequence[Any], body: BodyBuffer) -> list[module.Verdict]:
     """Every check state's verdict on the message: the parsed header, and a
     reader of its own over the whole message."""
@@ -280,8 +292,8 @@ async def run(checks: list[Any], modifiers: list[Any], source: module.Source, ms
         # What the checks judge is where the address will go (as in SMTP).
         targets = await rewrite_rcpts([m.state(envelope) for m in modifiers], [rcpt])
         for target in targets or [rcpt]:
-            why = found.take([await s.rcpt(target) for c, s in pairs
-                              if applies is None or applies(c, rcpt)])
+            why = found.take(await rcpt_verdicts(
+                [s for c, s in pairs if applies is None or applies(c, rcpt)], target))
             if why is not None:
                 refused[rcpt] = why
                 break

@@ -62,6 +62,23 @@ def test_every_message_of_a_connection_gets_the_connection_verdict(make_server):
     got = {parse(f.read_bytes())["Subject"]: parse(f.read_bytes())["X-Door-Probe"]
            for f in junk.iterdir()}
     # One state for the connection: connection and HELO once, then each message.
-    assert got == {toks[0]: "connection helo=client.test mail rcpt body",
-                   toks[1]: "connection helo=client.test mail rcpt body mail rcpt body"}
+    assert got == {toks[0]: f"connection helo=client.test mail rcpt={ALICE} body",
+                   toks[1]: f"connection helo=client.test mail rcpt={ALICE} body mail "
+                            f"rcpt={ALICE} body"}
     assert srv.messages(ALICE) == []
+
+
+def test_a_recipient_an_earlier_check_refuses_never_reaches_a_later_one(make_server):
+    srv = make_server(extra_toml=_toml())  # checks: relay, recipient, then the probe
+    tok = token()
+    with srv.raw() as c:
+        c.reply()
+        c.expect("EHLO client.test", 250)
+        c.expect("MAIL FROM:<a@remote.test>", 250)
+        assert c.cmd("RCPT TO:<nobody@example.test>").code == 550  # the recipient check
+        assert c.cmd("RCPT TO:<someone@elsewhere.test>").code == 554  # the relay check
+        c.expect(f"RCPT TO:<{ALICE}>", 250)
+        c.expect("DATA", 354)
+        c.expect(make_message("a@remote.test", ALICE, tok).decode() + ".", 250)
+    (raw,) = srv.wait_for_messages(ALICE, 1)
+    assert parse(raw)["X-Door-Probe"] == f"connection helo=client.test mail rcpt={ALICE} body"

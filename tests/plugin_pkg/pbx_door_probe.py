@@ -38,7 +38,7 @@ class _State(module.BaseCheckState):
         return module.ACCEPT
 
     async def rcpt(self, rcpt: str) -> module.Verdict:
-        self.seen.append("rcpt")
+        self.seen.append(f"rcpt={rcpt}")
         return module.ACCEPT
 
     async def body(self, header, body) -> module.Verdict:

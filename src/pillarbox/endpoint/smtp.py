@@ -552,9 +552,9 @@ class Session:
                 if refused is None and local and not routed:
                     refused = recipient.check(self.ctx.aliases, target, self.ctx.queue.srs)
             else:
-                refused = self._take(self.tx, [
-                    await state.rcpt(target) for check, state in self.tx.states
-                    if not (routed and isinstance(check, recipient.RecipientCheck))])
+                refused = self._take(self.tx, await stages.rcpt_verdicts(
+                    [state for check, state in self.tx.states
+                     if not (routed and isinstance(check, recipient.RecipientCheck))], target))
             if refused:
                 break
         if refused:
