@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import authres.arc
@@ -27,8 +28,13 @@ class ARCResult:
     reason: str = ""
 
     def entry(self) -> str:
-        return str(authres.arc.ARCAuthenticationResult(result=self.result,
-                                                       result_comment=self.reason or None))
+        return _entry(self)
+
+
+@lru_cache(maxsize=1024)
+def _entry(r: ARCResult) -> str:
+    return str(authres.arc.ARCAuthenticationResult(result=r.result,
+                                                   result_comment=r.reason or None))
 
 
 _ARC_SEAL = re.compile(rb"(?im)^arc-seal[ \t]*:")

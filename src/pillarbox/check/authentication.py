@@ -16,6 +16,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from email.message import Message
 from email.utils import getaddresses
+from functools import lru_cache
 from typing import Any, BinaryIO
 
 from pillarbox import module
@@ -32,13 +33,17 @@ DKIM_LENGTH = ("ignore", "refuse")
 
 def from_domains(header: Message) -> list[str]:
     """The distinct domains of the From field's addresses ([] if none)."""
-    values = [str(v) for v in header.get_all("From", [])]
+    return list(_domains_of(tuple(str(v) for v in header.get_all("From", []))))
+
+
+@lru_cache(maxsize=4096)  # a sender's From repeats; the address parser is slow
+def _domains_of(values: tuple[str, ...]) -> tuple[str, ...]:
     out: list[str] = []
     for _, a in getaddresses(values):
         d = a.rpartition("@")[2].strip().rstrip(".").lower() if "@" in a else ""
         if d and d not in out:
             out.append(d)
-    return out
+    return tuple(out)
 
 
 def _strictest(results: list[dmarc_check.DMARCResult]) -> dmarc_check.DMARCResult:
@@ -68,7 +73,7 @@ class _State(module.BaseCheckState):
         if name and self.judged and "." in name and not name.startswith("["):
             self.spf_helo = await spf_check.check(self.check.resolver, self.source.client_ip,
                                                   "", name, self.check.hostname,
-                                                  self.check.executor)
+                                                  self.check.executor, self.check.spf_results)
         return module.ACCEPT
 
     async def mail(self, sender: str) -> module.Verdict:
@@ -76,7 +81,7 @@ class _State(module.BaseCheckState):
             return module.ACCEPT
         self.spf = await spf_check.check(self.check.resolver, self.source.client_ip, sender,
                                          self.helo_name, self.check.hostname,
-                                         self.check.executor)
+                                         self.check.executor, self.check.spf_results)
         if self.check.spf_fail == "reject":
             if self.spf.result == "fail":
                 return module.Verdict(reject=Reply(
@@ -108,6 +113,7 @@ class AuthenticationCheck:
         self.dkim_length: str = options["dkim_length"]
         self.min_key_bits: int = options["dkim_min_key_bits"]
         self.slots = asyncio.Semaphore(options["max_concurrent"])
+        self.spf_results = spf_check.ResultCache()
         # Its own threads: SPF at MAIL for many sessions, DKIM and ARC for the
         # messages in `slots`; the server's default pool stays free.
         self.executor = ThreadPoolExecutor(2 * options["max_concurrent"] + 4,

@@ -121,24 +121,21 @@ def _field(fields: dict[bytes, bytes], tag: bytes) -> str:
     return fields.get(tag, b"").decode("ascii", "replace")
 
 
-def _one(verifier: dkim.DKIM, idx: int, value: bytes, lookups: Lookups) -> Signature:
+def _one(verifier: dkim.DKIM, idx: int, lookups: Lookups) -> Signature:
     try:
-        fields = dkim.util.parse_tag_value(value)
-    except dkim.util.InvalidTagValueList as e:
-        return Signature("neutral", reason=comment(f"bad signature field: {e}"))
+        # dkimpy parses and validates the field once, for us and for itself
+        fields, include_headers, sig_headers = verifier.verify_headerprep(idx)
+    except dkim.DKIMException as e:
+        return _unusable(verifier, idx, e)
     sig = Signature(
         "neutral", domain=_field(fields, b"d").lower(), selector=_field(fields, b"s"),
         b=re.sub(r"\s+", "", _field(fields, b"b"))[:8], algorithm=_field(fields, b"a"),
         length=b"l" in fields)
-    try:
-        dkim.validate_signature_fields(fields)
-    except dkim.DKIMException as e:
-        return _with(sig, "neutral", comment(str(e)))
     if sig.length:
         return _with(sig, "policy", "l= tag not accepted")
     lookups.failed = False
     try:
-        ok = verifier.verify(idx=idx, dnsfunc=dnsfunc(lookups))
+        ok = verifier.verify_sig(fields, include_headers, sig_headers[idx], dnsfunc(lookups))
     except dkim.DKIMException:
         ok = False  # a body hash mismatch, a bad key: does not verify
     except Exception as e:  # the library on hostile input: a result, never a crash
@@ -148,6 +145,21 @@ def _one(verifier: dkim.DKIM, idx: int, value: bytes, lookups: Lookups) -> Signa
     if lookups.failed:
         return _with(sig, "temperror", "key lookup failed")
     return _with(sig, "fail", "")
+
+
+def _unusable(verifier: dkim.DKIM, idx: int, error: Exception) -> Signature:
+    """The verdict on a signature field dkimpy refused to use: neutral, with
+    what can be read of it."""
+    value = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"][idx]
+    try:
+        fields = dkim.util.parse_tag_value(value)
+    except dkim.util.InvalidTagValueList as e:
+        return Signature("neutral", reason=comment(f"bad signature field: {e}"))
+    return Signature("neutral", domain=_field(fields, b"d").lower(),
+                     selector=_field(fields, b"s"),
+                     b=re.sub(r"\s+", "", _field(fields, b"b"))[:8],
+                     algorithm=_field(fields, b"a"), length=b"l" in fields,
+                     reason=comment(str(error)))
 
 
 def _with(sig: Signature, result: str, reason: str) -> Signature:
@@ -164,8 +176,8 @@ def verify_sync(message: bytes, lookups: Lookups,
         if b"dkim-signature" in message[:1 << 20].lower():
             return [Signature("neutral", reason=comment(f"unreadable message: {e}"))]
         return []
-    values = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"]
-    return [_one(verifier, i, v, lookups) for i, v in enumerate(values[:MAX_SIGNATURES])]
+    count = sum(1 for n, _ in verifier.headers if n.lower() == b"dkim-signature")
+    return [_one(verifier, i, lookups) for i in range(min(count, MAX_SIGNATURES))]
 
 
 async def verify(message: bytes, resolver: Any, min_key_bits: int = DEFAULT_MIN_KEY_BITS,

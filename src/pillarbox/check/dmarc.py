@@ -62,6 +62,7 @@ class RecordError(Exception):
     """A DMARC record that is there but cannot be used (permerror)."""
 
 
+@lru_cache(maxsize=4096)  # pure: the same record text reads the same way
 def parse(domain: str, text: bytes) -> Record:
     try:
         tags = {k.decode("ascii", "replace").lower(): v.decode("ascii", "replace").strip().lower()
@@ -109,12 +110,16 @@ class DMARCResult:
     reason: str = ""
 
     def entry(self) -> str:
-        note = self.reason
-        if self.result == "fail":
-            note = f"p={self.policy} dis={self.disposition}"
-        return str(authres.dmarc.DMARCAuthenticationResult(
-            result=self.result, result_comment=note or None,
-            header_from=token(self.from_domain)))
+        return _entry(self)
+
+
+@lru_cache(maxsize=4096)  # a domain's result repeats; authres is slow to write one
+def _entry(r: DMARCResult) -> str:
+    note = r.reason
+    if r.result == "fail":
+        note = f"p={r.policy} dis={r.disposition}"
+    return str(authres.dmarc.DMARCAuthenticationResult(
+        result=r.result, result_comment=note or None, header_from=token(r.from_domain)))
 
 
 async def evaluate(resolver: Any, from_domain: str, dkim_pass: list[str],
