@@ -73,7 +73,8 @@ def parse_hostport(value: object, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
-LISTEN_KINDS = ("smtp", "submission", "submissions", "imap", "imaps", "lmtp", "http")
+LISTEN_KINDS = ("smtp", "submission", "submissions", "imap", "imaps", "lmtp", "http", "https",
+                "metrics")
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -203,6 +204,32 @@ class Route:
                    for s in self.senders)
 
 
+MTA_STS_MODES = ("", "enforce", "testing", "none")
+CLIENT_PORTS = ("standard", "listen")
+
+
+@dataclass
+class HTTPSettings:
+    """[http]: the web endpoint (docs/HTTP.md)."""
+
+    metrics_token: str = ""  # "": /metrics only on listen.metrics
+    client_ports: str = "standard"  # what autoconfig and SRV records tell clients
+    mta_sts_mode: str = ""  # "": enforce with tls.cert or ACME, else testing
+    mta_sts_max_age: int = 604800
+    max_request_size: int = 64 * 1024
+
+
+@dataclass
+class ACMESettings:
+    """[acme]: certificates from an ACME CA (docs/HTTP.md); directory "" is off."""
+
+    directory: str = ""
+    email: str = ""
+    names: list[str] = field(default_factory=list)  # []: the hostname
+    renew_before: float = 30 * 86400.0
+    ca_file: Path | None = None  # trust for the CA's own HTTPS (a private CA, Pebble)
+
+
 @dataclass
 class Config:
     path: Path
@@ -226,6 +253,8 @@ class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     routes: list[Route] = field(default_factory=list)
     modules: pipelines.Modules = field(default_factory=pipelines.Modules)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
+    acme: ACMESettings = field(default_factory=ACMESettings)
 
     @property
     def cert_path(self) -> Path:
@@ -241,7 +270,7 @@ class Config:
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
              "log_format", "listen", "tls", "storage", "dns", "limits", "queue", "remote",
-             "route", "imap", "delivery", "module", "pipeline", "rule"}
+             "route", "imap", "delivery", "module", "pipeline", "rule", "http", "acme"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -260,6 +289,9 @@ _SECTION_KEYS = {
              "max_connections_per_ip", "idle_timeout", "max_bad_commands",
              "cleartext_login_networks", "metadata_max_size", "metadata_max_entries"},
     "delivery": {"recipient_delimiter", "detail_folder", "srs", "srs_domain", "arc_seal"},
+    "http": {"metrics_token", "client_ports", "mta_sts_mode", "mta_sts_max_age",
+             "max_request_size"},
+    "acme": {"directory", "email", "names", "renew_before", "ca_file"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
@@ -506,6 +538,12 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     except pipelines.PipelineError as e:
         raise ConfigError(e.key, str(e)[len(e.key) + 2:]) from None
 
+    http = _http(_section(data, "http"))
+    acme = _acme(_section(data, "acme"), base, hostname, check_files)
+    if acme.directory and cfg_cert is not None:
+        raise ConfigError("acme.directory", "set either [acme] directory or tls.cert/tls.key: "
+                          "ACME writes the pair in data_dir/tls/")
+
     return Config(
         path=path.resolve(), hostname=hostname, domains=domains, data_dir=data_dir,
         maildrop_dir=maildrop_dir, user=user, mode=mode,
@@ -513,7 +551,59 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, delivery=delivery, routes=routes, modules=modules,
+        http=http, acme=acme,
     )
+
+
+def _http(h: dict) -> HTTPSettings:
+    out = HTTPSettings()
+    if "metrics_token" in h:
+        out.metrics_token = _str(h["metrics_token"], "http.metrics_token")
+        if out.metrics_token and len(out.metrics_token) < 16:
+            raise ConfigError("http.metrics_token", "must be at least 16 characters (or \"\")")
+    if "client_ports" in h:
+        out.client_ports = _str(h["client_ports"], "http.client_ports")
+        if out.client_ports not in CLIENT_PORTS:
+            raise ConfigError("http.client_ports",
+                              f"expected \"standard\" or \"listen\", got {out.client_ports!r}")
+    if "mta_sts_mode" in h:
+        out.mta_sts_mode = _str(h["mta_sts_mode"], "http.mta_sts_mode")
+        if out.mta_sts_mode not in MTA_STS_MODES:
+            raise ConfigError("http.mta_sts_mode", "expected \"\", \"enforce\", \"testing\" "
+                              f"or \"none\", got {out.mta_sts_mode!r}")
+    if "mta_sts_max_age" in h:
+        out.mta_sts_max_age = int(parse_duration(h["mta_sts_max_age"], "http.mta_sts_max_age"))
+        if not 86400 <= out.mta_sts_max_age <= 31557600:  # RFC 8461 3.2: at most a year
+            raise ConfigError("http.mta_sts_max_age", "must be 1d to 365d")
+    if "max_request_size" in h:
+        out.max_request_size = parse_size(h["max_request_size"], "http.max_request_size")
+        if not 1024 <= out.max_request_size <= 10 * 1024**2:
+            raise ConfigError("http.max_request_size", "must be 1K to 10M")
+    return out
+
+
+def _acme(a: dict, base: Path, hostname: str, check_files: bool) -> ACMESettings:
+    out = ACMESettings()
+    out.directory = _str(a.get("directory", ""), "acme.directory")
+    if out.directory and not out.directory.startswith("https://"):
+        raise ConfigError("acme.directory", "expected an https:// URL (the CA's directory)")
+    out.email = _str(a.get("email", ""), "acme.email")
+    names = a.get("names", [])
+    if not isinstance(names, list):
+        raise ConfigError("acme.names", "expected a list of host names")
+    for n in names:
+        n = _str(n, "acme.names").strip().lower()
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", n) or "." not in n:
+            raise ConfigError("acme.names", f"expected host names like mx.example.org, got {n!r}")
+        out.names.append(n)
+    out.names = out.names or [hostname]
+    if "renew_before" in a:
+        out.renew_before = parse_duration(a["renew_before"], "acme.renew_before")
+    ca = _str(a.get("ca_file", ""), "acme.ca_file")
+    out.ca_file = base / ca if ca else None
+    if check_files and out.ca_file is not None and not os.access(out.ca_file, os.R_OK):
+        raise ConfigError("acme.ca_file", f"cannot read {out.ca_file}")
+    return out
 
 
 def restart_needed(old: Config, new: Config) -> str | None:
@@ -748,7 +838,9 @@ submissions = ["127.0.0.1:4650"]   # implicit TLS + AUTH (465 in production)
 imap        = ["127.0.0.1:1430"]   # IMAP with STARTTLS; login only after it (143 in production)
 imaps       = ["127.0.0.1:9930"]   # IMAP over implicit TLS (993 in production)
 lmtp        = []                   # not yet available
-http        = []                   # not yet available
+http        = []                   # autoconfig, MTA-STS, ACME HTTP-01 (80 in production)
+https       = []                   # the same over TLS, with the mail certificate (443)
+metrics     = []                   # /metrics, /healthz, /readyz for your monitoring only
 
 [tls]
 # PEM certificate chain and private key. Empty: a self-signed pair is made in
@@ -857,6 +949,31 @@ arc_seal   = true
 # tls           = "required"           # none | opportunistic | required | verify
 # auth_user     = "me@provider.example"
 # auth_password = "secret"
+
+[http]
+# docs/HTTP.md. /metrics on listen.http/https too, for requests that carry
+# "Authorization: Bearer <token>" (16+ characters); "": only on listen.metrics.
+metrics_token    = ""
+# The ports autoconfig, Autodiscover and the SRV records of `pillarbox dns`
+# tell mail clients: "standard" (587, 465, 143, 993) or "listen" (the first
+# port of each listen.* list).
+client_ports     = "standard"
+# MTA-STS policy mode: enforce | testing | none; "": enforce with tls.cert or
+# [acme], else testing
+mta_sts_mode     = ""
+mta_sts_max_age  = "7d"
+max_request_size = "64K"   # a larger request body gets 413
+
+[acme]
+# Certificates from an ACME CA for names (default: hostname), answered with
+# HTTP-01 on listen.http (port 80 must reach it); written to data_dir/tls/ and
+# reloaded into every endpoint. "" turns ACME off. Let's Encrypt:
+# "https://acme-v02.api.letsencrypt.org/directory".
+directory    = ""
+email        = ""
+names        = []
+renew_before = "30d"
+ca_file      = ""      # a CA bundle to trust the ACME server's HTTPS (private CAs)
 
 # What the MX (listen.smtp) asks of mail from other servers, in order:
 # "relay" refuses other domains, "recipient" unknown local addresses, and

@@ -64,6 +64,9 @@ def effective_toml(cfg: Config) -> str:
                            ("remote", cfg.remote), ("imap", cfg.imap),
                            ("delivery", cfg.delivery)):
         out += _table(name, dataclasses.asdict(settings))
+    out += _table("http", dataclasses.asdict(cfg.http))
+    out += _table("acme", {**dataclasses.asdict(cfg.acme),
+                           "ca_file": str(cfg.acme.ca_file or "")})
     for r in cfg.routes:
         values = {"domains": r.domains, "senders": r.senders,
                   "host": _hp(r.host, r.port) if r.host else "", "tls": r.tls,

@@ -13,7 +13,6 @@ from pillarbox.config import Config
 from pillarbox.modify import dkim_sign
 
 TTL = 3600
-MTA_STS_MAX_AGE = 604800  # one week
 
 # (record name, listen kind, the port clients are told to use); RFC 6186 and RFC 8314
 SRV_SERVICES = (
@@ -22,6 +21,17 @@ SRV_SERVICES = (
     ("_imap._tcp", "imap", 143),
     ("_imaps._tcp", "imaps", 993),
 )
+
+
+def client_services(cfg: Config) -> list[tuple[str, str, int | None]]:
+    """(SRV name, listen kind, the port clients are told, None when not offered):
+    what the SRV records and the autoconfig files (endpoint/http) both say."""
+    out = []
+    for name, kind, standard in SRV_SERVICES:
+        addrs = cfg.listen.get(kind)
+        port = (standard if cfg.http.client_ports == "standard" else addrs[0][1]) if addrs else None
+        out.append((name, kind, port))
+    return out
 
 
 def dkim_dir(cfg: Config) -> Path:
@@ -54,14 +64,17 @@ def _fqdn(name: str) -> str:
 
 
 def mta_sts_policy(cfg: Config) -> str:
-    """The policy file to serve at https://mta-sts.<domain>/.well-known/mta-sts.txt.
+    """The policy file served at https://mta-sts.<domain>/.well-known/mta-sts.txt
+    (endpoint/http/mta_sts.py).
 
     "enforce" needs a certificate that senders accept for the MX hostname; with
-    the self-signed pair made by `init` (no [tls] cert), it is "testing".
+    the self-signed pair made by `init` (no [tls] cert, no [acme]), it is
+    "testing", unless http.mta_sts_mode says otherwise.
     """
-    mode = "enforce" if cfg.tls_cert else "testing"
+    mode = cfg.http.mta_sts_mode or ("enforce" if cfg.tls_cert or cfg.acme.directory
+                                     else "testing")
     return (f"version: STSv1\r\nmode: {mode}\r\nmx: {dkim_sign.ascii_domain(cfg.hostname)}\r\n"
-            f"max_age: {MTA_STS_MAX_AGE}\r\n")
+            f"max_age: {cfg.http.mta_sts_max_age}\r\n")
 
 
 def mta_sts_id(policy: str) -> str:
@@ -87,8 +100,8 @@ def domain_records(cfg: Config, domain: str) -> str:
         (f"_mta-sts.{d}", "TXT", txt_strings(f"v=STSv1; id={mta_sts_id(policy)}")),
         (f"_smtp._tls.{d}", "TXT", txt_strings(f"v=TLSRPTv1; rua=mailto:{postmaster}")),
     ]
-    for name, kind, port in SRV_SERVICES:
-        if cfg.listen.get(kind):
+    for name, _kind, port in client_services(cfg):
+        if port is not None:
             rows.append((f"{name}.{d}", "SRV", f"0 1 {port} {mx}"))
         else:  # RFC 6186 3.4 / RFC 2782: "." says the service is not offered
             rows.append((f"{name}.{d}", "SRV", "0 0 0 ."))

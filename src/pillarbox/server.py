@@ -20,6 +20,7 @@ from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import smtp
+from pillarbox.endpoint.http import wiring as http_wiring
 from pillarbox.endpoint.imap import session as imap
 from pillarbox.modify import arc
 from pillarbox.modify.dkim_sign import DKIMSigner
@@ -36,7 +37,7 @@ from pillarbox.tasks import cancel_all
 
 log = logging.getLogger("pillarbox.server")
 
-SERVED_KINDS = ("smtp", "submission", "submissions", "imap", "imaps")
+SERVED_KINDS = ("smtp", "submission", "submissions", "imap", "imaps", *http_wiring.KINDS)
 TLS_CLOSE_GRACE = 1.0  # seconds an implicit-TLS close waits for the peer's close_notify
 
 
@@ -96,12 +97,25 @@ class Server:
         self._closing: asyncio.Task | None = None  # old modules closing after a reload
         self.public: PublicPickup | None = None
 
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
     async def _listen(self, kind: str, factory, ssl_ctx=None) -> None:
         # Implicit TLS: the handshake has limits.command_timeout; after our
         # close_notify the peer's is awaited TLS_CLOSE_GRACE at most.
         tls = {"ssl": ssl_ctx, "ssl_handshake_timeout": self.config.limits.command_timeout,
                "ssl_shutdown_timeout": TLS_CLOSE_GRACE} if ssl_ctx else {}
         loop = asyncio.get_running_loop()
+        for sock in await self._sockets(kind):
+            srv = await loop.create_server(factory, sock=sock, **tls, backlog=1024,
+                                           start_serving=False)
+            self._servers.append(srv)
+
+    async def _sockets(self, kind: str) -> list[socket.socket]:
+        """Listening sockets for every address of listen.KIND (bound as root, or now)."""
+        loop = asyncio.get_running_loop()
+        out = []
         for host, port in self.config.listen.get(kind, []):
             try:
                 # Bound and listening now, so a busy port (or two endpoints on
@@ -115,11 +129,9 @@ class Server:
                           else e.strerror or str(e))
                 raise ServeError(f"listen.{kind}: cannot listen on {host}:{port}: {reason}"
                                  ) from None
-            for sock in socks:
-                srv = await loop.create_server(factory, sock=sock, **tls, backlog=1024,
-                                               start_serving=False)
-                self._servers.append(srv)
+            out += socks
             log.info("listening endpoint=%s address=%s:%d", kind, host, port)
+        return out
 
     def _become_service_user(self) -> None:
         """Started as root with `user` set: bind every listener, give data_dir and
@@ -218,10 +230,12 @@ class Server:
             for kind in ("imap", "imaps"):
                 factory = functools.partial(self._imap_protocol, kind)
                 await self._listen(kind, factory, implicit_tls if kind == "imaps" else None)
-            for kind in ("lmtp", "http"):
+            for kind in ("lmtp",):
                 if cfg.listen.get(kind):
                     log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
             await queue.start()
+            self.web, self.acme, acme_task = await http_wiring.start(
+                self, {k: await self._sockets(k) for k in http_wiring.KINDS}, implicit_tls)
             # What start-up built (a backlog's index: 100k deferred messages
             # made a full collection take 0.3 s) lives until the stop: keep it
             # out of the collector's scans, which would stall the event loop.
@@ -255,6 +269,8 @@ class Server:
             s.close()
         sweeper.cancel()
         imap_sweeper.cancel()
+        acme_task.cancel()
+        await self.web.stop()
         if public_task is not None:
             public_task.cancel()
             await asyncio.gather(public_task, return_exceptions=True)
@@ -342,9 +358,23 @@ class Server:
                 # Sessions that started before keep theirs until they end.
                 self._closing = asyncio.create_task(registry.close_instances(old))
                 log.warning("reload ok config=%s", new.path)
+                self.acme.wake()
                 return None
             log.warning("reload refused error=%s", error)
             return error
+
+    async def reload_tls(self) -> str | None:
+        """Load the pair on disk (ACME renewed it) into every endpoint; None
+        when done, else why not (the old pair stays)."""
+        async with self._reload_lock:
+            try:
+                ctx = await asyncio.to_thread(tls.server_context, self.config.cert_path,
+                                              self.config.key_path)
+            except (OSError, ValueError) as e:
+                return f"tls: cannot load the certificate: {e}"
+            self._apply(self.config, ctx)
+            log.warning("certificate reloaded path=%s", self.config.cert_path)
+            return None
 
     def _make_modules(self, cfg: Config) -> dict[str, object]:
         """The module instances of a config (none for the default one); a

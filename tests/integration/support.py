@@ -434,7 +434,8 @@ class Server:
     # -- process
     def listening_ports(self) -> list[int]:
         ports = []
-        for kind in ("smtp", "submission", "submissions", "imap", "imaps"):
+        for kind in ("smtp", "submission", "submissions", "imap", "imaps", "http", "https",
+                     "metrics"):
             for hp in self.config["listen"].get(kind, []):
                 ports.append(int(hp.rsplit(":", 1)[1]))
         return ports

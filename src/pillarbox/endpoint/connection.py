@@ -28,7 +28,7 @@ import ssl
 import time
 from typing import Protocol
 
-from pillarbox import logs
+from pillarbox import logs, metrics
 
 log = logging.getLogger("pillarbox.connection")
 
@@ -136,6 +136,8 @@ class Connection(asyncio.Protocol):
         self.deadline = time.monotonic() + self.timeout
         why = self.table.add(self)
         if why is None:
+            if self.implicit_tls:
+                metrics.tls_handshake(self.kind, transport)
             self.start()
             return
         logs.event(log, logging.INFO, "connection refused", client=logs.client(self.peer_ip),
@@ -322,6 +324,7 @@ class Connection(asyncio.Protocol):
             self.abort()
             raise Disconnect()
         self.transport = new  # type: ignore[assignment]
+        metrics.tls_handshake(self.kind, new)
         self.buf.clear()
 
     # -- the end --------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pillarbox import address as addr
-from pillarbox import logs, module, pipelines, stages
+from pillarbox import logs, metrics, module, pipelines, stages
 from pillarbox.check import Reply, recipient, relay, sender
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
@@ -405,12 +405,14 @@ class Session:
             logs.event(log, INFO, "auth failed", client=logs.client(self.peer_ip),
                        endpoint=self.kind, mech=mech, user=username[:100])
             await throttle.failed(self.peer_ip, username)
+            metrics.login("smtp", False)
             self.reply(535, "5.7.8 Authentication credentials invalid")
             if self.auth_failures >= MAX_AUTH_FAILURES:
                 self.reply(421, "4.7.0 Too many failed authentications, closing connection")
                 return False
             return None
         throttle.succeeded(self.peer_ip, username)
+        metrics.login("smtp", True)
         self.user = user
         if self.source is not None:
             self.source.auth = user
@@ -643,6 +645,7 @@ class Session:
         except (SpoolFull, OSError) as e:
             self._refuse_unstored(e)
             return
+        metrics.accepted(self.kind)
         if logs.enabled(log, INFO):  # the Message-ID search only when it is written
             logs.event(log, INFO, "accepted", id=msg_id, client=logs.client(self.peer_ip),
                        endpoint=self.kind, helo=self.helo, sasl_user=self.user,
@@ -759,6 +762,7 @@ class Session:
                 to: str | list[str] | None = None) -> None:
         """Send a policy refusal, and log it with its reason."""
         self.send(reply)
+        metrics.refused(self.kind, what, reply.code, reply.text)
         if isinstance(to, str):
             to = f"<{to}>"
         logs.event(log, INFO, what, client=logs.client(self.peer_ip), endpoint=self.kind,
@@ -774,6 +778,7 @@ class Session:
                        client=logs.client(self.peer_ip), endpoint=self.kind,
                        reason=f"452 {text}")
             self.reply(452, text)
+            metrics.refused(self.kind, "data refused", 452, text)
         else:
             log.error("queue write failed: %r", e)
             self.reply(451, "4.3.0 Local error in processing, try again later")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pillarbox import logs, module, pipelines, route, srs
+from pillarbox import logs, metrics, module, pipelines, route, srs
 from pillarbox.address import domain_of
 from pillarbox.check import Reply
 from pillarbox.config import Config
@@ -599,6 +599,7 @@ def _log_attempt(env: Envelope, d: Delivery, outcome: tuple[str, str, int],
     how long it took (in the queue before this attempt / connecting /
     transferring), the DSN code, the outcome and the reply."""
     status, name, level = outcome
+    metrics.delivery(d.to if d.kind == "module" else d.kind, status, now - env.received)
     if not logs.enabled(log, level):
         return
     tr = trace or Trace()

@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pillarbox import __version__, client_ip, logs
+from pillarbox import __version__, client_ip, logs, metrics
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.users import Users
@@ -695,11 +695,13 @@ class Session:
             logs.event(log, logging.INFO, "auth failed", client=logs.client(self.peer_ip),
                        endpoint="imap", user=username[:100])
             await throttle.failed(self.peer_ip, username)
+            metrics.login("imap", False)
             if self.auth_failures >= MAX_AUTH_FAILURES:
                 self.untagged("BYE Too many failed logins")
                 self.logout = True
             return ("NO", "[AUTHENTICATIONFAILED] Invalid credentials")
         throttle.succeeded(self.peer_ip, username)
+        metrics.login("imap", True)
         if self.ctx.per_user[addr] >= self.limits.max_connections_per_user:
             return ("NO", "[LIMIT] Too many connections for this user")
         path = mailbox.maildir_path(self.cfg.data_dir / "mail", addr)
