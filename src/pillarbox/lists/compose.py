@@ -93,7 +93,7 @@ def list_copy(lst: MailingList, message: bytes, rewrite_from: bool) -> bytes:
             continue
         if rewrite_from and key == "from":
             shown = f"{name or addr or 'someone'} via {lst.display}"
-            v = " " + email.utils.formataddr((shown, lst.address), charset="utf-8")
+            v = " " + _mailbox(shown, lst.address)
         elif key == "reply-to" and (rewrite_from or lst.reply_to == "list"):
             continue  # set below
         elif key == "subject" and lst.subject_prefix and lst.subject_prefix not in v:
@@ -106,6 +106,14 @@ def list_copy(lst: MailingList, message: bytes, rewrite_from: bool) -> bytes:
     elif rewrite_from and original_from:
         kept.append(("Reply-To", " " + (value(fields, "reply-to") or original_from)))
     return join(list_fields(lst) + kept, rest)
+
+
+def _mailbox(name: str, address: str) -> str:
+    """`"Alice via Team" <team@d>`: the name always quoted (encoded when not ASCII)."""
+    if not name.isascii():
+        return email.utils.formataddr((name, address), charset="utf-8")
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{address}>'
 
 
 def notice(lst: MailingList, to: str, subject: str, body: str, reply_to: str = "") -> bytes:
