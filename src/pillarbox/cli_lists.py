@@ -33,7 +33,9 @@ _NEEDS = {"create": 0, "del": 0, "add": 1, "remove": 1, "members": 0, "set": 2, 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("list", help="manage mailing lists: create, members, settings, "
                                     "held posts")
-    s.add_argument("action", choices=ACTIONS)
+    s.add_argument("action", choices=ACTIONS,
+                   help="create/del a list; add/remove/members; set/show its settings; "
+                        "held, approve, reject held posts")
     s.add_argument("words", nargs="*", metavar="ARG",
                    help="the list's ADDRESS, then: add/remove MEMBER...; set KEY VALUE "
                         f"(KEY: {', '.join(SETTINGS)}, or enable/disable MEMBER); "
