@@ -59,6 +59,12 @@ class MailingListTarget:
         if self.queue is not None and self.unsubscribe_url:
             self.queue.personalize = self.personal_fields
 
+    async def close(self) -> None:
+        """A reload or stop dropped this instance: the queue forgets its hook
+        (unless a newer instance set its own)."""
+        if self.queue is not None and self.queue.personalize == self.personal_fields:
+            self.queue.personalize = None
+
     # -- lookups --------------------------------------------------------------------
 
     def role(self, rcpt: str) -> addresses.Role | None:
