@@ -164,6 +164,13 @@ def test_post_reaches_every_member_once_with_list_headers(list_server, dns, doub
     assert rcpt[0] == 550 and rcpt[1].startswith(b"5.7.1"), rcpt
     rcpt, _ = _send(srv, CAROL, f"nolist+x@{DOMAIN}", make_message(CAROL, TEAM, "x"))
     assert rcpt[0] == 550, rcpt
+    # addresses the rule routes to the list that are none of its own, or forged tokens
+    for bad, status in ((f"team+garbage@{DOMAIN}", b"5.1.1"), (f"team-x@{DOMAIN}", b"5.1.1"),
+                        (f"team+approve-00ff@{DOMAIN}", b"5.7.1"),
+                        (f"team+confirm-{'a' * 300}@{DOMAIN}", None)):
+        rcpt, _ = _send(srv, CAROL, bad, make_message(CAROL, bad, "x"))
+        assert rcpt[0] in (501, 550), (bad, rcpt)
+        assert status is None or rcpt[1].startswith(status), (bad, rcpt)
 
 
 def test_dmarc_reject_author_gets_a_rewritten_from(list_server, dns, double):
