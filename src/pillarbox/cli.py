@@ -847,6 +847,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alias add: an address, a local user name, or |command")
     s.set_defaults(func=cmd_alias)
 
+    from pillarbox import cli_lists
+
+    cli_lists.register(sub)
+
     s = sub.add_parser("queue", help="inspect and steer the mail queue")
     s.add_argument("action", choices=["list", "show", "retry", "delete"],
                    help="list the messages waiting, show one, retry now (one or all), or "

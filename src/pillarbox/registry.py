@@ -43,6 +43,7 @@ BUILTIN_MODULES = (
     "pillarbox.target.sink",
     "pillarbox.modify.rewrite",
     "pillarbox.modify.headers",
+    "pillarbox.target.mailing_list",
 )
 
 
@@ -162,6 +163,7 @@ class Env:
     mail_root: Any = None
     remote: Any = None  # target.remote.RemoteTarget
     resolver: Any = None  # resolver.make_resolver: the shared DNS resolver and cache
+    queue: Any = None  # queue.scheduler.Queue: enqueue(), sealer (the mailing_list target)
 
 
 def make_instances(mods: Any, env: Env) -> dict[str, Any]:

@@ -544,7 +544,10 @@ class Session:
                 return
         # A rule's targets decide where the address goes: no mailbox needed.
         routed = rule is not None
-        refused = None
+        refused = await _vetted(self.ctx.modules, rule, rcpt, self.tx.mail_from)
+        if refused:  # a target that knows its addresses (a mailing list) refused it
+            self._refuse("rcpt refused", refused, self.tx.mail_from, rcpt)
+            return
         # What the checks judge is where the address will go: after the
         # pipeline's recipient rewriting (old-domain.test -> example.test).
         for target in await self._rewritten(rcpt):
@@ -869,6 +872,17 @@ class Session:
         if len(block) >= MAX_TEXT_LINE and max(map(len, block.split(b"\r\n"))) > 998:
             return Reply(554, "5.6.0 Message has a line longer than 998 octets")
         return None
+
+
+async def _vetted(modules: dict[str, Any], rule: pipelines.Rule | None, rcpt: str,
+                  sender: str) -> Reply | None:
+    """A rule's targets may refuse a recipient at RCPT (`vet_rcpt`, optional):
+    the first refusal, or None."""
+    for name in rule.targets if rule is not None else ():
+        vet = getattr(modules.get(name), "vet_rcpt", None)
+        if vet is not None and (refused := await vet(rcpt, sender)) is not None:
+            return refused
+    return None
 
 
 def _message_id(added: list[bytes], first: bytes) -> str | None:

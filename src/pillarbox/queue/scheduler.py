@@ -12,7 +12,7 @@ import heapq
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pillarbox import logs, metrics, module, pipelines, route, srs
@@ -21,6 +21,7 @@ from pillarbox.check import Reply
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
+from pillarbox.lists import addresses as lists_addresses
 from pillarbox.printable import escape
 from pillarbox.queue import bounce, sendmail_pipeline
 from pillarbox.queue.spool import (
@@ -73,6 +74,9 @@ class Queue:
         self._pickup_retry: asyncio.Task | None = None
         self._stopping = False
         self._srs: srs.Srs | None = None
+        # Set by the mailing_list target when one-click unsubscribe is on:
+        # (entry's sender, member) -> header fields for that member's copy.
+        self.personalize: Callable[[str, str], bytes] | None = None
 
     @property
     def srs(self) -> srs.Srs | None:
@@ -87,6 +91,8 @@ class Queue:
         """The envelope sender for a remote delivery: SRS0 when an alias of ours
         forwards an outside sender's mail, so SPF passes at the next hop."""
         sender = env.mail_from
+        if env.source == "list":  # a mailing list's copy: VERP, one sender per member
+            return lists_addresses.verp(sender.replace("+bounces@", "@", 1), d.to)
         if (not sender or d.rcpt == d.to or self.config.is_local_domain(domain_of(sender))
                 or not self.config.is_local_domain(domain_of(d.rcpt)) or self.srs is None):
             return sender
@@ -482,6 +488,8 @@ class Queue:
             traces[id(d)] = trace
         if seal:
             message = await self._arc_sealed(env, message, seal)
+        if env.source == "list" and self.personalize is not None and len(ds) == 1:
+            message = self.personalize(env.mail_from, ds[0].to) + message
         try:
             results = await self.remote.deliver(domain, sender, [d.to for d in ds], message,
                                                 trace)
@@ -544,6 +552,8 @@ class Queue:
             if user.over_quota:
                 return "4.2.2 mailbox full"
             prefix = f"Return-Path: <{sender}>\r\nDelivered-To: {d.via or d.to}\r\n".encode()
+            if env.source == "list" and self.personalize is not None:
+                prefix += self.personalize(env.mail_from, d.to)
             path = self._maildirs.get(d.to)
             if path is None:
                 path = self._maildirs[d.to] = mailbox.maildir_path(self.mail_root, d.to)

@@ -37,6 +37,53 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (address, pattern)
     );
     """,
+    # Mailing lists (issue 18): the lists, their members, posts held for a
+    # moderator, subscriptions waiting for confirmation, bounces per member.
+    """
+    CREATE TABLE lists (
+        address        TEXT PRIMARY KEY,
+        name           TEXT NOT NULL DEFAULT '',
+        owners         TEXT NOT NULL DEFAULT '',
+        moderators     TEXT NOT NULL DEFAULT '',
+        policy         TEXT NOT NULL DEFAULT 'members',
+        subject_prefix TEXT NOT NULL DEFAULT '',
+        reply_to       TEXT NOT NULL DEFAULT 'author',
+        max_size       INTEGER NOT NULL DEFAULT 0,
+        archive        TEXT NOT NULL DEFAULT '',
+        secret         TEXT NOT NULL,
+        created        REAL NOT NULL
+    );
+    CREATE TABLE list_members (
+        list     TEXT NOT NULL,
+        address  TEXT NOT NULL,
+        enabled  INTEGER NOT NULL DEFAULT 1,
+        added    REAL NOT NULL,
+        PRIMARY KEY (list, address)
+    );
+    CREATE TABLE list_held (
+        token    TEXT PRIMARY KEY,
+        list     TEXT NOT NULL,
+        sender   TEXT NOT NULL,
+        subject  TEXT NOT NULL DEFAULT '',
+        reason   TEXT NOT NULL DEFAULT '',
+        approved INTEGER NOT NULL DEFAULT 0,
+        message  BLOB NOT NULL,
+        created  REAL NOT NULL
+    );
+    CREATE TABLE list_pending (
+        token    TEXT PRIMARY KEY,
+        list     TEXT NOT NULL,
+        address  TEXT NOT NULL,
+        action   TEXT NOT NULL,
+        created  REAL NOT NULL
+    );
+    CREATE TABLE list_bounces (
+        list     TEXT NOT NULL,
+        address  TEXT NOT NULL,
+        at       REAL NOT NULL
+    );
+    CREATE INDEX list_bounces_member ON list_bounces (list, address)
+    """,
 ]
 
 
