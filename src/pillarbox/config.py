@@ -537,7 +537,8 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         log_level=log_level, log_format=log_format, listen=listen, tls_cert=cfg_cert,
         tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
-        remote=remote, imap=imap, delivery=delivery, postfix=postfix, routes=routes, modules=modules,
+        remote=remote, imap=imap, delivery=delivery, postfix=postfix, routes=routes,
+        modules=modules,
     )
 
 
@@ -793,7 +794,7 @@ submission  = ["127.0.0.1:5870"]   # STARTTLS + AUTH for your users (587 in prod
 submissions = ["127.0.0.1:4650"]   # implicit TLS + AUTH (465 in production)
 imap        = ["127.0.0.1:1430"]   # IMAP with STARTTLS; login only after it (143 in production)
 imaps       = ["127.0.0.1:9930"]   # IMAP over implicit TLS (993 in production)
-lmtp        = []                   # LMTP (RFC 2033), e.g. from Postfix; "host:port" or a socket path
+lmtp        = []                   # LMTP from Postfix: "host:port" or a socket path
 http        = []                   # not yet available
 
 [tls]

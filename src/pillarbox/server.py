@@ -19,7 +19,7 @@ from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
 from pillarbox.directory.users import Users
-from pillarbox.endpoint import smtp
+from pillarbox.endpoint import beside, smtp
 from pillarbox.endpoint.imap import session as imap
 from pillarbox.modify import arc
 from pillarbox.modify.dkim_sign import DKIMSigner
@@ -218,7 +218,11 @@ class Server:
             for kind in ("imap", "imaps"):
                 factory = functools.partial(self._imap_protocol, kind)
                 await self._listen(kind, factory, implicit_tls if kind == "imaps" else None)
-            for kind in ("lmtp", "http"):
+            try:  # LMTP, tcp_table maps, policy service (docs/POSTFIX.md)
+                self._servers += await beside.listen(cfg, lambda: self.smtp)
+            except beside.ListenError as e:
+                raise ServeError(str(e)) from None
+            for kind in ("http",):
                 if cfg.listen.get(kind):
                     log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
             await queue.start()
