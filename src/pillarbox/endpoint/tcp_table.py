@@ -153,7 +153,8 @@ class TableProtocol(asyncio.Protocol):
             if self.skipping:
                 self.skipping = False
                 continue
-            out.append(self.answer(line))
+            out.append(b"400 request too long\n" if len(line) > MAX_REQUEST
+                       else self.answer(line))
         if len(self.buf) > MAX_REQUEST:
             self.buf.clear()
             if not self.skipping:
