@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from .outbound import fixture_dns  # noqa: F401 (a fixture: pytest finds it by name)
 from .support import ALICE, BOB, DOMAIN, free_ports, make_message, port_open, token, wait_until
 
 CAROL = f"carol@{DOMAIN}"
@@ -278,3 +279,35 @@ def test_policy_service_hostile_input(beside):
         assert p.file.readline().startswith(b"action=DEFER_IF_PERMIT")
     finally:
         p.close()
+
+
+def test_policy_service_dnsbl_verdicts(make_server, dns):
+    dns.a("7.2.0.192.bl.test", "127.0.0.2")
+    dns.a("7.2.0.192.score.test", "127.0.0.4")
+    dns.a("9.2.0.192.score.test", "127.0.0.4")
+    (port,) = free_ports(1)
+    make_server({"postfix.policy": [f"127.0.0.1:{port}"],
+                "dns.nameservers": [dns.address]}, extra_toml="""
+[module.bl]
+kind = "dnsbl"
+zones = ["bl.test"]
+
+[module.scored]
+kind = "dnsbl"
+zones = [{zone = "score.test", reject = false, score = 2}]
+
+[pipeline.policy]
+checks = ["scored", "bl"]
+""")
+    wait_until(lambda: port_open(port), 10, "the policy port")
+    p = Policy(port)
+    try:
+        assert p.ask(instance="d1", recipient=ALICE) == \
+            "554 5.7.1 Service unavailable; client [192.0.2.7] blocked using bl.test"
+        assert p.ask(instance="d2", recipient=ALICE, client_address="192.0.2.8") == "DUNNO"
+        scored = {"recipient": ALICE, "client_address": "192.0.2.9"}
+        assert p.ask(instance="d3", **scored) == "PREPEND X-DNSBL: score=2; score.test=127.0.0.4"
+        assert p.ask(instance="d3", **scored) == "DUNNO"  # once per message, not per recipient
+    finally:
+        p.close()
+    assert dns.queried("7.2.0.192.bl.test", "A")
