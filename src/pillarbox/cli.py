@@ -816,6 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "spelled out, as TOML that loads again to the same configuration")
     s.set_defaults(func=cmd_config)
     sub.add_parser("dns", help="print the DNS records to publish").set_defaults(func=cmd_dns)
+    from pillarbox.cli_postfix import cmd_postfix
+    sub.add_parser("postfix", help="print the main.cf lines for Postfix beside pillarbox"
+                   ).set_defaults(func=cmd_postfix)
     sub.add_parser("reload", help="make the running server read its config, TLS pair, "
                    "users and aliases again").set_defaults(func=cmd_reload)
     sub.add_parser("status", help="is the server running, and its live connections"

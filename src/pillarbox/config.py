@@ -99,14 +99,21 @@ def _check_listen_overlap(listen: dict[str, list[tuple[str, int]]]) -> None:
         for host, port in addrs:
             for other_kind, other_host, other_port in seen:
                 if port == other_port and _overlaps(host, other_host):
-                    where = "also" if other_kind == kind else f"also in listen.{other_kind} as"
-                    raise ConfigError(f"listen.{kind}", f"{_hp(host, port)} is {where} "
+                    where = ("also" if other_kind == kind
+                             else f"also in {_listen_key(other_kind)} as")
+                    raise ConfigError(_listen_key(kind), f"{_hp(host, port)} is {where} "
                                       f"{_hp(other_host, other_port)}; each endpoint needs "
                                       "an address of its own")
             seen.append((kind, host, port))
 
 
+def _listen_key(kind: str) -> str:
+    return kind if "." in kind else f"listen.{kind}"  # postfix.policy is no [listen] key
+
+
 def _hp(host: str, port: int) -> str:
+    if port == 0:  # a Unix socket path (listen.lmtp)
+        return host
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -177,6 +184,19 @@ class DeliverySettings:
     srs: bool = True  # rewrite the sender of mail forwarded to other domains (SRS0)
     srs_domain: str = ""  # one of `domains`; "" = the first
     arc_seal: bool = True  # ARC-seal mail forwarded to other domains (needs an RSA DKIM key)
+
+
+@dataclass
+class PostfixSettings:
+    """Listeners for Postfix beside pillarbox (docs/POSTFIX.md): tcp_table(5)
+    maps and the SMTP access policy service; [] = off."""
+
+    recipient_access: list[tuple[str, int]] = field(default_factory=list)
+    virtual_alias: list[tuple[str, int]] = field(default_factory=list)
+    policy: list[tuple[str, int]] = field(default_factory=list)
+
+
+POSTFIX_LISTENERS = ("recipient_access", "virtual_alias", "policy")
 
 
 TLS_MODES = ("none", "opportunistic", "required", "verify")
@@ -251,6 +271,7 @@ class Config:
     remote: RemoteSettings = field(default_factory=RemoteSettings)
     imap: IMAPSettings = field(default_factory=IMAPSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    postfix: PostfixSettings = field(default_factory=PostfixSettings)
     routes: list[Route] = field(default_factory=list)
     modules: pipelines.Modules = field(default_factory=pipelines.Modules)
     http: HTTPSettings = field(default_factory=HTTPSettings)
@@ -270,7 +291,7 @@ class Config:
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
              "log_format", "listen", "tls", "storage", "dns", "limits", "queue", "remote",
-             "route", "imap", "delivery", "module", "pipeline", "rule", "http", "acme"}
+             "route", "imap", "delivery", "module", "pipeline", "rule", "http", "acme", "postfix"}
 _SECTION_KEYS = {
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
@@ -292,6 +313,7 @@ _SECTION_KEYS = {
     "http": {"metrics_token", "client_ports", "mta_sts_mode", "mta_sts_max_age",
              "max_request_size"},
     "acme": {"directory", "email", "names", "renew_before", "ca_file"},
+    "postfix": set(POSTFIX_LISTENERS),
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
@@ -398,10 +420,13 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         key = f"listen.{kind}"
         if not isinstance(addrs, list):
             raise ConfigError(key, "expected a list of \"host:port\" strings")
-        listen[kind] = [parse_hostport(a, key) for a in addrs]
+        listen[kind] = [_unix_path(a, base) if kind == "lmtp" and _is_path(a)
+                        else parse_hostport(a, key) for a in addrs]
     for kind in LISTEN_KINDS:
         listen.setdefault(kind, [])
-    _check_listen_overlap(listen)
+    postfix = _postfix(_section(data, "postfix"))
+    _check_listen_overlap({**listen, **{f"postfix.{k}": getattr(postfix, k)
+                                        for k in POSTFIX_LISTENERS}})
 
     tls = _section(data, "tls")
     cert = _str(tls.get("cert", ""), "tls.cert")
@@ -550,8 +575,8 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         log_level=log_level, log_format=log_format, listen=listen, tls_cert=cfg_cert,
         tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
-        remote=remote, imap=imap, delivery=delivery, routes=routes, modules=modules,
-        http=http, acme=acme,
+        remote=remote, imap=imap, delivery=delivery, postfix=postfix, routes=routes,
+        modules=modules, http=http, acme=acme,
     )
 
 
@@ -617,10 +642,31 @@ def restart_needed(old: Config, new: Config) -> str | None:
     }
     for kind in LISTEN_KINDS:
         values[f"listen.{kind}"] = lambda c, kind=kind: sorted(c.listen.get(kind, []))
+    for key in POSTFIX_LISTENERS:
+        values[f"postfix.{key}"] = lambda c, key=key: sorted(getattr(c.postfix, key))
     for key, value in values.items():
         if value(old) != value(new):
             return key
     return None
+
+
+def _is_path(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(("/", "./"))
+
+
+def _unix_path(value: str, base: Path) -> tuple[str, int]:
+    """listen.lmtp's Unix socket: (absolute path, port 0); relative to the config file."""
+    return str((base / value).resolve()), 0
+
+
+def _postfix(d: dict) -> PostfixSettings:
+    out = PostfixSettings()
+    for key in POSTFIX_LISTENERS:
+        if key in d:
+            if not isinstance(d[key], list):
+                raise ConfigError(f"postfix.{key}", "expected a list of \"host:port\" strings")
+            setattr(out, key, [parse_hostport(a, f"postfix.{key}") for a in d[key]])
+    return out
 
 
 _DELIMITER_CHARS = frozenset("!#$%&'*+-/=?^_`{|}~")
@@ -837,7 +883,7 @@ submission  = ["127.0.0.1:5870"]   # STARTTLS + AUTH for your users (587 in prod
 submissions = ["127.0.0.1:4650"]   # implicit TLS + AUTH (465 in production)
 imap        = ["127.0.0.1:1430"]   # IMAP with STARTTLS; login only after it (143 in production)
 imaps       = ["127.0.0.1:9930"]   # IMAP over implicit TLS (993 in production)
-lmtp        = []                   # not yet available
+lmtp        = []                   # LMTP from Postfix: "host:port" or a socket path
 http        = []                   # autoconfig, MTA-STS, ACME HTTP-01 (80 in production)
 https       = []                   # the same over TLS, with the mail certificate (443)
 metrics     = []                   # /metrics, /healthz, /readyz for your monitoring only
@@ -939,6 +985,13 @@ srs_domain = ""
 # ARC-seal such forwards (RFC 8617) with the alias domain's RSA DKIM key, so
 # the next hop can trust the checks we made on arrival; no key: not sealed.
 arc_seal   = true
+
+[postfix]
+# Beside Postfix (docs/POSTFIX.md; `pillarbox postfix` prints its main.cf lines).
+# Each is a list of "host:port"; [] turns it off.
+recipient_access = []   # tcp_table(5) map for check_recipient_access and virtual_mailbox_maps
+virtual_alias    = []   # tcp_table(5) map for virtual_alias_maps
+policy           = []   # SMTP access policy service for check_policy_service
 
 # Static routes (first match wins; no match: MX lookup). Example: send all
 # outgoing mail through a smarthost with a login.

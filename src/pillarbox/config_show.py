@@ -13,7 +13,7 @@ import json
 import re
 
 from pillarbox import pipelines
-from pillarbox.config import LISTEN_KINDS, Config, _hp
+from pillarbox.config import LISTEN_KINDS, POSTFIX_LISTENERS, Config, _hp
 
 
 def _key(k: str) -> str:
@@ -57,6 +57,8 @@ def effective_toml(cfg: Config) -> str:
     out += [f"{k} = {_value(v)}" for k, v in top.items()] + [""]
     out += _table("listen", {k: [_hp(h, p) for h, p in cfg.listen.get(k, [])]
                              for k in LISTEN_KINDS})
+    out += _table("postfix", {k: [_hp(h, p) for h, p in getattr(cfg.postfix, k)]
+                              for k in POSTFIX_LISTENERS})
     out += _table("tls", {"cert": str(cfg.tls_cert or ""), "key": str(cfg.tls_key or "")})
     out += _table("storage", {"url": cfg.storage_url})
     out += _table("dns", {"nameservers": cfg.nameservers})

@@ -17,7 +17,7 @@ from typing import Any
 
 from pillarbox.check import Reply
 
-ENDPOINTS = ("smtp", "submission", "submissions", "sendmail")
+ENDPOINTS = ("smtp", "submission", "submissions", "sendmail", "lmtp", "policy")
 # What each endpoint does today, in module terms. The SMTP session runs these
 # by direct calls (the fast path) whenever an endpoint's pipeline equals this.
 DEFAULT_PIPELINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -29,6 +29,11 @@ DEFAULT_PIPELINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # `pillarbox sendmail` checks local recipients and writes its own Received
     # and From fields; a configured pipeline runs at pickup (queue/sendmail_pipeline.py).
     "sendmail": (("recipient",), ()),
+    # LMTP (from Postfix or another MTA, which did its own checks): local
+    # recipients only. The policy service (Postfix's check_policy_service)
+    # answers with its checks' verdicts; it has none by default, and no modifiers.
+    "lmtp": (("relay", "recipient"), ("received",)),
+    "policy": ((), ()),
 }
 RULE_SOURCES = (*ENDPOINTS, "bounce")
 _MATCH_KEYS = ("rcpt", "rcpt_domain", "sender", "source", "auth", "client_ip")
@@ -206,6 +211,9 @@ def parse(data: dict) -> Modules:
         if "modifiers" in table:
             p.modifiers = [ref(v, f"{key}.modifiers", "modifier")
                            for v in _strings(table["modifiers"], f"{key}.modifiers", False)]
+            if endpoint == "policy" and p.modifiers:
+                raise PipelineError(f"{key}.modifiers", "the policy service changes no "
+                                    "message; give it checks only")
 
     if not isinstance(raw_rules, list):
         raise PipelineError("rule", "expected [[rule]] tables")

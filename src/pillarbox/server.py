@@ -19,7 +19,7 @@ from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
 from pillarbox.directory.users import Users
-from pillarbox.endpoint import smtp
+from pillarbox.endpoint import beside, smtp
 from pillarbox.endpoint.http import wiring as http_wiring
 from pillarbox.endpoint.imap import session as imap
 from pillarbox.modify import arc
@@ -230,9 +230,10 @@ class Server:
             for kind in ("imap", "imaps"):
                 factory = functools.partial(self._imap_protocol, kind)
                 await self._listen(kind, factory, implicit_tls if kind == "imaps" else None)
-            for kind in ("lmtp",):
-                if cfg.listen.get(kind):
-                    log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
+            try:  # LMTP, tcp_table maps, policy service (docs/POSTFIX.md)
+                self._servers += await beside.listen(cfg, lambda: self.smtp)
+            except beside.ListenError as e:
+                raise ServeError(str(e)) from None
             await queue.start()
             self.web, self.acme, acme_task = await http_wiring.start(
                 self, {k: await self._sockets(k) for k in http_wiring.KINDS}, implicit_tls)

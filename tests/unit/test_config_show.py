@@ -75,7 +75,8 @@ def test_show_round_trips(tmp_path: Path, text: str) -> None:
     cfg = config.load(first, check_files=False)
     shown = effective_toml(cfg)
     data = tomllib.loads(shown)
-    assert set(data["pipeline"]) == {"smtp", "submission", "submissions", "sendmail"}
+    assert set(data["pipeline"]) == {"smtp", "submission", "submissions", "sendmail",
+                                     "lmtp", "policy"}
     again = tmp_path / "elsewhere" / "pillarbox.toml"  # paths are absolute: any place
     again.parent.mkdir()
     again.write_text(shown)

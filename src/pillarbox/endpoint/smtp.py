@@ -133,10 +133,13 @@ class SMTPProtocol(Connection):
 
 
 class Session:
+    protocol_name = "ESMTP"  # in the greeting; LMTP's session says LMTP
+
     def __init__(self, ctx: SMTPContext, kind: str, conn: SMTPProtocol) -> None:
         self.ctx = ctx
         self.cfg = ctx.config
-        self.kind = kind  # smtp | submission | submissions
+        self.kind = kind  # smtp | submission | submissions | lmtp (endpoint/lmtp.py)
+        self.is_submission = kind in ("submission", "submissions")  # AUTH, and required
         self.conn = conn
         self.peer_ip = conn.peer_ip
         self.buf = conn.buf
@@ -211,7 +214,7 @@ class Session:
             checks = self.ctx.checks[self.kind]
             refused = None if checks is None else await self._connection_checks(checks)
             if refused is None:
-                self.reply(220, f"{self.cfg.hostname} ESMTP ready")
+                self.reply(220, f"{self.cfg.hostname} {self.protocol_name} ready")
             elif refused.code < 500:  # RFC 5321 3.1: a temporary refusal closes at once
                 self._refuse("connection refused", Reply(421, refused.text), None)
                 return
@@ -284,7 +287,7 @@ class Session:
         ]
         if not self.tls and self.ctx.tls is not None:
             ext.append("STARTTLS")
-        if self.kind != "smtp" and self.tls:
+        if self.is_submission and self.tls:
             ext.append("AUTH PLAIN LOGIN")
         return ext
 
@@ -342,7 +345,7 @@ class Session:
         return None
 
     async def cmd_AUTH(self, arg: str) -> bool | None:
-        if self.kind == "smtp":
+        if not self.is_submission:
             self.reply(503, "5.5.1 AUTH is offered on the submission port")
             return None
         if not self.tls:
@@ -455,7 +458,7 @@ class Session:
         if self.tx.mail_from is not None:
             self.reply(503, "5.5.1 Nested MAIL command")
             return
-        if self.kind != "smtp" and not self.user:
+        if self.is_submission and not self.user:
             self.reply(530, "5.7.0 Authentication required")
             return
         parsed = self._parse_path(arg, "FROM:")
@@ -601,7 +604,11 @@ class Session:
         if body.error is not None:  # a large body could not be spilled to disk
             self._refuse_unstored(body.error)
             return
-        protocol = "ESMTP" if self.esmtp else "SMTP"
+        if not self._keep_fitting(tx, body.size):  # LMTP: per recipient, after DATA
+            body.discard()
+            self.reply(452, "4.2.2 No recipient has room for the message")
+            return
+        protocol = "LMTP" if self.kind == "lmtp" else "ESMTP" if self.esmtp else "SMTP"
         if self.tls:
             protocol += "S"
         if self.user:
@@ -622,7 +629,7 @@ class Session:
                                     msg_id=msg_id, rcpts=tx.rcpts, tls=tls_desc)]
             if tx.states is not None:
                 head += self._check_fields(tx)
-            if self.kind != "smtp":
+            if self.is_submission:
                 head.append(submission.missing_headers(body.first, self.cfg.hostname,
                                                        tx.mail_from or self.user or ""))
             if self.user and self.ctx.signing is not None:
@@ -656,6 +663,11 @@ class Session:
                        message_id=_message_id(head[1:], stored.first), size=total,
                        nrcpt=len(tx.rcpts), **{"from": f"<{tx.mail_from}>"}, rcpts=tx.rcpts)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
+
+    def _keep_fitting(self, tx: Transaction, size: int) -> bool:
+        """LMTP drops from tx the recipients that cannot take the message
+        (endpoint/lmtp.py); SMTP answers once for all, at RCPT. False: none left."""
+        return True
 
     # -- a configured pipeline's checks ---------------------------------------
 

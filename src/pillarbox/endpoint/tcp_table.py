@@ -1,0 +1,178 @@
+"""Postfix tcp_table(5) maps: Postfix asks pillarbox about recipients and aliases.
+
+The protocol: one request line `get KEY\\n`, one reply line: `200 VALUE\\n`
+(found), `500 TEXT\\n` (not found: Postfix goes on to its next rule),
+`400 TEXT\\n` (a temporary error). In keys and values `%`, whitespace and
+every non-printing character travel as `%XX`.
+
+Two maps, each on listeners of its own (a request names no map):
+
+- recipient access (`check_recipient_access`, `virtual_mailbox_maps`):
+  `200 OK` for a user or alias that takes mail, `500` for an unknown
+  address, `200 REJECT ...` for a disabled one, `200 DEFER_IF_PERMIT ...`
+  for a full mailbox or a recipient who must have an OpenPGP key and has none;
+- virtual aliases (`virtual_alias_maps`): an alias's addresses,
+  comma-separated, as pillarbox expands it; `500` for an address that is no
+  alias (a user, an unknown address, or an alias with a `|command` target,
+  which pillarbox expands itself when Postfix hands it the mail over LMTP).
+
+Answers come from the server's in-memory copy of users and aliases
+(directory/cache.py), which a `pillarbox user`/`alias` change refreshes
+within a second. The lookups are synchronous dict work, so a thin Protocol
+answers each line as it arrives, with no task per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pillarbox import address as addr
+from pillarbox.check import recipient
+
+if TYPE_CHECKING:
+    from pillarbox.endpoint.smtp import SMTPContext
+
+log = logging.getLogger("pillarbox.tcp_table")
+
+MAX_REQUEST = 4096  # octets per request line, as tcp_table(5) bounds replies
+MAX_REPLY = 4096  # including the newline (tcp_table(5))
+_PERCENT_RE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_CODE_AND_RCPT_RE = re.compile(r"^\d\.\d{1,3}\.\d{1,3} (?:<[^>]*>: )?")
+
+
+def decode(key: bytes) -> bytes:
+    """A request parameter with its %XX escapes undone."""
+    return _PERCENT_RE.sub(lambda m: bytes((int(m.group(1), 16),)), key)
+
+
+def encode(value: str) -> str:
+    """`%`, whitespace and non-printing characters as %XX (UTF-8 octets)."""
+    out = []
+    for c in value:
+        if c == "%" or not c.isprintable() or c.isspace():
+            out.extend(f"%{b:02X}" for b in c.encode("utf-8"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def lacks_required_key(ctx: SMTPContext, address: str) -> bool:
+    """Whether `address` must have an OpenPGP key (encryption at rest) and has
+    none. The seam for issue 14 (directory/keys.py), not on main yet: until
+    it lands no recipient is required to have a key, so always False."""
+    return False
+
+
+def _reason(text: str) -> str:
+    """A refusal's words without its enhanced code and `<address>:` (Postfix
+    names the recipient itself), e.g. "mailbox full, try again later"."""
+    return _CODE_AND_RCPT_RE.sub("", text, count=1)
+
+
+def _address(key: str, ctx: SMTPContext) -> str | None:
+    """The key as an address of one of our domains, else None (Postfix also
+    asks for partial keys such as `example.org` or `user@`: never ours)."""
+    if "@" not in key or key.startswith("@") or key.endswith("@"):
+        return None
+    try:
+        address = addr.normalize(key)
+    except addr.AddressError:
+        return None
+    return address if ctx.config.is_local_domain(addr.domain_of(address)) else None
+
+
+def recipient_access(ctx: SMTPContext, key: str) -> str:
+    """The reply line (without newline) for a check_recipient_access lookup."""
+    address = _address(key, ctx)
+    if address is None:
+        return "500 not a recipient of this server"
+    refused = recipient.check(ctx.aliases, address, ctx.queue.srs)
+    if refused is None:
+        if lacks_required_key(ctx, address):
+            return "200 " + encode("DEFER_IF_PERMIT 4.7.1 recipient has no OpenPGP key yet, "
+                                   "try again later")
+        return "200 OK"
+    enhanced = refused.text.split(" ", 1)[0]
+    if enhanced == "5.1.1":  # unknown: Postfix's own unknown-recipient rejection
+        return "500 no such user"
+    action = "DEFER_IF_PERMIT" if refused.code < 500 else "REJECT"
+    return "200 " + encode(f"{action} {enhanced} {_reason(refused.text)}")
+
+
+def virtual_alias(ctx: SMTPContext, key: str) -> str:
+    """The reply line (without newline) for a virtual_alias_maps lookup."""
+    address = _address(key, ctx)
+    if address is None:
+        return "500 not an alias"
+    aliases = ctx.aliases
+    if aliases.users.get(address) is not None and not aliases.targets(address):
+        return "500 not an alias"  # a user
+    x = aliases.expand(address)
+    if x.empty or x.commands:
+        return "500 not an alias"
+    if not x.remote and list(x.via.values()) == [address]:
+        return "500 not an alias"  # alice+tag@: delivered as is, pillarbox files it
+    value = encode(",".join([*x.local, *x.remote]))
+    if len(value) + 5 > MAX_REPLY:
+        return "400 expansion too long for tcp_table"
+    return "200 " + value
+
+
+MAPS: dict[str, Callable[[SMTPContext, str], str]] = {
+    "recipient_access": recipient_access,
+    "virtual_alias": virtual_alias,
+}
+
+
+class TableProtocol(asyncio.Protocol):
+    """One Postfix connection to one map: request lines in, reply lines out."""
+
+    def __init__(self, lookup: Callable[[SMTPContext, str], str],
+                 context: Callable[[], SMTPContext]) -> None:
+        self.lookup, self.context = lookup, context
+        self.buf = bytearray()
+        self.skipping = False  # inside an over-long line: drop input up to its newline
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        out = []
+        while True:
+            end = self.buf.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self.buf[:end])
+            del self.buf[: end + 1]
+            if self.skipping:
+                self.skipping = False
+                continue
+            out.append(b"400 request too long\n" if len(line) > MAX_REQUEST
+                       else self.answer(line))
+        if len(self.buf) > MAX_REQUEST:
+            self.buf.clear()
+            if not self.skipping:
+                self.skipping = True
+                out.append(b"400 request too long\n")
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    def answer(self, line: bytes) -> bytes:
+        verb, _, key = line.rstrip(b"\r").partition(b" ")
+        if verb != b"get":
+            return b"400 only get requests are supported\n"
+        try:
+            text = decode(key.strip()).decode("utf-8").lower()
+            reply = self.lookup(self.context(), text)
+        except UnicodeDecodeError:
+            reply = "500 not an address"
+        except Exception:  # a broken lookup is Postfix's "try again", never a crash
+            log.exception("tcp_table lookup failed")
+            reply = "400 lookup failed"
+        return reply.encode() + b"\n"
