@@ -66,7 +66,9 @@ def test_metrics_count_exactly_the_load(make_server):
         m = scrape(url)
         done = (value(m, "pillarbox_deliveries_total", target="local", result="sent") >= 3
                 and value(m, "pillarbox_deliveries_total", target="remote",
-                          result="deferred") >= 1)
+                          result="deferred") >= 1
+                # the attempt is counted before the queue files the message as deferred
+                and value(m, "pillarbox_queue_messages", state="deferred") >= 1)
         return m if done else None
 
     m = wait_until(settled, 20, "the deliveries to be counted")
