@@ -26,7 +26,8 @@ from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
     fixture_outbound,
     point_mx,
 )
-from .support import ALICE, BOB, DOMAIN, make_message, token, wait_until
+from .support import ALICE, BOB, DOMAIN, free_ports, make_message, token, wait_until
+from .test_http import get as http_get
 
 TEAM = f"team@{DOMAIN}"
 CAROL = f"carol@{REMOTE}"
@@ -47,8 +48,9 @@ def fixture_list_server(outbound, dns):
     """A server with team@ (owner and moderator alice@, members alice@, bob@,
     carol@remote.test), its DKIM keys in DNS, remote.test's MX the double."""
 
-    def make(members=(ALICE, BOB, CAROL), **options):
-        srv = outbound(start=False, extra_toml=_lists_toml(**options))
+    def make(members=(ALICE, BOB, CAROL), http_port=None, **options):
+        listen = {"listen.http": [f"127.0.0.1:{http_port}"]} if http_port else {}
+        srv = outbound(listen, start=False, extra_toml=_lists_toml(**options))
         zone = srv.cli_ok("dns").stdout
         assert dns.load_zone(zone) > 0, zone
         point_mx(dns, REMOTE)
@@ -257,7 +259,8 @@ def test_subscribe_and_unsubscribe_by_mail_with_confirmation(list_server, double
 
 
 def test_one_click_unsubscribe_token(list_server, double):
-    srv = list_server(unsubscribe_url=UNSUB_URL)
+    (http,) = free_ports(1)
+    srv = list_server(unsubscribe_url=UNSUB_URL, http_port=http)
     _send(srv, CAROL, TEAM, make_message(CAROL, TEAM, f"one-click {token()}"))
     (remote,) = double.wait_for_messages(1)
     unsub = _header(remote.content, "List-Unsubscribe")
@@ -273,9 +276,23 @@ def test_one_click_unsubscribe_token(list_server, double):
     forged = m.group(1)[:-1] + ("0" if m.group(1)[-1] != "0" else "1")
     assert unsubscribe(forged, store) is None
     assert unsubscribe("garbage", store) is None
-    assert unsubscribe(m.group(1), store) == (TEAM, CAROL)
-    assert unsubscribe(m.group(1), store) is None  # done already
+
+    # over the server's own HTTP endpoint, as a mail client's button does (RFC 8058)
+    def url(tok: str) -> str:
+        return f"http://127.0.0.1:{http}/lists/unsubscribe/{tok}"
+
+    one_click = {"data": {"List-Unsubscribe": "One-Click"}}
+    status, _, page = http_get(url(m.group(1)))  # a GET only asks
+    assert status == 200 and b"method=post" in page and CAROL.encode() in page
+    assert CAROL in _members(srv)
+    assert http_get(url(m.group(1)), "POST", data={"x": "y"})[0] == 400
+    assert http_get(url(forged), "POST", **one_click)[0] == 404
+    assert http_get(url("A" * 5000), "POST", **one_click)[0] in (400, 404, 414)
+    status, _, body = http_get(url(m.group(1)), "POST", **one_click)
+    assert status == 200, body
     assert CAROL not in _members(srv)
+    assert http_get(url(m.group(1)), "POST", **one_click)[0] == 404  # done already
+    assert BOB in _members(srv)
 
 
 def test_member_disabled_after_repeated_dsns_to_their_verp_address(list_server, double):

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pillarbox.endpoint.http import acme, autoconfig, health, metrics, mta_sts
+from pillarbox.endpoint.http import (
+    acme,
+    autoconfig,
+    health,
+    list_unsubscribe,
+    metrics,
+    mta_sts,
+)
 from pillarbox.endpoint.http.env import HTTPEnv
 
-PUBLIC = [autoconfig, mta_sts, acme, health, metrics]
+PUBLIC = [autoconfig, mta_sts, acme, health, metrics, list_unsubscribe]
 PRIVATE = [metrics, health]
 
 
