@@ -1014,6 +1014,7 @@ class MailStore:
             "UNSEEN": sum(1 for m in box.msgs.values() if "\\Seen" not in m.flags) + incoming,
             "HIGHESTMODSEQ": box.highestmodseq,
             "SIZE": sum(m.size for m in box.msgs.values()),
+            "DELETED": sum(1 for m in box.msgs.values() if "\\Deleted" in m.flags),
         }
 
     # -- change notification ------------------------------------------------

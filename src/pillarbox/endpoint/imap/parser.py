@@ -697,7 +697,7 @@ def _list_return(r: Reader, cmd: Command) -> None:
 
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
-                "SIZE", "APPENDLIMIT", "MAILBOXID"}
+                "SIZE", "APPENDLIMIT", "MAILBOXID", "DELETED"}  # DELETED: RFC 9051
 
 
 def _status_items(r: Reader) -> list[str]:

@@ -40,6 +40,7 @@ from pillarbox.endpoint.imap import (
     listing,
     mime,
     qresync,
+    rev2,
     search,
     sort,
     thread,
@@ -174,6 +175,7 @@ class Session:
         self.seen_modseq = 0
         self.condstore = False  # RFC 7162: flag FETCHes carry MODSEQ once a client asked
         self.qresync = False  # ENABLE QRESYNC: VANISHED instead of EXPUNGE from then on
+        self.rev2 = False  # ENABLE IMAP4rev2: RFC 9051 rules from then on (see rev2.py)
         self.dirty = False
         self.idling = False
         self.errors = 0
@@ -413,8 +415,8 @@ class Session:
             self.user = None
 
     def capabilities(self) -> str:
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
-                "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
+        caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
+                "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
                 "QRESYNC", "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "METADATA",
                 "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
@@ -459,6 +461,11 @@ class Session:
             return self._bad(cmd, "Log in first")
         if name in self._SELECTED and self.selected is None:
             return self._bad(cmd, "No mailbox selected")
+        if self.rev2:
+            why = rev2.refusal(cmd)
+            if why is not None:
+                return self._bad(cmd, why)
+            rev2.inbound(cmd)
         if esearch.uses_saved(cmd):  # `$`: the saved result, as this session sees it now
             esearch.resolve(cmd, self.saved, self.uids)
         handler = getattr(self, "cmd_" + name.replace(" ", "_"))
@@ -537,7 +544,8 @@ class Session:
             for u in new:
                 self.vflags[u] = msgs[u].flags
             self.untagged(f"{len(self.uids)} EXISTS")
-            self.untagged(f"{len(self.recent)} RECENT")
+            if not self.rev2:
+                self.untagged(f"{len(self.recent)} RECENT")
         if box.highestmodseq != self.seen_modseq and not flags:
             self.dirty = True
         elif box.highestmodseq != self.seen_modseq:
@@ -556,7 +564,7 @@ class Session:
             if f not in self.keywords and not f.startswith("\\"):
                 self._announce_keywords(msg.flags)
                 break
-        return flag_list(msg.flags, msg.uid in self.recent)
+        return flag_list(msg.flags, msg.uid in self.recent and not self.rev2)
 
     def _announce_keywords(self, more: frozenset[str] = frozenset()) -> None:
         assert self.store is not None and self.selected is not None
@@ -733,13 +741,16 @@ class Session:
             self._condstore_on()  # QRESYNC implies CONDSTORE (RFC 7162 3.2.3)
             self.qresync = True
             enabled.append("QRESYNC")
+        if "IMAP4REV2" in cmd.args["capabilities"] and not self.rev2:
+            self.rev2 = True  # RFC 9051: for the rest of this login
+            enabled.append("IMAP4rev2")
         self.untagged(" ".join(["ENABLED", *enabled]))
 
     async def cmd_UNAUTHENTICATE(self, cmd: Command):
         """RFC 8437: back to the not-authenticated state, as on a new connection
         (the mailbox is left as UNSELECT leaves it; TLS and COMPRESS stay)."""
         self._end_login()
-        self.condstore = self.qresync = False  # ENABLEd extensions end with the login
+        self.condstore = self.qresync = self.rev2 = False  # ENABLEd ones end with the login
         return ("OK", "Not authenticated any more")
 
     async def cmd_COMPRESS(self, cmd: Command):
@@ -783,11 +794,14 @@ class Session:
         self.keywords = set(box.keywords)
         self._send_flags()
         self.untagged(f"{len(self.uids)} EXISTS")
-        self.untagged(f"{len(self.recent)} RECENT")
-        first_unseen = next((i + 1 for i, u in enumerate(self.uids)
-                             if "\\Seen" not in box.msgs[u].flags), None)
-        if first_unseen:
-            self.untagged(f"OK [UNSEEN {first_unseen}] First unseen message")
+        if self.rev2:  # RFC 9051 6.3.2: a LIST response, no RECENT, no UNSEEN
+            self._list_selected(name)
+        else:
+            self.untagged(f"{len(self.recent)} RECENT")
+            first_unseen = next((i + 1 for i, u in enumerate(self.uids)
+                                 if "\\Seen" not in box.msgs[u].flags), None)
+            if first_unseen:
+                self.untagged(f"OK [UNSEEN {first_unseen}] First unseen message")
         self.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
         self.untagged(f"OK [HIGHESTMODSEQ {box.highestmodseq}] Highest mod-sequence")
@@ -849,8 +863,13 @@ class Session:
         store = self.store
         assert store is not None
         args = cmd.args
-        tree = listing.Tree({n: b.special for n, b in store.boxes.items()},
-                            store.subscriptions())
+        if self.rev2:  # RFC 9051: patterns match the UTF-8 names, which are sent
+            internal = {rev2.shown(n): n for n in [*store.boxes, *store.subscriptions()]}
+            tree = listing.Tree({rev2.shown(n): b.special for n, b in store.boxes.items()},
+                                {rev2.shown(n) for n in store.subscriptions()})
+        else:
+            tree = listing.Tree({n: b.special for n, b in store.boxes.items()},
+                                store.subscriptions())
         ref, patterns = args["reference"], args["patterns"]
         if lsub:
             found = tree.lsub(ref, patterns[0])
@@ -860,10 +879,27 @@ class Session:
             found = tree.plain(ref, patterns[0])
         items = args["status"]
         for item in found:
-            self.send(item.line("LSUB" if lsub else "LIST"))
+            if self.rev2:
+                self.send(item.line("LSUB" if lsub else "LIST", rev2.quote_text))
+                name = internal.get(item.name, item.name)
+            else:
+                self.send(item.line("LSUB" if lsub else "LIST"))
+                name = item.name
             if items and item.selectable:  # RFC 5819: its STATUS right after it
-                self._status(item.name, items)
+                self._status(name, items)
         return None
+
+    def _list_selected(self, name: str) -> None:
+        """IMAP4rev2 SELECT/EXAMINE: the LIST response of the mailbox (RFC 9051 6.3.2)."""
+        assert self.store is not None
+        tree = listing.Tree({n: b.special for n, b in self.store.boxes.items()},
+                            self.store.subscriptions())
+        for item in tree.plain("", name):
+            self.send(item.line("LIST", rev2.quote))
+
+    def _quote_name(self, name: str) -> bytes:
+        """A mailbox name in a response: UTF-8 for an IMAP4rev2 session."""
+        return rev2.quote(name) if self.rev2 else mime.quote(name)
 
     async def cmd_STATUS(self, cmd: Command):
         self._status(cmd.args["mailbox"], cmd.args["items"])
@@ -883,7 +919,7 @@ class Session:
         values = {**st, "APPENDLIMIT": self.limits.max_literal_size,  # RFC 7889
                   "MAILBOXID": f"({self.store.box(name).mailboxid})"}  # RFC 8474
         text = " ".join(f"{k} {values[k]}" for k in items)
-        self.send(b"* STATUS " + mime.quote(name) + f" ({text})\r\n".encode())
+        self.send(b"* STATUS " + self._quote_name(name) + f" ({text})\r\n".encode())
 
     def _metadata(self) -> Metadata:
         assert self.store is not None
@@ -891,7 +927,7 @@ class Session:
                                            self.limits.metadata_max_entries))
 
     async def cmd_GETMETADATA(self, cmd: Command):
-        line, result = imap_metadata.get(self._metadata(), cmd.args)
+        line, result = imap_metadata.get(self._metadata(), cmd.args, self._quote_name)
         if line:
             self.send(line)
         return result
@@ -975,9 +1011,9 @@ class Session:
         self.store.box(cmd.args["mailbox"])
         q = self._quota()
         if q is None:
-            self.send(b"* QUOTAROOT " + mime.quote(cmd.args["mailbox"]) + b"\r\n")
+            self.send(b"* QUOTAROOT " + self._quote_name(cmd.args["mailbox"]) + b"\r\n")
             return None
-        self.send(b"* QUOTAROOT " + mime.quote(cmd.args["mailbox"]) + b' ""\r\n')
+        self.send(b"* QUOTAROOT " + self._quote_name(cmd.args["mailbox"]) + b' ""\r\n')
         self._send_quota(*q)
         return None
 
@@ -1324,6 +1360,8 @@ class Session:
 
     async def cmd_SEARCH(self, cmd: Command):
         ret = cmd.args.get("return")
+        if ret is None and self.rev2:
+            ret = ["ALL"]  # RFC 9051 6.4.4: ESEARCH, as RETURN (ALL)
         if ret is not None and "SAVE" in ret:
             self.saved = []  # RFC 5182 2.1: emptied should the search fail
         if cmd.args["charset"] not in ("US-ASCII", "UTF-8"):
