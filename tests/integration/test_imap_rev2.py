@@ -174,6 +174,20 @@ def test_utf8_mailbox_names(server):
         assert c.ok('DELETE "Gelöscht"')[1].startswith(b"OK")
 
 
+def test_catenate_url_names_in_utf8(server):
+    """RFC 5092 URLs carry mailbox names in UTF-8 (%-encoded), in either mode."""
+    with rev2(server) as c:
+        c.ok('CREATE "Entwürfe"')
+        c.append('"Entwürfe"', make_message(BOB, ALICE, "draft"))
+        v = re.search(rb"UIDVALIDITY (\d+)", c.ok('STATUS "Entwürfe" (UIDVALIDITY)')[0][0])
+        url = f"/Entw%C3%BCrfe;UIDVALIDITY={v.group(1).decode()}/;UID=1"
+        _, tagged = c.ok(f'APPEND INBOX CATENATE (URL "{url}")')
+        assert tagged.startswith(b"OK [APPENDUID")
+    with raw(server) as c:
+        _, tagged = c.ok(f'APPEND INBOX CATENATE (URL "{url}")')
+        assert c.ok("STATUS INBOX (MESSAGES)")[0] == [b'STATUS "INBOX" (MESSAGES 2)']
+
+
 def test_hostile_names_and_arguments(server):
     with rev2(server) as c:
         for bad in (b'CREATE "\xff\xfe"', b'SELECT "\xed\xa0\x80"',  # not UTF-8, a surrogate
