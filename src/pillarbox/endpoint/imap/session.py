@@ -420,7 +420,7 @@ class Session:
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
                 "QRESYNC", "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "METADATA",
                 "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
-                "THREAD=REFERENCES", "ESEARCH", "SEARCHRES", "MULTIAPPEND", "CATENATE",
+                "THREAD=REFERENCES", "ESEARCH", "ESORT", "SEARCHRES", "MULTIAPPEND", "CATENATE",
                 "BINARY", "UNAUTHENTICATE", "COMPRESS=DEFLATE"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
@@ -1376,9 +1376,10 @@ class Session:
             self._condstore_on()
             modseq = max((box.msgs[u].modseq for _, u in hits if u in box.msgs), default=None)
         if ret is not None:
+            partial = cmd.args["partial"]
             if "SAVE" in ret:
-                self.saved = esearch.to_save(ret, [u for _, u in hits])
-            text = esearch.response(cmd.tag, cmd.uid, ret, nums, modseq)
+                self.saved = esearch.to_save(ret, [u for _, u in hits], partial)
+            text = esearch.response(cmd.tag, cmd.uid, ret, nums, modseq, partial)
             if text is not None:
                 self.untagged(text)
         else:
@@ -1405,18 +1406,29 @@ class Session:
         return await asyncio.to_thread(sort.read_facts, folder, found, not index_only)
 
     async def cmd_SORT(self, cmd: Command):
+        ret = cmd.args["return"]
+        if ret is not None and "SAVE" in ret:
+            self.saved = []  # RFC 5182 2.1: emptied should the sort fail
         facts = await self._facts(cmd)
         if isinstance(facts, tuple):
             return facts
         ordered = await asyncio.to_thread(sort.sort, facts, cmd.args["criteria"])
         nums = [f.uid if cmd.uid else f.seq for f in ordered]
-        tail = []
+        top = None
         if search.uses(cmd.args["keys"], {"MODSEQ"}):  # RFC 7162 3.1.5, as for SEARCH
             self._condstore_on()
             assert self.store is not None and self.selected is not None
             msgs = self.store.box(self.selected).msgs
             top = max((msgs[f.uid].modseq for f in facts if f.uid in msgs), default=None)
-            tail = [f"(MODSEQ {top})"] if top is not None else []
+        if ret is not None:  # ESORT (RFC 5267): an ESEARCH reply in sorted order
+            partial = cmd.args["partial"]
+            if "SAVE" in ret:
+                self.saved = esearch.to_save(ret, [f.uid for f in ordered], partial)
+            text = esearch.response(cmd.tag, cmd.uid, ret, nums, top, partial, ordered=True)
+            if text is not None:
+                self.untagged(text)
+            return None
+        tail = [f"(MODSEQ {top})"] if top is not None else []
         self.untagged(" ".join(["SORT", *map(str, nums), *tail]))
         return None
 
