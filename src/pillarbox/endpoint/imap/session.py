@@ -44,6 +44,7 @@ from pillarbox.endpoint.imap import (
     search,
     sort,
     thread,
+    threadid,
 )
 from pillarbox.endpoint.imap import metadata as imap_metadata
 from pillarbox.endpoint.imap.parser import (
@@ -1091,6 +1092,7 @@ class Session:
         needs_parse = any(not _whole(a) for a in atts
                           if a.section is not None or a.name in ("RFC822.HEADER", "RFC822.TEXT"))
         wants_binary = any(a.binary for a in atts)
+        wants_thread = any(a.name == "THREADID" for a in atts)
         missing = False
         for i in range(0, len(targets), STRUCT_CHUNK):
             chunk = targets[i:i + STRUCT_CHUNK]
@@ -1122,13 +1124,22 @@ class Session:
                         part, made = _parse(raw, want)
                     if made is not None:
                         structs = computed[uid] = made
+                thread_id = None
+                if wants_thread:  # from the header alone (threadid.py)
+                    try:
+                        header = (mime.split(part.raw)[0] if part is not None
+                                  else sort.read_header(store.file(name, msg)))
+                    except FileNotFoundError:
+                        missing = True
+                        continue
+                    thread_id = threadid.of(header, msg.emailid)
                 decoded = {}
                 if wants_binary:
                     try:
                         decoded = await self._decode(part, msg.size, atts)
                     except binary.UnknownCTE as e:
                         return ("NO", f"[UNKNOWN-CTE] Cannot decode the {e} transfer encoding")
-                self._fetch_one(seq, msg, atts, part, structs, sets_seen, decoded)
+                self._fetch_one(seq, msg, atts, part, structs, sets_seen, decoded, thread_id)
                 if self.out_size > FLUSH_AT:
                     await self.flush()
             store.save_structures(name, computed)
@@ -1151,14 +1162,14 @@ class Session:
     def _fetch_one(self, seq: int, msg: Message, atts: list[FetchAtt],
                    part: mime.Part | _Whole | None,
                    structs: tuple[bytes, bytes, bytes] | None, sets_seen: bool,
-                   decoded: dict[tuple[int, ...], bytes]) -> None:
+                   decoded: dict[tuple[int, ...], bytes], thread_id: str | None) -> None:
         flags_changed = False
         if sets_seen and "\\Seen" not in msg.flags:
             assert self.store is not None and self.selected is not None
             self.store.store_flags(self.selected, [msg.uid], "add", ["\\Seen"])
             self.vflags[msg.uid] = msg.flags
             flags_changed = True
-        items = self._fetch_items(msg, atts, part, structs, decoded)
+        items = self._fetch_items(msg, atts, part, structs, decoded, thread_id)
         if flags_changed:  # the client learns the new flags (RFC 3501 6.4.5)
             names = {a.name for a in atts if a.section is None}
             if self.condstore and "UID" not in names:
@@ -1188,7 +1199,8 @@ class Session:
 
     def _fetch_items(self, msg: Message, atts: list[FetchAtt], part: mime.Part | _Whole | None,
                      structs: tuple[bytes, bytes, bytes] | None,
-                     decoded: dict[tuple[int, ...], bytes]) -> list[bytes]:
+                     decoded: dict[tuple[int, ...], bytes],
+                     thread_id: str | None = None) -> list[bytes]:
         items = []
         for a in atts:
             n = a.name
@@ -1213,10 +1225,10 @@ class Session:
                 items.append(b"MODSEQ (%d)" % msg.modseq)
             elif n == "SAVEDATE":  # RFC 8514
                 items.append(f'SAVEDATE "{imap_date(msg.savedate)}"'.encode())
-            elif n == "EMAILID":  # RFC 8474; no threads are kept, so THREADID is NIL
+            elif n == "EMAILID":  # RFC 8474
                 items.append(b"EMAILID (%s)" % msg.emailid.encode())
-            elif n == "THREADID":
-                items.append(b"THREADID NIL")
+            elif n == "THREADID":  # from the message's header (threadid.py)
+                items.append(b"THREADID (%s)" % (thread_id or "").encode())
             elif n in _STRUCT_ITEMS:
                 assert structs is not None
                 envelope, bodystructure, body = structs
