@@ -142,6 +142,14 @@ def imap_date(ts: float) -> str:
 
 
 def flag_list(flags, recent: bool = False) -> bytes:
+    if isinstance(flags, frozenset):  # as messages hold them: few distinct sets
+        return _flag_list(flags, recent)
+    return _flag_list.__wrapped__(flags, recent)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flag_list(flags: frozenset[str], recent: bool) -> bytes:
+    """A FLAGS list: system flags first, then keywords, each group sorted."""
     items = sorted(flags, key=lambda f: (not f.startswith("\\"), f))
     if recent:
         items.append("\\Recent")
@@ -172,6 +180,7 @@ class Session:
         self.vflags: dict[int, frozenset[str]] = {}
         self.recent: set[int] = set()  # UIDs \Recent in this session (RFC 3501 2.3.2)
         self.keywords: set[str] = set()  # the keywords FLAGS told this session of
+        self.told: set[frozenset[str]] = set()  # flag sets whose keywords are all in keywords
         self.saved: list[int] = []  # UIDs of SEARCH RETURN (SAVE), `$` (RFC 5182)
         self.seen_modseq = 0
         self.condstore = False  # RFC 7162: flag FETCHes carry MODSEQ once a client asked
@@ -561,10 +570,17 @@ class Session:
     def _flags(self, msg: Message) -> bytes:
         """The FLAGS list of a message as this session sees it; a keyword the
         session was not told of is announced first (RFC 3501 7.2.6)."""
-        for f in msg.flags:
-            if f not in self.keywords and not f.startswith("\\"):
-                self._announce_keywords(msg.flags)
-                break
+        flags = msg.flags
+        hashable = isinstance(flags, frozenset)
+        if not hashable or flags not in self.told:
+            for f in flags:
+                if f not in self.keywords and not f.startswith("\\"):
+                    self._announce_keywords(flags)
+                    break
+            if hashable:  # keywords only grow until _unselect clears both
+                if len(self.told) >= 10_000:  # a bound for a mailbox of many flag sets
+                    self.told.clear()
+                self.told.add(flags)
         return flag_list(msg.flags, msg.uid in self.recent and not self.rev2)
 
     def _announce_keywords(self, more: frozenset[str] = frozenset()) -> None:
@@ -602,6 +618,7 @@ class Session:
             self.store.listeners.discard(self)
         self.selected = None
         self.uids, self.vflags, self.recent, self.keywords = [], {}, set(), set()
+        self.told = set()
         self.saved = []  # RFC 5182 2.1: a new mailbox (or none) empties `$`
 
     def _targets(self, cmd: Command) -> list[tuple[int, int]]:
@@ -1086,7 +1103,8 @@ class Session:
             (a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT")
             for a in atts)
         needs_file = any(a.section is not None or a.name in _FILE_ITEMS for a in atts)
-        needs_struct = any(a.section is None and a.name in _STRUCT_ITEMS for a in atts)
+        wanted = frozenset(a.name for a in atts if a.section is None) & _STRUCT_ITEMS
+        needs_struct = bool(wanted)
         # A whole message (BODY[], RFC822) goes out as stored: parse only for the rest
         # (parsing was 39 % of a BODY.PEEK[] profile).
         needs_parse = any(not _whole(a) for a in atts
@@ -1096,7 +1114,8 @@ class Session:
         missing = False
         for i in range(0, len(targets), STRUCT_CHUNK):
             chunk = targets[i:i + STRUCT_CHUNK]
-            cached = store.structures(name, [u for _, u in chunk]) if needs_struct else {}
+            cached = store.structures(name, [u for _, u in chunk], wanted) if needs_struct \
+                else {}
             computed: dict[int, tuple[bytes, bytes, bytes]] = {}
             for seq, uid in chunk:
                 msg = box.msgs.get(uid)
@@ -1178,7 +1197,9 @@ class Session:
                 items.append(b"MODSEQ (%d)" % msg.modseq)
             if "FLAGS" not in names:
                 items.append(b"FLAGS " + self._flags(msg))
-        self.send(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+        line = b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+        self.out.append(line)  # self.send, inlined: once per message
+        self.out_size += len(line)
 
     async def cmd_UID_FETCH(self, cmd: Command):
         return await self.cmd_FETCH(cmd)
@@ -1204,7 +1225,18 @@ class Session:
         items = []
         for a in atts:
             n = a.name
-            if a.binary:
+            # The items of every sync first (this runs once per message and item);
+            # none of them has a section, so the order of the tests is free.
+            if n == "UID":
+                items.append(b"UID %d" % msg.uid)
+            elif n == "FLAGS":
+                items.append(b"FLAGS " + self._flags(msg))
+            elif n == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % msg.size)
+            elif n == "ENVELOPE":
+                assert structs is not None
+                items.append(b"ENVELOPE " + structs[0])
+            elif n in _BINARY_ITEMS:
                 items.append(binary.item(a, decoded))
             elif a.section is not None:
                 assert part is not None
@@ -1213,14 +1245,8 @@ class Session:
                     off, count = a.partial
                     data = data[off:off + count]
                 items.append(a.response_name().encode() + b" " + _literal(data))
-            elif n == "UID":
-                items.append(b"UID %d" % msg.uid)
-            elif n == "FLAGS":
-                items.append(b"FLAGS " + self._flags(msg))
             elif n == "INTERNALDATE":
                 items.append(f'INTERNALDATE "{imap_date(msg.internaldate)}"'.encode())
-            elif n == "RFC822.SIZE":
-                items.append(b"RFC822.SIZE %d" % msg.size)
             elif n == "MODSEQ":
                 items.append(b"MODSEQ (%d)" % msg.modseq)
             elif n == "SAVEDATE":  # RFC 8514
@@ -1494,6 +1520,7 @@ def _prepare(path: Path) -> Path:
 
 
 _STRUCT_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})  # cached in the index
+_BINARY_ITEMS = frozenset({"BINARY", "BINARY.SIZE"})  # FetchAtt.binary, without the call
 _FILE_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 STRUCT_CHUNK = 256  # messages per look-up of cached structures
 
