@@ -174,6 +174,24 @@ def test_utf8_mailbox_names(server):
         assert c.ok('DELETE "Gelöscht"')[1].startswith(b"OK")
 
 
+def test_delete_a_level_with_children(server):
+    """RFC 9051 7.1: HASCHILDREN for a \\Noselect name that has mailboxes below it."""
+    with rev2(server) as c:
+        c.ok('CREATE "Bücher.Krimis"')
+        assert c.ok('LIST "" "Bücher"')[0] == [
+            'LIST (\\Noselect \\HasChildren) "." "Bücher"'.encode()]
+        _, tagged = c.cmd('DELETE "Bücher"')
+        assert tagged.startswith(b"NO [HASCHILDREN]"), tagged
+        c.ok('DELETE "Bücher.Krimis"')
+        _, tagged = c.cmd('DELETE "Bücher"')  # nothing left: no such mailbox
+        assert tagged.startswith(b"NO [NONEXISTENT]"), tagged
+        # A mailbox with children is deleted and stays a level (RFC 3501 6.3.4).
+        c.ok('CREATE "A.B"')
+        c.ok('CREATE "A"')
+        c.ok('DELETE "A"')
+        assert c.ok('LIST "" "A"')[0] == [rb'LIST (\Noselect \HasChildren) "." "A"']
+
+
 def test_catenate_url_names_in_utf8(server):
     """RFC 5092 URLs carry mailbox names in UTF-8 (%-encoded), in either mode."""
     with rev2(server) as c:

@@ -852,6 +852,12 @@ class Session:
     async def cmd_DELETE(self, cmd: Command):
         assert self.store is not None
         name = cmd.args["mailbox"]
+        if not self.store.exists(name) and any(n.startswith(name + listing.DELIMITER)
+                                               for n in self.store.boxes):
+            # Only a level of the hierarchy (\Noselect): RFC 3501 6.3.4 makes that an
+            # error, RFC 9051 7.1 gives it this code.
+            return ("NO", "[HASCHILDREN] Only the mailboxes below this name exist; "
+                          "delete them first")
         if name == self.selected:
             self._unselect()
         self.store.delete(name)
