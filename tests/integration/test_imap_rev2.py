@@ -219,13 +219,10 @@ def test_hostile_names_and_arguments(server):
             assert tagged.startswith(b"NO"), (name, tagged)
         _, tagged = c.cmd(b"CREATE {5+}\r\n" + "ä\x7fö".encode())
         assert tagged.startswith(b"NO"), tagged
-        # Names of 255 UTF-8 characters grow in modified UTF-7: refused, not crashed.
+        # 200 non-ASCII characters are over 255 in modified UTF-7: refused, no crash.
         _, tagged = c.cmd(f'CREATE "{"ä" * 200}"')
         assert tagged.startswith(b"NO"), tagged
         assert c.ok("NOOP")[1].startswith(b"OK")
-    with raw(server) as c:
-        _, tagged = c.cmd("ENABLE IMAP4rev2")  # before login: BAD, not a crash
-        c.ok("LOGOUT")
 
 
 def test_enable_needs_login(server):
