@@ -44,6 +44,12 @@ def test_esort_rfc5267_examples(server):
         assert [line.split()[0] for line in c.ok("FETCH $ UID")[0]] == [b"2", b"3", b"4", b"5"]
         assert es(c, "SORT RETURN (SAVE MIN) (DATE) UTF-8 ALL") == [b'ESEARCH MIN 2']
         assert [line.split()[0] for line in c.ok("FETCH $ UID")[0]] == [b"2"]
+        # A SORT with SAVE that fails empties `$` (RFC 5182 2.1), BAD or NO.
+        assert c.cmd("SORT RETURN (SAVE) (BOGUS) UTF-8 ALL")[1].startswith(b"BAD")
+        assert c.ok("FETCH $ UID")[0] == []
+        c.ok("SORT RETURN (SAVE) (DATE) UTF-8 ALL")
+        assert c.cmd("SORT RETURN (SAVE) (DATE) KOI8-R ALL")[1].startswith(b"NO [BADCHARSET")
+        assert c.ok("FETCH $ UID")[0] == []
 
 
 def test_partial_search_and_sort(server):

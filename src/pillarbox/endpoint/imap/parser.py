@@ -1223,6 +1223,16 @@ def _sort(r: Reader, cmd: Command) -> None:
     if r.accept(b"RETURN "):
         _return_options(r, cmd, "SORT")
         r.sp()
+    try:
+        _sort_rest(r, cmd)
+    except ParseError as e:
+        # RFC 5182 2.1 (ESORT's SAVE too): a SORT with SAVE that fails empties `$`.
+        e.resets_saved = "SAVE" in (cmd.args["return"] or ())  # type: ignore[attr-defined]
+        raise
+
+
+def _sort_rest(r: Reader, cmd: Command) -> None:
+    """SORT's (criteria) charset keys."""
     r.expect(b"(")
     criteria: list[tuple[str, bool]] = []
     while True:
