@@ -232,3 +232,30 @@ def test_enable_needs_login(server):
         assert tagged.startswith(b"BAD") and b"Log in first" in tagged
     finally:
         c.close()
+
+
+def test_rename_inbox_moves_its_messages(server):
+    """RFC 3501 6.3.5 / RFC 9051 6.3.6: RENAME INBOX moves all of INBOX's messages
+    to a new mailbox and leaves INBOX empty (its own children stay)."""
+    with raw(server) as c:
+        for i in range(3):
+            c.append("INBOX", make_message(BOB, ALICE, f"m{i}"), r"\Flagged" if i else "")
+        c.ok("CREATE INBOX.kept")
+        c.ok("SELECT INBOX")
+        ids = c.ok("FETCH 1:* (EMAILID FLAGS)")[0]
+        with rev2(server) as other:  # a second session, IMAP4rev2, does the RENAME
+            other.ok('RENAME INBOX "Alte Post ä"')
+            untagged, _ = other.ok('STATUS "Alte Post ä" (MESSAGES)')
+            assert untagged == ['STATUS "Alte Post ä" (MESSAGES 3)'.encode()]
+            assert other.ok("STATUS INBOX (MESSAGES)")[0] == [b'STATUS "INBOX" (MESSAGES 0)']
+            _, tagged = other.cmd('RENAME INBOX "Alte Post ä"')  # the name is taken now
+            assert tagged.startswith(b"NO [ALREADYEXISTS]"), tagged
+        untagged, _ = c.ok("NOOP")  # the session with INBOX selected sees them go
+        assert untagged == [b"3 EXPUNGE", b"2 EXPUNGE", b"1 EXPUNGE"]
+        c.ok('SELECT "Alte Post &AOQ-"')
+        assert c.ok("FETCH 1:* (EMAILID FLAGS)")[0] == ids  # the same messages, flags kept
+        untagged, _ = c.ok('LIST "" "INBOX*"')
+        assert rb'LIST (\HasChildren) "." "INBOX"' in untagged
+        assert rb'LIST (\HasNoChildren) "." "INBOX.kept"' in untagged
+        c.append("INBOX", make_message(BOB, ALICE, "new"))  # INBOX still takes mail
+        assert c.ok("STATUS INBOX (MESSAGES)")[0] == [b'STATUS "INBOX" (MESSAGES 1)']

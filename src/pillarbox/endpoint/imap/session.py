@@ -864,9 +864,26 @@ class Session:
 
     async def cmd_RENAME(self, cmd: Command):
         assert self.store is not None
+        if cmd.args["old"] == "INBOX":
+            return await self._rename_inbox(cmd.args["new"])
         if self.selected == cmd.args["old"]:
             self._unselect()
         self.store.rename(cmd.args["old"], cmd.args["new"])
+
+    async def _rename_inbox(self, new: str):
+        """RFC 3501 6.3.5, RFC 9051 6.3.6: a new mailbox gets all of INBOX's messages,
+        INBOX stays (empty, with its children). Moved in slices as MOVE does; a
+        failure part way leaves the rest in INBOX."""
+        store = self.store
+        assert store is not None
+        store.create(new, None)  # NO [ALREADYEXISTS] etc. before anything moves
+        store.sync("INBOX")
+        uids = list(store.box("INBOX").msgs)
+        for i in range(0, len(uids), COPY_SLICE):
+            store.copy("INBOX", uids[i:i + COPY_SLICE], new, True)
+            if i + COPY_SLICE < len(uids):
+                await asyncio.sleep(0)
+        return ("OK", "RENAME completed; INBOX's messages were moved")
 
     async def cmd_SUBSCRIBE(self, cmd: Command):
         assert self.store is not None
