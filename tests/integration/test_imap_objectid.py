@@ -1,6 +1,6 @@
 """OBJECTID (RFC 8474) and SAVEDATE (RFC 8514) against a real server: MAILBOXID
 in CREATE, SELECT and STATUS, kept by RENAME and restarts, new for a new
-mailbox; EMAILID kept by COPY and MOVE, THREADID NIL; the save date from the
+mailbox; EMAILID kept by COPY and MOVE; THREADID from References/In-Reply-To; the save date from the
 index, searched with SAVEDBEFORE/SAVEDON/SAVEDSINCE; an index of the previous
 schema gets ids and save dates without losing a row."""
 
@@ -33,8 +33,8 @@ def mailboxid(c: RawIMAP, name: str) -> bytes:
 def emailids(c: RawIMAP) -> dict[int, bytes]:
     out = {}
     for line in c.ok("UID FETCH 1:* (EMAILID THREADID)")[0]:
-        m = re.fullmatch(rb"\d+ FETCH \(UID (\d+) EMAILID \((" + OBJECTID + rb")\) THREADID NIL\)",
-                         line)
+        m = re.fullmatch(rb"\d+ FETCH \(UID (\d+) EMAILID \((" + OBJECTID
+                         + rb")\) THREADID \(T[0-9a-f]{24}\)\)", line)
         assert m, line
         out[int(m.group(1))] = m.group(2)
     return out
@@ -95,8 +95,47 @@ def test_emailid_copy_move_and_threadid(server):
         assert len(set(emailids(c).values())) == 2
         # EMAILID alone, and with other items in any order.
         untagged, _ = c.ok("FETCH 1 (THREADID FLAGS EMAILID)")
-        assert re.fullmatch(rb"1 FETCH \(THREADID NIL FLAGS \([^)]*\) EMAILID \(" + ids[2]
-                            + rb"\)\)", untagged[0]), untagged
+        assert re.fullmatch(rb"1 FETCH \(THREADID \(T[0-9a-f]{24}\) FLAGS \([^)]*\) EMAILID \("
+                            + ids[2] + rb"\)\)", untagged[0]), untagged
+
+
+def threadids(c: RawIMAP) -> list[bytes]:
+    out = []
+    for line in c.ok("FETCH 1:* (THREADID)")[0]:
+        m = re.fullmatch(rb"\d+ FETCH \(THREADID \((T[0-9a-f]{24})\)\)", line)
+        assert m, line
+        out.append(m.group(1))
+    return out
+
+
+def test_threadid(server):
+    def mail(subject: str, headers: str) -> bytes:
+        return (f"From: {BOB}\r\nTo: {ALICE}\r\nSubject: {subject}\r\n{headers}"
+                "\r\nbody\r\n").encode()
+
+    with raw(server) as c:
+        c.append("INBOX", mail("root", "Message-ID: <root@x>\r\n"))
+        c.append("INBOX", mail("Re: root", "Message-ID: <r1@x>\r\nIn-Reply-To: <root@x>\r\n"
+                                           "References: <root@x>\r\n"))
+        c.append("INBOX", mail("Re: Re: root", "Message-ID: <r2@x>\r\n"
+                                               "References: <root@x>\r\n <r1@x>\r\n"))
+        c.append("INBOX", mail("Re: root", "In-Reply-To: <root@x> (sent by bob)\r\n"))
+        c.append("INBOX", mail("other", "Message-ID: <other@x>\r\n"))
+        c.append("INBOX", mail("no ids", ""))
+        c.append("INBOX", mail("no ids either", ""))
+        c.ok("SELECT INBOX")
+        t = threadids(c)
+        assert t[0] == t[1] == t[2] == t[3]  # a thread: the root and its replies
+        assert len({t[0], t[4], t[5], t[6]}) == 4  # each other message its own
+        assert threadids(c) == t  # the same each time
+        c.ok("COPY 2,6 Archive")
+        c.ok("SELECT Archive")
+        assert threadids(c) == [t[1], t[5]]  # a copy is in the same thread
+        untagged, _ = c.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)] THREADID)")
+        assert untagged[0].endswith(b" THREADID (" + t[1] + b"))"), untagged
+    with raw(server) as c:  # another session: the same ids
+        c.ok("EXAMINE INBOX")
+        assert threadids(c) == t
 
 
 def test_savedate(server):

@@ -142,6 +142,8 @@ MIGRATIONS = [
 # a client resyncing from before then is told every UID it may know that is gone.
 EXPUNGED_KEPT = 10_000
 STRUCTURE_CHUNK = 500  # UIDs per query when reading cached structures
+STRUCTURE_ORDER = ("ENVELOPE", "BODYSTRUCTURE", "BODY")  # as structures() returns them
+STRUCTURES = frozenset(STRUCTURE_ORDER)
 
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
@@ -740,14 +742,28 @@ class MailStore:
 
     # -- cached ENVELOPE / BODYSTRUCTURE / BODY -------------------------------
 
-    def structures(self, name: str, uids: list[int]) -> dict[int, tuple[bytes, bytes, bytes]]:
-        """The cached (envelope, bodystructure, body) of those of `uids` that have them."""
+    def structures(self, name: str, uids: list[int],
+                   wanted: frozenset[str] = STRUCTURES) -> dict[int, tuple[bytes, bytes, bytes]]:
+        """The cached (envelope, bodystructure, body) of those of `uids` that have them.
+        Only the `wanted` ones are read (ENVELOPE, BODYSTRUCTURE, BODY): the others
+        are b"" (a FLAGS ENVELOPE sync need not read two larger blobs per message)."""
+        cols = ", ".join(c.lower() if c in wanted else "x''" for c in STRUCTURE_ORDER)
         out: dict[int, tuple[bytes, bytes, bytes]] = {}
         for i in range(0, len(uids), STRUCTURE_CHUNK):
             chunk = uids[i:i + STRUCTURE_CHUNK]
+            lo, hi = min(chunk), max(chunk)
+            if hi - lo < 2 * len(chunk):  # dense (a sync's 1:*): a range scan, filtered
+                asked = set(chunk)
+                rows = self.db.execute(
+                    f"SELECT uid, {cols} FROM messages WHERE mailbox = ? "
+                    "AND uid BETWEEN ? AND ? AND envelope IS NOT NULL", (name, lo, hi))
+                for uid, env, bs, body in rows:
+                    if uid in asked:
+                        out[uid] = (env, bs, body)
+                continue
             marks = ",".join("?" * len(chunk))
             for uid, env, bs, body in self.db.execute(
-                    "SELECT uid, envelope, bodystructure, body FROM messages WHERE mailbox = ? "
+                    f"SELECT uid, {cols} FROM messages WHERE mailbox = ? "
                     f"AND envelope IS NOT NULL AND uid IN ({marks})", (name, *chunk)):
                 out[uid] = (env, bs, body)
         return out
@@ -1014,6 +1030,7 @@ class MailStore:
             "UNSEEN": sum(1 for m in box.msgs.values() if "\\Seen" not in m.flags) + incoming,
             "HIGHESTMODSEQ": box.highestmodseq,
             "SIZE": sum(m.size for m in box.msgs.values()),
+            "DELETED": sum(1 for m in box.msgs.values() if "\\Deleted" in m.flags),
         }
 
     # -- change notification ------------------------------------------------

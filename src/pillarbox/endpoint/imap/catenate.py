@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from pillarbox.endpoint.imap import mime
+from pillarbox.endpoint.imap import mime, mutf7
 from pillarbox.endpoint.imap.parser import ParseError, Section, section_spec
 from pillarbox.store.mailbox_index import MailStore, TmpMessage
 
@@ -99,6 +99,8 @@ def parse_url(url: str, user: str, selected: str | None) -> IMAPURL:
         raise BadURL(url, "no mailbox in the URL")
     if mailbox.upper() == "INBOX":
         mailbox = "INBOX"
+    if not mailbox.isascii():  # RFC 5092 3.4: UTF-8 there; the store's is modified UTF-7
+        mailbox = mutf7.encode(mailbox)
     found: dict[str, str] = {}
     for seg in segments:
         key, eq, value = seg.lstrip(";").partition("=")

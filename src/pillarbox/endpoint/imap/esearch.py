@@ -79,9 +79,36 @@ def _resolve_key(key: tuple, uids: SeqSet) -> tuple:
     return key
 
 
-def to_save(ret: list[str], hits: list[int]) -> list[int]:
+def partial_slice(nums: list[int], partial: tuple[int, int]) -> list[int]:
+    """The results at the PARTIAL positions: `1:10` the first ten, `-10:-1`
+    (RFC 9394) the last ten; positions past the end are no error."""
+    low, high = partial
+    if low > 0:
+        return nums[low - 1:high]
+    n = len(nums)
+    return nums[max(0, n + low):max(0, n + high + 1)]
+
+
+def ordered_set(nums: list[int]) -> str:
+    """Numbers in their given order (ESORT's ALL, RFC 5267 3.1): a range only
+    for a run of ascending neighbours, since `5:3` would mean 3,4,5."""
+    out: list[str] = []
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}:{nums[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def to_save(ret: list[str], hits: list[int], partial: tuple[int, int] | None = None) -> list[int]:
     """RFC 5182 2.4: the UIDs SAVE keeps: the MIN and/or MAX only when asked with
-    them and without ALL or COUNT, else all the hits (UIDs, ascending)."""
+    them and without ALL or COUNT, the PARTIAL ones when asked (RFC 9394), else
+    all the hits (UIDs, in result order)."""
+    if partial is not None:
+        return partial_slice(hits, partial)
     if not hits or not {"MIN", "MAX"} & set(ret) or {"ALL", "COUNT"} & set(ret):
         return list(hits)
     out = []
@@ -93,11 +120,15 @@ def to_save(ret: list[str], hits: list[int]) -> list[int]:
 
 
 def response(tag: str, uid: bool, ret: list[str], nums: list[int],
-             modseq: int | None) -> str | None:
-    """The ESEARCH reply for SEARCH RETURN (...), or None when SAVE was the only
-    option (RFC 5182: then there is none). `nums` ascending."""
+             modseq: int | None, partial: tuple[int, int] | None = None,
+             ordered: bool = False) -> str | None:
+    """The ESEARCH reply for SEARCH or SORT RETURN (...), or None when SAVE was
+    the only option (RFC 5182: then there is none). `nums` in result order:
+    ascending for SEARCH, sorted for SORT (`ordered`: ALL and PARTIAL keep
+    that order, MIN and MAX are the first and last, RFC 5267 3.1)."""
     if ret == ["SAVE"]:
         return None
+    as_set = ordered_set if ordered else seqset_from
     parts = [f'ESEARCH (TAG "{tag}")']
     if uid:
         parts.append("UID")
@@ -106,9 +137,14 @@ def response(tag: str, uid: bool, ret: list[str], nums: list[int],
     if nums and "MAX" in ret:
         parts.append(f"MAX {nums[-1]}")
     if nums and "ALL" in ret:
-        parts.append(f"ALL {seqset_from(nums)}")
+        parts.append(f"ALL {as_set(nums)}")
     if "COUNT" in ret:
         parts.append(f"COUNT {len(nums)}")
+    if partial is not None:
+        low, high = partial
+        shown = f"{low}:{high}" if low > 0 else f"{high}:{low}"
+        part = partial_slice(nums, partial)
+        parts.append(f"PARTIAL ({shown} {as_set(part) if part else 'NIL'})")
     if modseq is not None:
         parts.append(f"MODSEQ {modseq}")
     return " ".join(parts)

@@ -16,6 +16,7 @@ has it; a subscribed name with no mailbox is \\NonExistent (RFC 5258).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pillarbox.endpoint.imap import mime
@@ -30,9 +31,9 @@ class Listed:
     childinfo: list[str] = field(default_factory=list)  # RFC 5258 CHILDINFO criteria
     selectable: bool = True
 
-    def line(self, verb: str) -> bytes:
+    def line(self, verb: str, quote: Callable[[str], bytes] = mime.quote) -> bytes:
         out = (f"* {verb} ({' '.join(self.attrs)}) \"{DELIMITER}\" ".encode()
-               + mime.quote(self.name))
+               + quote(self.name))
         if self.childinfo:
             out += b' ("CHILDINFO" (' + " ".join(
                 f'"{c}"' for c in self.childinfo).encode() + b"))"

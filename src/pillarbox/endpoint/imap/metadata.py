@@ -7,6 +7,7 @@ untagged METADATA response and the tagged reply's result.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from pillarbox.endpoint.imap import mime
 from pillarbox.store.metadata import Metadata, MetadataError
@@ -24,7 +25,8 @@ def value(v: bytes | None) -> bytes:
     return (b"~{%d}\r\n" if b"\x00" in v else b"{%d}\r\n") % len(v) + v
 
 
-def get(meta: Metadata, args: dict) -> tuple[bytes, tuple[str, str]]:
+def get(meta: Metadata, args: dict,
+        quote: Callable[[str], bytes] = mime.quote) -> tuple[bytes, tuple[str, str]]:
     """The METADATA response for a GETMETADATA (b"" if it names nothing) and its
     tagged result: OK, with [METADATA LONGENTRIES n] if MAXSIZE held some back."""
     mailbox, maxsize = args["mailbox"], args["maxsize"]
@@ -35,7 +37,7 @@ def get(meta: Metadata, args: dict) -> tuple[bytes, tuple[str, str]]:
             longest = max(longest, len(v))
             continue
         items.append(name.encode() + b" " + value(v))
-    line = (b"* METADATA " + mime.quote(mailbox) + b" (" + b" ".join(items) + b")\r\n"
+    line = (b"* METADATA " + quote(mailbox) + b" (" + b" ".join(items) + b")\r\n"
             if items else b"")
     if longest:
         return line, ("OK", f"[METADATA LONGENTRIES {longest}] GETMETADATA completed")

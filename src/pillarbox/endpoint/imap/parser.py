@@ -697,7 +697,7 @@ def _list_return(r: Reader, cmd: Command) -> None:
 
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
-                "SIZE", "APPENDLIMIT", "MAILBOXID"}
+                "SIZE", "APPENDLIMIT", "MAILBOXID", "DELETED"}  # DELETED: RFC 9051
 
 
 def _status_items(r: Reader) -> list[str]:
@@ -1138,18 +1138,51 @@ def _search_key(r: Reader, charset: str, depth: int = 0) -> tuple:
     raise ParseError(f"unknown search key {key[:30]}")
 
 
-SEARCH_RETURN = {"MIN", "MAX", "ALL", "COUNT", "SAVE"}  # RFC 4731, RFC 5182
+SEARCH_RETURN = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL"}  # RFC 4731, 5182, 5267
+
+
+def _partial_range(r: Reader) -> tuple[int, int]:
+    """RFC 5267 4.4 `first:last` (1-based positions in the result), or RFC 9394's
+    `-first:-last` counted from its end; as (low, high), both of one sign."""
+    neg = r.accept(b"-")
+    lo = r.nz_number("a PARTIAL range")
+    r.expect(b":")
+    if neg != r.accept(b"-"):
+        raise ParseError("a PARTIAL range is both positive or both negative")
+    hi = r.nz_number("a PARTIAL range")
+    lo, hi = min(lo, hi), max(lo, hi)
+    return (-hi, -lo) if neg else (lo, hi)
+
+
+def _return_options(r: Reader, cmd: Command, what: str) -> None:
+    """RETURN (...) of SEARCH (RFC 4731) and SORT (RFC 5267): args return (option
+    names; () is (ALL)) and partial (the PARTIAL range or None)."""
+    r.expect(b"(")
+    opts: list[str] = []
+    cmd.args["partial"] = None
+    while not r.accept(b")"):
+        if opts:
+            r.sp()
+        o = r.atom("a return option").upper()
+        if o not in SEARCH_RETURN:
+            raise ParseError(f"unknown {what} return option {o[:30]}")
+        if o == "PARTIAL":
+            if cmd.args["partial"] is not None:
+                raise ParseError("PARTIAL given twice")
+            r.sp()
+            cmd.args["partial"] = _partial_range(r)
+        opts.append(o)
+    if "PARTIAL" in opts and "ALL" in opts:
+        raise ParseError("PARTIAL and ALL exclude each other")
+    cmd.args["return"] = opts or ["ALL"]  # RETURN () is RETURN (ALL)
 
 
 def _search(r: Reader, cmd: Command) -> None:
     charset = "US-ASCII"
     cmd.args["return"] = None
+    cmd.args["partial"] = None
     if r.accept(b"RETURN "):  # RFC 4731 ESEARCH
-        opts = r.paren_atoms()
-        for o in opts:
-            if o not in SEARCH_RETURN:
-                raise ParseError(f"unknown SEARCH return option {o[:30]}")
-        cmd.args["return"] = opts or ["ALL"]  # RETURN () is RETURN (ALL)
+        _return_options(r, cmd, "SEARCH")
     try:
         if cmd.args["return"] is not None:
             r.sp()
@@ -1183,7 +1216,23 @@ THREAD_ALGORITHMS = {"ORDEREDSUBJECT", "REFERENCES"}
 
 
 def _sort(r: Reader, cmd: Command) -> None:
-    """SORT (criteria) charset keys: criteria as [(key, reverse)]."""
+    """SORT [RETURN (...)] (criteria) charset keys: criteria as [(key, reverse)];
+    RETURN (ESORT, RFC 5267) as for SEARCH."""
+    cmd.args["return"] = None
+    cmd.args["partial"] = None
+    if r.accept(b"RETURN "):
+        _return_options(r, cmd, "SORT")
+        r.sp()
+    try:
+        _sort_rest(r, cmd)
+    except ParseError as e:
+        # RFC 5182 2.1 (ESORT's SAVE too): a SORT with SAVE that fails empties `$`.
+        e.resets_saved = "SAVE" in (cmd.args["return"] or ())  # type: ignore[attr-defined]
+        raise
+
+
+def _sort_rest(r: Reader, cmd: Command) -> None:
+    """SORT's (criteria) charset keys."""
     r.expect(b"(")
     criteria: list[tuple[str, bool]] = []
     while True:

@@ -40,9 +40,11 @@ from pillarbox.endpoint.imap import (
     listing,
     mime,
     qresync,
+    rev2,
     search,
     sort,
     thread,
+    threadid,
 )
 from pillarbox.endpoint.imap import metadata as imap_metadata
 from pillarbox.endpoint.imap.parser import (
@@ -140,6 +142,14 @@ def imap_date(ts: float) -> str:
 
 
 def flag_list(flags, recent: bool = False) -> bytes:
+    if isinstance(flags, frozenset):  # as messages hold them: few distinct sets
+        return _flag_list(flags, recent)
+    return _flag_list.__wrapped__(flags, recent)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flag_list(flags: frozenset[str], recent: bool) -> bytes:
+    """A FLAGS list: system flags first, then keywords, each group sorted."""
     items = sorted(flags, key=lambda f: (not f.startswith("\\"), f))
     if recent:
         items.append("\\Recent")
@@ -170,10 +180,12 @@ class Session:
         self.vflags: dict[int, frozenset[str]] = {}
         self.recent: set[int] = set()  # UIDs \Recent in this session (RFC 3501 2.3.2)
         self.keywords: set[str] = set()  # the keywords FLAGS told this session of
+        self.told: set[frozenset[str]] = set()  # flag sets whose keywords are all in keywords
         self.saved: list[int] = []  # UIDs of SEARCH RETURN (SAVE), `$` (RFC 5182)
         self.seen_modseq = 0
         self.condstore = False  # RFC 7162: flag FETCHes carry MODSEQ once a client asked
         self.qresync = False  # ENABLE QRESYNC: VANISHED instead of EXPUNGE from then on
+        self.rev2 = False  # ENABLE IMAP4rev2: RFC 9051 rules from then on (see rev2.py)
         self.dirty = False
         self.idling = False
         self.errors = 0
@@ -413,12 +425,12 @@ class Session:
             self.user = None
 
     def capabilities(self) -> str:
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
-                "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
+        caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
+                "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CHILDREN", "CONDSTORE",
                 "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.limits.max_literal_size}",
                 "QRESYNC", "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "METADATA",
                 "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
-                "THREAD=REFERENCES", "ESEARCH", "SEARCHRES", "MULTIAPPEND", "CATENATE",
+                "THREAD=REFERENCES", "ESEARCH", "ESORT", "SEARCHRES", "MULTIAPPEND", "CATENATE",
                 "BINARY", "UNAUTHENTICATE", "COMPRESS=DEFLATE"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
@@ -459,6 +471,11 @@ class Session:
             return self._bad(cmd, "Log in first")
         if name in self._SELECTED and self.selected is None:
             return self._bad(cmd, "No mailbox selected")
+        if self.rev2:
+            why = rev2.refusal(cmd)
+            if why is not None:
+                return self._bad(cmd, why)
+            rev2.inbound(cmd)
         if esearch.uses_saved(cmd):  # `$`: the saved result, as this session sees it now
             esearch.resolve(cmd, self.saved, self.uids)
         handler = getattr(self, "cmd_" + name.replace(" ", "_"))
@@ -537,7 +554,8 @@ class Session:
             for u in new:
                 self.vflags[u] = msgs[u].flags
             self.untagged(f"{len(self.uids)} EXISTS")
-            self.untagged(f"{len(self.recent)} RECENT")
+            if not self.rev2:
+                self.untagged(f"{len(self.recent)} RECENT")
         if box.highestmodseq != self.seen_modseq and not flags:
             self.dirty = True
         elif box.highestmodseq != self.seen_modseq:
@@ -552,11 +570,18 @@ class Session:
     def _flags(self, msg: Message) -> bytes:
         """The FLAGS list of a message as this session sees it; a keyword the
         session was not told of is announced first (RFC 3501 7.2.6)."""
-        for f in msg.flags:
-            if f not in self.keywords and not f.startswith("\\"):
-                self._announce_keywords(msg.flags)
-                break
-        return flag_list(msg.flags, msg.uid in self.recent)
+        flags = msg.flags
+        hashable = isinstance(flags, frozenset)
+        if not hashable or flags not in self.told:
+            for f in flags:
+                if f not in self.keywords and not f.startswith("\\"):
+                    self._announce_keywords(flags)
+                    break
+            if hashable:  # keywords only grow until _unselect clears both
+                if len(self.told) >= 10_000:  # a bound for a mailbox of many flag sets
+                    self.told.clear()
+                self.told.add(flags)
+        return flag_list(msg.flags, msg.uid in self.recent and not self.rev2)
 
     def _announce_keywords(self, more: frozenset[str] = frozenset()) -> None:
         assert self.store is not None and self.selected is not None
@@ -593,6 +618,7 @@ class Session:
             self.store.listeners.discard(self)
         self.selected = None
         self.uids, self.vflags, self.recent, self.keywords = [], {}, set(), set()
+        self.told = set()
         self.saved = []  # RFC 5182 2.1: a new mailbox (or none) empties `$`
 
     def _targets(self, cmd: Command) -> list[tuple[int, int]]:
@@ -733,13 +759,16 @@ class Session:
             self._condstore_on()  # QRESYNC implies CONDSTORE (RFC 7162 3.2.3)
             self.qresync = True
             enabled.append("QRESYNC")
+        if "IMAP4REV2" in cmd.args["capabilities"] and not self.rev2:
+            self.rev2 = True  # RFC 9051: for the rest of this login
+            enabled.append("IMAP4rev2")
         self.untagged(" ".join(["ENABLED", *enabled]))
 
     async def cmd_UNAUTHENTICATE(self, cmd: Command):
         """RFC 8437: back to the not-authenticated state, as on a new connection
         (the mailbox is left as UNSELECT leaves it; TLS and COMPRESS stay)."""
         self._end_login()
-        self.condstore = self.qresync = False  # ENABLEd extensions end with the login
+        self.condstore = self.qresync = self.rev2 = False  # ENABLEd ones end with the login
         return ("OK", "Not authenticated any more")
 
     async def cmd_COMPRESS(self, cmd: Command):
@@ -783,11 +812,14 @@ class Session:
         self.keywords = set(box.keywords)
         self._send_flags()
         self.untagged(f"{len(self.uids)} EXISTS")
-        self.untagged(f"{len(self.recent)} RECENT")
-        first_unseen = next((i + 1 for i, u in enumerate(self.uids)
-                             if "\\Seen" not in box.msgs[u].flags), None)
-        if first_unseen:
-            self.untagged(f"OK [UNSEEN {first_unseen}] First unseen message")
+        if self.rev2:  # RFC 9051 6.3.2: a LIST response, no RECENT, no UNSEEN
+            self._list_selected(name)
+        else:
+            self.untagged(f"{len(self.recent)} RECENT")
+            first_unseen = next((i + 1 for i, u in enumerate(self.uids)
+                                 if "\\Seen" not in box.msgs[u].flags), None)
+            if first_unseen:
+                self.untagged(f"OK [UNSEEN {first_unseen}] First unseen message")
         self.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self.untagged(f"OK [UIDNEXT {box.uidnext}] Predicted next UID")
         self.untagged(f"OK [HIGHESTMODSEQ {box.highestmodseq}] Highest mod-sequence")
@@ -820,15 +852,38 @@ class Session:
     async def cmd_DELETE(self, cmd: Command):
         assert self.store is not None
         name = cmd.args["mailbox"]
+        if not self.store.exists(name) and any(n.startswith(name + listing.DELIMITER)
+                                               for n in self.store.boxes):
+            # Only a level of the hierarchy (\Noselect): RFC 3501 6.3.4 makes that an
+            # error, RFC 9051 7.1 gives it this code.
+            return ("NO", "[HASCHILDREN] Only the mailboxes below this name exist; "
+                          "delete them first")
         if name == self.selected:
             self._unselect()
         self.store.delete(name)
 
     async def cmd_RENAME(self, cmd: Command):
         assert self.store is not None
+        if cmd.args["old"] == "INBOX":
+            return await self._rename_inbox(cmd.args["new"])
         if self.selected == cmd.args["old"]:
             self._unselect()
         self.store.rename(cmd.args["old"], cmd.args["new"])
+
+    async def _rename_inbox(self, new: str):
+        """RFC 3501 6.3.5, RFC 9051 6.3.6: a new mailbox gets all of INBOX's messages,
+        INBOX stays (empty, with its children). Moved in slices as MOVE does; a
+        failure part way leaves the rest in INBOX."""
+        store = self.store
+        assert store is not None
+        store.create(new, None)  # NO [ALREADYEXISTS] etc. before anything moves
+        store.sync("INBOX")
+        uids = list(store.box("INBOX").msgs)
+        for i in range(0, len(uids), COPY_SLICE):
+            store.copy("INBOX", uids[i:i + COPY_SLICE], new, True)
+            if i + COPY_SLICE < len(uids):
+                await asyncio.sleep(0)
+        return ("OK", "RENAME completed; INBOX's messages were moved")
 
     async def cmd_SUBSCRIBE(self, cmd: Command):
         assert self.store is not None
@@ -849,8 +904,13 @@ class Session:
         store = self.store
         assert store is not None
         args = cmd.args
-        tree = listing.Tree({n: b.special for n, b in store.boxes.items()},
-                            store.subscriptions())
+        if self.rev2:  # RFC 9051: patterns match the UTF-8 names, which are sent
+            internal = {rev2.shown(n): n for n in [*store.boxes, *store.subscriptions()]}
+            tree = listing.Tree({rev2.shown(n): b.special for n, b in store.boxes.items()},
+                                {rev2.shown(n) for n in store.subscriptions()})
+        else:
+            tree = listing.Tree({n: b.special for n, b in store.boxes.items()},
+                                store.subscriptions())
         ref, patterns = args["reference"], args["patterns"]
         if lsub:
             found = tree.lsub(ref, patterns[0])
@@ -860,10 +920,27 @@ class Session:
             found = tree.plain(ref, patterns[0])
         items = args["status"]
         for item in found:
-            self.send(item.line("LSUB" if lsub else "LIST"))
+            if self.rev2:
+                self.send(item.line("LSUB" if lsub else "LIST", rev2.quote_text))
+                name = internal.get(item.name, item.name)
+            else:
+                self.send(item.line("LSUB" if lsub else "LIST"))
+                name = item.name
             if items and item.selectable:  # RFC 5819: its STATUS right after it
-                self._status(item.name, items)
+                self._status(name, items)
         return None
+
+    def _list_selected(self, name: str) -> None:
+        """IMAP4rev2 SELECT/EXAMINE: the LIST response of the mailbox (RFC 9051 6.3.2)."""
+        assert self.store is not None
+        tree = listing.Tree({n: b.special for n, b in self.store.boxes.items()},
+                            self.store.subscriptions())
+        for item in tree.plain("", name):
+            self.send(item.line("LIST", rev2.quote))
+
+    def _quote_name(self, name: str) -> bytes:
+        """A mailbox name in a response: UTF-8 for an IMAP4rev2 session."""
+        return rev2.quote(name) if self.rev2 else mime.quote(name)
 
     async def cmd_STATUS(self, cmd: Command):
         self._status(cmd.args["mailbox"], cmd.args["items"])
@@ -883,7 +960,7 @@ class Session:
         values = {**st, "APPENDLIMIT": self.limits.max_literal_size,  # RFC 7889
                   "MAILBOXID": f"({self.store.box(name).mailboxid})"}  # RFC 8474
         text = " ".join(f"{k} {values[k]}" for k in items)
-        self.send(b"* STATUS " + mime.quote(name) + f" ({text})\r\n".encode())
+        self.send(b"* STATUS " + self._quote_name(name) + f" ({text})\r\n".encode())
 
     def _metadata(self) -> Metadata:
         assert self.store is not None
@@ -891,7 +968,7 @@ class Session:
                                            self.limits.metadata_max_entries))
 
     async def cmd_GETMETADATA(self, cmd: Command):
-        line, result = imap_metadata.get(self._metadata(), cmd.args)
+        line, result = imap_metadata.get(self._metadata(), cmd.args, self._quote_name)
         if line:
             self.send(line)
         return result
@@ -975,9 +1052,9 @@ class Session:
         self.store.box(cmd.args["mailbox"])
         q = self._quota()
         if q is None:
-            self.send(b"* QUOTAROOT " + mime.quote(cmd.args["mailbox"]) + b"\r\n")
+            self.send(b"* QUOTAROOT " + self._quote_name(cmd.args["mailbox"]) + b"\r\n")
             return None
-        self.send(b"* QUOTAROOT " + mime.quote(cmd.args["mailbox"]) + b' ""\r\n')
+        self.send(b"* QUOTAROOT " + self._quote_name(cmd.args["mailbox"]) + b' ""\r\n')
         self._send_quota(*q)
         return None
 
@@ -1049,16 +1126,19 @@ class Session:
             (a.section is not None and not a.peek) or a.name in ("RFC822", "RFC822.TEXT")
             for a in atts)
         needs_file = any(a.section is not None or a.name in _FILE_ITEMS for a in atts)
-        needs_struct = any(a.section is None and a.name in _STRUCT_ITEMS for a in atts)
+        wanted = frozenset(a.name for a in atts if a.section is None) & _STRUCT_ITEMS
+        needs_struct = bool(wanted)
         # A whole message (BODY[], RFC822) goes out as stored: parse only for the rest
         # (parsing was 39 % of a BODY.PEEK[] profile).
         needs_parse = any(not _whole(a) for a in atts
                           if a.section is not None or a.name in ("RFC822.HEADER", "RFC822.TEXT"))
         wants_binary = any(a.binary for a in atts)
+        wants_thread = any(a.name == "THREADID" for a in atts)
         missing = False
         for i in range(0, len(targets), STRUCT_CHUNK):
             chunk = targets[i:i + STRUCT_CHUNK]
-            cached = store.structures(name, [u for _, u in chunk]) if needs_struct else {}
+            cached = store.structures(name, [u for _, u in chunk], wanted) if needs_struct \
+                else {}
             computed: dict[int, tuple[bytes, bytes, bytes]] = {}
             for seq, uid in chunk:
                 msg = box.msgs.get(uid)
@@ -1086,13 +1166,22 @@ class Session:
                         part, made = _parse(raw, want)
                     if made is not None:
                         structs = computed[uid] = made
+                thread_id = None
+                if wants_thread:  # from the header alone (threadid.py)
+                    try:
+                        header = (mime.split(part.raw)[0] if part is not None
+                                  else sort.read_header(store.file(name, msg)))
+                    except FileNotFoundError:
+                        missing = True
+                        continue
+                    thread_id = threadid.of(header, msg.emailid)
                 decoded = {}
                 if wants_binary:
                     try:
                         decoded = await self._decode(part, msg.size, atts)
                     except binary.UnknownCTE as e:
                         return ("NO", f"[UNKNOWN-CTE] Cannot decode the {e} transfer encoding")
-                self._fetch_one(seq, msg, atts, part, structs, sets_seen, decoded)
+                self._fetch_one(seq, msg, atts, part, structs, sets_seen, decoded, thread_id)
                 if self.out_size > FLUSH_AT:
                     await self.flush()
             store.save_structures(name, computed)
@@ -1115,14 +1204,14 @@ class Session:
     def _fetch_one(self, seq: int, msg: Message, atts: list[FetchAtt],
                    part: mime.Part | _Whole | None,
                    structs: tuple[bytes, bytes, bytes] | None, sets_seen: bool,
-                   decoded: dict[tuple[int, ...], bytes]) -> None:
+                   decoded: dict[tuple[int, ...], bytes], thread_id: str | None) -> None:
         flags_changed = False
         if sets_seen and "\\Seen" not in msg.flags:
             assert self.store is not None and self.selected is not None
             self.store.store_flags(self.selected, [msg.uid], "add", ["\\Seen"])
             self.vflags[msg.uid] = msg.flags
             flags_changed = True
-        items = self._fetch_items(msg, atts, part, structs, decoded)
+        items = self._fetch_items(msg, atts, part, structs, decoded, thread_id)
         if flags_changed:  # the client learns the new flags (RFC 3501 6.4.5)
             names = {a.name for a in atts if a.section is None}
             if self.condstore and "UID" not in names:
@@ -1131,7 +1220,9 @@ class Session:
                 items.append(b"MODSEQ (%d)" % msg.modseq)
             if "FLAGS" not in names:
                 items.append(b"FLAGS " + self._flags(msg))
-        self.send(b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n")
+        line = b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+        self.out.append(line)  # self.send, inlined: once per message
+        self.out_size += len(line)
 
     async def cmd_UID_FETCH(self, cmd: Command):
         return await self.cmd_FETCH(cmd)
@@ -1152,11 +1243,23 @@ class Session:
 
     def _fetch_items(self, msg: Message, atts: list[FetchAtt], part: mime.Part | _Whole | None,
                      structs: tuple[bytes, bytes, bytes] | None,
-                     decoded: dict[tuple[int, ...], bytes]) -> list[bytes]:
+                     decoded: dict[tuple[int, ...], bytes],
+                     thread_id: str | None = None) -> list[bytes]:
         items = []
         for a in atts:
             n = a.name
-            if a.binary:
+            # The items of every sync first (this runs once per message and item);
+            # none of them has a section, so the order of the tests is free.
+            if n == "UID":
+                items.append(b"UID %d" % msg.uid)
+            elif n == "FLAGS":
+                items.append(b"FLAGS " + self._flags(msg))
+            elif n == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % msg.size)
+            elif n == "ENVELOPE":
+                assert structs is not None
+                items.append(b"ENVELOPE " + structs[0])
+            elif n in _BINARY_ITEMS:
                 items.append(binary.item(a, decoded))
             elif a.section is not None:
                 assert part is not None
@@ -1165,22 +1268,16 @@ class Session:
                     off, count = a.partial
                     data = data[off:off + count]
                 items.append(a.response_name().encode() + b" " + _literal(data))
-            elif n == "UID":
-                items.append(b"UID %d" % msg.uid)
-            elif n == "FLAGS":
-                items.append(b"FLAGS " + self._flags(msg))
             elif n == "INTERNALDATE":
                 items.append(f'INTERNALDATE "{imap_date(msg.internaldate)}"'.encode())
-            elif n == "RFC822.SIZE":
-                items.append(b"RFC822.SIZE %d" % msg.size)
             elif n == "MODSEQ":
                 items.append(b"MODSEQ (%d)" % msg.modseq)
             elif n == "SAVEDATE":  # RFC 8514
                 items.append(f'SAVEDATE "{imap_date(msg.savedate)}"'.encode())
-            elif n == "EMAILID":  # RFC 8474; no threads are kept, so THREADID is NIL
+            elif n == "EMAILID":  # RFC 8474
                 items.append(b"EMAILID (%s)" % msg.emailid.encode())
-            elif n == "THREADID":
-                items.append(b"THREADID NIL")
+            elif n == "THREADID":  # from the message's header (threadid.py)
+                items.append(b"THREADID (%s)" % (thread_id or "").encode())
             elif n in _STRUCT_ITEMS:
                 assert structs is not None
                 envelope, bodystructure, body = structs
@@ -1324,6 +1421,8 @@ class Session:
 
     async def cmd_SEARCH(self, cmd: Command):
         ret = cmd.args.get("return")
+        if ret is None and self.rev2:
+            ret = ["ALL"]  # RFC 9051 6.4.4: ESEARCH, as RETURN (ALL)
         if ret is not None and "SAVE" in ret:
             self.saved = []  # RFC 5182 2.1: emptied should the search fail
         if cmd.args["charset"] not in ("US-ASCII", "UTF-8"):
@@ -1338,9 +1437,10 @@ class Session:
             self._condstore_on()
             modseq = max((box.msgs[u].modseq for _, u in hits if u in box.msgs), default=None)
         if ret is not None:
+            partial = cmd.args["partial"]
             if "SAVE" in ret:
-                self.saved = esearch.to_save(ret, [u for _, u in hits])
-            text = esearch.response(cmd.tag, cmd.uid, ret, nums, modseq)
+                self.saved = esearch.to_save(ret, [u for _, u in hits], partial)
+            text = esearch.response(cmd.tag, cmd.uid, ret, nums, modseq, partial)
             if text is not None:
                 self.untagged(text)
         else:
@@ -1367,18 +1467,29 @@ class Session:
         return await asyncio.to_thread(sort.read_facts, folder, found, not index_only)
 
     async def cmd_SORT(self, cmd: Command):
+        ret = cmd.args["return"]
+        if ret is not None and "SAVE" in ret:
+            self.saved = []  # RFC 5182 2.1: emptied should the sort fail
         facts = await self._facts(cmd)
         if isinstance(facts, tuple):
             return facts
         ordered = await asyncio.to_thread(sort.sort, facts, cmd.args["criteria"])
         nums = [f.uid if cmd.uid else f.seq for f in ordered]
-        tail = []
+        top = None
         if search.uses(cmd.args["keys"], {"MODSEQ"}):  # RFC 7162 3.1.5, as for SEARCH
             self._condstore_on()
             assert self.store is not None and self.selected is not None
             msgs = self.store.box(self.selected).msgs
             top = max((msgs[f.uid].modseq for f in facts if f.uid in msgs), default=None)
-            tail = [f"(MODSEQ {top})"] if top is not None else []
+        if ret is not None:  # ESORT (RFC 5267): an ESEARCH reply in sorted order
+            partial = cmd.args["partial"]
+            if "SAVE" in ret:
+                self.saved = esearch.to_save(ret, [f.uid for f in ordered], partial)
+            text = esearch.response(cmd.tag, cmd.uid, ret, nums, top, partial, ordered=True)
+            if text is not None:
+                self.untagged(text)
+            return None
+        tail = [f"(MODSEQ {top})"] if top is not None else []
         self.untagged(" ".join(["SORT", *map(str, nums), *tail]))
         return None
 
@@ -1432,6 +1543,7 @@ def _prepare(path: Path) -> Path:
 
 
 _STRUCT_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})  # cached in the index
+_BINARY_ITEMS = frozenset({"BINARY", "BINARY.SIZE"})  # FetchAtt.binary, without the call
 _FILE_ITEMS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 STRUCT_CHUNK = 256  # messages per look-up of cached structures
 

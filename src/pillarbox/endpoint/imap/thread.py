@@ -76,7 +76,7 @@ _MSG_ID = re.compile(r"<([^<>]*)>")
 _NO_SPACE = str.maketrans("", "", " \t\r\n")
 
 
-def _ids(text: str) -> list[str]:
+def message_ids(text: str) -> list[str]:
     """The message IDs in a field, without brackets or spaces (folding may split them)."""
     return [i for i in (m.translate(_NO_SPACE) for m in _MSG_ID.findall(text)) if i]
 
@@ -99,7 +99,7 @@ def references(messages: list[Facts]) -> list[Node]:
 
 def _link(table: dict[str, Node], f: Facts) -> None:
     """Step 1: this message's references linked, then the message under the last."""
-    refs = _ids(f.references) or _ids(f.in_reply_to)[:1]
+    refs = message_ids(f.references) or message_ids(f.in_reply_to)[:1]
     prev: Node | None = None
     for r in refs:  # 1A
         node = table.get(r)
@@ -108,7 +108,7 @@ def _link(table: dict[str, Node], f: Facts) -> None:
         if prev is not None and node.parent is None and not prev.has_ancestor(node):
             prev.adopt(node)
         prev = node
-    own = _ids(f.message_id)[:1]
+    own = message_ids(f.message_id)[:1]
     node = table.get(own[0]) if own else None
     if node is None or node.msg is not None:  # no ID, or a duplicate: a unique one
         key = own[0] if own and node is None else f"\0{f.seq}"
