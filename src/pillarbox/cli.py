@@ -14,8 +14,8 @@ from email.utils import formatdate, getaddresses, make_msgid
 from pathlib import Path
 
 from pillarbox import address as addr
+from pillarbox import cli_chatmail, control
 from pillarbox import config as configmod
-from pillarbox import control
 from pillarbox.check import recipient
 from pillarbox.config import Config, ConfigError
 from pillarbox.directory import password_policy
@@ -262,6 +262,14 @@ def cmd_dns(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expire(args: argparse.Namespace) -> int:
+    cfg, users, _ = _directory(args)
+    try:
+        return cli_chatmail.cmd_expire(cfg, users, args)
+    finally:
+        _tell_server(cfg)
+
+
 # -- users and aliases --------------------------------------------------------
 
 def _directory(args: argparse.Namespace):
@@ -317,6 +325,11 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
             raise CLIError(f"no such user {a}; see `pillarbox user list`")
         users.set_password(a, _read_password(args, cfg, a))
         print(f"password changed for {a}")
+    elif args.action == "set":
+        try:
+            print(cli_chatmail.user_set(cfg, users, args.address, args.setting))
+        except cli_chatmail.UsageError as e:
+            raise CLIError(str(e)) from None
     elif args.action in ("disable", "enable"):
         users.set_enabled(args.address, args.action == "enable")
         print(f"{args.action}d {addr.normalize(args.address)}")
@@ -823,11 +836,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("user", help="manage users")
     s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",
-                                      "quota", "from"],
+                                      "quota", "from", "set"],
                    help="add a user, delete one (its Maildir is kept), list them, set a "
                         "password, disable or enable logins and delivery, set a quota, or "
-                        "show and change the addresses a user may send as")
+                        "show and change the addresses a user may send as, or set a "
+                        "per-user setting (user set ADDRESS allow-cleartext on|off)")
     s.add_argument("address", nargs="?", help="the user's address (all actions but list)")
+    s.add_argument("setting", nargs="*", help="user set: the setting and its value")
     s.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of stdin")
     s.add_argument("--quota", help="mailbox size limit, e.g. 1G (default: unlimited)")
@@ -836,6 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disallow", action="append", metavar="SENDER",
                    help="user from: take back a right given with --allow")
     s.set_defaults(func=cmd_user)
+
+    cli_chatmail.add_parser(sub, cmd_expire)
 
     s = sub.add_parser("alias", help="manage aliases")
     s.add_argument("action", choices=["add", "del", "list", "import"],

@@ -43,6 +43,8 @@ BUILTIN_MODULES = (
     "pillarbox.target.sink",
     "pillarbox.modify.rewrite",
     "pillarbox.modify.headers",
+    "pillarbox.check.e2ee",
+    "pillarbox.modify.minimal_metadata",
 )
 
 

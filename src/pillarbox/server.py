@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import ssl
 
-from pillarbox import control, logs, privileges, registry, tls
+from pillarbox import chatmail_service, control, logs, privileges, registry, tls
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.aliases import Aliases
@@ -95,6 +95,7 @@ class Server:
         self._hup_pending = False
         self._closing: asyncio.Task | None = None  # old modules closing after a reload
         self.public: PublicPickup | None = None
+        self.chatmail: chatmail_service.ChatmailService | None = None
 
     async def _listen(self, kind: str, factory, ssl_ctx=None) -> None:
         # Implicit TLS: the handshake has limits.command_timeout; after our
@@ -221,6 +222,7 @@ class Server:
             for kind in ("lmtp", "http"):
                 if cfg.listen.get(kind):
                     log.warning("endpoint %s is not available yet; listen.%s ignored", kind, kind)
+            self.chatmail = chatmail_service.start(cfg, users, queue.maildir)
             await queue.start()
             # What start-up built (a backlog's index: 100k deferred messages
             # made a full collection take 0.3 s) lives until the stop: keep it
@@ -264,6 +266,8 @@ class Server:
         for conn in ictx.sessions:  # RFC 3501 7.1.5: BYE announces a shutdown
             conn.close_saying(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
         await queue.stop()
+        if self.chatmail is not None:
+            await self.chatmail.close()
         await registry.close_instances(queue.modules)
         await asyncio.to_thread(signing.close)
         stores.close_all()
