@@ -211,11 +211,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pillarbox import logs
+    from pillarbox import log_privacy, logs
     from pillarbox.server import ServeError, serve
 
     cfg = _load(args)
     logs.setup(cfg.log_level, cfg.log_format)
+    log_privacy.install(cfg.mode)
     try:
         serve(cfg)
     except ServeError as e:
