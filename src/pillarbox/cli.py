@@ -107,12 +107,16 @@ def cmd_init(args: argparse.Namespace) -> int:
         domain = addr.normalize_domain(args.domain)
     except addr.AddressError as e:
         raise CLIError(f"--domain: {e}") from None
-    hostname = (args.hostname or f"mx.{domain}").lower()
+    chatmail = getattr(args, "mode", "standard") == "chatmail"
+    # A chatmail relay's hostname is its domain (Delta Chat connects to the domain).
+    hostname = (args.hostname or (domain if chatmail else f"mx.{domain}")).lower()
     d = Path(args.dir)
     cfg_path = d / "pillarbox.toml"
     if cfg_path.exists():
         raise CLIError(f"{cfg_path} already exists; remove it or choose another --dir")
     text = configmod.TEMPLATE.format(hostname=hostname, domain=domain)
+    if chatmail:
+        text = cli_chatmail.init_text(text)
     if args.production:
         data_dir = _ask("data directory", args.data_dir, PRODUCTION_DATA_DIR)
         maildrop_dir = args.maildrop_dir or PRODUCTION_MAILDROP_DIR
@@ -259,7 +263,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     cfg = _load(args)
     for domain, selectors in dnsrecords.ensure_dkim_keys(cfg).items():
         print(f"created DKIM keys {', '.join(selectors)} for {domain}", file=sys.stderr)
-    print(dnsrecords.records(cfg), end="")
+    print(dnsrecords.records(cfg) + cli_chatmail.dns_text(cfg), end="")
     return 0
 
 
@@ -819,6 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"--production default {PRODUCTION_MAILDROP_DIR})")
     s.add_argument("--user", help="the service user (`user` in the config; with --production "
                    f"default {PRODUCTION_USER})")
+    s.add_argument("--mode", choices=["standard", "chatmail"], default="standard",
+                   help="chatmail: a config for an end-to-end-encryption-only relay for "
+                        "Delta Chat (docs/CHATMAIL.md); the hostname defaults to the domain")
     s.set_defaults(func=cmd_init)
 
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)

@@ -61,3 +61,39 @@ def add_parser(sub: Any, func: Any) -> None:
     s.add_argument("--now", type=parse_now, default=None, metavar="TIME",
                    help="count ages from TIME (epoch seconds or ISO date) instead of now")
     s.set_defaults(func=func)
+
+
+def init_text(text: str) -> str:
+    """The `init` template turned into a chatmail relay's config: mode set,
+    and the MX pipeline left to the chatmail profile."""
+    text = text.replace('\nmode = "standard"\n', '\nmode = "chatmail"\n', 1)
+    head, sep, tail = text.partition("\n[pipeline.smtp]\n")
+    if sep:
+        tail = "\n".join(f"# {line}" if line else line for line in tail.splitlines())
+        text = (head + "\n# In chatmail mode the endpoints get the chatmail pipelines "
+                "(docs/CHATMAIL.md);\n# a [pipeline.*] table written here replaces one.\n"
+                "# [pipeline.smtp]\n" + tail + "\n")
+    return text
+
+
+def dns_text(cfg: Any) -> str:
+    """What a chatmail relay publishes beyond the usual records."""
+    if cfg.mode != "chatmail":
+        return ""
+    lines = [";", "; ---- chatmail relay ----"]
+    for domain in cfg.domains:
+        lines += [
+            f"; {domain}: a strict DMARC policy (chatmail relays publish this instead of the",
+            "; _dmarc record above; the MX itself refuses mail without a DKIM signature of",
+            "; the From domain):",
+            f";   _dmarc.{domain}. 3600 IN TXT \"v=DMARC1;p=reject;adkim=s;aspf=s\"",
+        ]
+    lines += [
+        f"; Delta Chat finds this relay by its domain: publish A/AAAA records for {cfg.hostname}",
+        "; and give it a certificate from a public CA ([tls] cert and key).",
+        f"; Account QR code content: DCACCOUNT:https://{cfg.hostname}/new (served by the HTTP",
+        "; endpoint's POST /new), or dcaccount: with the same URL.",
+    ]
+    if cfg.chatmail.iroh_relay:
+        lines.append(f"; iroh relay given to clients: {cfg.chatmail.iroh_relay}")
+    return "\n".join(lines) + "\n"
