@@ -3,8 +3,8 @@
 An endpoint whose [pipeline.ENDPOINT] table the operator wrote keeps it;
 the others get the chatmail profile:
 
-- MX (smtp): relay, recipient, strict DKIM (an "authentication" instance
-  with `strict_dkim`, unless [chatmail] strict_dkim = false), e2ee; a
+- MX (smtp): relay, recipient, e2ee, strict DKIM (an "authentication"
+  instance with `strict_dkim`, unless [chatmail] strict_dkim = false); a
   Received field.
 - submission(s): sender, relay, recipient, a per-user send rate, e2ee; no
   Received field, the client's traces removed (minimal_metadata), then the
@@ -37,7 +37,8 @@ def apply(mods: pipelines.Modules, data: dict, settings: Any) -> None:
         mods.instances[RATE] = pipelines.ModuleSpec(
             name=RATE, kind=kind.name, role=kind.role,
             options=registry.validate_options(kind, RATE, opts), given=opts)
-    mx_checks = ["relay", "recipient", *([DKIM] if settings.strict_dkim else []), "e2ee"]
+    # e2ee before DKIM: cleartext is told "523 Encryption Needed" whatever its signature.
+    mx_checks = ["relay", "recipient", "e2ee", *([DKIM] if settings.strict_dkim else [])]
     profile = {
         "smtp": (mx_checks, ["received"]),
         "submission": (["sender", "relay", "recipient", RATE, "e2ee"],

@@ -17,7 +17,7 @@ def test_init_and_dns_for_a_chatmail_relay(tmp_path):
     assert "pipeline" not in data and data["chatmail"]["username_min_length"] == 9
     cfg = ["-c", str(d / "pillarbox.toml")]
     shown = run_pillarbox([*cfg, "config", "show"]).stdout
-    assert 'checks = ["relay", "recipient", "chatmail_dkim", "e2ee"]' in shown
+    assert 'checks = ["relay", "recipient", "e2ee", "chatmail_dkim"]' in shown
     assert 'checks = ["sender", "relay", "recipient", "chatmail_rate", "e2ee"]' in shown
     dns = run_pillarbox([*cfg, "dns"])
     assert dns.returncode == 0, dns.stderr

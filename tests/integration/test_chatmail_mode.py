@@ -171,3 +171,15 @@ def test_no_addresses_in_the_log(relay):
     text = relay.log_text()
     for addr in (ALICE, BOB, "abcdefg12@example.test", "carol@example.net"):
         assert addr not in text
+
+
+def test_simultaneous_first_logins_all_succeed(relay):
+    # A client logs in over IMAP and SMTP at once (Delta Chat does): whichever
+    # makes the account, the other's login with the same password succeeds.
+    import concurrent.futures
+
+    addr = "together1@example.test"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda f: f(relay, addr, NEWPASS),
+                                [imap_login, smtp_login, imap_login, smtp_login]))
+    assert results == [True, True, True, True]

@@ -190,7 +190,9 @@ class Users:
         except ValueError:
             return None
         row = await asyncio.to_thread(self._password_row, address)
-        if row is None and self.creator is not None and await self.creator(address, password):
+        if row is None and self.creator is not None:
+            # Made now, or by a concurrent first login: either way, read it again.
+            await self.creator(address, password)
             row = await asyncio.to_thread(self._password_row, address)
         key = (address, hmac.digest(self._auth_key, password.encode("utf-8", "surrogatepass"),
                                     hashlib.sha256))
