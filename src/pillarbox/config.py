@@ -559,6 +559,7 @@ def restart_needed(old: Config, new: Config) -> str | None:
         "data_dir": lambda c: c.data_dir, "maildrop_dir": lambda c: c.maildrop_dir,
         "storage.url": lambda c: c.storage_url, "queue.workers": lambda c: c.queue.workers,
         "user": lambda c: c.user,  # root is given up at the start, for good
+        "mode": lambda c: c.mode,  # chatmail's services start with the server
     }
     for kind in LISTEN_KINDS:
         values[f"listen.{kind}"] = lambda c, kind=kind: sorted(c.listen.get(kind, []))
