@@ -14,8 +14,8 @@ from email.utils import formatdate, getaddresses, make_msgid
 from pathlib import Path
 
 from pillarbox import address as addr
+from pillarbox import cli_chatmail, control
 from pillarbox import config as configmod
-from pillarbox import control
 from pillarbox.check import recipient
 from pillarbox.config import Config, ConfigError
 from pillarbox.directory import password_policy
@@ -107,12 +107,16 @@ def cmd_init(args: argparse.Namespace) -> int:
         domain = addr.normalize_domain(args.domain)
     except addr.AddressError as e:
         raise CLIError(f"--domain: {e}") from None
-    hostname = (args.hostname or f"mx.{domain}").lower()
+    chatmail = getattr(args, "mode", "standard") == "chatmail"
+    # A chatmail relay's hostname is its domain (Delta Chat connects to the domain).
+    hostname = (args.hostname or (domain if chatmail else f"mx.{domain}")).lower()
     d = Path(args.dir)
     cfg_path = d / "pillarbox.toml"
     if cfg_path.exists():
         raise CLIError(f"{cfg_path} already exists; remove it or choose another --dir")
     text = configmod.TEMPLATE.format(hostname=hostname, domain=domain)
+    if chatmail:
+        text = cli_chatmail.init_text(text)
     if args.production:
         data_dir = _ask("data directory", args.data_dir, PRODUCTION_DATA_DIR)
         maildrop_dir = args.maildrop_dir or PRODUCTION_MAILDROP_DIR
@@ -211,11 +215,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pillarbox import logs
+    from pillarbox import log_privacy, logs
     from pillarbox.server import ServeError, serve
 
     cfg = _load(args)
     logs.setup(cfg.log_level, cfg.log_format)
+    log_privacy.install(cfg.mode)
     try:
         serve(cfg)
     except ServeError as e:
@@ -258,8 +263,16 @@ def cmd_dns(args: argparse.Namespace) -> int:
     cfg = _load(args)
     for domain, selectors in dnsrecords.ensure_dkim_keys(cfg).items():
         print(f"created DKIM keys {', '.join(selectors)} for {domain}", file=sys.stderr)
-    print(dnsrecords.records(cfg), end="")
+    print(dnsrecords.records(cfg) + cli_chatmail.dns_text(cfg), end="")
     return 0
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    cfg, users, _ = _directory(args)
+    try:
+        return cli_chatmail.cmd_expire(cfg, users, args)
+    finally:
+        _tell_server(cfg)
 
 
 # -- users and aliases --------------------------------------------------------
@@ -317,6 +330,11 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
             raise CLIError(f"no such user {a}; see `pillarbox user list`")
         users.set_password(a, _read_password(args, cfg, a))
         print(f"password changed for {a}")
+    elif args.action == "set":
+        try:
+            print(cli_chatmail.user_set(cfg, users, args.address, args.setting))
+        except cli_chatmail.UsageError as e:
+            raise CLIError(str(e)) from None
     elif args.action in ("disable", "enable"):
         users.set_enabled(args.address, args.action == "enable")
         print(f"{args.action}d {addr.normalize(args.address)}")
@@ -805,6 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"--production default {PRODUCTION_MAILDROP_DIR})")
     s.add_argument("--user", help="the service user (`user` in the config; with --production "
                    f"default {PRODUCTION_USER})")
+    s.add_argument("--mode", choices=["standard", "chatmail"], default="standard",
+                   help="chatmail: a config for an end-to-end-encryption-only relay for "
+                        "Delta Chat (docs/CHATMAIL.md); the hostname defaults to the domain")
     s.set_defaults(func=cmd_init)
 
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
@@ -826,11 +847,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("user", help="manage users")
     s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",
-                                      "quota", "from"],
+                                      "quota", "from", "set"],
                    help="add a user, delete one (its Maildir is kept), list them, set a "
                         "password, disable or enable logins and delivery, set a quota, or "
-                        "show and change the addresses a user may send as")
+                        "show and change the addresses a user may send as, or set a "
+                        "per-user setting (user set ADDRESS allow-cleartext on|off)")
     s.add_argument("address", nargs="?", help="the user's address (all actions but list)")
+    s.add_argument("setting", nargs="*", help="user set: the setting and its value")
     s.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of stdin")
     s.add_argument("--quota", help="mailbox size limit, e.g. 1G (default: unlimited)")
@@ -839,6 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disallow", action="append", metavar="SENDER",
                    help="user from: take back a right given with --allow")
     s.set_defaults(func=cmd_user)
+
+    cli_chatmail.add_parser(sub, cmd_expire)
 
     s = sub.add_parser("alias", help="manage aliases")
     s.add_argument("action", choices=["add", "del", "list", "import"],

@@ -251,6 +251,28 @@ class ACMESettings:
 
 
 @dataclass
+class ChatmailSettings:
+    """[chatmail]: what `mode = "chatmail"` does (docs/CHATMAIL.md)."""
+
+    username_min_length: int = 9
+    username_max_length: int = 9
+    password_min_length: int = 9
+    min_free_disk: int = 1024**3  # no new account below this much free space in data_dir
+    min_free_memory: int = 200 * 1024**2  # ... or below this much available memory
+    strict_dkim: bool = True
+    notify_url: str = "https://notifications.delta.chat/notify"
+    notify_retry_base: float = 8.0  # first retry after this, then 8 times longer each
+    iroh_relay: str = ""
+    max_user_send_per_minute: int = 60
+    max_user_send_burst: int = 10
+    max_mailbox_size: int = 500 * 1024**2
+    delete_inactive_users_after: int = 90  # days
+    delete_mails_after: int = 20  # days
+    delete_large_after: int = 7  # days
+    large_message_size: int = 200 * 1024
+
+
+@dataclass
 class Config:
     path: Path
     hostname: str
@@ -276,6 +298,7 @@ class Config:
     modules: pipelines.Modules = field(default_factory=pipelines.Modules)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     acme: ACMESettings = field(default_factory=ACMESettings)
+    chatmail: ChatmailSettings = field(default_factory=ChatmailSettings)
 
     @property
     def cert_path(self) -> Path:
@@ -291,8 +314,15 @@ class Config:
 
 _TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
              "log_format", "listen", "tls", "storage", "dns", "limits", "queue", "remote",
-             "route", "imap", "delivery", "module", "pipeline", "rule", "http", "acme", "postfix"}
+             "route", "imap", "delivery", "module", "pipeline", "rule", "http", "acme", "postfix",
+             "chatmail"}
 _SECTION_KEYS = {
+    "chatmail": {"username_min_length", "username_max_length", "password_min_length",
+                 "min_free_disk", "min_free_memory", "strict_dkim", "notify_url", "iroh_relay",
+                 "notify_retry_base",
+                 "max_user_send_per_minute", "max_user_send_burst", "max_mailbox_size",
+                 "delete_inactive_users_after", "delete_mails_after", "delete_large_after",
+                 "large_message_size"},
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
     "storage": {"url"},
@@ -562,6 +592,11 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         modules = pipelines.parse(data)
     except pipelines.PipelineError as e:
         raise ConfigError(e.key, str(e)[len(e.key) + 2:]) from None
+    chatmail = _chatmail(_section(data, "chatmail"))
+    if mode == "chatmail":
+        from pillarbox import chatmail_profile
+
+        chatmail_profile.apply(modules, data, chatmail)
 
     http = _http(_section(data, "http"))
     acme = _acme(_section(data, "acme"), base, hostname, check_files)
@@ -576,7 +611,7 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, delivery=delivery, postfix=postfix, routes=routes,
-        modules=modules, http=http, acme=acme,
+        modules=modules, http=http, acme=acme, chatmail=chatmail,
     )
 
 
@@ -639,6 +674,7 @@ def restart_needed(old: Config, new: Config) -> str | None:
         "data_dir": lambda c: c.data_dir, "maildrop_dir": lambda c: c.maildrop_dir,
         "storage.url": lambda c: c.storage_url, "queue.workers": lambda c: c.queue.workers,
         "user": lambda c: c.user,  # root is given up at the start, for good
+        "mode": lambda c: c.mode,  # chatmail's services start with the server
     }
     for kind in LISTEN_KINDS:
         values[f"listen.{kind}"] = lambda c, kind=kind: sorted(c.listen.get(kind, []))
@@ -670,6 +706,39 @@ def _postfix(d: dict) -> PostfixSettings:
 
 
 _DELIMITER_CHARS = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def _chatmail(c: dict) -> ChatmailSettings:
+    out = ChatmailSettings()
+    for k in ("username_min_length", "username_max_length", "password_min_length",
+              "max_user_send_per_minute", "max_user_send_burst", "delete_inactive_users_after",
+              "delete_mails_after", "delete_large_after"):
+        if k in c:
+            setattr(out, k, _int(c[k], f"chatmail.{k}", 1))
+    for k in ("min_free_disk", "min_free_memory", "max_mailbox_size", "large_message_size"):
+        if k in c:
+            setattr(out, k, parse_size(c[k], f"chatmail.{k}"))
+    if "notify_retry_base" in c:
+        out.notify_retry_base = parse_duration(c["notify_retry_base"], "chatmail.notify_retry_base")
+        if not 0.01 <= out.notify_retry_base <= 3600:
+            raise ConfigError("chatmail.notify_retry_base", "must be from 0.01s to 1h")
+    if "strict_dkim" in c:
+        if not isinstance(c["strict_dkim"], bool):
+            raise ConfigError("chatmail.strict_dkim",
+                              f"expected true or false, got {c['strict_dkim']!r}")
+        out.strict_dkim = c["strict_dkim"]
+    for k in ("notify_url", "iroh_relay"):
+        if k in c:
+            value = _str(c[k], f"chatmail.{k}").strip()
+            if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+                raise ConfigError(f"chatmail.{k}",
+                                  f"expected an http(s) URL or \"\", got {value!r}")
+            setattr(out, k, value)
+    if out.username_min_length > out.username_max_length:
+        raise ConfigError("chatmail.username_min_length", "must be at most username_max_length")
+    if out.username_max_length > 64:
+        raise ConfigError("chatmail.username_max_length", "must be at most 64")
+    return out
 
 
 def _delivery(d: dict, domains: list[str]) -> DeliverySettings:
@@ -1027,6 +1096,25 @@ email        = ""
 names        = []
 renew_before = "30d"
 ca_file      = ""      # a CA bundle to trust the ACME server's HTTPS (private CAs)
+
+[chatmail]
+# Used only with mode = "chatmail" (docs/CHATMAIL.md).
+username_min_length = 9        # an account is made on first login for a local part
+username_max_length = 9        # of [a-z0-9._-] this long,
+password_min_length = 9        # a password at least this long,
+min_free_disk = "1G"           # and while the server has this much room
+min_free_memory = "200M"
+strict_dkim = true             # the MX requires DKIM d= the From domain
+notify_url = "https://notifications.delta.chat/notify"  # push POSTs; "" = none
+notify_retry_base = "8s"       # first retry of a failed push, then x8 each
+iroh_relay = ""                # METADATA /shared/vendor/deltachat/irohrelay
+max_user_send_per_minute = 60
+max_user_send_burst = 10
+max_mailbox_size = "500M"      # quota of accounts made on first login
+delete_inactive_users_after = 90  # days; `pillarbox expire`, daily in the server
+delete_mails_after = 20        # days
+delete_large_after = 7         # days, for messages over large_message_size
+large_message_size = "200K"
 
 # What the MX (listen.smtp) asks of mail from other servers, in order:
 # "relay" refuses other domains, "recipient" unknown local addresses, and

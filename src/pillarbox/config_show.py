@@ -64,7 +64,7 @@ def effective_toml(cfg: Config) -> str:
     out += _table("dns", {"nameservers": cfg.nameservers})
     for name, settings in (("limits", cfg.limits), ("queue", cfg.queue),
                            ("remote", cfg.remote), ("imap", cfg.imap),
-                           ("delivery", cfg.delivery)):
+                           ("delivery", cfg.delivery), ("chatmail", cfg.chatmail)):
         out += _table(name, dataclasses.asdict(settings))
     out += _table("http", dataclasses.asdict(cfg.http))
     out += _table("acme", {**dataclasses.asdict(cfg.acme),

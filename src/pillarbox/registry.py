@@ -44,6 +44,8 @@ BUILTIN_MODULES = (
     "pillarbox.modify.rewrite",
     "pillarbox.modify.headers",
     "pillarbox.target.mailing_list",
+    "pillarbox.check.e2ee",
+    "pillarbox.modify.minimal_metadata",
 )
 
 

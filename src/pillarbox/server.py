@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import ssl
 
-from pillarbox import control, logs, privileges, registry, tls
+from pillarbox import chatmail_service, control, logs, privileges, registry, tls
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.aliases import Aliases
@@ -96,6 +96,7 @@ class Server:
         self._hup_pending = False
         self._closing: asyncio.Task | None = None  # old modules closing after a reload
         self.public: PublicPickup | None = None
+        self.chatmail: chatmail_service.ChatmailService | None = None
 
     @property
     def serving(self) -> bool:
@@ -234,6 +235,7 @@ class Server:
                 self._servers += await beside.listen(cfg, lambda: self.smtp)
             except beside.ListenError as e:
                 raise ServeError(str(e)) from None
+            self.chatmail = chatmail_service.start(cfg, users, queue.maildir)
             await queue.start()
             self.web, self.acme, acme_task = await http_wiring.start(
                 self, {k: await self._sockets(k) for k in http_wiring.KINDS}, implicit_tls)
@@ -281,6 +283,8 @@ class Server:
         for conn in ictx.sessions:  # RFC 3501 7.1.5: BYE announces a shutdown
             conn.close_saying(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
         await queue.stop()
+        if self.chatmail is not None:
+            await self.chatmail.close()
         await registry.close_instances(queue.modules)
         await asyncio.to_thread(signing.close)
         stores.close_all()

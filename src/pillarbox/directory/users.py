@@ -9,6 +9,7 @@ import hmac
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from pillarbox.address import AddressError, domain_of, normalize, normalize_domain
 from pillarbox.directory import passwords
@@ -68,6 +69,10 @@ class Users:
         self._argon2: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth_key = os.urandom(32)
         self._auth_cache: dict[tuple[str, bytes], tuple[float, str]] = {}
+        # chatmail mode (directory/chatmail_accounts.py): make an unknown
+        # address's account at its first login; record each login's day.
+        self.creator: Any = None
+        self.on_login: Any = None
 
     def get(self, address: str) -> User | None:
         if self.cache is not None:
@@ -185,11 +190,17 @@ class Users:
         except ValueError:
             return None
         row = await asyncio.to_thread(self._password_row, address)
+        if row is None and self.creator is not None:
+            # Made now, or by a concurrent first login: either way, read it again.
+            await self.creator(address, password)
+            row = await asyncio.to_thread(self._password_row, address)
         key = (address, hmac.digest(self._auth_key, password.encode("utf-8", "surrogatepass"),
                                     hashlib.sha256))
         now = time.monotonic()
         hit = self._auth_cache.get(key)
         if row and hit and hit[0] > now and hit[1] == row[0]:
+            if row[1] and self.on_login is not None:
+                self.on_login(address)
             return address if row[1] else None
         if self._argon2 is None:
             self._argon2 = concurrent.futures.ThreadPoolExecutor(ARGON2_THREADS, "argon2")
@@ -201,6 +212,8 @@ class Users:
             if len(self._auth_cache) >= AUTH_CACHE_MAX:
                 self._auth_cache.clear()
             self._auth_cache[key] = (now + self.login_cache, stored)
+        if self.on_login is not None:
+            self.on_login(address)
         return address
 
     def _check(self, address: str, row: tuple[str, bool] | None, password: str) -> str | None:

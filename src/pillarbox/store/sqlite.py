@@ -84,6 +84,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX list_bounces_member ON list_bounces (list, address)
     """,
+    # chatmail mode (issue 17): incoming cleartext opt-in, last login (a day, in
+    # seconds since the epoch at 00:00 UTC), accounts made on first login.
+    """
+    CREATE TABLE chatmail_users (
+        address         TEXT PRIMARY KEY,
+        allow_cleartext INTEGER NOT NULL DEFAULT 0,
+        last_login      INTEGER
+    );
+    CREATE TABLE chatmail_tokens (
+        address TEXT NOT NULL,
+        token   TEXT NOT NULL,
+        added   INTEGER NOT NULL,
+        PRIMARY KEY (address, token)
+    );
+    """,
 ]
 
 

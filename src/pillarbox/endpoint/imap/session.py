@@ -47,6 +47,7 @@ from pillarbox.endpoint.imap import (
     threadid,
 )
 from pillarbox.endpoint.imap import metadata as imap_metadata
+from pillarbox.endpoint.imap.chatmail_metadata import ChatmailMetadata
 from pillarbox.endpoint.imap.parser import (
     LITERAL_RE,
     MONTHS,
@@ -432,6 +433,8 @@ class Session:
                 "OBJECTID", "SAVEDATE", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES", "ESEARCH", "ESORT", "SEARCHRES", "MULTIAPPEND", "CATENATE",
                 "BINARY", "UNAUTHENTICATE", "COMPRESS=DEFLATE"]
+        if self.ctx.config.mode == "chatmail":  # what Delta Chat looks for (issue 17)
+            caps += ["XDELTAPUSH", "XCHATMAIL"]
         if not self.tls and self.ctx.tls is not None:
             caps.append("STARTTLS")
         if not self.tls and not self.cleartext_ok:
@@ -964,8 +967,12 @@ class Session:
 
     def _metadata(self) -> Metadata:
         assert self.store is not None
-        return Metadata(self.store, Limits(self.limits.metadata_max_size,
+        meta = Metadata(self.store, Limits(self.limits.metadata_max_size,
                                            self.limits.metadata_max_entries))
+        if self.ctx.config.mode == "chatmail":  # push tokens, iroh relay (issue 17)
+            return ChatmailMetadata(meta, self.ctx.users.db, self.user or "",
+                                    self.ctx.config.chatmail.iroh_relay)  # type: ignore[return-value]
+        return meta
 
     async def cmd_GETMETADATA(self, cmd: Command):
         line, result = imap_metadata.get(self._metadata(), cmd.args, self._quote_name)

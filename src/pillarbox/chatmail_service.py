@@ -1,0 +1,49 @@
+"""What `mode = "chatmail"` runs inside the server (docs/CHATMAIL.md):
+accounts made on first login, push notifications on delivery, the daily
+expiry. One `start()` call from server.py; `close()` at the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pillarbox import expire
+from pillarbox.directory.chatmail_accounts import Accounts
+from pillarbox.push import Notifier
+
+log = logging.getLogger("pillarbox.chatmail")
+
+EXPIRE_EVERY = 86400.0
+FIRST_EXPIRE = 600.0  # after the start: not in the middle of a restart's rush
+
+
+class ChatmailService:
+    def __init__(self, config: Any, users: Any, maildir: Any) -> None:
+        self.config, self.users = config, users
+        Accounts(users, config).attach()
+        self.notifier = Notifier(config.chatmail.notify_url, users.db,
+                                 config.data_dir / "mail",
+                                 retry_base=config.chatmail.notify_retry_base)
+        maildir.on_delivered.append(self.notifier.delivered)
+        self.expiry = asyncio.get_running_loop().create_task(self._daily())
+
+    async def _daily(self) -> None:
+        await asyncio.sleep(FIRST_EXPIRE)
+        while True:
+            try:
+                report = await asyncio.to_thread(expire.run, self.config, self.users)
+                log.warning("expire: %s", report.lines(with_addresses=False)[0])
+            except Exception as e:  # try again tomorrow; the server goes on
+                log.error("expire failed error=%r", e)
+            await asyncio.sleep(EXPIRE_EVERY)
+
+    async def close(self) -> None:
+        self.expiry.cancel()
+        await asyncio.gather(self.expiry, return_exceptions=True)
+        await self.notifier.close()
+
+
+def start(config: Any, users: Any, maildir: Any) -> ChatmailService | None:
+    return ChatmailService(config, users, maildir) if config.mode == "chatmail" else None
