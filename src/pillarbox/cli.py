@@ -21,6 +21,7 @@ from pillarbox.config import Config, ConfigError
 from pillarbox.directory import password_policy
 from pillarbox.directory.users import DirectoryError
 from pillarbox.printable import escape
+from pillarbox.store.backend import SchemaTooNew, StoreUnavailable
 
 
 class CLIError(Exception):
@@ -808,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_init)
 
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
+    from pillarbox.cli_store import cmd_migrate
+    sub.add_parser("migrate", help="bring the database ([storage] url) to this version's "
+                   "schema").set_defaults(func=cmd_migrate)
     sub.add_parser("check", help="validate the config: every error, and warnings"
                    ).set_defaults(func=cmd_check)
     s = sub.add_parser("config", help="show the effective configuration")
@@ -921,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         return args.func(args)
-    except (CLIError, ConfigError, DirectoryError, addr.AddressError) as e:
+    except (CLIError, ConfigError, DirectoryError, addr.AddressError, SchemaTooNew,
+            StoreUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,11 +9,15 @@ import hmac
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pillarbox.address import AddressError, domain_of, normalize, normalize_domain
 from pillarbox.directory import passwords
-from pillarbox.directory.cache import DirectoryCache
-from pillarbox.store.sqlite import Database
+from pillarbox.directory.cache import USED_UPDATE, DirectoryCache
+
+if TYPE_CHECKING:
+    from pillarbox.store.postgresql import PgDatabase
+    from pillarbox.store.sqlite import Database
 
 # Each argon2id check takes 64 MiB and ~70 ms of a core. Two threads of their
 # own bound both under a login burst, and keep the default pool (spool writes,
@@ -60,7 +64,7 @@ def sender_allowed(rights: list[str], address: str) -> bool:
 
 
 class Users:
-    def __init__(self, db: Database, cache: DirectoryCache | None = None,
+    def __init__(self, db: Database | PgDatabase, cache: DirectoryCache | None = None,
                  login_cache: float = 600.0) -> None:
         self.db = db
         self.cache = cache  # the server's in-memory copy; the CLI goes to SQLite
@@ -68,6 +72,10 @@ class Users:
         self._argon2: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth_key = os.urandom(32)
         self._auth_cache: dict[tuple[str, bytes], tuple[float, str]] = {}
+
+    def directory_stale(self) -> bool:
+        """The server's copy may miss changes: the database cannot be read now."""
+        return self.cache is not None and self.cache.stale
 
     def get(self, address: str) -> User | None:
         if self.cache is not None:
@@ -110,8 +118,8 @@ class Users:
     def allow_sender(self, address: str, pattern: str) -> str:
         address = self._require(address)
         pattern = sender_pattern(pattern)
-        self.db.execute("INSERT OR IGNORE INTO sender_rights (address, pattern) VALUES (?, ?)",
-                        (address, pattern))
+        self.db.execute("INSERT INTO sender_rights (address, pattern) VALUES (?, ?) "
+                        "ON CONFLICT DO NOTHING", (address, pattern))
         return pattern
 
     def disallow_sender(self, address: str, pattern: str) -> str:
@@ -144,9 +152,7 @@ class Users:
         if self.cache is not None:
             self.cache.add_used(address.lower(), delta)
             return
-        self.db.execute(
-            "UPDATE users SET used = MAX(0, used + ?) WHERE address = ?", (delta, address.lower())
-        )
+        self.db.execute(USED_UPDATE, (delta, delta, address.lower()))
 
     def set_used(self, address: str, used: int) -> None:
         self.db.execute("UPDATE users SET used = ? WHERE address = ?", (used, address.lower()))
