@@ -154,6 +154,7 @@ class Server:
             if cfg.maildrop_dir is not None:  # the directory only: a drop's owner is its sender
                 cfg.maildrop_dir.mkdir(parents=True, exist_ok=True)
                 os.chown(cfg.maildrop_dir, account.uid, account.gid)
+            backend.load_driver(cfg.storage_url)  # after the drop its files may be unreadable
             privileges.drop_to(account)
         except (OSError, privileges.PrivilegeError) as e:
             self._close_bound()

@@ -40,6 +40,15 @@ def is_postgresql(url: str) -> bool:
     return url.startswith("postgresql://")
 
 
+def load_driver(url: str) -> None:
+    """Import the database driver now (with everything it imports lazily), before
+    `serve` drops root: the service user may not be able to read the modules."""
+    if is_postgresql(url):
+        import zoneinfo  # noqa: F401  psycopg's C module imports it at its first load
+
+        import pillarbox.store.postgresql  # noqa: F401
+
+
 def open_database(url: str, data_dir: Path, migrate: bool = True) -> Database | PgDatabase:
     """The directory database named by `[storage] url`, migrated unless `migrate` is false
     (then only checked not to be newer than this program)."""
