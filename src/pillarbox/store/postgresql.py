@@ -81,8 +81,7 @@ _UNPORTABLE = re.compile(r"\b(PRAGMA|INSERT\s+OR|REPLACE\s+INTO|AUTOINCREMENT)\b
 def translate(sql: str) -> list[str]:
     """One SQLite migration entry as PostgreSQL statements."""
     out = []
-    for stmt in filter(str.strip, sql.split(";")):
-        stmt = re.sub(r"--[^\n]*", "", stmt)
+    for stmt in filter(str.strip, re.sub(r"--[^\n]*", "", sql).split(";")):
         for pattern, repl in _TYPES:
             stmt = pattern.sub(repl, stmt)
         if _UNPORTABLE.search(stmt):
