@@ -727,6 +727,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     print(f"backup of {cfg.data_dir} in {args.dest}: {done.files} files, "
           f"{_human(done.bytes)}")
+    if cfg.storage_url:
+        print("note: users, aliases and sender rights are in PostgreSQL ([storage] url), not "
+              "in this backup: back that database up with pg_dump", file=sys.stderr)
     return 0
 
 

@@ -200,3 +200,10 @@ def test_database_down_logins_unavailable_mail_kept_then_recovers(make_server, p
         time.sleep(0.1)
     srv.add_user(CAROL)
     _await_rcpt(srv, CAROL, 250)
+
+
+@pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
+def test_backup_says_the_directory_is_not_in_it(make_server, tmp_path):
+    srv = make_server(start=False)
+    p = srv.cli_ok("backup", str(tmp_path / "copy"))
+    assert "pg_dump" in p.stderr and "not in this backup" in p.stderr, p.stderr
