@@ -210,11 +210,11 @@ class PgDatabase:
 
     # -- schema ---------------------------------------------------------------
 
-    def _version(self, c: psycopg.Connection) -> int:
+    def _version(self, c: psycopg.Connection, component: str = COMPONENT) -> int:
         c.execute("CREATE TABLE IF NOT EXISTS pillarbox_schema "
                   "(component TEXT PRIMARY KEY, version BIGINT NOT NULL)")
         row = c.execute("SELECT version FROM pillarbox_schema WHERE component = %s",
-                        (COMPONENT,)).fetchone()
+                        (component,)).fetchone()
         return row[0] if row else 0
 
     def schema_version(self) -> int:
@@ -223,22 +223,26 @@ class PgDatabase:
 
     def check_schema(self) -> int:
         version = self.schema_version()
-        _refuse_newer(version)
+        _refuse_newer(version, len(MIGRATIONS))
         return version
 
     def migrate(self) -> int:
-        """Apply the migrations not yet applied (one node at a time); the number applied."""
-        steps = migrations()
+        """Apply the directory's migrations not yet applied; the number applied."""
+        return self.migrate_component(COMPONENT, migrations())
+
+    def migrate_component(self, component: str, steps: list[list[str]]) -> int:
+        """Bring one component's tables (the directory; PostgreSQL-only ones such as
+        the queue's claims) to len(steps), one node at a time; the number applied."""
         with self._conn() as c, c.transaction():
             c.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            version = self._version(c)
-            _refuse_newer(version)
+            version = self._version(c, component)
+            _refuse_newer(version, len(steps), component)
             for stmts in steps[version:]:
                 for stmt in stmts:
                     c.execute(stmt)
             c.execute("INSERT INTO pillarbox_schema (component, version) VALUES (%s, %s) "
                       "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
-                      (COMPONENT, len(steps)))
+                      (component, len(steps)))
         return len(steps) - version
 
     # -- changes made by other nodes -----------------------------------------
@@ -289,11 +293,12 @@ class PgDatabase:
                 self._closing.wait(LISTEN_RETRY)
 
 
-def _refuse_newer(version: int) -> None:
-    if version > len(MIGRATIONS):
+def _refuse_newer(version: int, known: int, component: str = COMPONENT) -> None:
+    if version > known:
+        what = "" if component == COMPONENT else f" ({component})"
         raise SchemaTooNew(
-            f"the PostgreSQL database has schema version {version}, this pillarbox knows up "
-            f"to {len(MIGRATIONS)}: it was migrated by a newer pillarbox; run that version")
+            f"the PostgreSQL database has schema version {version}{what}, this pillarbox knows "
+            f"up to {known}: it was migrated by a newer pillarbox; run that version")
 
 
 def _reason(e: Any) -> str:
