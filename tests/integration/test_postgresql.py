@@ -84,6 +84,25 @@ def test_serve_refuses_a_schema_newer_than_it_knows(make_server, storage, storag
         assert "Traceback" not in p.stderr, p.stderr
 
 
+def test_a_mailbox_index_newer_than_known_is_refused_not_used(server):
+    """A user's IMAP index (SQLite in the Maildir) migrated by a newer pillarbox:
+    the login is refused with NO [UNAVAILABLE], the index is left as it was."""
+    assert _imap_login(server, ALICE, PASSWORD)[0] == "OK"  # makes the index
+    server.stop()
+    index = server.maildir(ALICE) / "pillarbox-index.sqlite"
+    db = sqlite3.connect(index)
+    newer = db.execute("PRAGMA user_version").fetchone()[0] + 5
+    db.execute(f"PRAGMA user_version={newer}")
+    db.close()
+    server.start()
+    typ, text = _imap_login(server, ALICE, PASSWORD)
+    assert typ == "NO" and "[UNAVAILABLE]" in text, (typ, text)
+    db = sqlite3.connect(index)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == newer
+    db.close()
+    assert "newer pillarbox" in server.log_text()
+
+
 @pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
 def test_two_nodes_start_on_one_fresh_database(make_server):
     """Both migrate at once (advisory lock): neither fails on the other's tables."""
