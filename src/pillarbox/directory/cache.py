@@ -48,6 +48,7 @@ class DirectoryCache:
         self._checked = 0.0
         self._retry_at = 0.0
         self._failed = False  # the last reload failed
+        self._loading = False  # a reload runs in a worker thread
 
     @property
     def stale(self) -> bool:
@@ -62,10 +63,12 @@ class DirectoryCache:
             self._checked = now
             try:
                 version = self.db.data_version()
-                if version != self._version:
+                if version == self._version:
+                    self._failed = False  # the database answers again; nothing changed
+                elif not self._reload_in_background(version):
                     self._reload()
                     self._version = version
-                self._failed = False
+                    self._failed = False
             except backend.errors() as e:
                 # The database is down: no lookup waits on it again before RELOAD_RETRY.
                 self._failed = True
@@ -79,19 +82,55 @@ class DirectoryCache:
         self._retry_at = 0.0
         self._version = None
 
-    def _reload(self) -> None:
-        from pillarbox.directory.users import User
+    def _reload_in_background(self, version: int) -> bool:
+        """On PostgreSQL, a change another node made is loaded in a worker thread
+        while lookups go on with the copy they have (a query over the network
+        must not hold up the event loop). False: load now instead (SQLite, the
+        first load, after `invalidate`, or outside the event loop)."""
+        if not self.db.cheap_data_version or self._version is None:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if self._loading:
+            return True  # the next lookup after it finished looks again
 
-        users = {}
-        for address, enabled, quota, used in self.db.execute(
-            "SELECT address, enabled, quota, used FROM users"
-        ):
-            users[address] = User(address, bool(enabled), quota, used
-                                  + self._pending_used.get(address, 0))
+        def done(fut: asyncio.Future) -> None:
+            self._loading = False
+            try:
+                rows = fut.result()
+            except backend.errors() as e:
+                self._failed = True
+                self._retry_at = time.monotonic() + RELOAD_RETRY
+                log.warning("directory not reloaded, serving the copy last loaded error=%s", e)
+                return
+            self._install(*rows)
+            self._version = version
+            self._failed = False
+
+        self._loading = True
+        loop.run_in_executor(None, self._load).add_done_callback(done)
+        return True
+
+    def _load(self) -> tuple[list[tuple], dict[str, list[str]]]:
+        users = self.db.execute("SELECT address, enabled, quota, used FROM users").fetchall()
         aliases: dict[str, list[str]] = {}
         for alias, target in self.db.execute("SELECT alias, target FROM aliases ORDER BY rowid"):
             aliases.setdefault(alias, []).append(target)
-        self.users, self.aliases = users, aliases
+        return users, aliases
+
+    def _install(self, rows: list[tuple], aliases: dict[str, list[str]]) -> None:
+        """The loaded copy in place, plus the usage not yet written (event loop thread)."""
+        from pillarbox.directory.users import User
+
+        self.users = {address: User(address, bool(enabled), quota,
+                                    used + self._pending_used.get(address, 0))
+                      for address, enabled, quota, used in rows}
+        self.aliases = aliases
+
+    def _reload(self) -> None:
+        self._install(*self._load())
 
     def add_used(self, address: str, delta: int) -> None:
         user = self.users.get(address)
