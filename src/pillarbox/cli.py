@@ -21,6 +21,7 @@ from pillarbox.config import Config, ConfigError
 from pillarbox.directory import password_policy
 from pillarbox.directory.users import DirectoryError
 from pillarbox.printable import escape
+from pillarbox.store.backend import SchemaTooNew, StoreUnavailable
 
 
 class CLIError(Exception):
@@ -744,6 +745,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     print(f"backup of {cfg.data_dir} in {args.dest}: {done.files} files, "
           f"{_human(done.bytes)}")
+    if cfg.storage_url:
+        print("note: users, aliases and sender rights are in PostgreSQL ([storage] url), not "
+              "in this backup: back that database up with pg_dump", file=sys.stderr)
     return 0
 
 
@@ -829,6 +833,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_init)
 
     sub.add_parser("serve", help="run all configured endpoints").set_defaults(func=cmd_serve)
+    from pillarbox.cli_store import cmd_migrate
+    sub.add_parser("migrate", help="bring the database ([storage] url) to this version's "
+                   "schema").set_defaults(func=cmd_migrate)
     sub.add_parser("check", help="validate the config: every error, and warnings"
                    ).set_defaults(func=cmd_check)
     s = sub.add_parser("config", help="show the effective configuration")
@@ -953,7 +960,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         return args.func(args)
-    except (CLIError, ConfigError, DirectoryError, addr.AddressError) as e:
+    except (CLIError, ConfigError, DirectoryError, addr.AddressError, SchemaTooNew,
+            StoreUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -474,8 +474,9 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     url = _str(storage.get("url", ""), "storage.url")
     if url and not url.startswith(("postgresql://", "sqlite:")):
         raise ConfigError("storage.url", "expected empty (SQLite in data_dir) or postgresql://...")
-    if url.startswith("postgresql://"):
-        raise ConfigError("storage.url", "PostgreSQL storage is not available yet; leave empty")
+    if url.startswith("postgresql://") and not url[len("postgresql://"):].strip("/"):
+        raise ConfigError("storage.url", "postgresql:// needs a host and database, e.g. "
+                          "postgresql://pillarbox@db.example.org/pillarbox")
 
     dns = _section(data, "dns")
     ns = dns.get("nameservers", [])
@@ -964,7 +965,9 @@ cert = ""
 key  = ""
 
 [storage]
-# Empty: SQLite + files in data_dir.
+# Empty: SQLite + files in data_dir. "postgresql://USER@HOST/DB": users, aliases
+# and sender rights in PostgreSQL, shared by several nodes (docs/POSTGRESQL.md
+# says what is there so far); run `pillarbox migrate` after upgrading.
 url = ""
 
 [dns]

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import ssl
 
 from pillarbox import chatmail_service, control, logs, privileges, registry, tls
@@ -29,9 +28,8 @@ from pillarbox.queue import public_drop
 from pillarbox.queue.public_pickup import PublicPickup
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import Spool, SpoolFull
-from pillarbox.store import datadir
+from pillarbox.store import backend, datadir
 from pillarbox.store.mailbox_index import StoreRegistry
-from pillarbox.store.sqlite import Database
 from pillarbox.target import mailbox
 from pillarbox.tasks import cancel_all
 
@@ -45,9 +43,11 @@ class ServeError(Exception):
     """The server cannot start; the message is the one-line reason."""
 
 
-def open_directory(config: Config, cached: bool = False) -> tuple[Database, Users, Aliases]:
-    db = Database(config.data_dir / "pillarbox.db")
+def open_directory(config: Config, cached: bool = False) -> tuple[object, Users, Aliases]:
+    db = backend.open_database(config.storage_url, config.data_dir)
     users = Users(db, DirectoryCache(db) if cached else None, config.limits.login_cache)
+    if users.cache is not None:
+        users.cache.fresh()  # loaded now (and on PostgreSQL, listening for changes)
     return db, users, Aliases(db, users, config.domains,
                               config.delivery.recipient_delimiter)
 
@@ -63,7 +63,7 @@ def recount_usage(users: Users, mail_root) -> None:
         if used != user.used:
             try:
                 users.set_used(user.address, used)
-            except sqlite3.Error as e:  # disk full: the count catches up at the next start
+            except backend.errors() as e:  # disk full: the count catches up at the next start
                 log.warning("quota usage not recounted user=%s error=%r", user.address, e)
 
 
@@ -167,6 +167,7 @@ class Server:
             if cfg.maildrop_dir is not None:  # the directory only: a drop's owner is its sender
                 cfg.maildrop_dir.mkdir(parents=True, exist_ok=True)
                 os.chown(cfg.maildrop_dir, account.uid, account.gid)
+            backend.load_driver(cfg.storage_url)  # after the drop its files may be unreadable
             privileges.drop_to(account)
         except (OSError, privileges.PrivilegeError) as e:
             self._close_bound()
@@ -200,7 +201,10 @@ class Server:
                 raise ServeError(f"maildrop_dir: cannot use {cfg.maildrop_dir}: "
                                  f"{e.strerror or e}; make it (see docs/OPERATING.md, "
                                  "The sendmail command) or set maildrop_dir = \"\"") from None
-        _, users, aliases = open_directory(cfg, cached=True)
+        try:
+            _, users, aliases = open_directory(cfg, cached=True)
+        except (backend.SchemaTooNew, backend.StoreUnavailable) as e:
+            raise ServeError(f"storage.url: {e}") from None
         self.users, self.aliases = users, aliases
         await asyncio.to_thread(migrate_maildirs, users, cfg.data_dir / "mail")
         # Before anything is served: an IMAP APPEND or EXPUNGE during the

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from .pg_server import PostgresServer, seed_database
 from .support import (
     PASSWORD,
     SEED_USERS,
@@ -48,14 +49,42 @@ def seed_data_dir(tmp_path_factory):
     return srv.data_dir
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL cluster (Debian's package) for this session (per xdist worker)."""
+    pg = PostgresServer(Path(tempfile.mkdtemp(prefix="pbx-pg-", dir="/tmp")))
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()
+
+
 @pytest.fixture
-def make_server(tmp_path, seed_data_dir):
+def storage(request) -> str:
+    """The store a test's servers use: "sqlite" (the default) or "postgresql".
+    A module runs its tests against both with
+    `pytestmark = pytest.mark.parametrize("storage", pg_server.BACKENDS, indirect=True)`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def storage_url(request, storage) -> str:
+    """"" for SQLite; for PostgreSQL a fresh database of the session's cluster."""
+    if storage == "sqlite":
+        return ""
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def make_server(tmp_path, seed_data_dir, storage_url):
     servers: list[Server] = []
 
     def factory(overrides: dict | None = None, *, start: bool = True, seed: bool = True,
                 extra_toml: str = "", wrapper: list[str] | None = None, **kw) -> Server:
         merged = dict(overrides or {})
         merged.update(kw)
+        _use_storage(merged, storage_url, first=not servers, seed=seed_data_dir if seed else None)
         srv = Server(tmp_path / f"server{len(servers)}", merged, extra_toml=extra_toml,
                      seed=seed_data_dir if seed else None, wrapper=wrapper)
         servers.append(srv)
@@ -66,6 +95,17 @@ def make_server(tmp_path, seed_data_dir):
     yield factory
 
     _stop_and_check(servers)
+
+
+def _use_storage(overrides: dict, url: str, first: bool, seed: Path | None) -> None:
+    """Point a server at the test's PostgreSQL database, if it has one. The first
+    server's database is seeded like the SQLite file; more servers of one test
+    share it, as nodes do."""
+    if not url:
+        return
+    if first and seed is not None:
+        seed_database(url, seed / "pillarbox.db")
+    overrides.setdefault("storage.url", url)
 
 
 def _stop_and_check(servers: list[Server]) -> None:
@@ -80,7 +120,7 @@ def _stop_and_check(servers: list[Server]) -> None:
 
 
 @pytest.fixture
-def make_service_server(seed_data_dir):
+def make_service_server(seed_data_dir, storage_url):
     """Like make_server, for a server started as root with `user = SERVICE_USER`
     (pass user="" for none): in a directory under /tmp that the service user
     can reach (pytest's own tmp_path is root's alone)."""
@@ -92,6 +132,7 @@ def make_service_server(seed_data_dir):
     def factory(overrides: dict | None = None, *, start: bool = True,
                 user: str = SERVICE_USER, extra_toml: str = "") -> Server:
         merged = {"user": user, **(overrides or {})}
+        _use_storage(merged, storage_url, first=not servers, seed=seed_data_dir)
         srv = Server(base / f"server{len(servers)}", merged, seed=seed_data_dir,
                      extra_toml=extra_toml)
         srv.root.chmod(0o755)

@@ -9,6 +9,7 @@ import tomllib
 
 import pytest
 
+from .pg_server import BACKENDS
 from .support import HOSTNAME
 
 
@@ -24,6 +25,7 @@ def assert_error(p: subprocess.CompletedProcess, *words: str) -> None:
 # -------------------------------------------------------------------- users
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)  # users on SQLite and PG
 def test_user_add_list_disable_enable_del(make_server):
     srv = make_server(start=False, seed=False)
     srv.add_user("alice@example.test", quota="10M")
@@ -44,11 +46,13 @@ def test_user_add_list_disable_enable_del(make_server):
     assert "bob@example.test" not in out and "alice@example.test" in out
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)  # users on SQLite and PG
 def test_user_del_unknown_user(make_server):
     srv = make_server(start=False, seed=False)
     assert_error(srv.cli("user", "del", "ghost@example.test"), "ghost@example.test")
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)  # users on SQLite and PG
 @pytest.mark.parametrize("verb", ["disable", "enable", "passwd"])
 def test_user_verbs_on_unknown_user(make_server, verb):
     srv = make_server(start=False, seed=False)
@@ -65,6 +69,7 @@ def test_user_add_malformed_address(make_server, addr):
     assert addr not in srv.cli_ok("user", "list").stdout
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)  # users on SQLite and PG
 def test_user_add_twice(make_server):
     srv = make_server(start=False, seed=False)
     srv.add_user("alice@example.test")
@@ -81,6 +86,7 @@ def test_user_add_bad_quota(make_server):
 # ------------------------------------------------------------------ aliases
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)  # users on SQLite and PG
 def test_alias_add_list_del(make_server):
     srv = make_server(start=False, seed=False)
     srv.add_user("alice@example.test")
@@ -91,6 +97,7 @@ def test_alias_add_list_del(make_server):
     assert "info@example.test" not in srv.cli_ok("alias", "list").stdout
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)  # users on SQLite and PG
 def test_alias_errors(make_server):
     srv = make_server(start=False, seed=False)
     assert_error(srv.cli("alias", "del", "ghost@example.test"))
@@ -275,6 +282,7 @@ GOOD_PASSWORD = "tulip-orbit-canyon-42"
     ("carol.longname@example.test", ["address"]),
     ("Carol.Longname", ["address"]),
 ])
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)  # users on SQLite and PG
 def test_user_add_and_passwd_refuse_weak_passwords(make_server, password, words):
     srv = make_server(start=False, seed=False)
     addr = "carol.longname@example.test"

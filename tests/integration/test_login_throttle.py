@@ -10,7 +10,13 @@ import re
 import smtplib
 import time
 
+import pytest
+
+from .pg_server import BACKENDS
 from .support import ALICE, BOB, CLIENT_NAME, PASSWORD, client_ssl_context
+
+# Password checks read the directory: on SQLite and on PostgreSQL (issue 19).
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
 
 LOCKOUT = 2.0
 

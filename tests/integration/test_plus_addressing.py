@@ -7,7 +7,13 @@ an existing user or alias with the full name wins. [delivery] detail_folder
 
 from __future__ import annotations
 
+import pytest
+
+from .pg_server import BACKENDS
 from .support import ALICE, BOB, assert_reply, make_message, parse, token, wait_until
+
+# The directory (users, aliases) on SQLite and on PostgreSQL (issue 19).
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
 
 SENDER = "sender@remote.test"
 

@@ -34,6 +34,8 @@ def check(aliases: Aliases, rcpt: str, srs: srs_.Srs | None = None) -> Reply | N
         return Reply(550, f"5.2.1 <{rcpt}>: mailbox disabled")
     if x.loop:
         return Reply(550, f"5.4.6 <{rcpt}>: alias loop, tell the postmaster")
+    if aliases.users.directory_stale():  # PostgreSQL down: the user may be new, try later
+        return Reply(451, f"4.3.0 <{rcpt}>: user directory unavailable, try again later")
     return Reply(550, f"5.1.1 <{rcpt}>: no such user here")
 
 

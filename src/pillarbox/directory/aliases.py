@@ -20,10 +20,14 @@ the two never meet).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pillarbox.address import AddressError, domain_of, is_bare_name, normalize, normalize_domain
 from pillarbox.directory.users import DirectoryError, Users
-from pillarbox.store.sqlite import Database
+
+if TYPE_CHECKING:
+    from pillarbox.store.postgresql import PgDatabase
+    from pillarbox.store.sqlite import Database
 
 MAX_DEPTH = 20
 
@@ -71,7 +75,7 @@ def normalize_target(target: str, local: bool = False) -> str:
 
 
 class Aliases:
-    def __init__(self, db: Database, users: Users, local_domains: list[str],
+    def __init__(self, db: Database | PgDatabase, users: Users, local_domains: list[str],
                  delimiter: str = "+") -> None:
         self.db = db
         self.users = users
@@ -105,9 +109,8 @@ class Aliases:
         if not norm:
             raise DirectoryError("an alias needs at least one target")
         for t in norm:
-            self.db.execute(
-                "INSERT OR IGNORE INTO aliases (alias, target) VALUES (?, ?)", (alias, t)
-            )
+            self.db.execute("INSERT INTO aliases (alias, target) VALUES (?, ?) "
+                            "ON CONFLICT DO NOTHING", (alias, t))
 
     def delete(self, alias: str) -> None:
         try:

@@ -9,12 +9,15 @@ import hmac
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pillarbox.address import AddressError, domain_of, normalize, normalize_domain
 from pillarbox.directory import passwords
-from pillarbox.directory.cache import DirectoryCache
-from pillarbox.store.sqlite import Database
+from pillarbox.directory.cache import USED_UPDATE, DirectoryCache
+
+if TYPE_CHECKING:
+    from pillarbox.store.postgresql import PgDatabase
+    from pillarbox.store.sqlite import Database
 
 # Each argon2id check takes 64 MiB and ~70 ms of a core. Two threads of their
 # own bound both under a login burst, and keep the default pool (spool writes,
@@ -61,7 +64,7 @@ def sender_allowed(rights: list[str], address: str) -> bool:
 
 
 class Users:
-    def __init__(self, db: Database, cache: DirectoryCache | None = None,
+    def __init__(self, db: Database | PgDatabase, cache: DirectoryCache | None = None,
                  login_cache: float = 600.0) -> None:
         self.db = db
         self.cache = cache  # the server's in-memory copy; the CLI goes to SQLite
@@ -73,6 +76,10 @@ class Users:
         # address's account at its first login; record each login's day.
         self.creator: Any = None
         self.on_login: Any = None
+
+    def directory_stale(self) -> bool:
+        """The server's copy may miss changes: the database cannot be read now."""
+        return self.cache is not None and self.cache.stale
 
     def get(self, address: str) -> User | None:
         if self.cache is not None:
@@ -115,8 +122,8 @@ class Users:
     def allow_sender(self, address: str, pattern: str) -> str:
         address = self._require(address)
         pattern = sender_pattern(pattern)
-        self.db.execute("INSERT OR IGNORE INTO sender_rights (address, pattern) VALUES (?, ?)",
-                        (address, pattern))
+        self.db.execute("INSERT INTO sender_rights (address, pattern) VALUES (?, ?) "
+                        "ON CONFLICT DO NOTHING", (address, pattern))
         return pattern
 
     def disallow_sender(self, address: str, pattern: str) -> str:
@@ -149,9 +156,7 @@ class Users:
         if self.cache is not None:
             self.cache.add_used(address.lower(), delta)
             return
-        self.db.execute(
-            "UPDATE users SET used = MAX(0, used + ?) WHERE address = ?", (delta, address.lower())
-        )
+        self.db.execute(USED_UPDATE, (delta, delta, address.lower()))
 
     def set_used(self, address: str, used: int) -> None:
         self.db.execute("UPDATE users SET used = ? WHERE address = ?", (used, address.lower()))

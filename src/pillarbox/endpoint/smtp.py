@@ -34,6 +34,7 @@ from pillarbox.modify.signing import Signing
 from pillarbox.printable import escape
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import BodyBuffer, SpoolFull, disk_full, new_id
+from pillarbox.store import backend
 
 log = logging.getLogger("pillarbox.smtp")
 
@@ -402,7 +403,12 @@ class Session:
                 self.reply(421, "4.7.0 Too many failed authentications, closing connection")
                 return False
             return None
-        user = await self.ctx.users.check_password(username, password)
+        try:
+            user = await self.ctx.users.check_password(username, password)
+        except backend.errors() as e:  # PostgreSQL down: nobody's fault, try later
+            log.warning("auth: user directory unavailable error=%s", e)
+            self.reply(454, "4.7.0 Temporary authentication failure, try again later")
+            return None
         if user is None:
             self.auth_failures += 1
             logs.event(log, INFO, "auth failed", client=logs.client(self.peer_ip),

@@ -336,6 +336,10 @@ class MailStore:
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):  # a newer pillarbox's index: do not touch it
+            raise sqlite3.DatabaseError(
+                f"{self.root / INDEX_NAME} has schema version {version}, this pillarbox "
+                f"knows up to {len(MIGRATIONS)}: it was used by a newer pillarbox")
         for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
             with self._transaction():
                 for stmt in filter(str.strip, sql.split(";")):

@@ -6,12 +6,19 @@ across threads); WAL lets the CLI write while the server reads.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+from pillarbox.store.backend import SchemaTooNew
+
 # Append-only: each entry moves the schema one version forward. Never edit a
-# released entry; add a new one.
+# released entry; add a new one. These are also PostgreSQL's migrations (one
+# source of truth): store/postgresql.py translates each entry's types
+# (INTEGER, REAL, BLOB, INTEGER PRIMARY KEY) and takes PG_OVERRIDES[n] instead
+# of an entry it cannot translate. Keep to plain CREATE/ALTER TABLE/INDEX.
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE users (
@@ -103,11 +110,18 @@ MIGRATIONS: list[str] = [
 
 
 class Database:
-    def __init__(self, path: Path) -> None:
+    kind = "sqlite"
+    cheap_data_version = False  # a query: the directory cache asks once a second
+    unavailable = False  # a local file: never "down"
+
+    def __init__(self, path: Path, migrate: bool = True) -> None:
         self.path = path
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.migrate()
+        if migrate:
+            self.migrate()
+        else:
+            self.check_schema()
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -119,9 +133,22 @@ class Database:
             self._local.conn = c
         return c
 
-    def migrate(self) -> None:
+    def schema_version(self) -> int:
+        return self.conn().execute("PRAGMA user_version").fetchone()[0]
+
+    def check_schema(self) -> int:
+        """The schema version, refused when a newer pillarbox made it."""
+        version = self.schema_version()
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"{self.path} has schema version {version}, this pillarbox knows up to "
+                f"{len(MIGRATIONS)}: it was used by a newer pillarbox; run that version")
+        return version
+
+    def migrate(self) -> int:
+        """Apply the migrations not yet applied; the number applied."""
         c = self.conn()
-        version = c.execute("PRAGMA user_version").fetchone()[0]
+        version = self.check_schema()
         for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -133,6 +160,31 @@ class Database:
                 if c.in_transaction:  # SQLite may have rolled back itself (disk full)
                     c.execute("ROLLBACK")
                 raise
+        return len(MIGRATIONS) - version
+
+    def data_version(self) -> int:
+        """Changes when another connection (the CLI, another process) commits."""
+        return self.conn().execute("PRAGMA data_version").fetchone()[0]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; yields an object with execute/executemany."""
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:  # SQLite may have rolled back itself (disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
 
     def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         return self.conn().execute(sql, params)

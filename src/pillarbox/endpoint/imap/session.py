@@ -59,6 +59,7 @@ from pillarbox.endpoint.imap.parser import (
     parse_tag,
     seqset_from,
 )
+from pillarbox.store import backend
 from pillarbox.store.mailbox_index import (
     SYSTEM_FLAGS,
     MailboxError,
@@ -718,7 +719,11 @@ class Session:
                 self.untagged("BYE Too many failed logins")
                 self.logout = True
             return ("NO", "[UNAVAILABLE] Too many failed logins, try again later")
-        addr = await self.ctx.users.check_password(username, password)
+        try:
+            addr = await self.ctx.users.check_password(username, password)
+        except backend.errors() as e:  # PostgreSQL down: nobody's fault, try later
+            log.warning("imap login: user directory unavailable error=%s", e)
+            return ("NO", "[UNAVAILABLE] The user directory is unavailable, try again later")
         if addr is None:
             self.auth_failures += 1
             logs.event(log, logging.INFO, "auth failed", client=logs.client(self.peer_ip),
