@@ -5,6 +5,7 @@ day, no addresses in the log at the default level."""
 from __future__ import annotations
 
 import imaplib
+import json
 import smtplib
 import sqlite3
 
@@ -12,7 +13,8 @@ import pytest
 
 from . import chatmail_messages as m
 from .dns_server import DNSServer
-from .support import ALICE, BOB, Server, client_ssl_context
+from .support import ALICE, BOB, Server, client_ssl_context, free_ports
+from .test_http import get as http_get
 
 NEWPASS = "correct-horse-9"
 
@@ -26,13 +28,16 @@ def dns():
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory, seed_data_dir, dns):
+    (http,) = free_ports(1)
     srv = Server(tmp_path_factory.mktemp("chatmail"), {
         "mode": "chatmail", "log_level": "warning", "dns.nameservers": [dns.address],
+        "listen.http": [f"127.0.0.1:{http}"],
         "chatmail.max_user_send_burst": 3, "chatmail.max_user_send_per_minute": 1,
         "limits.auth_max_failures": 1000, "limits.auth_account_max_failures": 1000,
         "limits.auth_failure_delay": "0s"},
         seed=seed_data_dir)
     srv.start()
+    srv.http_port = http
     yield srv
     problems = srv.shutdown_and_check()
     if problems:
@@ -112,12 +117,32 @@ def test_no_account_fails_like_a_wrong_password(relay, addr, password):
     assert not exists(relay, addr.lower())
 
 
+def test_post_new_makes_a_random_account(relay):
+    status, headers, body = http_get(f"http://127.0.0.1:{relay.http_port}/new", "POST")
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("application/json")
+    account = json.loads(body)
+    assert set(account) == {"email", "password"}
+    local, _, domain = account["email"].partition("@")
+    assert domain == "example.test" and len(local) == 9 and local.isalnum(), account
+    assert len(account["password"]) >= 20
+    assert imap_login(relay, account["email"], account["password"])
+    assert not imap_login(relay, account["email"], NEWPASS)  # its own password only
+    again = json.loads(http_get(f"http://127.0.0.1:{relay.http_port}/new", "POST")[2])
+    assert again["email"] != account["email"]
+    assert http_get(f"http://127.0.0.1:{relay.http_port}/new")[0] == 405  # GET makes none
+
+
 def test_no_room_no_account(tmp_path, seed_data_dir):
+    (http,) = free_ports(1)
     srv = Server(tmp_path / "full", {"mode": "chatmail", "chatmail.strict_dkim": False,
-                                     "chatmail.min_free_disk": "1000000G"},
+                                     "chatmail.min_free_disk": "1000000G",
+                                     "listen.http": [f"127.0.0.1:{http}"]},
                  seed=seed_data_dir)
     srv.start()
     try:
+        status, headers, _ = http_get(f"http://127.0.0.1:{http}/new", "POST")
+        assert status == 503 and headers["Retry-After"] == "600"
         assert not imap_login(srv, "abcdefg78@example.test", NEWPASS)
         assert imap_login(srv, ALICE, "secret-for-tests-only")  # existing users go on
     finally:

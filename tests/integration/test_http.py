@@ -151,6 +151,8 @@ def test_health_and_headers(make_server):
     status, headers, _ = get(f"http://127.0.0.1:{srv.http_port}/nothing/here")
     assert status == 404 and headers["Server"] == "pillarbox"
     assert "Strict-Transport-Security" not in headers  # not over plain HTTP
+    # chatmail's account making exists only in chatmail mode
+    assert get(f"http://127.0.0.1:{srv.http_port}/new", "POST")[0] == 404
 
 
 def _raw(port: int, data: bytes) -> bytes:

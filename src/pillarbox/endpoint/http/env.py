@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -22,6 +23,8 @@ class HTTPEnv:
     queue: Callable[[], list[tuple[str, int, float | None]]] = lambda: []
     # why the server is not ready (empty: ready), for /readyz; may block (run in a thread)
     not_ready: Callable[[], list[str]] = lambda: []
+    # the user directory (chatmail's POST /new makes accounts in it)
+    users: Callable[[], Any] = lambda: None
     # ACME HTTP-01: token -> key authorization, filled by acme.Renewer
     challenges: dict[str, str] = field(default_factory=dict)
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from pillarbox.endpoint.http import (
     acme,
     autoconfig,
+    chatmail_new,
     health,
     list_unsubscribe,
     metrics,
@@ -21,7 +22,7 @@ from pillarbox.endpoint.http import (
 )
 from pillarbox.endpoint.http.env import HTTPEnv
 
-PUBLIC = [autoconfig, mta_sts, acme, health, metrics, list_unsubscribe]
+PUBLIC = [autoconfig, mta_sts, acme, health, metrics, list_unsubscribe, chatmail_new]
 PRIVATE = [metrics, health]
 
 

@@ -48,7 +48,7 @@ def make_env(server: Any) -> HTTPEnv:
         return problems
 
     return HTTPEnv(config=lambda: server.config, sessions=sessions, queue=queue,
-                   not_ready=not_ready)
+                   not_ready=not_ready, users=lambda: server.users)
 
 
 async def start(server: Any, sockets: dict[str, list[socket.socket]],
