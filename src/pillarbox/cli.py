@@ -145,7 +145,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from pillarbox.modify import dkim_sign
 
     selectors = dkim_sign.generate_keys(cfg.data_dir / "dkim", domain)
-    from pillarbox.server import open_directory
+    from pillarbox.directory.connect import open_directory
 
     open_directory(cfg)
     print(f"wrote {cfg_path} (hostname {hostname}, domain {domain})")
@@ -279,7 +279,7 @@ def cmd_expire(args: argparse.Namespace) -> int:
 # -- users and aliases --------------------------------------------------------
 
 def _directory(args: argparse.Namespace):
-    from pillarbox.server import open_directory
+    from pillarbox.directory.connect import open_directory
 
     cfg = _load(args)
     _, users, aliases = open_directory(cfg)
@@ -637,8 +637,8 @@ def _bare_or_address(name: str) -> str:
 def _sendmail_queue(cfg: Config, args: argparse.Namespace, rcpts: list[str], headers,
                     data: bytes) -> int:
     """Root or the server's user: resolved and checked now, into queue/maildrop."""
+    from pillarbox.directory.connect import open_directory
     from pillarbox.queue.spool import Envelope, Spool, SpoolFull, disk_full, new_id
-    from pillarbox.server import open_directory
 
     _, _, aliases = open_directory(cfg)
     domain = cfg.domains[0]

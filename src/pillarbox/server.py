@@ -11,12 +11,12 @@ import os
 import signal
 import socket
 import ssl
+from typing import Any
 
-from pillarbox import chatmail_service, control, logs, privileges, registry, tls
+from pillarbox import control, logs, privileges, registry, tls
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config, ConfigError, load, restart_needed
-from pillarbox.directory.aliases import Aliases
-from pillarbox.directory.cache import DirectoryCache
+from pillarbox.directory.connect import open_directory
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import beside, smtp
 from pillarbox.endpoint.http import wiring as http_wiring
@@ -41,15 +41,6 @@ TLS_CLOSE_GRACE = 1.0  # seconds an implicit-TLS close waits for the peer's clos
 
 class ServeError(Exception):
     """The server cannot start; the message is the one-line reason."""
-
-
-def open_directory(config: Config, cached: bool = False) -> tuple[object, Users, Aliases]:
-    db = backend.open_database(config.storage_url, config.data_dir)
-    users = Users(db, DirectoryCache(db) if cached else None, config.limits.login_cache)
-    if users.cache is not None:
-        users.cache.fresh()  # loaded now (and on PostgreSQL, listening for changes)
-    return db, users, Aliases(db, users, config.domains,
-                              config.delivery.recipient_delimiter)
 
 
 def recount_usage(users: Users, mail_root) -> None:
@@ -96,7 +87,7 @@ class Server:
         self._hup_pending = False
         self._closing: asyncio.Task | None = None  # old modules closing after a reload
         self.public: PublicPickup | None = None
-        self.chatmail: chatmail_service.ChatmailService | None = None
+        self.chatmail: Any = None  # chatmail_service.ChatmailService in chatmail mode
 
     @property
     def serving(self) -> bool:
@@ -239,7 +230,9 @@ class Server:
                 self._servers += await beside.listen(cfg, lambda: self.smtp)
             except beside.ListenError as e:
                 raise ServeError(str(e)) from None
-            self.chatmail = chatmail_service.start(cfg, users, queue.maildir)
+            if cfg.mode == "chatmail":  # its services (and their HTTP client) only then
+                from pillarbox import chatmail_service
+                self.chatmail = chatmail_service.start(cfg, users, queue.maildir)
             await queue.start()
             self.web, self.acme, acme_task = await http_wiring.start(
                 self, {k: await self._sockets(k) for k in http_wiring.KINDS}, implicit_tls)
@@ -277,7 +270,8 @@ class Server:
         sweeper.cancel()
         imap_sweeper.cancel()
         acme_task.cancel()
-        await self.web.stop()
+        if self.web is not None:
+            await self.web.stop()
         if public_task is not None:
             public_task.cancel()
             await asyncio.gather(public_task, return_exceptions=True)

@@ -35,11 +35,13 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from email.message import Message
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
-import aiohttp
 import dns.exception
+
+if TYPE_CHECKING:
+    import aiohttp
 
 from pillarbox import module
 from pillarbox.check import Reply
@@ -173,6 +175,7 @@ class RspamdCheck:
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running event loop; kept for its connection pool.
+        import aiohttp  # here: loading the config (every CLI call) need not load it
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
@@ -212,6 +215,7 @@ class RspamdCheck:
     async def ask(self, headers: list[tuple[str, str]], body: BinaryIO,
                   timeout: float) -> dict[str, Any]:
         """rspamd's answer, or Unavailable."""
+        import aiohttp  # here: loading the config (every CLI call) need not load it
         try:
             async with asyncio.timeout(timeout):  # the whole exchange, whatever happens
                 async with self._client().post(self.url, data=_blocks(body), headers=headers,

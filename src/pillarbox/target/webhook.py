@@ -31,10 +31,11 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 from pillarbox import module
 from pillarbox.check import Reply
@@ -194,6 +195,7 @@ class _Post(module.BaseDelivery):
 class WebhookTarget:
     def __init__(self, name: str, url: str, fmt: str, secret: bytes, timeout: float,
                  headers: dict[str, str]) -> None:
+        import aiohttp  # here: loading the config (every CLI call) need not load it
         self.name = name
         self.url = url
         self.format = fmt
@@ -208,6 +210,7 @@ class WebhookTarget:
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running event loop, and kept for its connection pool.
+        import aiohttp  # here: loading the config (every CLI call) need not load it
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout, headers={"User-Agent": "pillarbox-webhook"})
@@ -215,6 +218,7 @@ class WebhookTarget:
 
     async def post(self, envelope: module.Envelope,
                    message: BinaryIO) -> module.DeliveryError | None:
+        import aiohttp  # here: loading the config (every CLI call) need not load it
         try:
             body = _Body(self.format, envelope, message)
             headers = dict(self._headers)

@@ -1,7 +1,7 @@
 """ACME (RFC 8555): certificates for acme.names, with HTTP-01 answered here.
 
 The `acme` library (certbot's) speaks the protocol, in a worker thread (it is
-synchronous); this module serves the challenge tokens on listen.http, decides
+synchronous); acme_challenge.py serves the challenge tokens on listen.http; this module decides
 when to renew, writes the pair into data_dir/tls/ and asks the server to load
 it into every endpoint (`reload_tls`), without a restart.
 """
@@ -15,7 +15,6 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -28,18 +27,6 @@ log = logging.getLogger("pillarbox.acme")
 ORDER_TIMEOUT = 90.0  # seconds for the CA to validate and issue
 MIN_WAIT = 3600.0  # between renewals of a valid certificate, whatever renew_before says
 RETRY = (60.0, 300.0, 900.0, 3600.0)  # after failures
-_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-
-
-def routes(env: HTTPEnv) -> list[web.RouteDef]:
-    async def challenge(request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        answer = env.challenges.get(token) if set(token) <= _TOKEN_CHARS else None
-        if answer is None:
-            raise web.HTTPNotFound()
-        return web.Response(text=answer, content_type="application/octet-stream")
-
-    return [web.get("/.well-known/acme-challenge/{token}", challenge)]
 
 
 def renewal_due(cert_pem: bytes | None, names: list[str], renew_before: float,

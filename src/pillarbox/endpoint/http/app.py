@@ -10,7 +10,8 @@ import aiohttp.web_response
 from aiohttp import web
 
 from pillarbox.endpoint.http import routes
-from pillarbox.endpoint.http.env import PRIVATE, HTTPEnv
+from pillarbox.endpoint.http.env import HTTPEnv
+from pillarbox.endpoint.http.keys import PRIVATE
 
 log = logging.getLogger("pillarbox.http")
 

@@ -6,8 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from pillarbox.config import Config
 
 
@@ -28,6 +26,3 @@ class HTTPEnv:
     # ACME HTTP-01: token -> key authorization, filled by acme.Renewer
     challenges: dict[str, str] = field(default_factory=dict)
 
-
-# Set on each aiohttp Application: True for listen.metrics (operators only).
-PRIVATE = web.AppKey("private", bool)

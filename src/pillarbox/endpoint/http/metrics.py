@@ -17,7 +17,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pillarbox import metrics
-from pillarbox.endpoint.http.env import PRIVATE, HTTPEnv
+from pillarbox.endpoint.http.env import HTTPEnv
+from pillarbox.endpoint.http.keys import PRIVATE
 
 
 class LiveState(Collector):

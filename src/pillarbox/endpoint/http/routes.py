@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pillarbox.endpoint.http import (
-    acme,
+    acme_challenge,
     autoconfig,
     chatmail_new,
     health,
@@ -22,7 +22,7 @@ from pillarbox.endpoint.http import (
 )
 from pillarbox.endpoint.http.env import HTTPEnv
 
-PUBLIC = [autoconfig, mta_sts, acme, health, metrics, list_unsubscribe, chatmail_new]
+PUBLIC = [autoconfig, mta_sts, acme_challenge, health, metrics, list_unsubscribe, chatmail_new]
 PRIVATE = [metrics, health]
 
 

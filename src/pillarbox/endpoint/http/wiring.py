@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
 import ssl
 from typing import Any
 
 from pillarbox.endpoint.http.acme import Renewer
-from pillarbox.endpoint.http.app import HTTPEndpoint
 from pillarbox.endpoint.http.env import HTTPEnv
+from pillarbox.store import backend
 
 KINDS = ("http", "https", "metrics")
 
@@ -43,7 +42,7 @@ def make_env(server: Any) -> HTTPEnv:
             problems.append("disk: below queue.min_free_space")
         try:
             server.users.db.execute("SELECT 1").fetchone()
-        except sqlite3.Error as e:
+        except backend.errors() as e:
             problems.append(f"store: {e}")
         return problems
 
@@ -52,11 +51,15 @@ def make_env(server: Any) -> HTTPEnv:
 
 
 async def start(server: Any, sockets: dict[str, list[socket.socket]],
-                tls: ssl.SSLContext) -> tuple[HTTPEndpoint, Renewer, asyncio.Task]:
-    """Serve on the bound sockets (none: nothing served) and run the renewer
-    (idle while [acme] directory is empty)."""
+                tls: ssl.SSLContext) -> tuple[Any, Renewer, asyncio.Task]:
+    """Serve on the bound sockets (none: nothing served, and aiohttp's server
+    not even loaded: None) and run the renewer (idle while [acme] directory is
+    empty)."""
     env = make_env(server)
-    endpoint = HTTPEndpoint(env)
-    await endpoint.start(sockets, tls)
+    endpoint = None
+    if any(sockets.values()):
+        from pillarbox.endpoint.http.app import HTTPEndpoint
+        endpoint = HTTPEndpoint(env)
+        await endpoint.start(sockets, tls)
     renewer = Renewer(env, server.reload_tls)
     return endpoint, renewer, asyncio.create_task(renewer.run())
