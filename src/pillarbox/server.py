@@ -18,10 +18,11 @@ from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.cache import DirectoryCache
+from pillarbox.directory.keys import Keys
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import smtp
 from pillarbox.endpoint.imap import session as imap
-from pillarbox.modify import arc
+from pillarbox.modify import arc, encryption_policy
 from pillarbox.modify.dkim_sign import DKIMSigner
 from pillarbox.modify.signing import Signing
 from pillarbox.queue import public_drop
@@ -187,7 +188,7 @@ class Server:
                 raise ServeError(f"maildrop_dir: cannot use {cfg.maildrop_dir}: "
                                  f"{e.strerror or e}; make it (see docs/OPERATING.md, "
                                  "The sendmail command) or set maildrop_dir = \"\"") from None
-        _, users, aliases = open_directory(cfg, cached=True)
+        db, users, aliases = open_directory(cfg, cached=True)
         self.users, self.aliases = users, aliases
         await asyncio.to_thread(migrate_maildirs, users, cfg.data_dir / "mail")
         # Before anything is served: an IMAP APPEND or EXPUNGE during the
@@ -198,6 +199,7 @@ class Server:
         self.signing = signing = Signing(cfg)
         queue.signing = signing
         queue.sealer = arc.Sealer(DKIMSigner(cfg.data_dir / "dkim"))
+        queue.encryption = encryption_policy.Encryption(cfg.encryption, Keys(db))
         # one for SMTP and IMAP: failures add up
         self.throttle = throttle = LoginThrottle(cfg.limits)
         try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pillarbox import address as addr
 from pillarbox import logs, module, pipelines, stages
-from pillarbox.check import Reply, recipient, relay, sender
+from pillarbox.check import Reply, encryption_key, recipient, relay, sender
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
@@ -557,6 +557,8 @@ class Session:
                      if not (routed and isinstance(check, recipient.RecipientCheck))], target))
             if refused:
                 break
+        if refused is None and not routed:  # encryption at rest, no_key = "defer"
+            refused = encryption_key.check(self.ctx.queue.encryption, self.ctx.aliases, rcpt)
         if refused:
             self._refuse("rcpt refused", refused, self.tx.mail_from, rcpt)
             return

@@ -12,8 +12,9 @@ import heapq
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from pillarbox import logs, module, pipelines, route, srs
 from pillarbox.address import domain_of
@@ -21,6 +22,7 @@ from pillarbox.check import Reply
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
+from pillarbox.modify import encryption_policy, pgp_encrypt
 from pillarbox.printable import escape
 from pillarbox.queue import bounce, sendmail_pipeline
 from pillarbox.queue.spool import (
@@ -64,6 +66,8 @@ class Queue:
         self.signing = None  # modify.signing.Signing, set by the server
         self.sealer = None  # modify.arc.Sealer, set by the server
         self.modules: dict[str, object] = {}  # instances by name, set by the server
+        # modify.encryption_policy.Encryption, set by the server: encryption at rest
+        self.encryption = None
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: list[tuple[float, str]] = []
         self._timer_wakeup = asyncio.Event()
@@ -134,6 +138,8 @@ class Queue:
         self.config = config
         self.spool.min_free_space = config.queue.min_free_space
         self.remote.reconfigure(config)
+        if self.encryption is not None:
+            self.encryption.settings = config.encryption
 
     # -- intake -----------------------------------------------------------
 
@@ -265,7 +271,7 @@ class Queue:
                         msg_id, escape(env.mail_from), escape(",".join(env.rcpts)),
                         escape(",".join(d.to for d in left)),
                         f"yes dsn={dsn_id}" if dsn_id else "no")
-            self.spool.done(msg_id)
+            self.spool.done(msg_id, scrub=self._scrubs())
         finally:
             self._active.discard(msg_id)
         return dsn_id or "-"
@@ -369,7 +375,9 @@ class Queue:
         if all(d.state in ("done", "failed") for d in state.deliveries):
             if unreported:
                 await self._report(env, unreported, "failed")
-            self.spool.done(msg_id)
+            # With encryption at rest on, the cleartext must not outlive the
+            # delivery in a segment that deferred messages keep alive.
+            self.spool.done(msg_id, scrub=self._scrubs())
             return
         # Progress first, so that a failing DSN cannot make a delivery repeat;
         # "reported" only after the DSN is queued: rather twice than never.
@@ -387,6 +395,9 @@ class Queue:
         nxt = self._wake_at(env, state)
         if nxt is not None:
             self._schedule_at(nxt, msg_id)
+
+    def _scrubs(self) -> bool:
+        return self.encryption is not None and self.encryption.enabled
 
     def _warns(self, env: Envelope) -> bool:
         """Delay warnings go to senders we know: our users and local programs.
@@ -532,6 +543,24 @@ class Queue:
                    to=f"<{env.mail_from}>", action=action, nrcpt=len(ds))
         return dsn_id
 
+    def _opener(self, env: Envelope, to: str) -> Callable[[], BinaryIO] | str:
+        """How the Maildir writer reads the message for mailbox `to`: as
+        queued, or encrypted to the user's key (in the writer's thread); a
+        str is the error of a delivery held for want of a key."""
+        def plain() -> BinaryIO:
+            return self.spool.open_message(env.id)  # type: ignore[return-value]
+
+        decision = self.encryption.decide(to) if self.encryption is not None else None
+        if decision is None:
+            return plain
+        if decision.cert is None:
+            if decision.no_key == "clear":
+                return plain
+            return encryption_policy.NO_KEY_TEXT  # hold (or defer for mail past RCPT)
+        cert, protect = decision.cert, self.config.encryption.protect_subject
+        return lambda: pgp_encrypt.EncryptingReader(  # type: ignore[return-value]
+            self.spool.open_message(env.id), cert, env.size, protect)
+
     async def _attempt(self, env: Envelope, d: Delivery) -> str | None:
         """Deliver one; None on success, else an error starting with its status."""
         sender = env.mail_from
@@ -555,8 +584,10 @@ class Queue:
                 folder = await asyncio.to_thread(mailbox.detail_folder, path, detail,
                                                  mode == "create")
                 path = folder or path
-            size = await self.maildir.deliver(path, prefix,
-                                              lambda: self.spool.open_message(env.id))
+            opener = self._opener(env, d.to)
+            if isinstance(opener, str):
+                return opener
+            size = await self.maildir.deliver(path, prefix, opener)
             self.users.add_used(d.to, size)
             return None
         if d.kind == "pipe":
