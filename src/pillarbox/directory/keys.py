@@ -31,7 +31,7 @@ class KeyRecord:
     address: str
     fingerprint: str
     source: str  # "import" (the CLI) | "autocrypt" (learned from the user's own mail)
-    effective: int  # Autocrypt effective date (unix time) of a learned key; 0 for imports
+    effective: int  # Autocrypt effective date (unix time) of a learned key; import time
     updated: int
 
 
@@ -52,9 +52,12 @@ class Keys:
         return KeyRecord(*row) if row else None
 
     def put(self, address: str, data: bytes, any_uid: bool = False, source: str = "import",
-            effective: int = 0) -> openpgp.KeyInfo:
-        """Check and store (replacing any key the user had); KeyRefused if unusable."""
+            effective: int | None = None) -> openpgp.KeyInfo:
+        """Check and store (replacing any key the user had); KeyRefused if unusable.
+        `effective`: the Autocrypt effective date it counts from (default: now),
+        so only a later Autocrypt header replaces it."""
         cert, info = openpgp.inspect(data, address, any_uid)
+        effective = int(time.time()) if effective is None else effective
         self.db.execute(
             "INSERT INTO openpgp_keys (address, cert, fingerprint, source, effective, updated) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(address) DO UPDATE SET cert = excluded.cert, "

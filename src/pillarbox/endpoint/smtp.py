@@ -29,7 +29,7 @@ from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
 from pillarbox.endpoint.connection import Connection, Disconnect, SessionTable
-from pillarbox.modify import received, submission
+from pillarbox.modify import autocrypt, received, submission
 from pillarbox.modify.signing import Signing
 from pillarbox.printable import escape
 from pillarbox.queue.scheduler import Queue
@@ -652,6 +652,8 @@ class Session:
                        message_id=_message_id(head[1:], stored.first), size=total,
                        nrcpt=len(tx.rcpts), **{"from": f"<{tx.mail_from}>"}, rcpts=tx.rcpts)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
+        if self.user and self.ctx.queue.encryption is not None:  # [encryption] learn_autocrypt
+            autocrypt.learn_soon(self.ctx.queue.encryption, self.user, stored.first)
 
     # -- a configured pipeline's checks ---------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import io
 import logging
 import re
 import time
@@ -335,20 +336,23 @@ class Queue:
         due = [d for d in state.deliveries
                if d.state not in ("done", "failed") and d.next_attempt <= now]
         # (domain, sender, sealing domains): forwards go apart from direct mail
-        remote: dict[tuple[str, str, tuple[str, ...]], list[Delivery]] = {}
+        remote: dict[tuple[str, str, tuple[str, ...], str], list[Delivery]] = {}
         jobs = []
         traces: dict[int, Trace] = {}  # how each attempt went, for its log line
         for d in due:
             d.attempts += 1
             if d.kind == "remote":
-                key = (domain_of(d.to), self._forward_sender(env, d), self._seal_domains(env, d))
+                key = (domain_of(d.to), self._forward_sender(env, d), self._seal_domains(env, d),
+                       self._forward_encrypted_for(d))
                 remote.setdefault(key, []).append(d)
             else:
                 jobs.append(self._attempt_one(env, d, traces))
         if remote:
             message = await asyncio.to_thread(self._read_all, env.id)
-            jobs += [self._attempt_remote(env, dom, ds, message, sender, traces, seal)
-                     for (dom, sender, seal), ds in remote.items()]
+            jobs += [self._attempt_remote(env, dom, ds,
+                                          await self._encrypted_for(owner, message) if owner
+                                          else message, sender, traces, seal)
+                     for (dom, sender, seal, owner), ds in remote.items()]
         outcomes: dict[int, str | None] = {}
         # The common case, one mailbox, skips gather's task per job.
         results = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
@@ -395,6 +399,23 @@ class Queue:
         nxt = self._wake_at(env, state)
         if nxt is not None:
             self._schedule_at(nxt, msg_id)
+
+    def _forward_encrypted_for(self, d: Delivery) -> str:
+        """The local user whose key encrypts a forward (LEAP: forward only
+        after encrypting): an alias of a user with encryption and a key; ""."""
+        if self.encryption is None or d.rcpt == d.to:
+            return ""
+        decision = self.encryption.decide(d.rcpt)
+        return d.rcpt if decision is not None and decision.cert is not None else ""
+
+    async def _encrypted_for(self, owner: str, message: bytes) -> bytes:
+        assert self.encryption is not None
+        cert = self.encryption.keys.get(owner)
+        if cert is None:  # deleted meanwhile: forwarding in clear would break the promise
+            raise OSError(f"the key of {owner} is gone")
+        reader = pgp_encrypt.EncryptingReader(io.BytesIO(message), cert, len(message),
+                                              self.config.encryption.protect_subject)
+        return await asyncio.to_thread(reader.read)
 
     def _scrubs(self) -> bool:
         return self.encryption is not None and self.encryption.enabled
