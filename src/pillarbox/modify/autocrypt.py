@@ -67,6 +67,8 @@ def learn(encryption, user: str, first_block: bytes, now: float | None = None) -
     user = user.lower()
     mine = [p for p in (parse_header(str(v)) for v in found) if p is not None]
     if sender != user or len(mine) != 1 or mine[0][0] != user:
+        log.debug("autocrypt nothing to learn user=%s from=%s headers=%d valid=%d",
+                  user, sender, len(found), len(mine))
         return None  # Level 1: more than one valid header counts as none
     now = time.time() if now is None else now
     effective = int(min(now, date.timestamp()) if date is not None else now)

@@ -171,7 +171,7 @@ class EncryptingReader:
         if self.size <= STREAM_AT:
             plain = prefix + self.source.read()
             try:
-                armored = pysequoia.encrypt(plain, [pysequoia.Cert.from_bytes(self.cert)])
+                armored = pysequoia.encrypt(plain, [parsed(self.cert)])
             except Exception as e:
                 raise OSError(f"OpenPGP encryption failed: {e}") from None
             del plain
@@ -204,6 +204,21 @@ class EncryptingReader:
         self._feeder.join()
         if child.wait() != 0:
             raise OSError(f"OpenPGP encryption failed (child exit {child.returncode})")
+
+
+_parsed: dict[bytes, pysequoia.Cert] = {}
+_PARSED_MAX = 1024
+
+
+def parsed(cert: bytes) -> pysequoia.Cert:
+    """The certificate parsed, from a small cache: parsing one costs about as
+    much as encrypting a 4 KB message with it."""
+    got = _parsed.get(cert)
+    if got is None:
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        got = _parsed[cert] = pysequoia.Cert.from_bytes(cert)
+    return got
 
 
 def _crlf(armored: bytes) -> bytes:
