@@ -122,9 +122,8 @@ def test_key_import_show_delete_sequoia_v4_v6_and_gpg(make_server, tmp_path, gpg
     assert p.returncode == 1 and p.stderr.strip() == f"error: {ALICE} has no key"
 
 
-def test_key_refusals_each_with_its_reason(make_server, tmp_path):
-    import pysequoia
-
+def test_key_refusals_on_the_command_line(make_server, tmp_path):
+    """Each refusal's exact text: tests/unit/test_openpgp_keys.py; here the CLI's."""
     server = make_server()
     home = gpg_home(tmp_path / "gnupg")
     # expired: made in 2020, valid one day
@@ -134,40 +133,11 @@ def test_key_refusals_each_with_its_reason(make_server, tmp_path):
     p = import_key(server, ALICE, home.export("Old"), tmp_path)
     assert p.returncode == 1
     assert p.stderr.strip() == f"error: key not imported: key {fpr} expired on 2020-01-02"
-    # no encryption-capable subkey at all
-    fpr = gpg_key(home, f"Signer <{ALICE}>", False)
-    p = import_key(server, ALICE, home.export("Signer"), tmp_path)
-    assert p.stderr.strip() == (f"error: key not imported: key {fpr} has no valid "
-                                "encryption-capable subkey")
-    # the only encryption subkey expired (made in 2020 for a day)
-    fpr = gpg_key(home, f"Sub <{ALICE}>", False, "--faked-system-time", "20200101T000000!")
-    home.run("--faked-system-time", "20200101T000000!", "--quick-add-key", fpr, "cv25519",
-             "encr", "1d")
-    p = import_key(server, ALICE, home.export("Sub"), tmp_path)
-    assert p.stderr.strip() == (f"error: key not imported: key {fpr} has no valid "
-                                "encryption-capable subkey")
-    # revoked
-    tsk = sequoia_key(ALICE)
-    cert = tsk.extract_certificate()
-    revoked = cert.merge(pysequoia.Cert.from_bytes(bytes(cert) + bytes(cert.revoke(
-        tsk.certifier()))))
-    p = import_key(server, ALICE, bytes(revoked), tmp_path)
-    assert p.stderr.strip() == \
-        f"error: key not imported: key {cert.fingerprint.upper()} is revoked"
-    # no user ID with the address, then accepted with --any-uid
+    assert server.cli("user", "key", "show", ALICE).returncode == 1  # nothing was stored
+    # no user ID with the address: accepted with --any-uid only
     other = sequoia_key("Someone <someone@elsewhere.test>").extract_certificate()
     p = import_key(server, ALICE, bytes(other), tmp_path)
-    assert p.stderr.strip() == (
-        f"error: key not imported: key {other.fingerprint.upper()} has no user ID with "
-        f"<{ALICE}> (use --any-uid to import it anyway)")
-    # a secret key, and garbage
-    p = import_key(server, ALICE, bytes(tsk), tmp_path)
-    assert p.stderr.strip() == ("error: key not imported: this is a secret key: import the "
-                                "public key only (gpg --export ADDRESS)")
-    p = import_key(server, ALICE, b"hello", tmp_path)
-    assert p.stderr.strip() == ("error: key not imported: not an OpenPGP public key "
-                                "(neither armored nor binary)")
-    assert server.cli("user", "key", "show", ALICE).returncode == 1  # nothing was stored
+    assert p.returncode == 1 and "has no user ID with <alice@example.test>" in p.stderr
     p = import_key(server, ALICE, bytes(other), tmp_path, "--any-uid")
     assert p.returncode == 0, p.stderr
 
@@ -294,6 +264,9 @@ def test_no_cleartext_left_under_the_data_dir_with_a_deferred_message_alongside(
     assert holding[kept], "the deferred message should still be in the queue"
     assert holding[secret] == [], f"cleartext left in {holding[secret]}"
     assert secret not in server.log_text()
+    # the scrubbed record keeps its segment readable: the deferred one survives a restart
+    server.restart()
+    assert len(server.queue_list()) == 1
 
 
 def test_imap_search_outer_headers_only_and_bodystructure(make_server, tmp_path, alice_key):

@@ -9,6 +9,7 @@ address. A refusal is a KeyRefused with a one-line reason for the operator.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parseaddr
@@ -126,7 +127,10 @@ def parse(data: bytes) -> pysequoia.Cert:
     if len(certs) != 1:
         raise KeyRefused(f"expected one OpenPGP certificate, found {len(certs)}")
     cert = certs[0]
-    if cert.has_secret_keys:
+    with warnings.catch_warnings():  # deprecated in favour of Tsk, which we never want
+        warnings.simplefilter("ignore", DeprecationWarning)
+        secret = cert.has_secret_keys
+    if secret:
         raise KeyRefused("this is a secret key: import the public key only "
                          "(gpg --export ADDRESS)")
     return cert
