@@ -162,6 +162,7 @@ class Env:
     mail_root: Any = None
     remote: Any = None  # target.remote.RemoteTarget
     resolver: Any = None  # resolver.make_resolver: the shared DNS resolver and cache
+    encryption: Any = None  # modify.encryption_policy.Encryption: encryption at rest
 
 
 def make_instances(mods: Any, env: Env) -> dict[str, Any]:

@@ -354,7 +354,8 @@ class Server:
         env = registry.Env(config=cfg, users=self.users, aliases=self.aliases,
                            srs=self.queue.srs, signing=self.signing,
                            maildir=self.queue.maildir, mail_root=self.queue.mail_root,
-                           remote=self.queue.remote, resolver=self.queue.remote.resolver)
+                           remote=self.queue.remote, resolver=self.queue.remote.resolver,
+                           encryption=self.queue.encryption)
         return registry.make_instances(cfg.modules, env)
 
     def _apply(self, new: Config, tls_ctx: ssl.SSLContext,

@@ -116,3 +116,16 @@ def test_forward_of_a_user_with_a_key_is_the_encrypted_copy(make_server, tmp_pat
     assert sequoia_decrypt(key, armored(msg.content)) == entity(plain_message(marker))
     (raw,) = server.wait_for_messages(ALICE, 1)
     assert f"hello {marker}".encode() not in raw
+
+
+def test_a_rule_to_the_mailbox_target_is_encrypted_too(make_server, tmp_path):
+    server = make_server(encryption=ENCRYPTED, extra_toml=(
+        f'[[rule]]\nrcpt = "{ALICE}"\ntargets = ["mailbox"]\n'))
+    key = sequoia_key(ALICE)
+    assert import_key(server, ALICE, bytes(key.extract_certificate()), tmp_path).returncode == 0
+    marker = token()
+    with server.smtp() as s:
+        s.sendmail("sender@remote.test", [ALICE], plain_message(marker))
+    (raw,) = server.wait_for_messages(ALICE, 1)
+    assert f"hello {marker}".encode() not in raw
+    assert sequoia_decrypt(key, armored(raw)) == entity(plain_message(marker))

@@ -7,10 +7,13 @@ None, when the user has none and `no_key` says what to do).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pillarbox.address import domain_of
 from pillarbox.directory.keys import Keys
+from pillarbox.modify.pgp_encrypt import EncryptingReader
 
 NO_KEY_POLICIES = ("clear", "defer", "hold")
 # The text a "hold" delivery is deferred with, and "defer" refuses RCPT with.
@@ -40,6 +43,20 @@ class Encryption:
         if not self.required(address):
             return None
         return Decision(self.keys.get(address), self.settings.no_key)
+
+    def opener(self, to: str, plain: Callable[[], BinaryIO], size: int
+               ) -> Callable[[], BinaryIO] | str:
+        """How a Maildir delivery for mailbox `to` reads the message: `plain`,
+        or encrypted to the user's key (blocking reads: the writer's thread).
+        A str is the error of a delivery held for want of a key."""
+        decision = self.decide(to)
+        if decision is None:
+            return plain
+        if decision.cert is None:
+            return plain if decision.no_key == "clear" else NO_KEY_TEXT
+        cert, protect = decision.cert, self.settings.protect_subject
+        return lambda: EncryptingReader(plain(), cert, size,  # type: ignore[return-value]
+                                        protect)
 
     def refuses_at_rcpt(self, address: str) -> bool:
         """`no_key = "defer"` and a mailbox that needs a key has none."""

@@ -23,7 +23,7 @@ from pillarbox.check import Reply
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
-from pillarbox.modify import encryption_policy, pgp_encrypt
+from pillarbox.modify import pgp_encrypt
 from pillarbox.printable import escape
 from pillarbox.queue import bounce, sendmail_pipeline
 from pillarbox.queue.spool import (
@@ -571,16 +571,7 @@ class Queue:
         def plain() -> BinaryIO:
             return self.spool.open_message(env.id)  # type: ignore[return-value]
 
-        decision = self.encryption.decide(to) if self.encryption is not None else None
-        if decision is None:
-            return plain
-        if decision.cert is None:
-            if decision.no_key == "clear":
-                return plain
-            return encryption_policy.NO_KEY_TEXT  # hold (or defer for mail past RCPT)
-        cert, protect = decision.cert, self.config.encryption.protect_subject
-        return lambda: pgp_encrypt.EncryptingReader(  # type: ignore[return-value]
-            self.spool.open_message(env.id), cert, env.size, protect)
+        return plain if self.encryption is None else self.encryption.opener(to, plain, env.size)
 
     async def _attempt(self, env: Envelope, d: Delivery) -> str | None:
         """Deliver one; None on success, else an error starting with its status."""
