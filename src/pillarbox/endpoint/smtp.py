@@ -637,6 +637,9 @@ class Session:
                 logs.event(log, INFO, "dropped", id=msg_id, reason="no recipients left")
                 self.reply(250, f"2.0.0 OK {msg_id} has no recipients left")
                 return
+        enc = self.ctx.queue.encryption  # [encryption] learn_autocrypt: the user's own key
+        own_header = (await stages.header_block(stored)
+                      if self.user and enc is not None and enc.learns(self.user) else b"")
         try:
             await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, head, total,
                                          auth=self.user, source=self.kind, msg_id=msg_id,
@@ -652,8 +655,8 @@ class Session:
                        message_id=_message_id(head[1:], stored.first), size=total,
                        nrcpt=len(tx.rcpts), **{"from": f"<{tx.mail_from}>"}, rcpts=tx.rcpts)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
-        if self.user and self.ctx.queue.encryption is not None:  # [encryption] learn_autocrypt
-            autocrypt.learn_soon(self.ctx.queue.encryption, self.user, stored.first)
+        if own_header:
+            autocrypt.learn_soon(enc, self.user, own_header)
 
     # -- a configured pipeline's checks ---------------------------------------
 

@@ -5,8 +5,7 @@ their own address and which carries one Autocrypt header for that address,
 its key becomes their key if they have none, or replaces theirs when the
 message is newer than the key they have (the Level 1 rule: a message's
 effective date is its Date, or now if that is in the future or missing;
-only a newer effective date updates the stored key). Only the first block
-of the message is read: an Autocrypt header is near the top.
+only a newer effective date updates the stored key). Only the header is read.
 """
 
 from __future__ import annotations
@@ -49,14 +48,14 @@ def parse_header(value: str) -> tuple[str, bytes] | None:
     return attrs["addr"].lower(), key
 
 
-def learn(encryption, user: str, first_block: bytes, now: float | None = None) -> str | None:
+def learn(encryption, user: str, header: bytes, now: float | None = None) -> str | None:
     """Blocking: store the key of `user`'s own Autocrypt header when it is
     theirs and newer. Returns what happened ("learned", "replaced",
     "unchanged", "older", a refusal reason) or None when there was nothing to learn."""
     if encryption is None or not encryption.learns(user):
         return None
-    end = first_block.find(b"\r\n\r\n")
-    head = first_block if end < 0 else first_block[: end + 2]
+    end = header.find(b"\r\n\r\n")
+    head = header if end < 0 else header[: end + 2]
     try:
         msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
         found = msg.get_all("Autocrypt") or []
@@ -92,13 +91,13 @@ def learn(encryption, user: str, first_block: bytes, now: float | None = None) -
 _running: set = set()
 
 
-def learn_soon(encryption, user: str, first_block: bytes) -> None:
+def learn_soon(encryption, user: str, header: bytes) -> None:
     """`learn` in a worker thread, after the reply (the key check takes a few ms)."""
     import asyncio
 
-    if not encryption.learns(user) or b"autocrypt:" not in first_block.lower():
+    if not encryption.learns(user) or b"autocrypt:" not in header.lower():
         return
     task = asyncio.get_running_loop().create_task(
-        asyncio.to_thread(learn, encryption, user, first_block))
+        asyncio.to_thread(learn, encryption, user, header))
     _running.add(task)
     task.add_done_callback(_running.discard)
