@@ -440,6 +440,7 @@ class Spool:
         self._done_buf: dict[int, list[str]] = {}
         self._done_handle: asyncio.Handle | None = None
         self._done_torn: set[int] = set()
+        self._scrub_buf: list[Entry] = []
 
     # -- space --------------------------------------------------------------
 
@@ -715,7 +716,7 @@ class Spool:
         if entry is None:
             return
         if scrub:
-            self._scrub(entry)
+            self._scrub_soon(entry)
         if entry.env.body_file:
             (self.bodies / entry.env.body_file).unlink(missing_ok=True)
         # The marks of every message finished in this loop turn go out in one
@@ -736,12 +737,33 @@ class Spool:
             live.discard(msg_id)
         self._retire(entry.segment)
 
+    def _scrub_soon(self, entry: Entry) -> None:
+        """Scrub in a worker thread, the messages finished in one loop turn together."""
+        self._scrub_buf.append(entry)
+        if len(self._scrub_buf) > 1:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._scrub_batch(self._take_scrubs())
+            return
+        loop.call_soon(lambda: loop.run_in_executor(None, self._scrub_batch,
+                                                    self._take_scrubs()))
+
+    def _take_scrubs(self) -> list[Entry]:
+        batch, self._scrub_buf = self._scrub_buf, []  # on the loop's thread
+        return batch
+
+    def _scrub_batch(self, batch: list[Entry]) -> None:
+        for entry in batch:
+            self._scrub(entry)
+
     def _scrub(self, entry: Entry) -> None:
         """Zero a finished message's bytes in its segment and fix the record's
-        CRC, so the segment still loads. No fsync: the page cache holds the
-        zeros at once and the kernel writes them back within its dirty-page
-        expiry (30 s by default); a crash before that leaves a done message
-        that load() skips."""
+        CRC, so the segment still loads. Blocking. No fsync: the page cache
+        holds the zeros at once and the kernel writes them back within its
+        dirty-page expiry (30 s by default); a crash before that leaves a done
+        message that load() skips. A segment already deleted needs nothing."""
         header = entry.env.to_json()
         start = entry.offset - len(header) - _REC.size
         if start < 0 or entry.length == 0:
