@@ -755,22 +755,29 @@ class Spool:
         return batch
 
     def _scrub_batch(self, batch: list[Entry]) -> None:
+        by_segment: dict[int, list[Entry]] = {}
         for entry in batch:
-            self._scrub(entry)
+            by_segment.setdefault(entry.segment, []).append(entry)
+        for n, entries in by_segment.items():
+            try:
+                fd = os.open(self._seg_path(n), os.O_RDWR)
+            except FileNotFoundError:
+                continue  # retired meanwhile: nothing left to scrub
+            try:
+                for entry in entries:
+                    self._scrub(fd, entry)
+            finally:
+                os.close(fd)
 
-    def _scrub(self, entry: Entry) -> None:
+    def _scrub(self, fd: int, entry: Entry) -> None:
         """Zero a finished message's bytes in its segment and fix the record's
         CRC, so the segment still loads. Blocking. No fsync: the page cache
         holds the zeros at once and the kernel writes them back within its
         dirty-page expiry (30 s by default); a crash before that leaves a done
-        message that load() skips. A segment already deleted needs nothing."""
+        message that load() skips. `fd`: its segment, open for writing."""
         header = entry.env.to_json()
         start = entry.offset - len(header) - _REC.size
         if start < 0 or entry.length == 0:
-            return
-        try:
-            fd = os.open(self._seg_path(entry.segment), os.O_RDWR)
-        except FileNotFoundError:
             return
         try:
             head = os.pread(fd, _REC.size + len(header), start)
@@ -791,8 +798,6 @@ class Spool:
             os.pwrite(fd, _REC.pack(MAGIC, hlen, blen, crc), start)
         except OSError as e:
             log.warning("queue scrub failed id=%s error=%r", entry.env.id, e)
-        finally:
-            os.close(fd)
 
     def flush_done(self) -> None:
         if self._done_handle is not None:
