@@ -148,7 +148,10 @@ def inspect(data: bytes, address: str | None = None, any_uid: bool = False,
     expires = cert.expiration
     if expires is not None and expires <= now:
         raise KeyRefused(f"key {fpr.upper()} expired on {expires:%Y-%m-%d}")
-    alg, created, subs, primary_encrypts = _walk(cert)
+    try:
+        alg, created, subs, primary_encrypts = _walk(cert)
+    except Exception as e:  # a packet the library parses but cannot describe
+        raise KeyRefused(f"key {fpr.upper()} cannot be read: {e}") from None
     usable = primary_encrypts or any(
         s.encrypts and not s.revoked and (s.expires is None or s.expires > now) for s in subs)
     if usable:

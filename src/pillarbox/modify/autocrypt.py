@@ -80,6 +80,9 @@ def learn(encryption, user: str, header: bytes, now: float | None = None) -> str
     except KeyRefused as e:
         logs.event(log, logging.INFO, "autocrypt key refused", user=user, reason=str(e))
         return str(e)
+    except Exception as e:  # hostile keydata must not end in an unretrieved task error
+        logs.event(log, logging.WARNING, "autocrypt key not stored", user=user, error=repr(e))
+        return repr(e)
     if record is not None and record.fingerprint == info.fingerprint:
         return "unchanged"
     what = "learned" if record is None else "replaced"

@@ -70,8 +70,10 @@ def _read_head(source: BinaryIO) -> tuple[bytes, bytes]:
         if at >= 0:
             return buf[: at + 2], buf[at + 2:]
         chunk = source.read(BLOCK)
-        if not chunk or len(buf) > _HEADER_MAX:
-            return buf + chunk, b""  # no body: the whole message is header
+        if not chunk:
+            return buf, b""  # no body: the whole message is header
+        if len(buf) > _HEADER_MAX:  # no header we rewrite: all of it goes inside
+            return b"", buf + chunk
         buf += chunk
 
 
