@@ -300,6 +300,15 @@ def _tell_server(cfg: Config) -> None:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
+    if args.action == "key":
+        from pillarbox import cli_keys
+        from pillarbox.server import open_directory
+
+        cfg = _load(args)
+        try:
+            return cli_keys.run(args, cfg, open_directory(cfg)[0], _local_address)
+        except cli_keys.KeyCommandError as e:
+            raise CLIError(str(e)) from None
     cfg, users, _ = _directory(args)
     if args.action == "list":
         for u in users.list():
@@ -854,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("user", help="manage users")
     s.add_argument("action", choices=["add", "del", "list", "passwd", "disable", "enable",
-                                      "quota", "from", "set"],
+                                      "quota", "from", "set", "key"],
                    help="add a user, delete one (its Maildir is kept), list them, set a "
                         "password, disable or enable logins and delivery, set a quota, or "
                         "show and change the addresses a user may send as, or set a "
@@ -868,6 +877,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="user from: may also send as SENDER (an address, @domain or *)")
     s.add_argument("--disallow", action="append", metavar="SENDER",
                    help="user from: take back a right given with --allow")
+    s.add_argument("key_args", nargs="*", metavar="ARG",
+                   help="user key import ADDRESS FILE | show ADDRESS | del ADDRESS")
+    s.add_argument("--any-uid", action="store_true",
+                   help="user key import: accept a key without a user ID for the address")
     s.set_defaults(func=cmd_user)
 
     cli_chatmail.add_parser(sub, cmd_expire)
@@ -934,6 +947,8 @@ def check_args(args: argparse.Namespace) -> None:
     """What argparse cannot say: the arguments an action needs (CLIError if missing)."""
     if (args.command, getattr(args, "action", None)) in _NEEDS_ADDRESS and not args.address:
         raise CLIError(f"{args.command} {args.action} needs an ADDRESS")
+    if args.command == "user" and getattr(args, "key_args", None) and args.action != "key":
+        raise CLIError(f"user {args.action}: unexpected argument {args.key_args[0]!r}")
     if args.command == "user" and args.action == "quota" and args.quota is None:
         raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
     if args.command == "alias" and args.action in ("add", "del") and not args.alias:

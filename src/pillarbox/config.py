@@ -199,6 +199,17 @@ class PostfixSettings:
 POSTFIX_LISTENERS = ("recipient_access", "virtual_alias", "policy")
 
 
+@dataclass
+class EncryptionSettings:
+    """[encryption]: OpenPGP encryption at rest (docs/ENCRYPTION.md)."""
+
+    domains: list[str] = field(default_factory=list)  # every mailbox in these domains
+    users: list[str] = field(default_factory=list)  # and these mailboxes
+    protect_subject: bool = False  # outer Subject "...", the real one inside
+    no_key: str = "clear"  # clear | defer (450 at RCPT) | hold (stays queued)
+    learn_autocrypt: list[str] = field(default_factory=list)  # domains; "*" = all
+
+
 TLS_MODES = ("none", "opportunistic", "required", "verify")
 
 
@@ -295,6 +306,7 @@ class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     postfix: PostfixSettings = field(default_factory=PostfixSettings)
     routes: list[Route] = field(default_factory=list)
+    encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
     modules: pipelines.Modules = field(default_factory=pipelines.Modules)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     acme: ACMESettings = field(default_factory=ACMESettings)
@@ -315,7 +327,7 @@ class Config:
 _TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", "log_level",
              "log_format", "listen", "tls", "storage", "dns", "limits", "queue", "remote",
              "route", "imap", "delivery", "module", "pipeline", "rule", "http", "acme", "postfix",
-             "chatmail"}
+             "chatmail", "encryption"}
 _SECTION_KEYS = {
     "chatmail": {"username_min_length", "username_max_length", "password_min_length",
                  "min_free_disk", "min_free_memory", "strict_dkim", "notify_url", "iroh_relay",
@@ -344,6 +356,7 @@ _SECTION_KEYS = {
              "max_request_size"},
     "acme": {"directory", "email", "names", "renew_before", "ca_file"},
     "postfix": set(POSTFIX_LISTENERS),
+    "encryption": {"domains", "users", "protect_subject", "no_key", "learn_autocrypt"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
@@ -584,6 +597,7 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
                                                   "imap.cleartext_login_networks")
 
     delivery = _delivery(_section(data, "delivery"), domains)
+    encryption = _encryption(_section(data, "encryption"), domains)
 
     raw_routes = data.get("route", [])
     if not isinstance(raw_routes, list):
@@ -612,7 +626,7 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         tls_key=cfg_key,
         storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
         remote=remote, imap=imap, delivery=delivery, postfix=postfix, routes=routes,
-        modules=modules, http=http, acme=acme, chatmail=chatmail,
+        modules=modules, http=http, acme=acme, chatmail=chatmail, encryption=encryption,
     )
 
 
@@ -775,6 +789,39 @@ def _delivery(d: dict, domains: list[str]) -> DeliverySettings:
                               f"{dom} is not one of domains; bounces must come back here")
         out.srs_domain = dom
     out.srs_domain = out.srs_domain or domains[0]
+    return out
+
+
+def _encryption(d: dict, domains: list[str]) -> EncryptionSettings:
+    out = EncryptionSettings()
+
+    def names(key: str, what: str) -> list[str]:
+        v = d.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"encryption.{key}", f"expected a list of {what}, got {v!r}")
+        return [x.strip().lower() for x in v]
+
+    out.domains = names("domains", "domains")
+    for dom in out.domains:
+        if dom not in domains:
+            raise ConfigError("encryption.domains", f"{dom} is not one of domains")
+    out.users = names("users", "addresses")
+    for u in out.users:
+        if "@" not in u or u.rpartition("@")[2] not in domains:
+            raise ConfigError("encryption.users", f"{u} is not an address in one of domains")
+    out.learn_autocrypt = names("learn_autocrypt", "domains (or \"*\")")
+    for dom in out.learn_autocrypt:
+        if dom != "*" and dom not in domains:
+            raise ConfigError("encryption.learn_autocrypt", f"{dom} is not one of domains")
+    if "protect_subject" in d:
+        if not isinstance(d["protect_subject"], bool):
+            raise ConfigError("encryption.protect_subject", "expected true or false")
+        out.protect_subject = d["protect_subject"]
+    if "no_key" in d:
+        out.no_key = _str(d["no_key"], "encryption.no_key")
+        if out.no_key not in ("clear", "defer", "hold"):
+            raise ConfigError("encryption.no_key",
+                              f"expected \"clear\", \"defer\" or \"hold\", got {out.no_key!r}")
     return out
 
 
@@ -1064,6 +1111,19 @@ arc_seal   = true
 recipient_access = []   # tcp_table(5) map for check_recipient_access and virtual_mailbox_maps
 virtual_alias    = []   # tcp_table(5) map for virtual_alias_maps
 policy           = []   # SMTP access policy service for check_policy_service
+
+[encryption]
+# OpenPGP encryption at rest (docs/ENCRYPTION.md): mail for these domains and
+# users is encrypted to the user's key (`pillarbox user key import`) before
+# it reaches the mailbox.
+domains         = []
+users           = []
+protect_subject = false    # true: the outer Subject is "...", the real one inside
+# A user with no key: "clear" delivers as is, "defer" refuses at RCPT with
+# 450 4.7.0, "hold" keeps the mail queued until a key is imported.
+no_key          = "clear"
+# Domains ("*": all) whose users' own Autocrypt header on submission sets their key.
+learn_autocrypt = []
 
 # Static routes (first match wins; no match: MX lookup). Example: send all
 # outgoing mail through a smarthost with a login.

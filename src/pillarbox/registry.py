@@ -166,6 +166,7 @@ class Env:
     remote: Any = None  # target.remote.RemoteTarget
     resolver: Any = None  # resolver.make_resolver: the shared DNS resolver and cache
     queue: Any = None  # queue.scheduler.Queue: enqueue(), sealer (the mailing_list target)
+    encryption: Any = None  # modify.encryption_policy.Encryption: encryption at rest
 
 
 def make_instances(mods: Any, env: Env) -> dict[str, Any]:

@@ -17,11 +17,12 @@ from pillarbox import control, logs, privileges, registry, tls
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config, ConfigError, load, restart_needed
 from pillarbox.directory.connect import open_directory
+from pillarbox.directory.keys import Keys
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import beside, smtp
 from pillarbox.endpoint.http import wiring as http_wiring
 from pillarbox.endpoint.imap import session as imap
-from pillarbox.modify import arc
+from pillarbox.modify import arc, encryption_policy
 from pillarbox.modify.dkim_sign import DKIMSigner
 from pillarbox.modify.signing import Signing
 from pillarbox.queue import public_drop
@@ -193,7 +194,7 @@ class Server:
                                  f"{e.strerror or e}; make it (see docs/OPERATING.md, "
                                  "The sendmail command) or set maildrop_dir = \"\"") from None
         try:
-            _, users, aliases = open_directory(cfg, cached=True)
+            db, users, aliases = open_directory(cfg, cached=True)
         except (backend.SchemaTooNew, backend.StoreUnavailable) as e:
             raise ServeError(f"storage.url: {e}") from None
         self.users, self.aliases = users, aliases
@@ -206,6 +207,7 @@ class Server:
         self.signing = signing = Signing(cfg)
         queue.signing = signing
         queue.sealer = arc.Sealer(DKIMSigner(cfg.data_dir / "dkim"))
+        queue.encryption = encryption_policy.Encryption(cfg.encryption, Keys(db))
         # one for SMTP and IMAP: failures add up
         self.throttle = throttle = LoginThrottle(cfg.limits)
         try:
@@ -386,7 +388,7 @@ class Server:
                            srs=self.queue.srs, signing=self.signing,
                            maildir=self.queue.maildir, mail_root=self.queue.mail_root,
                            remote=self.queue.remote, resolver=self.queue.remote.resolver,
-                           queue=self.queue)
+                           queue=self.queue, encryption=self.queue.encryption)
         return registry.make_instances(cfg.modules, env)
 
     def _apply(self, new: Config, tls_ctx: ssl.SSLContext,

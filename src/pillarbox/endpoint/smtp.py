@@ -22,14 +22,14 @@ from typing import Any
 
 from pillarbox import address as addr
 from pillarbox import logs, metrics, module, pipelines, stages
-from pillarbox.check import Reply, recipient, relay, sender
+from pillarbox.check import Reply, encryption_key, recipient, relay, sender
 from pillarbox.check.ratelimit import LoginThrottle
 from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
 from pillarbox.endpoint import connection
 from pillarbox.endpoint.connection import Connection, Disconnect, SessionTable
-from pillarbox.modify import received, submission
+from pillarbox.modify import autocrypt, received, submission
 from pillarbox.modify.signing import Signing
 from pillarbox.printable import escape
 from pillarbox.queue.scheduler import Queue
@@ -571,6 +571,8 @@ class Session:
                      if not (routed and isinstance(check, recipient.RecipientCheck))], target))
             if refused:
                 break
+        if refused is None and not routed:  # encryption at rest, no_key = "defer"
+            refused = encryption_key.check(self.ctx.queue.encryption, self.ctx.aliases, rcpt)
         if refused:
             self._refuse("rcpt refused", refused, self.tx.mail_from, rcpt)
             return
@@ -653,6 +655,9 @@ class Session:
                 logs.event(log, INFO, "dropped", id=msg_id, reason="no recipients left")
                 self.reply(250, f"2.0.0 OK {msg_id} has no recipients left")
                 return
+        enc = self.ctx.queue.encryption  # [encryption] learn_autocrypt: the user's own key
+        own_header = (await stages.header_block(stored)
+                      if self.user and enc is not None and enc.learns(self.user) else b"")
         try:
             await self.ctx.queue.enqueue(tx.mail_from or "", tx.rcpts, head, total,
                                          auth=self.user, source=self.kind, msg_id=msg_id,
@@ -669,6 +674,8 @@ class Session:
                        message_id=_message_id(head[1:], stored.first), size=total,
                        nrcpt=len(tx.rcpts), **{"from": f"<{tx.mail_from}>"}, rcpts=tx.rcpts)
         self.reply(250, f"2.0.0 OK queued as {msg_id}")
+        if own_header:
+            autocrypt.learn_soon(enc, self.user, own_header)
 
     def _keep_fitting(self, tx: Transaction, size: int) -> bool:
         """LMTP drops from tx the recipients that cannot take the message

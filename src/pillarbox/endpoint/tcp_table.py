@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pillarbox import address as addr
-from pillarbox.check import recipient
+from pillarbox.check import encryption_key, recipient
 
 if TYPE_CHECKING:
     from pillarbox.endpoint.smtp import SMTPContext
@@ -61,10 +61,10 @@ def encode(value: str) -> str:
 
 
 def lacks_required_key(ctx: SMTPContext, address: str) -> bool:
-    """Whether `address` must have an OpenPGP key (encryption at rest) and has
-    none. The seam for issue 14 (directory/keys.py), not on main yet: until
-    it lands no recipient is required to have a key, so always False."""
-    return False
+    """Whether `address` must have an OpenPGP key (encryption at rest with
+    `no_key = "defer"`) and it, or a user it reaches, has none: the same rule
+    as pillarbox's own RCPT (check/encryption_key.py)."""
+    return encryption_key.check(ctx.queue.encryption, ctx.aliases, address) is not None
 
 
 def _reason(text: str) -> str:
@@ -93,8 +93,8 @@ def recipient_access(ctx: SMTPContext, key: str) -> str:
     refused = recipient.check(ctx.aliases, address, ctx.queue.srs)
     if refused is None:
         if lacks_required_key(ctx, address):
-            return "200 " + encode("DEFER_IF_PERMIT 4.7.1 recipient has no OpenPGP key yet, "
-                                   "try again later")
+            return "200 " + encode("DEFER_IF_PERMIT 4.7.0 recipient has not set up an "
+                                   "encryption key yet")
         return "200 OK"
     enhanced = refused.text.split(" ", 1)[0]
     if enhanced == "5.1.1":  # unknown: Postfix's own unknown-recipient rejection

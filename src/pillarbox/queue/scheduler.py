@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import io
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from pillarbox import logs, metrics, module, pipelines, route, srs
 from pillarbox.address import domain_of
@@ -22,6 +24,7 @@ from pillarbox.config import Config
 from pillarbox.directory.aliases import Aliases
 from pillarbox.directory.users import Users
 from pillarbox.lists import addresses as lists_addresses
+from pillarbox.modify import pgp_encrypt
 from pillarbox.printable import escape
 from pillarbox.queue import bounce, sendmail_pipeline
 from pillarbox.queue.spool import (
@@ -65,6 +68,8 @@ class Queue:
         self.signing = None  # modify.signing.Signing, set by the server
         self.sealer = None  # modify.arc.Sealer, set by the server
         self.modules: dict[str, object] = {}  # instances by name, set by the server
+        # modify.encryption_policy.Encryption, set by the server: encryption at rest
+        self.encryption = None
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: list[tuple[float, str]] = []
         self._timer_wakeup = asyncio.Event()
@@ -140,6 +145,8 @@ class Queue:
         self.config = config
         self.spool.min_free_space = config.queue.min_free_space
         self.remote.reconfigure(config)
+        if self.encryption is not None:
+            self.encryption.settings = config.encryption
 
     # -- intake -----------------------------------------------------------
 
@@ -271,7 +278,7 @@ class Queue:
                         msg_id, escape(env.mail_from), escape(",".join(env.rcpts)),
                         escape(",".join(d.to for d in left)),
                         f"yes dsn={dsn_id}" if dsn_id else "no")
-            self.spool.done(msg_id)
+            self.spool.done(msg_id, scrub=self._scrubs())
         finally:
             self._active.discard(msg_id)
         return dsn_id or "-"
@@ -335,20 +342,23 @@ class Queue:
         due = [d for d in state.deliveries
                if d.state not in ("done", "failed") and d.next_attempt <= now]
         # (domain, sender, sealing domains): forwards go apart from direct mail
-        remote: dict[tuple[str, str, tuple[str, ...]], list[Delivery]] = {}
+        remote: dict[tuple[str, str, tuple[str, ...], str], list[Delivery]] = {}
         jobs = []
         traces: dict[int, Trace] = {}  # how each attempt went, for its log line
         for d in due:
             d.attempts += 1
             if d.kind == "remote":
-                key = (domain_of(d.to), self._forward_sender(env, d), self._seal_domains(env, d))
+                key = (domain_of(d.to), self._forward_sender(env, d), self._seal_domains(env, d),
+                       self._forward_encrypted_for(d))
                 remote.setdefault(key, []).append(d)
             else:
                 jobs.append(self._attempt_one(env, d, traces))
         if remote:
             message = await asyncio.to_thread(self._read_all, env.id)
-            jobs += [self._attempt_remote(env, dom, ds, message, sender, traces, seal)
-                     for (dom, sender, seal), ds in remote.items()]
+            jobs += [self._attempt_remote(env, dom, ds,
+                                          await self._encrypted_for(owner, message) if owner
+                                          else message, sender, traces, seal)
+                     for (dom, sender, seal, owner), ds in remote.items()]
         outcomes: dict[int, str | None] = {}
         # The common case, one mailbox, skips gather's task per job.
         results = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
@@ -375,7 +385,9 @@ class Queue:
         if all(d.state in ("done", "failed") for d in state.deliveries):
             if unreported:
                 await self._report(env, unreported, "failed")
-            self.spool.done(msg_id)
+            # With encryption at rest on, the cleartext must not outlive the
+            # delivery in a segment that deferred messages keep alive.
+            self.spool.done(msg_id, scrub=self._scrubs())
             return
         # Progress first, so that a failing DSN cannot make a delivery repeat;
         # "reported" only after the DSN is queued: rather twice than never.
@@ -393,6 +405,26 @@ class Queue:
         nxt = self._wake_at(env, state)
         if nxt is not None:
             self._schedule_at(nxt, msg_id)
+
+    def _forward_encrypted_for(self, d: Delivery) -> str:
+        """The local user whose key encrypts a forward (LEAP: forward only
+        after encrypting): an alias of a user with encryption and a key; ""."""
+        if self.encryption is None or d.rcpt == d.to:
+            return ""
+        decision = self.encryption.decide(d.rcpt)
+        return d.rcpt if decision is not None and decision.cert is not None else ""
+
+    async def _encrypted_for(self, owner: str, message: bytes) -> bytes:
+        assert self.encryption is not None
+        cert = self.encryption.keys.get(owner)
+        if cert is None:  # deleted meanwhile: forwarding in clear would break the promise
+            raise OSError(f"the key of {owner} is gone")
+        reader = pgp_encrypt.EncryptingReader(io.BytesIO(message), cert, len(message),
+                                              self.config.encryption.protect_subject)
+        return await asyncio.to_thread(reader.read)
+
+    def _scrubs(self) -> bool:
+        return self.encryption is not None and self.encryption.enabled
 
     def _warns(self, env: Envelope) -> bool:
         """Delay warnings go to senders we know: our users and local programs.
@@ -540,6 +572,15 @@ class Queue:
                    to=f"<{env.mail_from}>", action=action, nrcpt=len(ds))
         return dsn_id
 
+    def _opener(self, env: Envelope, to: str) -> Callable[[], BinaryIO] | str:
+        """How the Maildir writer reads the message for mailbox `to`: as
+        queued, or encrypted to the user's key (in the writer's thread); a
+        str is the error of a delivery held for want of a key."""
+        def plain() -> BinaryIO:
+            return self.spool.open_message(env.id)  # type: ignore[return-value]
+
+        return plain if self.encryption is None else self.encryption.opener(to, plain, env.size)
+
     async def _attempt(self, env: Envelope, d: Delivery) -> str | None:
         """Deliver one; None on success, else an error starting with its status."""
         sender = env.mail_from
@@ -565,8 +606,10 @@ class Queue:
                 folder = await asyncio.to_thread(mailbox.detail_folder, path, detail,
                                                  mode == "create")
                 path = folder or path
-            size = await self.maildir.deliver(path, prefix,
-                                              lambda: self.spool.open_message(env.id))
+            opener = self._opener(env, d.to)
+            if isinstance(opener, str):
+                return opener
+            size = await self.maildir.deliver(path, prefix, opener)
             self.users.add_used(d.to, size)
             return None
         if d.kind == "pipe":

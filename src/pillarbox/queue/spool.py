@@ -440,6 +440,7 @@ class Spool:
         self._done_buf: dict[int, list[str]] = {}
         self._done_handle: asyncio.Handle | None = None
         self._done_torn: set[int] = set()
+        self._scrub_buf: list[Entry] = []
 
     # -- space --------------------------------------------------------------
 
@@ -708,11 +709,14 @@ class Spool:
             raise
         self.has_state.add(msg_id)
 
-    def done(self, msg_id: str) -> None:
-        """The message needs nothing more: forget it, free its segment when empty."""
+    def done(self, msg_id: str, scrub: bool = False) -> None:
+        """The message needs nothing more: forget it, free its segment when empty.
+        `scrub`: overwrite its bytes in a segment that stays (encryption at rest)."""
         entry = self.index.pop(msg_id, None)
         if entry is None:
             return
+        if scrub:
+            self._scrub_soon(entry)
         if entry.env.body_file:
             (self.bodies / entry.env.body_file).unlink(missing_ok=True)
         # The marks of every message finished in this loop turn go out in one
@@ -732,6 +736,68 @@ class Spool:
         if live is not None:
             live.discard(msg_id)
         self._retire(entry.segment)
+
+    def _scrub_soon(self, entry: Entry) -> None:
+        """Scrub in a worker thread, the messages finished in one loop turn together."""
+        self._scrub_buf.append(entry)
+        if len(self._scrub_buf) > 1:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._scrub_batch(self._take_scrubs())
+            return
+        loop.call_soon(lambda: loop.run_in_executor(None, self._scrub_batch,
+                                                    self._take_scrubs()))
+
+    def _take_scrubs(self) -> list[Entry]:
+        batch, self._scrub_buf = self._scrub_buf, []  # on the loop's thread
+        return batch
+
+    def _scrub_batch(self, batch: list[Entry]) -> None:
+        by_segment: dict[int, list[Entry]] = {}
+        for entry in batch:
+            by_segment.setdefault(entry.segment, []).append(entry)
+        for n, entries in by_segment.items():
+            try:
+                fd = os.open(self._seg_path(n), os.O_RDWR)
+            except FileNotFoundError:
+                continue  # retired meanwhile: nothing left to scrub
+            try:
+                for entry in entries:
+                    self._scrub(fd, entry)
+            finally:
+                os.close(fd)
+
+    def _scrub(self, fd: int, entry: Entry) -> None:
+        """Zero a finished message's bytes in its segment and fix the record's
+        CRC, so the segment still loads. Blocking. No fsync: the page cache
+        holds the zeros at once and the kernel writes them back within its
+        dirty-page expiry (30 s by default); a crash before that leaves a done
+        message that load() skips. `fd`: its segment, open for writing."""
+        header = entry.env.to_json()
+        start = entry.offset - len(header) - _REC.size
+        if start < 0 or entry.length == 0:
+            return
+        try:
+            head = os.pread(fd, _REC.size + len(header), start)
+            magic, hlen, blen, _ = _REC.unpack(head[:_REC.size])
+            if magic != MAGIC or hlen != len(header) or blen != entry.length \
+                    or head[_REC.size:] != header:
+                log.warning("queue scrub skipped id=%s: record not where expected",
+                            entry.env.id)
+                return
+            crc = zlib.crc32(header)
+            zeros = bytes(min(blen, 1 << 20))
+            at, left = entry.offset, blen
+            while left:
+                n = min(left, len(zeros))
+                crc = zlib.crc32(zeros[:n], crc)
+                os.pwrite(fd, zeros[:n], at)
+                at, left = at + n, left - n
+            os.pwrite(fd, _REC.pack(MAGIC, hlen, blen, crc), start)
+        except OSError as e:
+            log.warning("queue scrub failed id=%s error=%r", entry.env.id, e)
 
     def flush_done(self) -> None:
         if self._done_handle is not None:

@@ -106,6 +106,18 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (address, token)
     );
     """,
+    # OpenPGP public keys for encryption at rest (issue 14, directory/keys.py):
+    # one per user; `effective` is the Autocrypt effective date of a learned key.
+    """
+    CREATE TABLE openpgp_keys (
+        address     TEXT PRIMARY KEY,
+        cert        BLOB NOT NULL,
+        fingerprint TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        effective   INTEGER NOT NULL DEFAULT 0,
+        updated     INTEGER NOT NULL
+    );
+    """,
 ]
 
 

@@ -307,8 +307,13 @@ class _Delivery(module.BaseDelivery):
             path = maildir_path(self.t.env.mail_root, to)
             if self.t.folder:
                 path = await asyncio.to_thread(detail_folder, path, self.t.folder, True) or path
-            size = await self.t.env.maildir.deliver(path, prefix.encode(),
-                                                    lambda: io.BytesIO(data))
+            enc = self.t.env.encryption
+            opener = (enc.opener(to, lambda: io.BytesIO(data), len(data)) if enc is not None
+                      else lambda: io.BytesIO(data))
+            if isinstance(opener, str):  # encryption required, no key, no_key hold/defer
+                out[rcpt] = module.DeliveryError(Reply(451, opener))
+                continue
+            size = await self.t.env.maildir.deliver(path, prefix.encode(), opener)
             self.t.env.users.add_used(to, size)
             out[rcpt] = None
         return out

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""What encryption at rest costs (issue 14): end-to-end messages per second into
+the Maildir with `[encryption]` off and on, 4 KB and 100 KB messages, side by side.
+
+    .venv/bin/python bench/encryption.py [--rounds 2] [--messages 2000] [--write-docs]
+
+Each run is a fresh throwaway server (bench/smtp_load.py's) and its client
+(one connection per session, PIPELINING): the figure is from the first
+connect until the user's Maildir `new/` holds every accepted message. With
+encryption on, the user has an Ed25519/Cv25519 key made by pysequoia; a few
+delivered files are decrypted and compared with the message sent, and no
+delivered file may hold the body's cleartext. Off and on alternate, so a
+busy neighbour on the machine hurts both alike. The issue's goal: at most
+25 % fewer messages per second at 4 KB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pysequoia
+
+import smtp_load as sl
+from common import bullet, log, os_name, para, write_section
+
+SECTION = "Encryption at rest (issue 14)"
+
+
+@dataclass
+class Figure:
+    variant: str
+    size: int
+    rate: float | None  # delivered msg/s
+    cpu_per_k: float | None
+    problems: list[str]
+
+
+def enable(srv: sl.Server, tsk: pysequoia.Tsk) -> None:
+    """[encryption] for the bench domain, and the user's key imported."""
+    text = srv.cfg.read_text()
+    at = text.index("\n[encryption]\n")
+    text = text[:at] + text[at:].replace("domains         = []",
+                                         f'domains         = ["{sl.DOMAIN}"]', 1)
+    srv.cfg.write_text(text)
+    key = srv.dir / "user.asc"
+    key.write_text(str(tsk.extract_certificate()))
+    sl.pillarbox("-c", str(srv.cfg), "user", "key", "import", sl.RCPT, str(key))
+
+
+def check_encrypted(srv: sl.Server, tsk: pysequoia.Tsk, head: bytes, body: bytes,
+                    count: int) -> list[str]:
+    """Every file is PGP/MIME without the body in clear; three decrypt to the message."""
+    files = sorted(srv.maildir_new.iterdir())
+    out = []
+    marker = body[-80:]
+    clear = sum(1 for f in files if marker in f.read_bytes())
+    if clear:
+        out.append(f"{clear} delivered files hold the body in clear")
+    if len(files) != count:
+        out.append(f"{len(files)} files in new/ for {count} accepted")
+    for f in files[:3]:
+        data = f.read_bytes()
+        start = data.find(b"-----BEGIN PGP MESSAGE-----")
+        end = data.find(b"-----END PGP MESSAGE-----")
+        if start < 0 or end < 0:
+            out.append(f"{f.name}: no PGP message")
+            continue
+        inner = pysequoia.decrypt(data[start:end + 26], tsk.decryptor()).bytes or b""
+        # the inner entity is the body after the blank line: tail = "@bench.test>\r\n\r\n"
+        if not inner.endswith(body[len(b"@bench.test>\r\n"):]):
+            out.append(f"{f.name}: decrypts to something else")
+    return out
+
+
+def run(variant: str, size: int, args: argparse.Namespace, tsk: pysequoia.Tsk) -> Figure:
+    tmp = Path(tempfile.mkdtemp(prefix="pillarbox-enc-", dir=args.tmpdir))
+    srv = sl.Server(tmp)
+    res = sl.Result("reuse", args.sessions, args.messages, size)
+    head, body = sl.make_message(size, f"{os.getpid()}{variant[:3]}{size}")
+    problems: list[str] = []
+    try:
+        srv.setup()
+        if variant == "on":
+            enable(srv, tsk)
+        srv.start()
+        watch = sl.NewFiles(srv.maildir_new)
+        cpu0 = srv.cpu_seconds()
+        try:
+            asyncio.run(sl.Load(srv.port, res, head, body).run(True, args.timeout))
+            res.t_delivered = watch.wait_for(res.accepted, time.perf_counter() + args.timeout,
+                                             srv.alive)
+        finally:
+            watch.close()
+        cpu = srv.cpu_seconds() - cpu0
+        problems += [f"{n} x {why}" for why, n in res.failures.items()]
+        if res.accepted != args.messages:
+            problems.append(f"{res.accepted} of {args.messages} accepted")
+        if res.t_delivered is None:
+            problems.append("not all delivered before the timeout")
+        else:
+            res.delivered = res.accepted
+            problems += (check_encrypted(srv, tsk, head, body, res.accepted)
+                         if variant == "on" else srv.verify(head, body, res.accepted))
+        if problems:
+            problems += srv.log_text().splitlines()[-5:]
+        return Figure(variant, size, res.deliver_rate if not problems else None,
+                      cpu * 1000 / res.accepted if res.accepted else None, problems)
+    finally:
+        srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def median(xs: list[float | None]) -> float | None:
+    got = [x for x in xs if x is not None]
+    return statistics.median(got) if got else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each, alternating (2)")
+    ap.add_argument("--messages", type=int, default=2000, help="messages per run (2000)")
+    ap.add_argument("--sessions", type=int, default=20, help="concurrent sessions (20)")
+    ap.add_argument("--timeout", type=float, default=180.0, help="bound per run (180)")
+    ap.add_argument("--tmpdir", default=None, help="where the throwaway servers live")
+    ap.add_argument("--write-docs", action="store_true",
+                    help=f'write the table into docs/BENCHMARKS.md ("{SECTION}")')
+    args = ap.parse_args()
+    with contextlib.suppress(ImportError):
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    started = time.monotonic()
+    m = sl.machine()
+    tsk = pysequoia.Tsk.generate(f"Bench <{sl.RCPT}>")
+    figures: list[Figure] = []
+    for rnd in range(1, args.rounds + 1):
+        for size in (4096, 100 * 1024):
+            for variant in ("off", "on"):
+                try:
+                    f = run(variant, size, args, tsk)
+                except Exception as e:  # one failed set-up must not end the whole run
+                    f = Figure(variant, size, None, None, [f"{type(e).__name__}: {e}"])
+                figures.append(f)
+                log(f"round {rnd} {size // 1024:>3} KB encryption {variant:3}: "
+                    + (f"{f.rate:,.0f} msg/s" if f.rate else "no figure")
+                    + (f", CPU {f.cpu_per_k:.2f} s/1k" if f.cpu_per_k else ""))
+                for p in f.problems:
+                    log(f"  FAIL: {p}")
+
+    lines = ["| size | encryption | delivered msg/s (median) | runs | server CPU s / 1k msg "
+             "| vs off |", "|---|---|---|---|---|---|"]
+    cost: dict[int, float | None] = {}
+    for size in (4096, 100 * 1024):
+        rates = {}
+        for variant in ("off", "on"):
+            fs = [f for f in figures if f.size == size and f.variant == variant]
+            rates[variant] = median([f.rate for f in fs])
+            cpu = median([f.cpu_per_k for f in fs])
+            runs = " · ".join(f"{f.rate:,.0f}" if f.rate else "failed" for f in fs)
+            vs = (f"{rates['on'] / rates['off']:.2f}×" if variant == "on" and rates["on"]
+                  and rates["off"] else "")
+            lines.append(f"| {size // 1024} KB | {variant} | "
+                         f"{rates[variant]:,.0f} | " if rates[variant] else
+                         f"| {size // 1024} KB | {variant} | n/a | ")
+            lines[-1] += f"{runs} | {cpu:.2f} | {vs} |" if cpu else f"{runs} | n/a | {vs} |"
+        cost[size] = (1 - rates["on"] / rates["off"]) if rates["on"] and rates["off"] else None
+    table = "\n".join(lines)
+    print(table)
+    c4 = cost[4096]
+    verdict = (f"encryption costs {c4:.0%} of end-to-end throughput at 4 KB (goal: at most "
+               f"25 %), {cost[100 * 1024]:.0%} at 100 KB" if c4 is not None
+               and cost[100 * 1024] is not None else "no figure")
+    print(verdict)
+    took = time.monotonic() - started
+    if args.write_docs:
+        cmd = "bench/encryption.py " + " ".join(sys.argv[1:])
+        write_section(SECTION, "\n".join([
+            f"## {SECTION}", "",
+            para(f"Run with `.venv/bin/python {cmd.strip()}` on {m.get('cpu', '?')}, "
+                 f"{os_name()}, load average {m.get('load', '?')} before the run, "
+                 f"{args.rounds} rounds alternating off and on, {args.messages} messages "
+                 f"per run from {args.sessions} sessions, took {took:.0f} s. Delivered "
+                 "msg/s: from the first connect until the Maildir holds every accepted "
+                 "message (intake, queue, encryption, Maildir write and sync)."),
+            "", table, "",
+            bullet(verdict + "."),
+            bullet("With encryption on, each delivery parses the header, builds the "
+                   "PGP/MIME wrapper and encrypts in the Maildir writer's worker thread "
+                   "(pysequoia: one X25519 key agreement, AES over the body, ASCII armor), "
+                   "and the queue overwrites the delivered message's bytes in its segment "
+                   "(a worker thread, batched per loop turn)."),
+            bullet("Why the 25 % goal is missed at 4 KB: the whole path from SMTP intake "
+                   "to the Maildir costs this server about 0.35 to 0.5 ms of CPU per 4 KB "
+                   "message, and encryption adds about 0.3 ms more (the CPU column). Measured "
+                   "apart: pysequoia's encrypt of a 4 KB message about 0.11 ms (more when the "
+                   "machine is busy), the PGP/MIME wrapping about 0.05 ms, the scrub of "
+                   "the queue record not measured apart; and pysequoia appears to hold the "
+                   "GIL while it encrypts (a spinning thread ran at half speed during "
+                   "encrypt calls), so the writer thread's work also delays the event "
+                   "loop. A cProfile of the event loop before two fixes showed the key "
+                   "lookup in SQLite at 0.17 ms and the scrub at 0.2 ms per message; keys "
+                   "found are now cached for 10 s and the scrub runs in a worker thread. "
+                   "Figures on this shared two-core machine vary by a third between "
+                   "rounds."),
+            ""]))
+    return 1 if any(f.problems for f in figures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
