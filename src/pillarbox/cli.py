@@ -302,7 +302,7 @@ def _tell_server(cfg: Config) -> None:
 def cmd_user(args: argparse.Namespace) -> int:
     if args.action == "key":
         from pillarbox import cli_keys
-        from pillarbox.server import open_directory
+        from pillarbox.directory.connect import open_directory
 
         cfg = _load(args)
         try:
@@ -342,7 +342,7 @@ def _change_user(args: argparse.Namespace, cfg: Config, users) -> None:
         print(f"password changed for {a}")
     elif args.action == "set":
         try:
-            print(cli_chatmail.user_set(cfg, users, args.address, args.setting))
+            print(cli_chatmail.user_set(cfg, users, args.address, args.rest))
         except cli_chatmail.UsageError as e:
             raise CLIError(str(e)) from None
     elif args.action in ("disable", "enable"):
@@ -869,7 +869,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "show and change the addresses a user may send as, or set a "
                         "per-user setting (user set ADDRESS allow-cleartext on|off)")
     s.add_argument("address", nargs="?", help="the user's address (all actions but list)")
-    s.add_argument("setting", nargs="*", help="user set: the setting and its value")
+    s.add_argument("rest", nargs="*", metavar="ARG",
+                   help="user set ADDRESS SETTING VALUE; user key import ADDRESS FILE | "
+                        "key show ADDRESS | key del ADDRESS")
     s.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of stdin")
     s.add_argument("--quota", help="mailbox size limit, e.g. 1G (default: unlimited)")
@@ -877,8 +879,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="user from: may also send as SENDER (an address, @domain or *)")
     s.add_argument("--disallow", action="append", metavar="SENDER",
                    help="user from: take back a right given with --allow")
-    s.add_argument("key_args", nargs="*", metavar="ARG",
-                   help="user key import ADDRESS FILE | show ADDRESS | del ADDRESS")
     s.add_argument("--any-uid", action="store_true",
                    help="user key import: accept a key without a user ID for the address")
     s.set_defaults(func=cmd_user)
@@ -947,8 +947,9 @@ def check_args(args: argparse.Namespace) -> None:
     """What argparse cannot say: the arguments an action needs (CLIError if missing)."""
     if (args.command, getattr(args, "action", None)) in _NEEDS_ADDRESS and not args.address:
         raise CLIError(f"{args.command} {args.action} needs an ADDRESS")
-    if args.command == "user" and getattr(args, "key_args", None) and args.action != "key":
-        raise CLIError(f"user {args.action}: unexpected argument {args.key_args[0]!r}")
+    if args.command == "user" and getattr(args, "rest", None) and args.action not in (
+            "key", "set"):
+        raise CLIError(f"user {args.action}: unexpected argument {args.rest[0]!r}")
     if args.command == "user" and args.action == "quota" and args.quota is None:
         raise CLIError("user quota needs --quota SIZE (e.g. 1G, or 0 for unlimited)")
     if args.command == "alias" and args.action in ("add", "del") and not args.alias:

@@ -29,8 +29,8 @@ def parse(words: list[str]) -> tuple[str, str, Path | None]:
 
 
 def run(args: argparse.Namespace, cfg, db, local_address) -> int:
-    """`args.address` holds the action, `args.key_args` the rest (see cli.py)."""
-    action, address, path = parse([args.address or "", *args.key_args])
+    """`args.address` holds the action, `args.rest` the rest (see cli.py)."""
+    action, address, path = parse([args.address or "", *args.rest])
     address = local_address(cfg, address)
     keys = Keys(db)
     if action == "import":

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from .outbound import fixture_dns  # noqa: F401 (a fixture: pytest finds it by name)
+from .pgp_keys import sequoia_key
 from .support import ALICE, BOB, DOMAIN, free_ports, make_message, port_open, token, wait_until
 
 CAROL = f"carol@{DOMAIN}"
@@ -311,3 +312,26 @@ checks = ["scored", "bl"]
     finally:
         p.close()
     assert dns.queried("7.2.0.192.bl.test", "A")
+
+
+def test_recipient_without_a_required_key_is_deferred(make_server, tmp_path):
+    """Encryption at rest with no_key = "defer": Postfix is told DEFER_IF_PERMIT
+    for a user (or an alias reaching one) who has no key yet, OK once imported."""
+    (access,) = free_ports(1)
+    srv = make_server({"postfix.recipient_access": [f"127.0.0.1:{access}"],
+                       "encryption.users": [ALICE], "encryption.no_key": "defer"})
+    wait_until(lambda: port_open(access), 10, "the access map")
+    srv.add_alias(f"team@{DOMAIN}", ALICE)
+    deferred = ("200 DEFER_IF_PERMIT%204.7.0%20recipient%20has%20not%20set%20up%20an"
+                "%20encryption%20key%20yet")
+    t = Table(access)
+    try:
+        assert t.get(ALICE) == deferred
+        assert wait_until(lambda: t.get(f"team@{DOMAIN}") == deferred, 5, "the alias")
+        assert t.get(BOB) == "200 OK"  # not required to have one
+        key = tmp_path / "alice.key"
+        key.write_bytes(bytes(sequoia_key(ALICE).extract_certificate()))
+        srv.cli_ok("user", "key", "import", ALICE, key)
+        assert wait_until(lambda: t.get(ALICE) == "200 OK", 5, "the key counted")
+    finally:
+        t.close()
