@@ -67,6 +67,13 @@ class Keys:
              int(time.time())))
         return info
 
+    def addresses(self, domain: str) -> list[str]:
+        """The addresses of `domain` that have a key (for WKD lookups by hash)."""
+        suffix = "@" + domain.lower()
+        rows = self.db.execute("SELECT address FROM openpgp_keys WHERE address LIKE ?",
+                               ("%" + suffix,)).fetchall()
+        return [r[0] for r in rows if r[0].endswith(suffix)]  # LIKE's _ matches any one
+
     def delete(self, address: str) -> bool:
         cur = self.db.execute("DELETE FROM openpgp_keys WHERE address = ?", (address.lower(),))
         return cur.rowcount > 0

@@ -23,6 +23,8 @@ class HTTPEnv:
     not_ready: Callable[[], list[str]] = lambda: []
     # the user directory (chatmail's POST /new makes accounts in it)
     users: Callable[[], Any] = lambda: None
+    # the OpenPGP key store (directory/keys.Keys), for WKD
+    keys: Callable[[], Any] = lambda: None
     # ACME HTTP-01: token -> key authorization, filled by acme.Renewer
     challenges: dict[str, str] = field(default_factory=dict)
 

@@ -19,10 +19,12 @@ from pillarbox.endpoint.http import (
     list_unsubscribe,
     metrics,
     mta_sts,
+    wkd,
 )
 from pillarbox.endpoint.http.env import HTTPEnv
 
-PUBLIC = [autoconfig, mta_sts, acme_challenge, health, metrics, list_unsubscribe, chatmail_new]
+PUBLIC = [autoconfig, mta_sts, acme_challenge, health, metrics, list_unsubscribe, chatmail_new,
+          wkd]
 PRIVATE = [metrics, health]
 
 

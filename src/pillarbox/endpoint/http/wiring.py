@@ -47,7 +47,8 @@ def make_env(server: Any) -> HTTPEnv:
         return problems
 
     return HTTPEnv(config=lambda: server.config, sessions=sessions, queue=queue,
-                   not_ready=not_ready, users=lambda: server.users)
+                   not_ready=not_ready, users=lambda: server.users,
+                   keys=lambda: server.queue.encryption.keys)
 
 
 async def start(server: Any, sockets: dict[str, list[socket.socket]],
