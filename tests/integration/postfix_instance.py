@@ -133,7 +133,10 @@ class PostfixInstance:
     def log_tail(self, n: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
 
-    def smtp(self) -> smtplib.SMTP:
-        s = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=30)
+    def smtp(self, source: str = "127.0.0.1") -> smtplib.SMTP:
+        """A client session; `source`: the address it connects from (the
+        policy service's rate limit counts per address)."""
+        s = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=30,
+                         source_address=(source, 0))
         s.ehlo()
         return s

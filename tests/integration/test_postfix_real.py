@@ -10,11 +10,13 @@ connects from 127.0.0.2 so the other tests' messages do not count for it.
 
 from __future__ import annotations
 
+import email
 import re
 import smtplib
 
 import pytest
 
+from .pgp_keys import sequoia_decrypt, sequoia_key
 from .postfix_instance import PostfixInstance
 from .support import (
     ALICE,
@@ -28,6 +30,7 @@ from .support import (
     wait_until,
 )
 
+SEALED = f"sealed@{DOMAIN}"  # encryption at rest is on for this user only
 BURST = 6  # messages from one address before the policy's rate limit bites
 POLICY_TOML = f"""
 [module.limit]
@@ -48,6 +51,7 @@ def pair(tmp_path_factory, seed_data_dir):
         "postfix.recipient_access": [f"127.0.0.1:{access}"],
         "postfix.virtual_alias": [f"127.0.0.1:{alias}"],
         "postfix.policy": [f"127.0.0.1:{policy}"],
+        "encryption.users": [SEALED],
     }, extra_toml=POLICY_TOML, seed=seed_data_dir)
     srv.start()
     postfix = None
@@ -99,6 +103,27 @@ def test_known_user_lands_in_the_mailbox(pair):
                       f"the message in alice's mailbox; postfix log:\n{postfix.log_tail()}")
     assert b"by postfix.example.test" in msgs[0]  # Postfix's Received field
     assert b"with LMTP" in msgs[0]  # pillarbox's
+
+
+def test_mail_through_postfix_is_stored_encrypted(pair, tmp_path):
+    srv, postfix = pair
+    srv.add_user(SEALED)
+    key = sequoia_key(SEALED)
+    (tmp_path / "sealed.key").write_bytes(bytes(key.extract_certificate()))
+    srv.cli_ok("user", "key", "import", SEALED, tmp_path / "sealed.key")
+    mark = token()
+    with postfix.smtp(source="127.0.0.3") as s:  # not from the other tests' rate budget
+        _wait_known(s, SEALED)
+        s.sendmail("sender@remote.test", [SEALED],
+                   make_message("sender@remote.test", SEALED, "sealed", body=f"{mark}\r\n"))
+    (stored,) = wait_until(lambda: srv.messages(SEALED), 20,
+                           f"the message in the mailbox; postfix log:\n{postfix.log_tail()}")
+    assert mark.encode() not in stored
+    outer = email.message_from_bytes(stored)
+    assert outer.get_content_type() == "multipart/encrypted"
+    assert b"by postfix.example.test" in stored  # routing fields stay outside
+    armored = outer.get_payload()[1].get_payload(decode=True)
+    assert mark.encode() in sequoia_decrypt(key, armored)
 
 
 def test_postfix_refuses_unknown_disabled_and_full_recipients(pair):
