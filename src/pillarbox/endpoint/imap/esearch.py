@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 
-from pillarbox.endpoint.imap.parser import Command, SeqSet, seqset_from
+from pillarbox.endpoint.imap.parser import Command, SeqSet, runs_text, search_keys, seqset_from
 
 
 def seqset_of(numbers: list[int]) -> SeqSet:
@@ -33,18 +33,7 @@ def uses_saved(cmd: Command) -> bool:
 
 
 def _key_uses_saved(key: tuple) -> bool:
-    stack = [key]
-    while stack:
-        k = stack.pop()
-        if k[0] in ("SEQ", "UID") and k[1].saved:
-            return True
-        if k[0] == "AND":
-            stack.extend(k[1])
-        elif k[0] == "NOT":
-            stack.append(k[1])
-        elif k[0] == "OR":
-            stack.extend(k[1:])
-    return False
+    return any(k[0] in ("SEQ", "UID") and k[1].saved for k in search_keys(key))
 
 
 def resolve(cmd: Command, saved: list[int], view: list[int]) -> None:
@@ -92,15 +81,7 @@ def partial_slice(nums: list[int], partial: tuple[int, int]) -> list[int]:
 def ordered_set(nums: list[int]) -> str:
     """Numbers in their given order (ESORT's ALL, RFC 5267 3.1): a range only
     for a run of ascending neighbours, since `5:3` would mean 3,4,5."""
-    out: list[str] = []
-    i = 0
-    while i < len(nums):
-        j = i
-        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
-            j += 1
-        out.append(str(nums[i]) if i == j else f"{nums[i]}:{nums[j]}")
-        i = j + 1
-    return ",".join(out)
+    return runs_text(nums)
 
 
 def to_save(ret: list[str], hits: list[int], partial: tuple[int, int] | None = None) -> list[int]:

@@ -111,8 +111,12 @@ class Ranges:
 
 def seqset_from(numbers: list[int]) -> str:
     """Compact text form of a list of numbers: 1:3,7,9:10."""
+    return runs_text(sorted(set(numbers)))
+
+
+def runs_text(nums: list[int]) -> str:
+    """`nums` in their given order, each run of ascending neighbours as a range."""
     out: list[str] = []
-    nums = sorted(set(numbers))
     i = 0
     while i < len(nums):
         j = i
@@ -121,6 +125,20 @@ def seqset_from(numbers: list[int]) -> str:
         out.append(str(nums[i]) if i == j else f"{nums[i]}:{nums[j]}")
         i = j + 1
     return ",".join(out)
+
+
+def search_keys(key: tuple) -> Iterator[tuple]:
+    """Every key of a parsed SEARCH key tree, the AND/NOT/OR nodes included."""
+    stack = [key]
+    while stack:
+        k = stack.pop()
+        yield k
+        if k[0] == "AND":
+            stack.extend(k[1])
+        elif k[0] == "NOT":
+            stack.append(k[1])
+        elif k[0] == "OR":
+            stack.extend(k[1:])
 
 
 @dataclass

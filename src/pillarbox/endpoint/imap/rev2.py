@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from pillarbox.endpoint.imap import mutf7
-from pillarbox.endpoint.imap.parser import Command
+from pillarbox.endpoint.imap.parser import Command, search_keys
 
 NAME_ARGS = ("mailbox", "old", "new")  # the arguments that name a mailbox of the store
 REMOVED_SEARCH_KEYS = frozenset({"NEW", "OLD", "RECENT"})
@@ -35,18 +35,7 @@ def refusal(cmd: Command) -> str | None:
 
 
 def _uses(key: tuple, names: frozenset[str]) -> bool:
-    stack = [key]
-    while stack:
-        k = stack.pop()
-        if k[0] in names:
-            return True
-        if k[0] == "AND":
-            stack.extend(k[1])
-        elif k[0] == "NOT":
-            stack.append(k[1])
-        elif k[0] == "OR":
-            stack.extend(k[1:])
-    return False
+    return any(k[0] in names for k in search_keys(key))
 
 
 def inbound(cmd: Command) -> None:
