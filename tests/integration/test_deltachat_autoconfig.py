@@ -3,7 +3,8 @@
 A Delta Chat profile (the real core, `deltachat-rpc-server`) is given only an
 address and a password and runs `configure()`: the core fetches
 https://autoconfig.example.test/mail/config-v1.1.xml from pillarbox's HTTPS
-endpoint, reads the servers it names, logs in there and receives a message.
+endpoint, reads the servers it names and logs in there; a second profile then
+meets it by Securejoin and its encrypted message arrives.
 
 Two things stand between the core and a server on 127.0.0.1, and the test
 handles each with a client option, without touching the machine:
@@ -18,7 +19,9 @@ handles each with a client option, without touching the machine:
 - The self-signed certificate: with strict checks the core trusts only its
   built-in web PKI roots, so the profile accepts invalid certificates
   (`imap_certificate_checks` = 2, "accept invalid certificates" in the apps),
-  which the core applies to the autoconfig fetch as to IMAP and SMTP.
+  which the core applies to the autoconfig fetch as to IMAP and SMTP. (The
+  core skips the CA check for host names starting with `_`, but the autoconfig
+  host is `autoconfig.DOMAIN` and mail domains have no `_`.)
 
 pillarbox advertises its listening ports (`http.client_ports = "listen"`):
 random test ports no client could guess, so a configured port proves the
