@@ -45,6 +45,7 @@ def test_directory_moves_sqlite_to_postgresql_and_back(make_server, postgres, tm
     p = sqlite_a.cli_ok("export", f1)
     assert "users: 3 rows" in p.stderr and "aliases: 3 rows" in p.stderr, p.stderr
     assert "verified" in p.stdout, p.stdout
+    assert f1.stat().st_mode & 0o077 == 0  # password hashes: the owner's alone
 
     pg = make_server({"storage.url": postgres.new_database()}, start=False, seed=False)
     p = pg.cli_ok("import", f1)
