@@ -1,12 +1,16 @@
 """`pillarbox migrate`: bring the database named by `[storage] url` to this
-version's schema (SQLite in data_dir, or PostgreSQL)."""
+version's schema (SQLite in data_dir, or PostgreSQL). `pillarbox export` and
+`pillarbox import`: the directory to a file and back, to move it between
+SQLite and PostgreSQL (store/transfer.py)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from pillarbox.config import find_config_path, load
-from pillarbox.store import backend
+from pillarbox.store import backend, transfer
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -23,3 +27,78 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     finally:
         db.close()
     return 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg = load(find_config_path(args.config))
+    db = backend.open_database(cfg.storage_url, cfg.data_dir, migrate=False)
+    local = _local(cfg)
+    target = Path(args.file)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            counts = transfer.export(db, out, _progress, local)
+        with tmp.open(encoding="utf-8") as back:  # what reached the disk reads back whole
+            transfer.read(back)
+        tmp.replace(target)
+    except transfer.TransferError as e:
+        tmp.unlink(missing_ok=True)
+        from pillarbox.cli import CLIError
+
+        raise CLIError(f"verify: {e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _close(db, local)
+    print(f"exported {_summary(counts)} from {_where(cfg, db)} to {target}; verified")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    cfg = load(find_config_path(args.config))
+    db = backend.open_database(cfg.storage_url, cfg.data_dir)
+    local = _local(cfg)
+    try:
+        with open(args.file, encoding="utf-8") as src:
+            counts = transfer.import_(db, src, _progress, local)
+    except transfer.TransferError as e:
+        from pillarbox.cli import CLIError  # cli imports this module
+
+        raise CLIError(str(e)) from None
+    except OSError as e:
+        from pillarbox.cli import CLIError
+
+        raise CLIError(f"cannot read {args.file}: {e.strerror}") from None
+    finally:
+        _close(db, local)
+    print(f"imported {_summary(counts)} into {_where(cfg, db)}; verified")
+    return 0
+
+
+def _local(cfg):
+    """data_dir's SQLite file, for the tables kept there even with PostgreSQL
+    (transfer.LOCAL_TABLES); None when it is the directory database anyway."""
+    if not backend.is_postgresql(cfg.storage_url):
+        return None
+    from pillarbox.store.sqlite import Database
+
+    return Database(cfg.data_dir / "pillarbox.db")
+
+
+def _close(db, local) -> None:
+    db.close()
+    if local is not None:
+        local.close()
+
+
+def _summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{t} {n}" for t, n in counts.items() if n) or "an empty directory"
+
+
+def _where(cfg, db) -> str:
+    return "PostgreSQL" if backend.is_postgresql(cfg.storage_url) else str(db.path)

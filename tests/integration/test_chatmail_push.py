@@ -12,6 +12,7 @@ from aiohttp import web
 
 from . import chatmail_messages as m
 from .imap_raw import RawIMAP
+from .pg_server import BACKENDS
 from .support import ALICE, BOB, Server, wait_until
 
 
@@ -80,6 +81,7 @@ def deliver(relay: Server, to: str = ALICE) -> None:
                                                          m.sequoia_armored()))
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)
 def test_tokens_and_notifications(relay, push):
     with RawIMAP(relay.imaps_port, ALICE) as c:
         for token in ("tok-good", "tok-gone", "tok-flaky"):

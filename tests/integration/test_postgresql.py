@@ -137,6 +137,8 @@ def test_directory_change_on_one_node_is_seen_by_another_within_a_second(make_se
     _await_rcpt(b, CAROL, 250)
     a.cli_ok("user", "disable", CAROL)
     _await_rcpt(b, CAROL, 550)
+    a.cli_ok("user", "enable", CAROL)
+    _await_rcpt(b, CAROL, 250)
     a.add_alias("team@example.test", ALICE, BOB)
     _await_rcpt(b, "team@example.test", 250)
     tok = token()
@@ -158,6 +160,55 @@ def test_quota_change_on_one_node_is_seen_by_another(make_server):
     while time.monotonic() - start < SEEN_WITHIN and code != 452:
         code, text = _rcpt(b, ALICE)
     assert_reply((code, text), 452, "4.2.2", "RCPT to a user over the quota set on node A")
+    a.cli_ok("user", "quota", ALICE, "--quota", "1G")  # raised again on node A
+    _await_rcpt(b, ALICE, 250)
+
+
+@pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
+def test_user_added_on_one_node_receives_mail_on_another_within_a_second(make_server):
+    """Two processes on their own ports, one database: a user made through node A's
+    config gets mail sent to node B within a second, reads it over IMAP on node B;
+    deleted on node A, node B refuses it again."""
+    a, b = make_server(), make_server()
+    assert {a.smtp_port, a.imap_port}.isdisjoint({b.smtp_port, b.imap_port})
+    a.add_user(CAROL)
+    added = time.monotonic()
+    tok = token()
+    while True:
+        with b.smtp() as s:
+            s.mail(SENDER)
+            code = s.rcpt(CAROL)[0]
+            if code == 250:
+                assert s.data(make_message(SENDER, CAROL, tok))[0] == 250
+                break
+        assert time.monotonic() - added < SEEN_WITHIN, f"node B still says {code}"
+        time.sleep(0.02)
+    (raw,) = b.wait_for_messages(CAROL, 1)
+    assert parse(raw)["Subject"] == tok
+    imap = b.imap(CAROL)
+    try:
+        typ, data = imap.select("INBOX", readonly=True)
+        assert (typ, data) == ("OK", [b"1"]), (typ, data)
+    finally:
+        imap.logout()
+    a.cli_ok("user", "del", CAROL)
+    _await_rcpt(b, CAROL, 550)
+
+
+@pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
+def test_sender_right_given_on_one_node_applies_on_another(make_server):
+    a, b = make_server(), make_server()
+    boss = "boss@example.test"
+
+    def mail_from_on_b() -> int:
+        with b.submission(user=ALICE) as s:
+            return s.mail(boss)[0]
+
+    assert mail_from_on_b() == 553
+    a.cli_ok("user", "from", ALICE, "--allow", boss)
+    assert mail_from_on_b() == 250  # read from the database at each MAIL, no copy to wait for
+    a.cli_ok("user", "from", ALICE, "--disallow", boss)
+    assert mail_from_on_b() == 553
 
 
 @pytest.mark.parametrize("storage", ["postgresql"], indirect=True)

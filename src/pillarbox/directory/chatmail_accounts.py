@@ -196,7 +196,9 @@ MAX_TOKEN = 4096  # octets
 
 def add_token(db: Database, address: str, token: str, now: float) -> None:
     address = address.lower()
-    db.execute("INSERT OR REPLACE INTO chatmail_tokens (address, token, added) VALUES (?, ?, ?)",
+    # ON CONFLICT rather than SQLite's INSERT OR REPLACE: PostgreSQL runs it too.
+    db.execute("INSERT INTO chatmail_tokens (address, token, added) VALUES (?, ?, ?) "
+               "ON CONFLICT (address, token) DO UPDATE SET added = excluded.added",
                (address, token, int(now)))
     db.execute("DELETE FROM chatmail_tokens WHERE address = ? AND token NOT IN ("
                "SELECT token FROM chatmail_tokens WHERE address = ? ORDER BY added DESC "

@@ -1,0 +1,262 @@
+"""Move the directory between backends: `pillarbox export` and `pillarbox import`.
+
+The directory is every table that store/sqlite.py's MIGRATIONS create
+(users with their password hashes, aliases, sender rights, lists, chatmail
+accounts, OpenPGP keys), so a table added there travels without a change
+here. The file is JSON lines, readable and diffable:
+
+    {"format": "pillarbox-directory", "version": 1, "schema": 6, "source": "sqlite"}
+    {"table": "users", "columns": [...], "rows": 2, "sha256": "..."}
+    ["alice@example.org", "$argon2id$...", 1, 0, 0, 1700000000.0]
+    ...
+    {"end": true, "tables": 9}
+
+Values are JSON's own, bytes as {"b64": "..."}. Rows come sorted by their
+encoded line, except where their order means something (an alias's targets
+in the order they were added), so the same directory gives the same file
+from SQLite and from PostgreSQL. Each table's digest covers its row lines:
+`import` checks the file against it before writing, writes everything in one
+transaction, then reads the tables back and checks them again (the verify step).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from pillarbox.store.sqlite import MIGRATIONS
+
+FORMAT = "pillarbox-directory"
+VERSION = 1
+# Tables whose rows keep their insertion order (SQLite's rowid; PostgreSQL's
+# `rowid` column, PG_AFTER in store/postgresql.py).
+ORDERED = {"aliases"}
+PG_ONLY_COLUMNS = {"rowid"}
+# Kept in data_dir's SQLite file whatever `[storage] url` says (lists/store.py
+# does not use the PostgreSQL backend yet): read from and written to there.
+LOCAL_TABLES = {"lists", "list_members", "list_held", "list_pending", "list_bounces"}
+PROGRESS_EVERY = 1000  # rows between progress lines
+BATCH = 500  # rows per INSERT batch
+
+Progress = Callable[[str], None]
+
+
+class TransferError(Exception):
+    """The file or the target is not fit for an import (said in plain words)."""
+
+
+def tables(schema: int = len(MIGRATIONS)) -> list[str]:
+    """The directory's tables as of schema version `schema`, in creation order."""
+    out: list[str] = []
+    for sql in MIGRATIONS[:schema]:
+        out += re.findall(r"\bCREATE\s+TABLE\s+(\w+)", sql, re.I)
+    return out
+
+
+def _columns(kind: str, q: Any, table: str) -> list[str]:
+    """The table's columns as the database has them (`q` runs queries: the
+    database or one of its transactions)."""
+    if kind == "sqlite":
+        cols = [r[1] for r in q.execute(f"PRAGMA table_info({table})")]
+    else:
+        cols = [r[0] for r in q.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = ? ORDER BY ordinal_position", (table,))]
+    return [c for c in cols if c not in PG_ONLY_COLUMNS]
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"b64": base64.b64encode(bytes(value)).decode()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        return base64.b64decode(value["b64"], validate=True)
+    return value
+
+
+def _line(row: tuple) -> str:
+    return json.dumps([_encode(v) for v in row], separators=(",", ":"))
+
+
+def _lines(q: Any, table: str, cols: list[str]) -> list[str]:
+    order = " ORDER BY rowid" if table in ORDERED else ""
+    lines = [_line(tuple(r)) for r in
+             q.execute(f"SELECT {', '.join(cols)} FROM {table}{order}").fetchall()]
+    return lines if table in ORDERED else sorted(lines)
+
+
+def _digest(lines: list[str]) -> str:
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode() + b"\n")
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _snapshot(db: Any) -> Iterator[Any]:
+    """A read transaction: every table as of one moment, writers not held up."""
+    if db.kind == "sqlite":
+        c = db.conn()
+        c.execute("BEGIN")  # deferred: a WAL read snapshot from the first SELECT on
+        try:
+            yield c
+        finally:
+            c.execute("COMMIT")
+    else:
+        with db.transaction() as tx:  # one snapshot for every table, not one per statement
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield tx
+
+
+def _groups(db: Any, local: Any, names: list[str]) -> list[tuple[Any, list[str]]]:
+    """Which database holds which of `names`: `local` (data_dir's SQLite file)
+    the LOCAL_TABLES when it is not `db` itself."""
+    if local is None or local is db:
+        return [(db, names)]
+    return [(db, [t for t in names if t not in LOCAL_TABLES]),
+            (local, [t for t in names if t in LOCAL_TABLES])]
+
+
+def export(db: Any, out: IO[str], progress: Progress, local: Any = None) -> dict[str, int]:
+    """Write the directory of `db` (and LOCAL_TABLES of `local`) to `out`, each
+    database's tables as of one moment (one read transaction, while the server
+    may be writing); rows per table."""
+    schema = db.schema_version()
+    out.write(json.dumps({"format": FORMAT, "version": VERSION, "schema": schema,
+                          "source": db.kind}) + "\n")
+    counts: dict[str, int] = {}
+    read_: dict[str, tuple[list[str], list[str]]] = {}
+    for where, names in _groups(db, local, tables(schema)):
+        with _snapshot(where) as q:
+            for t in names:
+                cols = _columns(where.kind, q, t)
+                read_[t] = (cols, _lines(q, t, cols))
+    for table in tables(schema):
+        cols, lines = read_[table]
+        out.write(json.dumps({"table": table, "columns": cols, "rows": len(lines),
+                              "sha256": _digest(lines)}) + "\n")
+        for i, line in enumerate(lines, start=1):
+            out.write(line + "\n")
+            if i % PROGRESS_EVERY == 0:
+                progress(f"{table}: {i}/{len(lines)} rows")
+        progress(f"{table}: {len(lines)} rows")
+        counts[table] = len(lines)
+    out.write(json.dumps({"end": True, "tables": len(counts)}) + "\n")
+    return counts
+
+
+class Section:
+    def __init__(self, table: str, columns: list[str], lines: list[str], digest: str) -> None:
+        self.table = table
+        self.columns = columns
+        self.lines = lines
+        self.digest = digest
+
+
+def read(src: IO[str]) -> tuple[dict, list[Section]]:
+    """The file's header and tables, each checked against its row count and digest."""
+    try:
+        return _read(src)
+    except (ValueError, KeyError, TypeError) as e:  # JSON, base64, missing fields
+        raise TransferError(f"not a pillarbox directory export: {e}") from None
+
+
+def _read(src: IO[str]) -> tuple[dict, list[Section]]:
+    header = json.loads(src.readline() or "null")
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise TransferError("not a pillarbox directory export (no header line)")
+    if header.get("version") != VERSION:
+        raise TransferError(f"export format version {header.get('version')}, "
+                            f"this pillarbox reads {VERSION}")
+    if not isinstance(header.get("schema"), int) or header["schema"] > len(MIGRATIONS):
+        raise TransferError(f"the export has schema version {header.get('schema')}, this "
+                            f"pillarbox knows up to {len(MIGRATIONS)}: import it with a newer "
+                            "pillarbox")
+    known = set(tables(header["schema"]))
+    sections: list[Section] = []
+    while True:
+        raw = src.readline()
+        if not raw:
+            raise TransferError("the export is cut short (no end line)")
+        head = json.loads(raw)
+        if head.get("end"):
+            if head.get("tables") != len(sections):
+                raise TransferError("the export's end line does not match its tables")
+            return header, sections
+        table, cols = head["table"], head["columns"]
+        if table not in known or not all(re.fullmatch(r"\w+", c) for c in cols):
+            raise TransferError(f"the export names an unknown table or column: {table}")
+        lines = []
+        for _ in range(head["rows"]):
+            line = src.readline().rstrip("\n")
+            row = json.loads(line)
+            if not isinstance(row, list) or len(row) != len(cols):
+                raise TransferError(f"{table}: a row does not match the columns")
+            for v in row:
+                if not isinstance(_decode(v), (type(None), int, float, str, bytes)):
+                    raise TransferError(f"{table}: a value that is not a column's")
+            lines.append(line)
+        if _digest(lines) != head["sha256"]:
+            raise TransferError(f"{table}: the rows do not match the digest in the export "
+                                "(file changed or damaged)")
+        sections.append(Section(table, cols, lines, head["sha256"]))
+
+
+def _not_empty(db: Any, names: list[str]) -> list[str]:
+    return [f"{t} ({n})" for t in names
+            if (n := db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])]
+
+
+def import_(db: Any, src: IO[str], progress: Progress, local: Any = None) -> dict[str, int]:
+    """Load an export into `db` (and LOCAL_TABLES into `local`), whose directory
+    must be empty, then verify; rows per table. One transaction per database:
+    `db`'s first, then `local`'s."""
+    header, sections = read(src)
+    groups = _groups(db, local, tables())
+    full = [x for where, names in groups for x in _not_empty(where, names)]
+    if full:
+        raise TransferError("the target directory is not empty: " + ", ".join(full)
+                            + "; import into a fresh database")
+    for where, names in groups:
+        for s in sections:
+            unknown = (set(s.columns) - set(_columns(where.kind, where, s.table))
+                       if s.table in names else set())
+            if unknown:
+                raise TransferError(f"{s.table}: the target has no column "
+                                    f"{', '.join(sorted(unknown))}")
+    for where, names in groups:
+        _load(where, [s for s in sections if s.table in names], progress)
+    for where, names in groups:
+        verify(where, [s for s in sections if s.table in names])
+    return {s.table: len(s.lines) for s in sections}
+
+
+def _load(db: Any, sections: list[Section], progress: Progress) -> None:
+    with db.transaction() as tx:
+        for s in sections:
+            sql = (f"INSERT INTO {s.table} ({', '.join(s.columns)}) "
+                   f"VALUES ({', '.join('?' * len(s.columns))})")
+            for start in range(0, len(s.lines), BATCH):
+                batch = s.lines[start:start + BATCH]
+                tx.executemany(sql, [tuple(_decode(v) for v in json.loads(x)) for x in batch])
+                done = start + len(batch)
+                if done % PROGRESS_EVERY == 0 and done < len(s.lines):
+                    progress(f"{s.table}: {done}/{len(s.lines)} rows")
+            progress(f"{s.table}: {len(s.lines)} rows")
+
+
+def verify(db: Any, sections: list[Section]) -> None:
+    """Each table as read back from `db` is the export's, row for row."""
+    for s in sections:
+        got = _lines(db, s.table, s.columns)
+        if _digest(got) != s.digest:
+            raise TransferError(f"verify: {s.table} holds {len(got)} rows that differ from "
+                                f"the export's {len(s.lines)}")
