@@ -7,8 +7,6 @@ None, when the user has none and `no_key` says what to do).
 
 from __future__ import annotations
 
-import asyncio
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import BinaryIO
 
 from pillarbox.address import domain_of
 from pillarbox.directory.keys import Keys
-from pillarbox.modify.pgp_encrypt import STREAM_AT, EncryptingReader
+from pillarbox.modify.pgp_encrypt import EncryptingReader
 
 NO_KEY_POLICIES = ("clear", "defer", "hold")
 # A key found is remembered this long (seconds): a SQLite read per delivery
@@ -82,19 +80,6 @@ class Encryption:
         return lambda: EncryptingReader(plain(), cert, size,  # type: ignore[return-value]
                                         protect)
 
-    async def sealed(self, to: str, plain: Callable[[], BinaryIO], size: int
-                     ) -> Callable[[], BinaryIO] | str:
-        """`opener`, with a message of up to STREAM_AT bytes encrypted at
-        once in a worker thread (its pysequoia work in a pgp_worker child):
-        the Maildir writer's one thread is the pipeline's narrow stage, and
-        encrypting there, one message after another, halved its rate. A
-        larger message is encrypted as a stream by the writer (bounded memory)."""
-        opener = self.opener(to, plain, size)
-        if isinstance(opener, str) or opener is plain or size > STREAM_AT:
-            return opener
-        data = await asyncio.to_thread(_read_whole, opener)
-        return lambda: io.BytesIO(data)
-
     def refuses_at_rcpt(self, address: str) -> bool:
         """`no_key = "defer"` and a mailbox that needs a key has none."""
         return (self.settings.no_key == "defer" and self.required(address)
@@ -105,8 +90,3 @@ class Encryption:
         learn = self.settings.learn_autocrypt
         return "*" in learn or domain_of(address.lower()) in learn
 
-
-
-def _read_whole(opener: Callable[[], BinaryIO]) -> bytes:
-    with opener() as f:
-        return f.read()

@@ -10,11 +10,9 @@ unchanged.
 
 `EncryptingReader` is a blocking file-like reader of the encrypted message:
 the Maildir writer reads it in its worker thread, so the work is off the
-event loop. Up to STREAM_AT bytes are read whole and encrypted in memory by
-a long-lived worker child (modify/pgp_worker.py: pysequoia holds the GIL
-while it encrypts, and the event loop must not wait for it); larger messages
-stream through a child process of their own (modify/pgp_stream.py), so
-memory stays bounded whatever the size.
+event loop. Up to STREAM_AT bytes are read whole and encrypted in memory
+(fast); larger messages stream through a child process
+(modify/pgp_stream.py), so memory stays bounded whatever the size.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from pillarbox.modify import pgp_worker
+import pysequoia
 
 STREAM_AT = 1 << 20  # bytes; larger messages are encrypted by a streaming child
 BLOCK = 1 << 16
@@ -137,8 +135,8 @@ class EncryptingReader:
 
     def _generate(self) -> Iterator[bytes]:
         if self.size <= STREAM_AT:
-            # Small: one read, one encryption (in a worker child, off the
-            # GIL), one chunk out; no copy of the message beyond those.
+            # Small: one read, one encryption, one chunk out (the writer
+            # thread's time per message is the pipeline's narrow stage).
             yield self._whole(self.source.read())
             return
         head, rest = _read_head(self.source)
@@ -177,8 +175,8 @@ class EncryptingReader:
         plain = b"".join(inner)
         del data, rest
         try:
-            armored = pgp_worker.POOL.encrypt(plain, self.cert)
-        except pgp_worker.EncryptError as e:
+            armored = pysequoia.encrypt(plain, [parsed(self.cert)])
+        except Exception as e:
             raise OSError(f"OpenPGP encryption failed: {e}") from None
         del plain
         return b"".join((wrapper, _crlf(armored), self._closing))
@@ -238,6 +236,22 @@ class EncryptingReader:
         self._feeder.join()
         if child.wait() != 0:
             raise OSError(f"OpenPGP encryption failed (child exit {child.returncode})")
+
+
+_parsed: dict[bytes, pysequoia.Cert] = {}
+_PARSED_MAX = 1024
+
+
+def parsed(cert: bytes) -> pysequoia.Cert:
+    """The certificate parsed, from a small cache keyed by its bytes (a
+    changed key is parsed afresh): parsing one costs about as much as
+    encrypting a 4 KB message with it."""
+    got = _parsed.get(cert)
+    if got is None:
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        got = _parsed[cert] = pysequoia.Cert.from_bytes(cert)
+    return got
 
 
 def _crlf(armored: bytes) -> bytes:

@@ -572,16 +572,14 @@ class Queue:
                    to=f"<{env.mail_from}>", action=action, nrcpt=len(ds))
         return dsn_id
 
-    async def _opener(self, env: Envelope, to: str) -> Callable[[], BinaryIO] | str:
+    def _opener(self, env: Envelope, to: str) -> Callable[[], BinaryIO] | str:
         """How the Maildir writer reads the message for mailbox `to`: as
-        queued, or encrypted to the user's key (Encryption.sealed); a str is
-        the error of a delivery held for want of a key."""
+        queued, or encrypted to the user's key (in the writer's thread); a
+        str is the error of a delivery held for want of a key."""
         def plain() -> BinaryIO:
             return self.spool.open_message(env.id)  # type: ignore[return-value]
 
-        if self.encryption is None:
-            return plain
-        return await self.encryption.sealed(to, plain, env.size)
+        return plain if self.encryption is None else self.encryption.opener(to, plain, env.size)
 
     async def _attempt(self, env: Envelope, d: Delivery) -> str | None:
         """Deliver one; None on success, else an error starting with its status."""
@@ -608,7 +606,7 @@ class Queue:
                 folder = await asyncio.to_thread(mailbox.detail_folder, path, detail,
                                                  mode == "create")
                 path = folder or path
-            opener = await self._opener(env, d.to)
+            opener = self._opener(env, d.to)
             if isinstance(opener, str):
                 return opener
             size = await self.maildir.deliver(path, prefix, opener)

@@ -308,8 +308,8 @@ class _Delivery(module.BaseDelivery):
             if self.t.folder:
                 path = await asyncio.to_thread(detail_folder, path, self.t.folder, True) or path
             enc = self.t.env.encryption
-            opener = (await enc.sealed(to, lambda: io.BytesIO(data), len(data))
-                      if enc is not None else lambda: io.BytesIO(data))
+            opener = (enc.opener(to, lambda: io.BytesIO(data), len(data)) if enc is not None
+                      else lambda: io.BytesIO(data))
             if isinstance(opener, str):  # encryption required, no key, no_key hold/defer
                 out[rcpt] = module.DeliveryError(Reply(451, opener))
                 continue
