@@ -10,9 +10,9 @@ unchanged.
 
 `EncryptingReader` is a blocking file-like reader of the encrypted message:
 the Maildir writer reads it in its worker thread, so the work is off the
-event loop. Up to STREAM_AT bytes are encrypted in memory (fast); larger
-messages stream through a child process (modify/pgp_stream.py), so memory
-stays bounded whatever the size.
+event loop. Up to STREAM_AT bytes are read whole and encrypted in memory
+(fast); larger messages stream through a child process
+(modify/pgp_stream.py), so memory stays bounded whatever the size.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class EncryptingReader:
         self._buf = b""
         self._child: subprocess.Popen | None = None
         self._feeder: threading.Thread | None = None
+        self._closing = b""  # the closing boundary line, once known
 
     # -- file-like --------------------------------------------------------------
 
@@ -133,6 +134,11 @@ class EncryptingReader:
     # -- the message ------------------------------------------------------------
 
     def _generate(self) -> Iterator[bytes]:
+        if self.size <= STREAM_AT:
+            # Small: one read, one encryption, one chunk out (the writer
+            # thread's time per message is the pipeline's narrow stage).
+            yield self._whole(self.source.read())
+            return
         head, rest = _read_head(self.source)
         if len(rest) < _SCAN:
             rest += self.source.read(_SCAN - len(rest))
@@ -143,6 +149,41 @@ class EncryptingReader:
                 yield chunk
             return
         self.encrypted = True
+        inner, wrapper = self._wrap(fields)
+        yield wrapper
+        yield from self._stream(b"".join(inner) + rest)
+        yield self._closing
+
+    def _whole(self, data: bytes) -> bytes:
+        """The message `data` (read whole) in its stored form."""
+        if data.startswith(b"\r\n"):
+            head, rest = b"", data
+        else:
+            at = data.find(b"\r\n\r\n")
+            if at < 0:
+                return data  # no body: the whole message is header, stored as is
+            if at + 2 > _HEADER_MAX:  # no header we rewrite: all of it goes inside
+                head, rest = b"", data
+            else:
+                head, rest = data[: at + 2], data[at + 2:]
+        fields = split_fields(head)
+        if already_encrypted(fields, rest[2:2 + _SCAN]):
+            return data
+        self.encrypted = True
+        inner, wrapper = self._wrap(fields)
+        inner.append(rest)
+        plain = b"".join(inner)
+        del data, rest
+        try:
+            armored = pysequoia.encrypt(plain, [parsed(self.cert)])
+        except Exception as e:
+            raise OSError(f"OpenPGP encryption failed: {e}") from None
+        del plain
+        return b"".join((wrapper, _crlf(armored), self._closing))
+
+    def _wrap(self, fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], bytes]:
+        """(the inner entity's header fields, the outer header and the
+        PGP/MIME parts up to where the armored message goes)."""
         inner = [raw for name, raw in fields if name.startswith(b"content-")]
         outer = [raw for name, raw in fields if not name.startswith(b"content-")]
         if self.protect_subject:
@@ -153,7 +194,8 @@ class EncryptingReader:
         if not any(name == b"mime-version" for name, _ in fields):
             outer.append(b"MIME-Version: 1.0\r\n")
         boundary = "pgp-" + secrets.token_hex(12)
-        yield b"".join(outer) + (
+        self._closing = f"\r\n--{boundary}--\r\n".encode()
+        return inner, b"".join(outer) + (
             f'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n'
             f' boundary="{boundary}"\r\n'
             "\r\n"
@@ -169,18 +211,6 @@ class EncryptingReader:
             "Content-Description: OpenPGP encrypted message\r\n"
             'Content-Disposition: inline; filename="encrypted.asc"\r\n'
             "\r\n").encode()
-        prefix = b"".join(inner) + rest
-        if self.size <= STREAM_AT:
-            plain = prefix + self.source.read()
-            try:
-                armored = pysequoia.encrypt(plain, [parsed(self.cert)])
-            except Exception as e:
-                raise OSError(f"OpenPGP encryption failed: {e}") from None
-            del plain
-            yield _crlf(armored)
-        else:
-            yield from self._stream(prefix)
-        yield f"\r\n--{boundary}--\r\n".encode()
 
     def _stream(self, prefix: bytes) -> Iterator[bytes]:
         child = self._child = subprocess.Popen(
@@ -213,8 +243,9 @@ _PARSED_MAX = 1024
 
 
 def parsed(cert: bytes) -> pysequoia.Cert:
-    """The certificate parsed, from a small cache: parsing one costs about as
-    much as encrypting a 4 KB message with it."""
+    """The certificate parsed, from a small cache keyed by its bytes (a
+    changed key is parsed afresh): parsing one costs about as much as
+    encrypting a 4 KB message with it."""
     got = _parsed.get(cert)
     if got is None:
         if len(_parsed) >= _PARSED_MAX:

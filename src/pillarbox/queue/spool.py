@@ -414,6 +414,34 @@ def scan_segment(path: Path, verify: bool) -> Iterator[tuple[Envelope, int, int,
             pos = end
 
 
+SCRUB_RUN_MAX = 4 * 1024 * 1024  # bytes scrubbed in one read and write at most
+
+
+@dataclass
+class _Scrub:
+    entry: Entry
+    header: bytes  # its envelope as recorded
+    start: int  # where its record starts in the segment
+
+
+def _runs(entries: list[Entry]) -> list[list[_Scrub]]:
+    """`entries` of one segment in order of place, grouped where one record
+    ends right where the next starts (at most SCRUB_RUN_MAX bytes a group)."""
+    runs: list[list[_Scrub]] = []
+    for entry in sorted(entries, key=lambda e: e.offset):
+        header = entry.env.to_json()
+        item = _Scrub(entry, header, entry.offset - len(header) - _REC.size)
+        if entry.length == 0 or item.start < 0:
+            continue
+        last = runs[-1][-1].entry if runs else None
+        if (last is not None and last.offset + last.length == item.start
+                and entry.offset + entry.length - runs[-1][0].start <= SCRUB_RUN_MAX):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
 class Spool:
     def __init__(self, root: Path, min_free_space: int = 0) -> None:
         self.root = root
@@ -764,10 +792,42 @@ class Spool:
             except FileNotFoundError:
                 continue  # retired meanwhile: nothing left to scrub
             try:
-                for entry in entries:
-                    self._scrub(fd, entry)
+                for run in _runs(entries):
+                    if len(run) == 1 or not self._scrub_run(fd, run):
+                        for item in run:
+                            self._scrub(fd, item.entry)
             finally:
                 os.close(fd)
+
+    def _scrub_run(self, fd: int, run: list[_Scrub]) -> bool:
+        """Scrub records that lie back to back in one read and one write (the
+        messages delivered in one batch mostly do): a third of the system
+        calls, and the pages dirtied once. False, with nothing written, when
+        a record is not where expected (then each is done alone)."""
+        start = run[0].start
+        end = run[-1].entry.offset + run[-1].entry.length
+        try:
+            buf = bytearray(os.pread(fd, end - start, start))
+        except OSError:
+            return False
+        if len(buf) != end - start:
+            return False
+        for item in run:
+            entry, header, at = item.entry, item.header, item.start - start
+            magic, hlen, blen, _ = _REC.unpack_from(buf, at)
+            body_at = at + _REC.size + hlen
+            if magic != MAGIC or hlen != len(header) or blen != entry.length \
+                    or buf[at + _REC.size:body_at] != header \
+                    or body_at != entry.offset - start:
+                return False
+            buf[body_at:body_at + blen] = bytes(blen)
+            crc = zlib.crc32(buf[body_at:body_at + blen], zlib.crc32(header))
+            _REC.pack_into(buf, at, MAGIC, hlen, blen, crc)
+        try:
+            os.pwrite(fd, buf, start)
+        except OSError as e:
+            log.warning("queue scrub failed id=%s error=%r", run[0].entry.env.id, e)
+        return True
 
     def _scrub(self, fd: int, entry: Entry) -> None:
         """Zero a finished message's bytes in its segment and fix the record's
