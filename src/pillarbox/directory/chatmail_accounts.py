@@ -20,13 +20,13 @@ import logging
 import os
 import re
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from pillarbox.address import AddressError, normalize
 from pillarbox.directory.users import DirectoryError, Users
+from pillarbox.store import backend
 from pillarbox.store.sqlite import Database
 
 log = logging.getLogger("pillarbox.chatmail")
@@ -125,8 +125,8 @@ class Accounts:
         """Blocking (argon2): True if this call made the account."""
         try:
             self.users.add(address, password, quota=self.settings.max_mailbox_size)
-        except (DirectoryError, sqlite3.IntegrityError):
-            return False  # a concurrent first login made it: the password decides
+        except (DirectoryError, *backend.integrity_errors()):
+            return False  # a concurrent first login (on any node) made it: the password decides
         set_last_login(self.users.db, address, day_of(self.clock()))
         if self.users.cache is not None:
             self.users.cache.invalidate()
@@ -157,7 +157,7 @@ class Accounts:
         self._seen[address] = day
         try:
             set_last_login(self.users.db, address, day)
-        except sqlite3.Error as e:
+        except backend.errors() as e:
             log.warning("last login not recorded error=%r", e)
 
     def attach(self) -> None:

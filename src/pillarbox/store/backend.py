@@ -36,6 +36,15 @@ def errors() -> tuple[type[BaseException], ...]:
     return out + (psycopg.Error,)
 
 
+def integrity_errors() -> tuple[type[BaseException], ...]:
+    """A constraint refused the write (a row with that key exists already)."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return (sqlite3.IntegrityError,)
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
 def is_postgresql(url: str) -> bool:
     return url.startswith("postgresql://")
 
