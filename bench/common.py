@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import ssl
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -80,3 +81,9 @@ def apt_install(package: str, by: str) -> subprocess.CompletedProcess:
     finally:
         if made_policy:
             policy.unlink(missing_ok=True)
+
+
+def median(xs: list[float | None]) -> float | None:
+    """The median of the runs that gave a figure (None: none did)."""
+    got = [x for x in xs if x is not None]
+    return statistics.median(got) if got else None

@@ -53,7 +53,6 @@ import shlex
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import smtp_load as sl
-from common import apt_install, bullet, log, os_name, write_section
+from common import apt_install, bullet, log, median, os_name, write_section
 
 SECTION = "Side by side with Postfix (issue 3)"
 HOST = "127.0.0.1"
@@ -828,10 +827,6 @@ def run_memory(kind: str, args: argparse.Namespace) -> Memory:
 
 # -- the table ----------------------------------------------------------------------------
 
-
-def median(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 @dataclass

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import pysequoia
 
 import smtp_load as sl
-from common import bullet, log, os_name, para, write_section
+from common import bullet, log, median, os_name, para, write_section
 
 SECTION = "Encryption at rest (issue 14)"
 
@@ -125,10 +124,6 @@ def run(variant: str, size: int, args: argparse.Namespace, tsk: pysequoia.Tsk,
     finally:
         srv.stop()
 
-
-def median(xs: list[float | None]) -> float | None:
-    got = [x for x in xs if x is not None]
-    return statistics.median(got) if got else None
 
 
 def main() -> int:

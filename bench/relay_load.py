@@ -92,7 +92,7 @@ from pathlib import Path
 
 import compare_postfix as cp
 import smtp_load as sl
-from common import bullet, client_tls, fmt, log, os_name, para, write_section
+from common import bullet, client_tls, fmt, log, median, os_name, para, write_section
 
 SECTION = "Outbound relay from authenticated clients (issue 4)"
 HOST = "127.0.0.1"
@@ -794,10 +794,6 @@ def measure(variant: str, args: argparse.Namespace, res: Result, root: Path) -> 
 
 RUNS: list[Result] = []
 
-
-def median(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def pct(v: float | None) -> str:

@@ -31,7 +31,6 @@ import base64
 import contextlib
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import compare_postfix as cp
 import smtp_load as sl
-from common import REPO, bullet, log, os_name, para, write_section
+from common import REPO, bullet, log, median, os_name, para, write_section
 
 sys.path.insert(0, str(REPO))
 # The tests' DNS server and rspamd fixture: free ports, a temp dir, stopped after.
@@ -137,10 +136,6 @@ def smtp_source_run(kind: str, args: argparse.Namespace) -> Figure:
     r = cp.run_load(kind, "reuse", args)
     return Figure(f"{kind} (smtp-source)", r.accept_rate, r.cpu_per_k, r.problems)
 
-
-def median(xs: list[float | None]) -> float | None:
-    got = [x for x in xs if x is not None]
-    return statistics.median(got) if got else None
 
 
 def main() -> int:
