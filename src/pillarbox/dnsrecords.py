@@ -120,6 +120,11 @@ def domain_records(cfg: Config, domain: str) -> str:
         f";   mta-sts.{d} {TTL} IN CNAME {mx}",
         "; (or A/AAAA records). Policy file content (CRLF line ends):",
         *[f";   {line}" for line in policy.splitlines()],
+        ";",
+        "; Mail clients' autoconfig and OpenPGP key discovery (WKD) ask these names of the",
+        "; web server (listen.http/https, docs/HTTP.md):",
+        *[f";   {name}.{d} {TTL} IN CNAME {mx}" for name in
+          ("autoconfig", "autodiscover", "openpgpkey")],
     ]
     if not cfg.tls_cert:
         lines.append("; With a certificate from a public CA in [tls], the mode becomes "

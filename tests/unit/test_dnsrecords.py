@@ -109,6 +109,8 @@ def test_comments_policy_and_reminders(cfg: config.Config) -> None:
     for line in policy.splitlines():
         assert f";   {line}\n" in text
     assert "mta-sts.example.test. 3600 IN CNAME mx.example.test." in text
+    for name in ("autoconfig", "autodiscover", "openpgpkey"):  # the web face (HTTP.md)
+        assert f";   {name}.example.test. 3600 IN CNAME mx.example.test.\n" in text
     assert "PTR" in text and "AAAA" in text
     zone = parse(text)
     assert txt(zone, "_mta-sts.example.test.") == [
