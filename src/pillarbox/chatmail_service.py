@@ -1,6 +1,7 @@
 """What `mode = "chatmail"` runs inside the server (docs/CHATMAIL.md):
-accounts made on first login, push notifications on delivery, the daily
-expiry. One `start()` call from server.py; `close()` at the stop.
+accounts made on first login, push notifications on delivery (and those a
+stop left waiting for a retry), the expiry every `expire_every` (a day).
+One `start()` call from server.py; `close()` at the stop.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from pillarbox.push import Notifier
 
 log = logging.getLogger("pillarbox.chatmail")
 
-EXPIRE_EVERY = 86400.0
-FIRST_EXPIRE = 600.0  # after the start: not in the middle of a restart's rush
+FIRST_EXPIRE = 600.0  # at most this after the start: not in a restart's rush
 
 
 class ChatmailService:
@@ -27,17 +27,19 @@ class ChatmailService:
                                  config.data_dir / "mail",
                                  retry_base=config.chatmail.notify_retry_base)
         maildir.on_delivered.append(self.notifier.delivered)
-        self.expiry = asyncio.get_running_loop().create_task(self._daily())
+        self.notifier.resume()
+        self.expiry = asyncio.get_running_loop().create_task(self._expire_loop())
 
-    async def _daily(self) -> None:
-        await asyncio.sleep(FIRST_EXPIRE)
+    async def _expire_loop(self) -> None:
+        every = self.config.chatmail.expire_every
+        await asyncio.sleep(min(every, FIRST_EXPIRE))
         while True:
             try:
                 report = await asyncio.to_thread(expire.run, self.config, self.users)
                 log.warning("expire: %s", report.lines(with_addresses=False)[0])
-            except Exception as e:  # try again tomorrow; the server goes on
+            except Exception as e:  # try again next time; the server goes on
                 log.error("expire failed error=%r", e)
-            await asyncio.sleep(EXPIRE_EVERY)
+            await asyncio.sleep(every)
 
     async def close(self) -> None:
         self.expiry.cancel()

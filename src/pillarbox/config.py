@@ -273,6 +273,7 @@ class ChatmailSettings:
     strict_dkim: bool = True
     notify_url: str = "https://notifications.delta.chat/notify"
     notify_retry_base: float = 8.0  # first retry after this, then 8 times longer each
+    expire_every: float = 86400.0  # the server's expiry runs this often
     iroh_relay: str = ""
     max_user_send_per_minute: int = 60
     max_user_send_burst: int = 10
@@ -331,7 +332,7 @@ _TOP_KEYS = {"hostname", "domains", "data_dir", "maildrop_dir", "user", "mode", 
 _SECTION_KEYS = {
     "chatmail": {"username_min_length", "username_max_length", "password_min_length",
                  "min_free_disk", "min_free_memory", "strict_dkim", "notify_url", "iroh_relay",
-                 "notify_retry_base",
+                 "notify_retry_base", "expire_every",
                  "max_user_send_per_minute", "max_user_send_burst", "max_mailbox_size",
                  "delete_inactive_users_after", "delete_mails_after", "delete_large_after",
                  "large_message_size"},
@@ -737,6 +738,10 @@ def _chatmail(c: dict) -> ChatmailSettings:
         out.notify_retry_base = parse_duration(c["notify_retry_base"], "chatmail.notify_retry_base")
         if not 0.01 <= out.notify_retry_base <= 3600:
             raise ConfigError("chatmail.notify_retry_base", "must be from 0.01s to 1h")
+    if "expire_every" in c:
+        out.expire_every = parse_duration(c["expire_every"], "chatmail.expire_every")
+        if not 1 <= out.expire_every <= 366 * 86400:
+            raise ConfigError("chatmail.expire_every", "must be from 1s to 366d")
     if "strict_dkim" in c:
         if not isinstance(c["strict_dkim"], bool):
             raise ConfigError("chatmail.strict_dkim",
@@ -1174,7 +1179,8 @@ iroh_relay = ""                # METADATA /shared/vendor/deltachat/irohrelay
 max_user_send_per_minute = 60
 max_user_send_burst = 10
 max_mailbox_size = "500M"      # quota of accounts made on first login
-delete_inactive_users_after = 90  # days; `pillarbox expire`, daily in the server
+delete_inactive_users_after = 90  # days; `pillarbox expire`, and in the server
+expire_every = "24h"           # how often the server expires (first: at most 10 min in)
 delete_mails_after = 20        # days
 delete_large_after = 7         # days, for messages over large_message_size
 large_message_size = "200K"

@@ -1,5 +1,5 @@
-"""Expiry for chatmail mode (`pillarbox expire [--dry-run]`, and daily in the
-server): what a relay no longer needs goes.
+"""Expiry for chatmail mode (`pillarbox expire [--dry-run]`, and every
+`[chatmail] expire_every` in the server): what a relay no longer needs goes.
 
 - an account not logged in for `[chatmail] delete_inactive_users_after`
   days is deleted with its mail, tokens and last-login record;

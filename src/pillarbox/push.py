@@ -10,8 +10,13 @@ means the push service calls the token invalid: it is removed. At most
 MAX_PENDING notifications wait at once (more are dropped with a warning),
 at most CONCURRENCY requests run at once.
 
-Pending notifications live in memory: a restart drops them (a missed push
-costs a delay until the app's own polling, not a message).
+A notification waiting for a retry is written to the directory
+(chatmail_push_pending: address, token, attempt, first and next try), one
+row per token, removed when it is sent or given up; `resume()` at the start
+schedules what a stopped server left. A message for a token already waiting
+joins that wait: the one push wakes the app, which fetches everything. With
+several nodes on one PostgreSQL directory a starting node takes over every
+node's rows, so a push may then go twice (a push is only a wake-up call).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Notifier:
         self.retry_base = retry_base
         self.slots = asyncio.Semaphore(CONCURRENCY)
         self.pending: set[asyncio.Task] = set()
+        self.waiting: set[tuple[str, str]] = set()  # pending and sleeping until a retry
         self.session: aiohttp.ClientSession | None = None
 
     def address_of(self, path: Path) -> str | None:
@@ -71,29 +77,69 @@ class Notifier:
             log.warning("push tokens not read error=%r", e)
             return
         for token in found:
-            if len(self.pending) >= MAX_PENDING:
-                log.warning("push notification dropped: too many pending")
-                return
-            task = asyncio.get_running_loop().create_task(self._notify(address, token))
-            self.pending.add(task)
-            task.add_done_callback(self.pending.discard)
+            if (address, token) in self.waiting:
+                continue  # its retry's push wakes the app for this message too
+            self._schedule(address, token, 0, time.time(), 0.0)
 
-    async def _notify(self, address: str, token: str) -> None:
-        start = time.monotonic()
-        delay = self.retry_base
-        while True:
-            status = await self._post(token)
-            if status == 200:
-                return
-            if status == 410:
-                await asyncio.to_thread(accounts.remove_token, self.db, address, token)
-                log.info("push token removed: the push service calls it invalid")
-                return
-            if time.monotonic() + delay - start > DROP_AFTER:
-                log.warning("push notification dropped after retries status=%s", status)
-                return
-            await asyncio.sleep(delay)
-            delay *= BACKOFF
+    def resume(self) -> None:
+        """At the start: schedule the retries a stopped server left waiting."""
+        if not self.url:
+            return
+        try:
+            rows = accounts.pending_pushes(self.db, MAX_PENDING)
+        except Exception as e:  # the server starts anyway; they stay for the next start
+            log.warning("pending push notifications not read error=%r", e)
+            return
+        now = time.time()
+        for address, token, attempt, first_try, next_try in rows:
+            self._schedule(address, token, attempt, first_try, max(0.0, next_try - now))
+        if rows:
+            log.info("push notifications resumed count=%d", len(rows))
+
+    def _schedule(self, address: str, token: str, attempt: int, first_try: float,
+                  wait: float) -> None:
+        if len(self.pending) >= MAX_PENDING:
+            log.warning("push notification dropped: too many pending")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._notify(address, token, attempt, first_try, wait))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _notify(self, address: str, token: str, attempt: int, first_try: float,
+                      wait: float) -> None:
+        key = (address, token)
+        try:
+            while True:
+                if wait:
+                    self.waiting.add(key)
+                    await asyncio.sleep(wait)
+                    self.waiting.discard(key)
+                status = await self._post(token)
+                if status == 410:
+                    await self._write(accounts.remove_token, address, token)
+                    log.info("push token removed: the push service calls it invalid")
+                if status in (200, 410):
+                    break
+                attempt += 1
+                wait = self.retry_base * BACKOFF ** (attempt - 1)
+                next_try = time.time() + wait
+                if next_try - first_try > DROP_AFTER:
+                    log.warning("push notification dropped after retries status=%s", status)
+                    break
+                await self._write(accounts.save_pending_push, address, token, attempt,
+                                  first_try, next_try)
+            if attempt:
+                await self._write(accounts.forget_pending_push, address, token)
+        finally:
+            self.waiting.discard(key)
+
+    async def _write(self, fn: Any, *args: Any) -> None:
+        """A directory write for the pending list; failing, the retry stays in memory."""
+        try:
+            await asyncio.to_thread(fn, self.db, *args)
+        except Exception as e:
+            log.warning("push state not written error=%r", e)
 
     async def _post(self, token: str) -> int | str:
         if self.session is None:

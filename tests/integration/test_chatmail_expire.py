@@ -8,7 +8,7 @@ import os
 import sqlite3
 import time
 
-from .support import ALICE, BOB
+from .support import ALICE, BOB, wait_until
 
 DAY = 86400
 
@@ -70,3 +70,21 @@ def test_expire(make_server):
     srv.cli_ok("expire", "--now", str(now + 89 * DAY))
     assert not listed(srv, ALICE)
     assert not alice.exists()
+
+
+def test_the_server_expires_on_its_own(make_server):
+    """`[chatmail] expire_every`: the running server expires without the CLI."""
+    srv = make_server({"mode": "chatmail", "chatmail.strict_dkim": False,
+                       "chatmail.expire_every": "1s"}, start=False)
+    now = time.time()
+    bob_mail = put(srv.data_dir / "mail" / "example.test" / "bob", "1.b:2,S", 10, 1, now)
+    db = sqlite3.connect(srv.data_dir / "pillarbox.db")
+    with db:
+        db.execute("INSERT INTO chatmail_users (address, last_login) VALUES (?, ?), (?, ?)",
+                   (ALICE, int(now), BOB, int(now - 91 * DAY)))
+    db.close()
+    srv.start()
+    wait_until(lambda: not listed(srv, BOB), 10, "the inactive account expired by the server")
+    assert not bob_mail.exists() and listed(srv, ALICE)
+    wait_until(lambda: "expire: removed 1 of 2 accounts" in srv.log_text(), 10,
+               "the expiry logged")

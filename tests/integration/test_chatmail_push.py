@@ -5,8 +5,10 @@ failure, the token dropped when the push service answers 410."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 
+import psycopg
 import pytest
 from aiohttp import web
 
@@ -16,12 +18,26 @@ from .pg_server import BACKENDS
 from .support import ALICE, BOB, Server, wait_until
 
 
+def pending_pushes(relay: Server, storage_url: str) -> list[tuple]:
+    """The directory's notifications waiting for a retry: (address, token, attempt)."""
+    query = "SELECT address, token, attempt FROM chatmail_push_pending ORDER BY token"
+    if storage_url:
+        with psycopg.connect(storage_url) as db:
+            return [tuple(r) for r in db.execute(query)]
+    db = sqlite3.connect(relay.data_dir / "pillarbox.db")
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
+
+
 class PushService:
     """A small HTTP server standing for notifications.delta.chat."""
 
     def __init__(self) -> None:
         self.posts: list[str] = []
         self.failures = {"tok-flaky": 1}  # answers 500 this many times first
+        self.refused: set[str] = set()  # answers 503 while a token is here
         self.lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -33,6 +49,8 @@ class PushService:
         token = (await request.read()).decode()
         with self.lock:
             self.posts.append(token)
+            if token in self.refused:
+                return web.Response(status=503)
             if self.failures.get(token, 0) > 0:
                 self.failures[token] -= 1
                 return web.Response(status=500)
@@ -52,6 +70,12 @@ class PushService:
 
     def count(self, token: str) -> int:
         with self.lock:
+            return self.posts.count(token)
+
+    def accept(self, token: str) -> int:
+        """Stop refusing `token`; the number of POSTs it had so far."""
+        with self.lock:
+            self.refused.discard(token)
             return self.posts.count(token)
 
     def stop(self) -> None:
@@ -125,3 +149,25 @@ def test_a_dead_push_service_never_blocks_delivery(make_server):
     for _ in range(3):
         deliver(relay)
     relay.wait_for_messages(ALICE, 3)
+
+
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)
+def test_a_notification_waiting_for_a_retry_survives_a_restart(relay, push, storage_url):
+    push.refused.add("tok-later")
+    with RawIMAP(relay.imaps_port, ALICE) as c:
+        c.ok('SETMETADATA "" (/private/devicetoken "tok-later")')
+    deliver(relay)
+    # A second refusal: the first one's retry was written down before its wait.
+    wait_until(lambda: push.count("tok-later") >= 2, 10, "the push refused and retried")
+    relay.stop()
+    assert [(a, t) for a, t, _ in pending_pushes(relay, storage_url)] == [(ALICE, "tok-later")]
+    refused = push.accept("tok-later")
+
+    relay.start()
+    wait_until(lambda: push.count("tok-later") == refused + 1, 30,
+               "the pending notification sent by the restarted server")
+    wait_until(lambda: pending_pushes(relay, storage_url) == [], 10,
+               "the sent notification no longer pending")
+    # The restarted server notifies new messages as before.
+    deliver(relay)
+    wait_until(lambda: push.count("tok-later") == refused + 2, 10, "the next message notified")

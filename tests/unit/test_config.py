@@ -185,3 +185,16 @@ LISTEN = '[listen]\nsmtp = ["127.0.0.1:2525"]\n'
 def test_settings_a_reload_cannot_change(tmp_path: Path, new: str, key: str | None) -> None:
     old = load_text(tmp_path, BASE + LISTEN)
     assert config.restart_needed(old, load_text(tmp_path, BASE + new)) == key
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 86400.0), ('"1s"', 1.0), ('"12h"', 43200.0)])
+def test_chatmail_expire_every(tmp_path: Path, value: str | None, seconds: float) -> None:
+    text = BASE + (f"[chatmail]\nexpire_every = {value}\n" if value else "")
+    assert load_text(tmp_path, text).chatmail.expire_every == seconds
+
+
+@pytest.mark.parametrize("value", ['"0s"', '"500ms"', '"400d"', '"soon"'])
+def test_chatmail_expire_every_out_of_range(tmp_path: Path, value: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        load_text(tmp_path, BASE + f"[chatmail]\nexpire_every = {value}\n")
+    assert e.value.key == "chatmail.expire_every"

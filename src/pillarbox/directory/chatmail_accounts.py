@@ -67,6 +67,7 @@ def set_last_login(db: Database, address: str, day: int) -> None:
 def forget(db: Database, address: str) -> None:
     db.execute("DELETE FROM chatmail_users WHERE address = ?", (address.lower(),))
     db.execute("DELETE FROM chatmail_tokens WHERE address = ?", (address.lower(),))
+    db.execute("DELETE FROM chatmail_push_pending WHERE address = ?", (address.lower(),))
 
 
 def free_memory() -> int | None:
@@ -217,3 +218,30 @@ def remove_token(db: Database, address: str, token: str | None = None) -> None:
     else:
         db.execute("DELETE FROM chatmail_tokens WHERE address = ? AND token = ?",
                    (address.lower(), token))
+
+
+# -- push notifications waiting for a retry (push.py) ---------------------------
+
+def save_pending_push(db: Database, address: str, token: str, attempt: int,
+                      first_try: float, next_try: float) -> None:
+    db.execute("INSERT INTO chatmail_push_pending (address, token, attempt, first_try, next_try) "
+               "VALUES (?, ?, ?, ?, ?) ON CONFLICT (address, token) DO UPDATE SET "
+               "attempt = excluded.attempt, first_try = excluded.first_try, "
+               "next_try = excluded.next_try",
+               (address.lower(), token, attempt, first_try, next_try))
+
+
+def pending_pushes(db: Database, limit: int) -> list[tuple[str, str, int, float, float]]:
+    """(address, token, attempt, first_try, next_try), the soonest first; rows
+    of a token removed meanwhile are dropped."""
+    db.execute("DELETE FROM chatmail_push_pending WHERE NOT EXISTS (SELECT 1 FROM "
+               "chatmail_tokens t WHERE t.address = chatmail_push_pending.address "
+               "AND t.token = chatmail_push_pending.token)")
+    rows = db.execute("SELECT address, token, attempt, first_try, next_try "
+                      "FROM chatmail_push_pending ORDER BY next_try LIMIT ?", (limit,))
+    return [tuple(r) for r in rows]
+
+
+def forget_pending_push(db: Database, address: str, token: str) -> None:
+    db.execute("DELETE FROM chatmail_push_pending WHERE address = ? AND token = ?",
+               (address.lower(), token))

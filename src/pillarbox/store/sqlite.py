@@ -118,6 +118,18 @@ MIGRATIONS: list[str] = [
         updated     INTEGER NOT NULL
     );
     """,
+    # chatmail push notifications waiting for a retry (push.py): one per token,
+    # kept across restarts; times in seconds since the epoch.
+    """
+    CREATE TABLE chatmail_push_pending (
+        address   TEXT NOT NULL,
+        token     TEXT NOT NULL,
+        attempt   INTEGER NOT NULL,
+        first_try REAL NOT NULL,
+        next_try  REAL NOT NULL,
+        PRIMARY KEY (address, token)
+    );
+    """,
 ]
 
 
