@@ -48,9 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _store(cfg: configmod.Config) -> ListStore:
-    from pillarbox.store.sqlite import Database
-
-    return ListStore(Database(cfg.data_dir / "pillarbox.db"))
+    return ListStore.open(cfg.storage_url, cfg.data_dir)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -36,12 +36,11 @@ def _progress(line: str) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     cfg = load(find_config_path(args.config))
     db = backend.open_database(cfg.storage_url, cfg.data_dir, migrate=False)
-    local = _local(cfg)
     target = Path(args.file)
     tmp = target.with_name(target.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as out:
-            counts = transfer.export(db, out, _progress, local)
+            counts = transfer.export(db, out, _progress)
         with tmp.open(encoding="utf-8") as back:  # what reached the disk reads back whole
             transfer.read(back)
         tmp.replace(target)
@@ -54,7 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        _close(db, local)
+        db.close()
     print(f"exported {_summary(counts)} from {_where(cfg, db)} to {target}; verified")
     return 0
 
@@ -62,10 +61,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     cfg = load(find_config_path(args.config))
     db = backend.open_database(cfg.storage_url, cfg.data_dir)
-    local = _local(cfg)
     try:
         with open(args.file, encoding="utf-8") as src:
-            counts = transfer.import_(db, src, _progress, local)
+            counts = transfer.import_(db, src, _progress)
     except transfer.TransferError as e:
         from pillarbox.cli import CLIError  # cli imports this module
 
@@ -75,25 +73,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
         raise CLIError(f"cannot read {args.file}: {e.strerror}") from None
     finally:
-        _close(db, local)
+        db.close()
     print(f"imported {_summary(counts)} into {_where(cfg, db)}; verified")
     return 0
-
-
-def _local(cfg):
-    """data_dir's SQLite file, for the tables kept there even with PostgreSQL
-    (transfer.LOCAL_TABLES); None when it is the directory database anyway."""
-    if not backend.is_postgresql(cfg.storage_url):
-        return None
-    from pillarbox.store.sqlite import Database
-
-    return Database(cfg.data_dir / "pillarbox.db")
-
-
-def _close(db, local) -> None:
-    db.close()
-    if local is not None:
-        local.close()
 
 
 def _summary(counts: dict[str, int]) -> str:

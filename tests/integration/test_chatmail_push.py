@@ -171,3 +171,34 @@ def test_a_notification_waiting_for_a_retry_survives_a_restart(relay, push, stor
     # The restarted server notifies new messages as before.
     deliver(relay)
     wait_until(lambda: push.count("tok-later") == refused + 2, 10, "the next message notified")
+
+
+@pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
+def test_database_down_mid_session_answers_unavailable_and_keeps_the_session(make_server,
+                                                                            postgres):
+    """The mailbox index is per node (SQLite in the Maildir); the directory calls an IMAP
+    session makes (device tokens in PostgreSQL) get NO [UNAVAILABLE] while the database is
+    down, the mailbox and the quota (the directory's copy) keep answering, and the same
+    session works again once PostgreSQL is back."""
+    relay = make_server({"mode": "chatmail", "chatmail.strict_dkim": False})
+    get = 'GETMETADATA "" /private/devicetoken'
+    with RawIMAP(relay.imaps_port, ALICE) as c:
+        c.ok('SETMETADATA "" (/private/devicetoken "tok-1")')
+        c.ok("SELECT INBOX")
+        postgres.stop_server()
+        try:
+            _, tagged = c.cmd('SETMETADATA "" (/private/devicetoken "tok-2")')
+            assert tagged.startswith(b"NO [UNAVAILABLE]"), tagged
+            _, tagged = c.cmd(get)
+            assert tagged.startswith(b"NO [UNAVAILABLE]"), tagged
+            c.ok("STATUS INBOX (MESSAGES UIDNEXT)")
+            untagged, _ = c.ok("GETQUOTAROOT INBOX")
+            assert untagged[0].startswith(b'QUOTAROOT "INBOX"'), untagged
+            c.ok("NOOP")
+        finally:
+            postgres.start_server()
+        wait_until(lambda: c.cmd(get)[1].startswith(b"OK"), 10,
+                   "GETMETADATA in the same session after PostgreSQL returned")
+        c.ok('SETMETADATA "" (/private/devicetoken "tok-2")')
+        (line,), _ = c.ok(get)
+        assert sorted(line.split(b'"')[-2].split()) == [b"tok-1", b"tok-2"], line

@@ -1,6 +1,7 @@
 """Mailing lists (issue 18) over real SMTP: local members get the post in
 their Maildir, remote ones through the queue to an SMTP double (their MX in
-the tests' DNS server), which records what arrived."""
+the tests' DNS server), which records what arrived. Every test runs against
+SQLite and PostgreSQL (the lists live in the directory database)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pillarbox.lists.store import ListStore
 from pillarbox.lists.unsubscribe import unsubscribe
-from pillarbox.store.sqlite import Database
+from pillarbox.store.backend import open_database
 
 from .dns_server import DNSServer, query_txt
 from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
@@ -26,6 +27,7 @@ from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
     fixture_outbound,
     point_mx,
 )
+from .pg_server import BACKENDS
 from .support import ALICE, BOB, DOMAIN, free_ports, make_message, token, wait_until
 from .test_http import get as http_get
 
@@ -34,6 +36,8 @@ CAROL = f"carol@{REMOTE}"
 DAVE = f"dave@{REMOTE}"
 STRANGER = f"mallory@{REMOTE}"
 UNSUB_URL = "https://mx.example.test/lists/unsubscribe/{token}"
+
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
 
 
 def _lists_toml(**options) -> str:
@@ -47,6 +51,7 @@ def _lists_toml(**options) -> str:
 def fixture_list_server(outbound, dns):
     """A server with team@ (owner and moderator alice@, members alice@, bob@,
     carol@remote.test), its DKIM keys in DNS, remote.test's MX the double."""
+    made = []
 
     def make(members=(ALICE, BOB, CAROL), http_port=None, **options):
         listen = {"listen.http": [f"127.0.0.1:{http_port}"]} if http_port else {}
@@ -55,17 +60,23 @@ def fixture_list_server(outbound, dns):
         assert dns.load_zone(zone) > 0, zone
         point_mx(dns, REMOTE)
         srv.cli_ok("list", "create", TEAM, "--name", "Team", "--owner", ALICE)
+        made.append(srv)
         store = _store(srv)  # the CLI's own tables, without a process per step
         store.set(TEAM, "moderators", ALICE)
         store.add_members(TEAM, list(members))
         srv.start()
         return srv
 
-    return make
+    yield make
+    for srv in made:
+        srv.list_store.db.close()
 
 
 def _store(srv) -> ListStore:
-    return ListStore(Database(srv.data_dir / "pillarbox.db"))
+    """The lists in the database the server's config names (as the CLI opens it)."""
+    if getattr(srv, "list_store", None) is None:
+        srv.list_store = ListStore(open_database(srv.config["storage"]["url"], srv.data_dir))
+    return srv.list_store
 
 
 def _members(srv) -> dict[str, bool]:

@@ -277,3 +277,39 @@ def test_backup_says_the_directory_is_not_in_it(make_server, tmp_path):
     srv = make_server(start=False)
     p = srv.cli_ok("backup", str(tmp_path / "copy"))
     assert "pg_dump" in p.stderr and "not in this backup" in p.stderr, p.stderr
+
+
+_LISTS_TOML = ('[module.lists]\nkind = "mailing_list"\n\n'
+               '[[rule]]\nrcpt = ["team@example.test", "team+*@example.test", '
+               '"team-*@example.test"]\ntargets = ["lists"]\n')
+
+
+@pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
+def test_lists_live_in_postgresql_and_a_lost_database_defers_list_mail(make_server, postgres):
+    """A list made with the CLI is in PostgreSQL (a second node knows it); RCPT TO it while
+    the database is down gets 451 4.3.0, and 250 again once it is back."""
+    a = make_server(extra_toml=_LISTS_TOML)
+    b = make_server(extra_toml=_LISTS_TOML)
+    a.cli_ok("list", "create", "team@example.test", "--owner", ALICE)
+    a.cli_ok("list", "add", "team@example.test", BOB)
+    assert BOB in b.cli_ok("list", "members", "team@example.test").stdout
+    with b.smtp() as s:
+        s.mail(BOB)
+        assert s.rcpt("team@example.test")[0] == 250
+    postgres.stop_server()
+    try:
+        with b.smtp() as s:
+            s.mail(BOB)
+            reply = s.rcpt("team@example.test")
+            assert_reply(reply, 451, "4.3.0", "RCPT to a list while PostgreSQL is down")
+            assert b"Mailing list store unavailable" in reply[1], reply
+    finally:
+        postgres.start_server()
+    start = time.monotonic()
+    while True:
+        with b.smtp() as s:
+            s.mail(BOB)
+            if s.rcpt("team@example.test")[0] == 250:
+                break
+        assert time.monotonic() - start < 10, "list RCPT still refused after PostgreSQL returned"
+        time.sleep(0.1)

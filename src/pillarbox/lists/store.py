@@ -1,8 +1,11 @@
 """Lists, members, held posts, pending confirmations and bounces in the
-directory database (store/sqlite.py, the migration "Mailing lists").
+directory database (store/sqlite.py, the migration "Mailing lists"): the one
+`[storage] url` names, SQLite in data_dir or PostgreSQL shared by the nodes.
+SQL both backends understand (ON CONFLICT, the backend's `transaction`).
 
-Blocking (sqlite3): the target calls it from worker threads where a list may
-be large (10,000 members), the CLI directly.
+Blocking: the target calls it from worker threads where a list may be large
+(10,000 members), the CLI directly. Database failures raise the backend's
+errors (store/backend.errors()).
 """
 
 from __future__ import annotations
@@ -10,8 +13,14 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pillarbox.store.sqlite import Database
+from pillarbox.store.backend import open_database
+
+if TYPE_CHECKING:
+    from pillarbox.store.postgresql import PgDatabase
+    from pillarbox.store.sqlite import Database
 
 POLICIES = ("members", "anyone", "moderated")
 REPLY_TO = ("author", "list")
@@ -82,8 +91,13 @@ _COLUMNS = ("address, name, owners, moderators, policy, subject_prefix, reply_to
 
 
 class ListStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PgDatabase) -> None:
         self.db = db
+
+    @classmethod
+    def open(cls, storage_url: str, data_dir: Path) -> ListStore:
+        """The lists of the database `[storage] url` names (migrated, as the CLI opens it)."""
+        return cls(open_database(storage_url, data_dir))
 
     # -- lists --------------------------------------------------------------------
 
@@ -108,18 +122,11 @@ class ListStore:
 
     def delete(self, address: str) -> None:
         self._need(address)
-        c = self.db.conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.transaction() as tx:
             for table, col in (("lists", "address"), ("list_members", "list"),
                                ("list_held", "list"), ("list_pending", "list"),
                                ("list_bounces", "list")):
-                c.execute(f"DELETE FROM {table} WHERE {col} = ?", (address.lower(),))
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
+                tx.execute(f"DELETE FROM {table} WHERE {col} = ?", (address.lower(),))
 
     def set(self, address: str, key: str, value: str) -> None:
         self._need(address)
@@ -153,10 +160,11 @@ class ListStore:
     def add_members(self, address: str, members: list[str]) -> int:
         self._need(address)
         now = time.time()
-        cur = self.db.conn().executemany(
-            "INSERT OR IGNORE INTO list_members (list, address, added) VALUES (?, ?, ?)",
-            [(address.lower(), m.lower(), now) for m in members])
-        return cur.rowcount
+        with self.db.transaction() as tx:
+            return tx.executemany(
+                "INSERT INTO list_members (list, address, added) VALUES (?, ?, ?) "
+                "ON CONFLICT (list, address) DO NOTHING",
+                [(address.lower(), m.lower(), now) for m in members]).rowcount
 
     def remove_members(self, address: str, members: list[str]) -> int:
         self._need(address)

@@ -132,9 +132,11 @@ class _Tx:
         cur = self.conn.execute(placeholders(sql), params)
         return Result(cur.fetchall() if cur.description else [], cur.rowcount)
 
-    def executemany(self, sql: str, seq) -> None:
+    def executemany(self, sql: str, seq) -> Result:
+        """Like sqlite3's: the result's rowcount is the rows all statements changed."""
         with self.conn.cursor() as cur:
             cur.executemany(placeholders(sql), list(seq))
+            return Result([], cur.rowcount)
 
 
 class PgDatabase:
@@ -195,9 +197,9 @@ class PgDatabase:
         with self._conn() as c:
             return _Tx(c).execute(sql, params)
 
-    def executemany(self, sql: str, seq) -> None:
+    def executemany(self, sql: str, seq) -> Result:
         with self._conn() as c, c.transaction():
-            _Tx(c).executemany(sql, seq)
+            return _Tx(c).executemany(sql, seq)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Tx]:

@@ -37,9 +37,6 @@ VERSION = 1
 # `rowid` column, PG_AFTER in store/postgresql.py).
 ORDERED = {"aliases"}
 PG_ONLY_COLUMNS = {"rowid"}
-# Kept in data_dir's SQLite file whatever `[storage] url` says (lists/store.py
-# does not use the PostgreSQL backend yet): read from and written to there.
-LOCAL_TABLES = {"lists", "list_members", "list_held", "list_pending", "list_bounces"}
 PROGRESS_EVERY = 1000  # rows between progress lines
 BATCH = 500  # rows per INSERT batch
 
@@ -116,29 +113,18 @@ def _snapshot(db: Any) -> Iterator[Any]:
             yield tx
 
 
-def _groups(db: Any, local: Any, names: list[str]) -> list[tuple[Any, list[str]]]:
-    """Which database holds which of `names`: `local` (data_dir's SQLite file)
-    the LOCAL_TABLES when it is not `db` itself."""
-    if local is None or local is db:
-        return [(db, names)]
-    return [(db, [t for t in names if t not in LOCAL_TABLES]),
-            (local, [t for t in names if t in LOCAL_TABLES])]
-
-
-def export(db: Any, out: IO[str], progress: Progress, local: Any = None) -> dict[str, int]:
-    """Write the directory of `db` (and LOCAL_TABLES of `local`) to `out`, each
-    database's tables as of one moment (one read transaction, while the server
-    may be writing); rows per table."""
+def export(db: Any, out: IO[str], progress: Progress) -> dict[str, int]:
+    """Write the directory of `db` to `out`, every table as of one moment (one
+    read transaction, while the server may be writing); rows per table."""
     schema = db.schema_version()
     out.write(json.dumps({"format": FORMAT, "version": VERSION, "schema": schema,
                           "source": db.kind}) + "\n")
     counts: dict[str, int] = {}
     read_: dict[str, tuple[list[str], list[str]]] = {}
-    for where, names in _groups(db, local, tables(schema)):
-        with _snapshot(where) as q:
-            for t in names:
-                cols = _columns(where.kind, q, t)
-                read_[t] = (cols, _lines(q, t, cols))
+    with _snapshot(db) as q:
+        for t in tables(schema):
+            cols = _columns(db.kind, q, t)
+            read_[t] = (cols, _lines(q, t, cols))
     for table in tables(schema):
         cols, lines = read_[table]
         out.write(json.dumps({"table": table, "columns": cols, "rows": len(lines),
@@ -215,27 +201,21 @@ def _not_empty(db: Any, names: list[str]) -> list[str]:
             if (n := db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])]
 
 
-def import_(db: Any, src: IO[str], progress: Progress, local: Any = None) -> dict[str, int]:
-    """Load an export into `db` (and LOCAL_TABLES into `local`), whose directory
-    must be empty, then verify; rows per table. One transaction per database:
-    `db`'s first, then `local`'s."""
+def import_(db: Any, src: IO[str], progress: Progress) -> dict[str, int]:
+    """Load an export into `db`, whose directory must be empty, in one
+    transaction, then verify; rows per table."""
     header, sections = read(src)
-    groups = _groups(db, local, tables())
-    full = [x for where, names in groups for x in _not_empty(where, names)]
+    full = _not_empty(db, tables())
     if full:
         raise TransferError("the target directory is not empty: " + ", ".join(full)
                             + "; import into a fresh database")
-    for where, names in groups:
-        for s in sections:
-            unknown = (set(s.columns) - set(_columns(where.kind, where, s.table))
-                       if s.table in names else set())
-            if unknown:
-                raise TransferError(f"{s.table}: the target has no column "
-                                    f"{', '.join(sorted(unknown))}")
-    for where, names in groups:
-        _load(where, [s for s in sections if s.table in names], progress)
-    for where, names in groups:
-        verify(where, [s for s in sections if s.table in names])
+    for s in sections:
+        unknown = set(s.columns) - set(_columns(db.kind, db, s.table))
+        if unknown:
+            raise TransferError(f"{s.table}: the target has no column "
+                                f"{', '.join(sorted(unknown))}")
+    _load(db, sections, progress)
+    verify(db, sections)
     return {s.table: len(s.lines) for s in sections}
 
 

@@ -32,6 +32,7 @@ from pillarbox.check import Reply
 from pillarbox.lists import addresses, bounces, compose, unsubscribe
 from pillarbox.lists.store import ListStore, MailingList
 from pillarbox.printable import escape
+from pillarbox.store import backend
 
 log = logging.getLogger("pillarbox.lists")
 
@@ -39,16 +40,19 @@ NO_LIST = Reply(550, "5.1.1 No such mailing list here")
 NOT_MEMBER = Reply(550, "5.7.1 Only members may post to this list")
 NO_NULL = Reply(550, "5.7.1 Mail from the null sender is not taken at this list address")
 BAD_TOKEN = Reply(550, "5.7.1 Unknown or used confirmation token")
+STORE_DOWN = Reply(451, "4.3.0 Mailing list store unavailable, try again later")
 _WORD = re.compile(r"[a-z]+")
 
 
 class MailingListTarget:
     def __init__(self, name: str, options: dict[str, Any], env: Any) -> None:
-        from pillarbox.store.sqlite import Database
-
         self.name = name
         self.config = env.config
-        self.store = ListStore(Database(env.config.data_dir / "pillarbox.db"))
+        # The server's directory database (one pool with PostgreSQL); its own when
+        # made without one.
+        db = getattr(env.users, "db", None)
+        self.store = (ListStore(db) if db is not None
+                      else ListStore.open(env.config.storage_url, env.config.data_dir))
         self.queue = env.queue
         self.signing = env.signing
         self.resolver = env.resolver
@@ -88,6 +92,13 @@ class MailingListTarget:
     async def vet_rcpt(self, rcpt: str, sender: str) -> Reply | None:
         """At RCPT: None to accept `rcpt`, else the refusal. The envelope
         sender is what is checked (the From field is not known yet)."""
+        try:
+            return self._vet(rcpt, sender)
+        except backend.errors() as e:  # PostgreSQL down: the sender retries
+            log.warning("mailing list lookup failed rcpt=%s error=%s", escape(rcpt), e)
+            return STORE_DOWN
+
+    def _vet(self, rcpt: str, sender: str) -> Reply | None:
         role = self.role(rcpt)
         if role is None:
             return NO_LIST
@@ -342,6 +353,9 @@ class _ListDelivery(module.BaseDelivery):
                 out[rcpt] = None
             except module.DeliveryError as e:
                 out[rcpt] = e
+            except backend.errors() as e:  # the queue retries with its backoff
+                log.warning("mailing list store failed rcpt=%s error=%s", escape(rcpt), e)
+                out[rcpt] = module.DeliveryError(STORE_DOWN)
         return out
 
 

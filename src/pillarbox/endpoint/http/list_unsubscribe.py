@@ -19,20 +19,25 @@ from aiohttp import web
 from pillarbox.endpoint.http.env import HTTPEnv
 from pillarbox.lists.store import ListStore
 from pillarbox.lists.unsubscribe import read_token, unsubscribe
-from pillarbox.store.sqlite import Database
+from pillarbox.store import backend
 
 PATH = "/lists/unsubscribe/{token}"
 MAX_FORM = 1024  # the one field RFC 8058 sends, with room to spare
 
 
 def routes(env: HTTPEnv) -> list[web.RouteDef]:
-    stores: dict[str, ListStore] = {}
+    stores: dict[tuple[str, str], ListStore] = {}
 
     def store() -> ListStore:
-        path = str(env.config().data_dir / "pillarbox.db")
-        if path not in stores:
-            stores[path] = ListStore(Database(env.config().data_dir / "pillarbox.db"))
-        return stores[path]
+        """The server's directory database (one pool with PostgreSQL), else one of our own."""
+        db = getattr(env.users(), "db", None)
+        if db is not None:
+            return ListStore(db)
+        cfg = env.config()
+        key = (cfg.storage_url, str(cfg.data_dir))
+        if key not in stores:
+            stores[key] = ListStore.open(cfg.storage_url, cfg.data_dir)
+        return stores[key]
 
     async def page(request: web.Request) -> web.Response:
         token = request.match_info["token"]
@@ -54,7 +59,11 @@ def routes(env: HTTPEnv) -> list[web.RouteDef]:
         form = await request.post()
         if form.get("List-Unsubscribe") != "One-Click":
             raise web.HTTPBadRequest(text="expected List-Unsubscribe=One-Click\n")
-        done = await asyncio.to_thread(unsubscribe, request.match_info["token"], store())
+        try:
+            done = await asyncio.to_thread(unsubscribe, request.match_info["token"], store())
+        except backend.errors():  # PostgreSQL down: the client may press again
+            raise web.HTTPServiceUnavailable(text="try again later\n",
+                                             headers={"Retry-After": "60"}) from None
         if done is None:  # forged, malformed, or gone already: nothing to tell apart
             raise web.HTTPNotFound(text="no such subscription\n")
         return web.Response(text=f"{done[1]} left {done[0]}\n",

@@ -492,6 +492,9 @@ class Session:
         except (OSError, sqlite3.Error) as e:
             log.warning("IMAP %s failed user=%s error=%r", name, self.user, e)
             result = _storage_failure(e)
+        except backend.errors() as e:  # the shared directory (PostgreSQL) is down: try later
+            log.warning("IMAP %s failed user=%s error=%s", name, self.user, e)
+            result = ("NO", "[UNAVAILABLE] The user directory is unavailable, try again later")
         if result is None:
             result = ("OK", f"{name} completed")
         if self.selected is not None and not self.logout:
