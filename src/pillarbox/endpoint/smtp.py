@@ -616,7 +616,7 @@ class Session:
             body.discard()
             self.reply(452, "4.2.2 No recipient has room for the message")
             return
-        protocol = "LMTP" if self.kind == "lmtp" else "ESMTP" if self.esmtp else "SMTP"
+        protocol = self.protocol_name if self.esmtp else "SMTP"  # LHLO is always extended
         if self.tls:
             protocol += "S"
         if self.user:

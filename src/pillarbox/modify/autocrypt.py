@@ -10,6 +10,7 @@ only a newer effective date updates the stored key). Only the header is read.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import email.parser
@@ -96,8 +97,6 @@ _running: set = set()
 
 def learn_soon(encryption, user: str, header: bytes) -> None:
     """`learn` in a worker thread, after the reply (the key check takes a few ms)."""
-    import asyncio
-
     if not encryption.learns(user) or b"autocrypt:" not in header.lower():
         return
     task = asyncio.get_running_loop().create_task(
