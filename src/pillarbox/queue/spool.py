@@ -480,6 +480,10 @@ class Spool:
         now = time.monotonic()
         if now - self._free_checked > 0.5:  # statvfs at most twice a second
             self._free, self._free_checked = self.free_space(), now
+        if self._free >= self.min_free_space + size:
+            return True
+        # A refusal is never taken from the cache: space freed a moment ago counts.
+        self._free, self._free_checked = self.free_space(), now
         return self._free >= self.min_free_space + size
 
     # -- segments -------------------------------------------------------------
