@@ -24,7 +24,7 @@ class ChatmailService:
         self.config, self.users = config, users
         Accounts(users, config).attach()
         self.notifier = Notifier(config.chatmail.notify_url, users.db,
-                                 config.data_dir / "mail",
+                                 config.mail_root,
                                  retry_base=config.chatmail.notify_retry_base)
         maildir.on_delivered.append(self.notifier.delivered)
         self.notifier.resume()

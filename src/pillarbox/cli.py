@@ -409,7 +409,7 @@ def _import_aliases(cfg: Config, aliases, path: Path) -> int:
 # -- queue --------------------------------------------------------------------
 
 def _spool_root(cfg: Config) -> Path:
-    return cfg.data_dir / "queue"
+    return cfg.queue_root
 
 
 def _entries(cfg: Config, finished: bool = False) -> list[dict]:
@@ -785,7 +785,7 @@ def cmd_import_maildir(args: argparse.Namespace) -> int:
     if _server_running(cfg):
         raise CLIError(f"the server for {cfg.path} is running; stop it before an import "
                        "(it keeps open mailboxes in memory)")
-    target = mailbox.maildir_path(cfg.data_dir / "mail", address)
+    target = mailbox.maildir_path(cfg.mail_root, address)
     try:
         boxes = import_maildir.import_maildir(Path(args.src), target)
     except import_maildir.MaildirImportError as e:

@@ -180,7 +180,7 @@ def _drop_approval(cfg: configmod.Config, list_address: str, token: str) -> None
     msg_id = new_id()
     env = Envelope(id=msg_id, mail_from="", rcpts=[rcpt], received=time.time(),
                    size=len(data), source="sendmail")
-    Spool(cfg.data_dir / "queue", cfg.queue.min_free_space).drop(env, data)
+    Spool(cfg.queue_root, cfg.queue.min_free_space).drop(env, data)
     control.request(cfg.data_dir, "pickup")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,6 +300,8 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     storage_url: str = ""
+    shared_dir: Path | None = None  # mail and queue spools several nodes share (docs/POSTGRESQL.md)
+    node: str = ""  # this node's name among those sharing shared_dir; "": the host name
     nameservers: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -321,6 +324,22 @@ class Config:
     def key_path(self) -> Path:
         return self.tls_key or self.data_dir / "tls" / "key.pem"
 
+    @property
+    def node_name(self) -> str:
+        return self.node or socket.gethostname().split(".")[0]
+
+    @property
+    def mail_root(self) -> Path:
+        """Where the Maildirs are: shared by all nodes when storage.shared_dir is set."""
+        return (self.shared_dir or self.data_dir) / "mail"
+
+    @property
+    def queue_root(self) -> Path:
+        """This node's spool; under storage.shared_dir each node has its own."""
+        if self.shared_dir is None:
+            return self.data_dir / "queue"
+        return self.shared_dir / "queue" / self.node_name
+
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
 
@@ -338,7 +357,7 @@ _SECTION_KEYS = {
                  "large_message_size"},
     "listen": set(LISTEN_KINDS),
     "tls": {"cert", "key"},
-    "storage": {"url"},
+    "storage": {"url", "shared_dir", "node"},
     "dns": {"nameservers"},
     "limits": {"max_message_size", "max_recipients", "max_connections",
                "max_connections_per_ip", "command_timeout", "min_data_rate", "login_cache",
@@ -491,6 +510,14 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
     if url.startswith("postgresql://") and not url[len("postgresql://"):].strip("/"):
         raise ConfigError("storage.url", "postgresql:// needs a host and database, e.g. "
                           "postgresql://pillarbox@db.example.org/pillarbox")
+    shared = _str(storage.get("shared_dir", ""), "storage.shared_dir")
+    shared_dir = (base / shared) if shared else None
+    if shared_dir is not None and not url.startswith("postgresql://"):
+        raise ConfigError("storage.shared_dir", "needs storage.url = \"postgresql://...\": "
+                          "the nodes sharing the directory coordinate through PostgreSQL")
+    node = _str(storage.get("node", ""), "storage.node")
+    if node and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", node):
+        raise ConfigError("storage.node", "expected a name of letters, digits, '.', '_', '-'")
 
     dns = _section(data, "dns")
     ns = dns.get("nameservers", [])
@@ -625,7 +652,8 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         maildrop_dir=maildrop_dir, user=user, mode=mode,
         log_level=log_level, log_format=log_format, listen=listen, tls_cert=cfg_cert,
         tls_key=cfg_key,
-        storage_url=url, nameservers=list(ns), limits=limits, queue=queue,
+        storage_url=url, shared_dir=shared_dir, node=node, nameservers=list(ns), limits=limits,
+        queue=queue,
         remote=remote, imap=imap, delivery=delivery, postfix=postfix, routes=routes,
         modules=modules, http=http, acme=acme, chatmail=chatmail, encryption=encryption,
     )
@@ -1021,6 +1049,12 @@ key  = ""
 # and sender rights in PostgreSQL, shared by several nodes (docs/POSTGRESQL.md
 # says what is there so far); run `pillarbox migrate` after upgrading.
 url = ""
+# With url on PostgreSQL: a directory every node mounts (NFS, CephFS, ...)
+# holding the Maildirs and each node's queue spool. Empty: both in data_dir.
+shared_dir = ""
+# This node's name among the nodes sharing shared_dir (its spool is
+# shared_dir/queue/NODE). Empty: the host name.
+node = ""
 
 [dns]
 # Resolvers as "host" or "host:port"; empty: the system resolver.

@@ -69,7 +69,7 @@ def run(config: Any, users: Any, now: float | None = None, dry_run: bool = False
     now = time.time() if now is None else now
     s = config.chatmail
     db = users.db
-    mail_root = config.data_dir / "mail"
+    mail_root = config.mail_root
     report = Report(dry_run)
     logins = accounts.last_logins(db)
     inactive_before = now - s.delete_inactive_users_after * DAY

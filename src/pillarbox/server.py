@@ -198,11 +198,11 @@ class Server:
         except (backend.SchemaTooNew, backend.StoreUnavailable) as e:
             raise ServeError(f"storage.url: {e}") from None
         self.users, self.aliases = users, aliases
-        await asyncio.to_thread(migrate_maildirs, users, cfg.data_dir / "mail")
+        await asyncio.to_thread(migrate_maildirs, users, cfg.mail_root)
         # Before anything is served: an IMAP APPEND or EXPUNGE during the
         # recount would be counted twice or lost.
-        await asyncio.to_thread(recount_usage, users, cfg.data_dir / "mail")
-        spool = Spool(cfg.data_dir / "queue", cfg.queue.min_free_space)
+        await asyncio.to_thread(recount_usage, users, cfg.mail_root)
+        spool = Spool(cfg.queue_root, cfg.queue.min_free_space)
         self.queue = queue = Queue(cfg, spool, users, aliases)
         self.signing = signing = Signing(cfg)
         queue.signing = signing
@@ -222,7 +222,7 @@ class Server:
             for kind in ("smtp", "submission", "submissions"):
                 factory = functools.partial(self._smtp_protocol, kind)
                 await self._listen(kind, factory, implicit_tls if kind == "submissions" else None)
-            stores = StoreRegistry(cfg.data_dir / "mail")
+            stores = StoreRegistry(cfg.mail_root)
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
             self.imap = ictx = imap.IMAPContext(cfg, users, tls_ctx, stores, throttle)
             for kind in ("imap", "imaps"):

@@ -61,7 +61,7 @@ class Queue:
         self.spool = spool
         self.users = users
         self.aliases = aliases
-        self.mail_root = config.data_dir / "mail"
+        self.mail_root = config.mail_root
         self.maildir = mailbox.MaildirWriter()
         self._maildirs: dict[str, Path] = {}
         self.remote = RemoteTarget(config)

@@ -741,7 +741,7 @@ class Session:
         metrics.login("imap", True)
         if self.ctx.per_user[addr] >= self.limits.max_connections_per_user:
             return ("NO", "[LIMIT] Too many connections for this user")
-        path = mailbox.maildir_path(self.cfg.data_dir / "mail", addr)
+        path = mailbox.maildir_path(self.cfg.mail_root, addr)
         try:
             store = await asyncio.to_thread(_prepare, path)
             self.store = self.ctx.stores.open(store)
