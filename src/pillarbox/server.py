@@ -223,6 +223,9 @@ class Server:
                 factory = functools.partial(self._smtp_protocol, kind)
                 await self._listen(kind, factory, implicit_tls if kind == "submissions" else None)
             stores = StoreRegistry(cfg.mail_root)
+            if db.kind == "postgresql":  # the IMAP index shared by the nodes
+                from pillarbox.store import pg_mailbox_index
+                pg_mailbox_index.attach(stores, db, loop)
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
             self.imap = ictx = imap.IMAPContext(cfg, users, tls_ctx, stores, throttle)
             for kind in ("imap", "imaps"):

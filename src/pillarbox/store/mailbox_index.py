@@ -42,8 +42,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pillarbox.store import line_ends
+from pillarbox.store import backend, line_ends
+
+if TYPE_CHECKING:
+    from pillarbox.store.pg_mailbox_index import PgIndex
 
 log = logging.getLogger("pillarbox.imap.index")
 # target/mailbox.py's file names: TIME.MUSECPpidQcount.HOST,S=size
@@ -301,7 +305,7 @@ class TmpMessage:
 class MailStore:
     """One user's mailboxes: Maildir files plus their index."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, index: PgIndex | None = None) -> None:
         self.root = root
         for sub in ("tmp", "new", "cur"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -314,7 +318,19 @@ class MailStore:
         self.usage_changed: Callable[[int], None] | None = None
         self.users = 0  # sessions holding this store open
         self.expunged_kept = EXPUNGED_KEPT  # a test may lower it
-        index = root / INDEX_NAME
+        # With PostgreSQL (store/pg_mailbox_index.py) several nodes share the index:
+        # every write takes the mailbox's row lock and first catches up from it.
+        self.shared = index is not None
+        self._empty_blob = "x''"
+        if index is not None:
+            self.db = index
+            self._empty_blob = index.empty_blob
+            with self._locked():
+                self._load_boxes()
+            return
+        self._open_sqlite(root / INDEX_NAME)
+
+    def _open_sqlite(self, index: Path) -> None:
         made = not index.exists()
         self.db = sqlite3.connect(index, isolation_level=None, check_same_thread=False,
                                   timeout=30)
@@ -381,18 +397,19 @@ class MailStore:
         with self._transaction():
             boxes = [self._insert_box(name, use) for name, use in add.items()]
             if not provisioned:
-                self.db.executemany("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)",
+                self.db.executemany("INSERT INTO subscriptions (name) VALUES (?) "
+                                    "ON CONFLICT DO NOTHING",
                                     [(n,) for n in ["INBOX", *SPECIAL_USE]])
-                self.db.execute("INSERT OR REPLACE INTO meta (key, value) "
-                                "VALUES ('provisioned', 1)")
+                self.db.execute("INSERT INTO meta (key, value) VALUES ('provisioned', 1) "
+                                "ON CONFLICT DO NOTHING")
         for box in boxes:
             self.boxes[box.name] = box
 
     def _next_uidvalidity(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
         v = max(int(time.time()), (row[0] + 1) if row else 1)
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('uidvalidity', ?)",
-                        (v,))
+        self.db.execute("DELETE FROM meta WHERE key = 'uidvalidity'")
+        self.db.execute("INSERT INTO meta (key, value) VALUES ('uidvalidity', ?)", (v,))
         return v
 
     def _insert_box(self, name: str, special: str | None) -> Box:
@@ -404,9 +421,12 @@ class MailStore:
         return Box(name, v, 1, 1, special, mailboxid=mailboxid)
 
     def _add_box(self, name: str, special: str | None) -> Box:
-        with self._transaction():
-            box = self._insert_box(name, special)
-        self.boxes[name] = box
+        with self._locked():
+            if name in self.boxes:  # another node made it meanwhile
+                return self.boxes[name]
+            with self._transaction():
+                box = self._insert_box(name, special)
+            self.boxes[name] = box
         return box
 
     def _make_folder(self, name: str) -> None:
@@ -449,10 +469,10 @@ class MailStore:
         if last > old:
             box.recent_uid = last
             try:
-                with self._transaction():
-                    self.db.execute("UPDATE mailboxes SET recentuid = ? WHERE name = ?",
-                                    (last, name))
-            except sqlite3.Error as e:  # disk full: \Recent is not worth failing for
+                with contextlib.nullcontext() if self.shared else self._transaction():
+                    self.db.execute("UPDATE mailboxes SET recentuid = ? WHERE name = ? "
+                                    "AND recentuid < ?", (last, name, last))
+            except backend.errors() as e:  # disk full: \Recent is not worth failing for
                 log.warning("could not keep the recent mark mailbox=%r error=%r", name, e)
         return old
 
@@ -470,8 +490,13 @@ class MailStore:
         path = self.path(name)
         existed = path.exists()
         try:
-            self._make_folder(name)
-            self._add_box(name, special)
+            with self._locked():  # made by one node at a time
+                if name in self.boxes:
+                    raise MailboxError(f"mailbox {name[:100]!r} already exists", "ALREADYEXISTS")
+                self._make_folder(name)
+                self._add_box(name, special)
+        except MailboxError:
+            raise
         except BaseException:
             # Not indexed: remove the folder we made, or a later login would adopt it.
             if not existed:
@@ -479,6 +504,10 @@ class MailStore:
             raise
 
     def delete(self, name: str) -> None:
+        with self._locked():
+            self._delete(name)
+
+    def _delete(self, name: str) -> None:
         if name == "INBOX":
             raise MailboxError("INBOX cannot be deleted", "CANNOT")
         box = self.box(name)
@@ -500,6 +529,10 @@ class MailStore:
         self._changed(name)
 
     def rename(self, old: str, new: str) -> None:
+        with self._locked():
+            self._rename(old, new)
+
+    def _rename(self, old: str, new: str) -> None:
         if old == "INBOX":
             raise MailboxError("renaming INBOX is not supported; move its messages instead",
                                "CANNOT")
@@ -520,8 +553,10 @@ class MailStore:
                 self.db.execute("UPDATE mailboxes SET name = ? WHERE name = ?", (b, a))
                 self.db.execute("UPDATE messages SET mailbox = ? WHERE mailbox = ?", (b, a))
                 self.db.execute("UPDATE expunged SET mailbox = ? WHERE mailbox = ?", (b, a))
-                self.db.execute("UPDATE OR IGNORE subscriptions SET name = ? WHERE name = ?",
-                                (b, a))
+                self.db.execute("INSERT INTO subscriptions (name) SELECT ? WHERE EXISTS "
+                                "(SELECT 1 FROM subscriptions WHERE name = ?) "
+                                "ON CONFLICT DO NOTHING", (b, a))
+                self.db.execute("DELETE FROM subscriptions WHERE name = ?", (a,))
         for a, b in moves:
             box = self.boxes.pop(a)
             box.name = b
@@ -532,7 +567,8 @@ class MailStore:
         return {r[0] for r in self.db.execute("SELECT name FROM subscriptions")}
 
     def subscribe(self, name: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO subscriptions (name) VALUES (?)", (name,))
+        self.db.execute("INSERT INTO subscriptions (name) VALUES (?) ON CONFLICT DO NOTHING",
+                        (name,))
 
     def unsubscribe(self, name: str) -> None:
         self.db.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
@@ -540,7 +576,31 @@ class MailStore:
     # -- sync with the files ------------------------------------------------
 
     def sync(self, name: str) -> list[int]:
-        """Take in files from new/ (and changes made to cur/ by others); return new UIDs."""
+        """Take in files from new/ (and changes made to cur/ by others); return new UIDs.
+        Shared (PostgreSQL): first what other nodes committed, then the files under
+        the mailbox's row lock, so a file another node is taking in is not taken twice."""
+        if not self.shared:
+            return self._sync(name)
+        box = self.box(name)
+        row = self.db.execute("SELECT uidnext, highestmodseq, expungedfloor, recentuid "
+                              "FROM mailboxes WHERE name = ?", (name,)).fetchone()
+        if row is None or row[0] < box.uidnext:  # deleted or made anew elsewhere
+            self.refresh()
+            box = self.box(name)
+        elif self._catch_up(box, row):
+            self._changed(name)
+        path = self.path(name)
+        try:
+            incoming = any(not f.startswith(".") for f in os.listdir(path / "new"))
+            cur_mtime = os.stat(path / "cur").st_mtime_ns
+        except FileNotFoundError:
+            incoming, cur_mtime = False, box.cur_mtime
+        if not incoming and cur_mtime == box.cur_mtime:
+            return []
+        with self._locked(name):
+            return self._sync(name)
+
+    def _sync(self, name: str) -> list[int]:
         box = self.box(name)
         path = self.path(name)
         found: list[tuple[str, str, os.stat_result]] = []  # (base, fname, stat)
@@ -676,6 +736,11 @@ class MailStore:
     def store_flags(self, name: str, uids: list[int], mode: str, flags: Iterable[str],
                     unchangedsince: int | None = None) -> tuple[list[Message], list[int]]:
         """Set/add/remove flags; return (messages changed, UIDs that failed UNCHANGEDSINCE)."""
+        with self._locked(name):
+            return self._store_flags(name, uids, mode, flags, unchangedsince)
+
+    def _store_flags(self, name: str, uids: list[int], mode: str, flags: Iterable[str],
+                     unchangedsince: int | None) -> tuple[list[Message], list[int]]:
         box = self.box(name)
         flags = frozenset(flags)
         path = self.path(name) / "cur"
@@ -732,7 +797,13 @@ class MailStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. Shared, it joins
+        the `_locked` transaction around it (or is one of its own, under the
+        owner's lock)."""
+        if self.shared:
+            with self.db.transaction():
+                yield
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -744,6 +815,109 @@ class MailStore:
                     self.db.execute("ROLLBACK")
             raise
 
+    # -- several nodes (PostgreSQL) --------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, *names: str) -> Iterator[None]:
+        """Shared: a transaction holding the row locks of mailboxes `names` (none:
+        the owner's lock, for making, renaming and deleting mailboxes), caught up
+        with what other nodes committed before anything is numbered. SQLite: nothing
+        (one process owns the index)."""
+        if not self.shared or self.db.in_transaction:
+            yield
+            return
+        with self.db.transaction(tuple(set(names))):
+            if names:
+                for name in set(names):
+                    box = self.boxes.get(name)
+                    if box is None:
+                        continue
+                    row = self.db.execute(
+                        "SELECT uidnext, highestmodseq, expungedfloor, recentuid FROM mailboxes "
+                        "WHERE name = ?", (name,)).fetchone()
+                    if row is None or row[0] < box.uidnext:  # deleted (or made anew)
+                        self._refresh_boxes()
+                    elif self._catch_up(box, row):
+                        self._changed(name)
+            else:
+                self._refresh_boxes()
+            yield
+
+    def refresh(self) -> None:
+        """Another node changed this user's mailboxes (a notification): catch up."""
+        if self.shared:
+            self._refresh_boxes()
+
+    def _refresh_boxes(self) -> None:
+        """Take over the mailbox list as committed (made, renamed, deleted elsewhere)
+        and catch up every loaded mailbox; listeners of changed ones are told."""
+        by_id = {b.mailboxid: b for b in self.boxes.values()}
+        fresh: dict[str, Box] = {}
+        changed: set[str] = set()
+        for name, v, n, m, special, recent, floor, mailboxid in self.db.execute(
+                "SELECT name, uidvalidity, uidnext, highestmodseq, special, recentuid, "
+                "expungedfloor, mailboxid FROM mailboxes"):
+            box = by_id.get(mailboxid)
+            if box is None or box.uidvalidity != v:
+                box = Box(name, v, n, m, special, recent, floor, mailboxid=mailboxid)
+                changed.add(name)
+            else:
+                if box.name != name:  # renamed elsewhere
+                    changed |= {box.name, name}
+                    box.name = name
+                if self._catch_up(box, (n, m, floor, recent)):
+                    changed.add(name)
+            fresh[name] = box
+        changed |= set(self.boxes) - set(fresh)
+        self.boxes.clear()
+        self.boxes.update(fresh)
+        for name in changed:
+            self._changed(name)
+
+    def _catch_up(self, box: Box, row: tuple) -> bool:
+        """Apply what other nodes committed to `box` since its HIGHESTMODSEQ, given
+        its row (uidnext, highestmodseq, expungedfloor, recentuid); True if anything
+        changed. Rows and expunges above the row's MODSEQ wait for the next time
+        (committed after the row was read)."""
+        uidnext, top, floor, recent = row
+        box.recent_uid = max(box.recent_uid, recent)
+        if top <= box.highestmodseq:
+            return False
+        known = box.highestmodseq
+        if box.loaded and floor > known:  # expunges we would need were pruned: reload
+            box.msgs.clear()
+            box.by_base.clear()
+            box.loaded = False
+        elif box.loaded:
+            for (uid,) in self.db.execute(
+                    "SELECT uid FROM expunged WHERE mailbox = ? AND modseq > ? AND modseq <= ?",
+                    (box.name, known, top)):
+                msg = box.msgs.pop(uid, None)
+                if msg is not None:
+                    box.by_base.pop(msg.base, None)
+            added = []
+            for uid, base, fname, flags, idate, size, modseq, emailid, saved in self.db.execute(
+                    "SELECT uid, base, fname, flags, internaldate, size, modseq, emailid, "
+                    "savedate FROM messages WHERE mailbox = ? AND modseq > ? AND modseq <= ? "
+                    "ORDER BY uid", (box.name, known, top)):
+                flagset = frozenset(flags.split())
+                msg = box.msgs.get(uid)
+                if msg is None:
+                    msg = Message(uid, base, fname, flagset, idate, size, modseq, emailid, saved)
+                    added.append(msg)
+                else:
+                    msg.fname, msg.flags, msg.modseq = fname, flagset, modseq
+                box.keywords.update(_keywords(flagset))
+            if added:
+                in_order = bool(box.msgs) and added[0].uid < next(reversed(box.msgs))
+                for msg in added:
+                    box.msgs[msg.uid] = msg
+                    box.by_base[msg.base] = msg.uid
+                if in_order:  # keep box.msgs in UID order
+                    box.msgs = dict(sorted(box.msgs.items()))
+        box.uidnext, box.highestmodseq, box.expunged_floor = uidnext, top, floor
+        return True
+
     # -- cached ENVELOPE / BODYSTRUCTURE / BODY -------------------------------
 
     def structures(self, name: str, uids: list[int],
@@ -751,7 +925,8 @@ class MailStore:
         """The cached (envelope, bodystructure, body) of those of `uids` that have them.
         Only the `wanted` ones are read (ENVELOPE, BODYSTRUCTURE, BODY): the others
         are b"" (a FLAGS ENVELOPE sync need not read two larger blobs per message)."""
-        cols = ", ".join(c.lower() if c in wanted else "x''" for c in STRUCTURE_ORDER)
+        cols = ", ".join(c.lower() if c in wanted else self._empty_blob
+                         for c in STRUCTURE_ORDER)
         out: dict[int, tuple[bytes, bytes, bytes]] = {}
         for i in range(0, len(uids), STRUCTURE_CHUNK):
             chunk = uids[i:i + STRUCTURE_CHUNK]
@@ -776,7 +951,7 @@ class MailStore:
         """Keep computed structures (a message expunged meanwhile just matches no row)."""
         if not rows:
             return
-        with self._transaction():
+        with contextlib.nullcontext() if self.shared else self._transaction():
             self.db.executemany(
                 "UPDATE messages SET envelope = ?, bodystructure = ?, body = ? "
                 "WHERE mailbox = ? AND uid = ?",
@@ -834,6 +1009,10 @@ class MailStore:
         """Move a file `write_file` made into name/cur/ and index it, in one step on
         the event loop (no sync sees it unindexed); returns it with its UID.
         The caller makes the move durable (`fsync_dir` of cur/) before saying OK."""
+        with self._locked(name):
+            return self._add_file(name, written, flags)
+
+    def _add_file(self, name: str, written: Written, flags: Iterable[str]) -> Message:
         box = self.box(name)
         dest = self.path(name) / "cur" / written.fname
         try:
@@ -854,13 +1033,14 @@ class MailStore:
     def drop(self, name: str, uid: int) -> None:
         """Remove one message at once, file and index row (an APPEND that could
         not be made durable); nothing if another session removed it already."""
-        box = self.box(name)
-        msg = box.msgs.get(uid)
-        if msg is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(name) / "cur" / msg.fname)
-        self._remove(box, [uid])
+        with self._locked(name):
+            box = self.box(name)
+            msg = box.msgs.get(uid)
+            if msg is None:
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(name) / "cur" / msg.fname)
+            self._remove(box, [uid])
 
     def _insert(self, box: Box, rows: list[tuple[str, str, frozenset, float, int, str]]
                 ) -> list[Message]:
@@ -894,6 +1074,10 @@ class MailStore:
     def copy(self, src: str, uids: list[int], dst: str, move: bool = False
              ) -> list[tuple[int, int]]:
         """Copy (hard link, else copy) or move messages; return [(old UID, new UID)]."""
+        with self._locked(src, dst):
+            return self._copy(src, uids, dst, move)
+
+    def _copy(self, src: str, uids: list[int], dst: str, move: bool) -> list[tuple[int, int]]:
         sbox, dbox = self.box(src), self.box(dst)
         spath, dpath = self.path(src) / "cur", self.path(dst) / "cur"
         rows, pairs_src = [], []
@@ -942,6 +1126,10 @@ class MailStore:
 
     def expunge(self, name: str, uids: list[int] | None = None) -> list[int]:
         """Delete the messages flagged \\Deleted (only those in `uids` if given)."""
+        with self._locked(name):
+            return self._expunge(name, uids)
+
+    def _expunge(self, name: str, uids: list[int] | None) -> list[int]:
         box = self.box(name)
         path = self.path(name) / "cur"
         gone = []
@@ -985,8 +1173,10 @@ class MailStore:
         floor = box.expunged_floor
         if not uids:
             return floor
-        self.db.executemany("INSERT OR REPLACE INTO expunged (mailbox, uid, modseq) "
-                            "VALUES (?, ?, ?)", [(box.name, u, modseq) for u in uids])
+        self.db.executemany("DELETE FROM expunged WHERE mailbox = ? AND uid = ?",
+                            [(box.name, u) for u in uids])
+        self.db.executemany("INSERT INTO expunged (mailbox, uid, modseq) VALUES (?, ?, ?)",
+                            [(box.name, u, modseq) for u in uids])
         kept = self.expunged_kept
         count = self.db.execute("SELECT COUNT(*) FROM expunged WHERE mailbox = ?",
                                 (box.name,)).fetchone()[0]
@@ -1057,11 +1247,16 @@ class StoreRegistry:
     def __init__(self, mail_root: Path) -> None:
         self.mail_root = mail_root
         self.stores: dict[Path, MailStore] = {}
+        # Set by pg_mailbox_index.attach with PostgreSQL: (owner, Maildir) -> its index.
+        self.shared_index: Callable[[str, Path], PgIndex] | None = None
+        self.tell_others: Callable[[Path], None] | None = None  # a delivery, for other nodes
+        self.closers: list[Callable[[], None]] = []
 
-    def open(self, path: Path) -> MailStore:
+    def open(self, path: Path, owner: str = "") -> MailStore:
         store = self.stores.get(path)
         if store is None:
-            store = self.stores[path] = MailStore(path)
+            index = self.shared_index(owner, path) if self.shared_index is not None else None
+            store = self.stores[path] = MailStore(path, index)
         store.users += 1
         return store
 
@@ -1080,13 +1275,35 @@ class StoreRegistry:
             if store is not None and name not in store.boxes and valid_name(name) is None:
                 try:  # a folder the delivery made: open sessions list it at once
                     store._add_box(name, None)
-                except (OSError, sqlite3.Error) as e:
+                except (OSError, *backend.errors()) as e:
                     log.warning("could not index folder %r error=%r", name, e)
                     return
         if store is not None:
             for listener in list(store.listeners):
                 if listener.selected == name:
                     listener.notify()
+        if self.tell_others is not None:
+            self.tell_others(path)
+
+    def changed_elsewhere(self, path: Path) -> None:
+        """Another node changed (or delivered into) the Maildir `path`: catch up
+        and wake the sessions that have one of its mailboxes selected."""
+        store = self.stores.get(path)
+        if store is None and path.name.startswith("."):
+            store = self.stores.get(path.parent)
+        if store is None:
+            return
+        try:
+            store.refresh()
+        except backend.errors() as e:
+            log.warning("could not catch up mailboxes path=%s error=%s", path, e)
+        for listener in list(store.listeners):
+            listener.notify()
+
+    def caught_up_all(self) -> None:
+        """After a lost link: notifications may have been missed, catch up every store."""
+        for path in list(self.stores):
+            self.changed_elsewhere(path)
 
     def close_all(self) -> None:
         """At shutdown: close the stores no session holds (the others close with
@@ -1095,3 +1312,5 @@ class StoreRegistry:
             if store.users <= 0:
                 store.close()
                 del self.stores[path]
+        for close in self.closers:
+            close()

@@ -101,7 +101,9 @@ class Metadata:
                 raise MetadataError(f"{name[:100]}: the value is too large",
                                     f"MAXSIZE {self.limits.max_size}")
         db = self.store.db
-        db.execute("PRAGMA synchronous=FULL")
+        sqlite = not self.store.shared  # PostgreSQL commits durably anyway
+        if sqlite:
+            db.execute("PRAGMA synchronous=FULL")
         try:
             with self.store._transaction():
                 before = db.execute("SELECT count(*) FROM metadata").fetchone()[0]
@@ -110,7 +112,9 @@ class Metadata:
                         db.execute("DELETE FROM metadata WHERE mailboxid = ? AND entry = ?",
                                    (owner, name.lower()))
                     else:
-                        db.execute("INSERT OR REPLACE INTO metadata (mailboxid, entry, value) "
+                        db.execute("DELETE FROM metadata WHERE mailboxid = ? AND entry = ?",
+                                   (owner, name.lower()))
+                        db.execute("INSERT INTO metadata (mailboxid, entry, value) "
                                    "VALUES (?, ?, ?)", (owner, name.lower(), value))
                 count = db.execute("SELECT count(*) FROM metadata").fetchone()[0]
                 if count > max(before, self.limits.max_entries):
@@ -118,4 +122,5 @@ class Metadata:
                     raise MetadataError(
                         f"at most {self.limits.max_entries} entries per user", "TOOMANY")
         finally:
-            db.execute("PRAGMA synchronous=NORMAL")
+            if sqlite:
+                db.execute("PRAGMA synchronous=NORMAL")

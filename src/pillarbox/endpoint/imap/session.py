@@ -528,7 +528,13 @@ class Session:
             self.untagged("BYE The selected mailbox was deleted")
             self.logout = True
             return
-        store.sync(name)
+        try:
+            store.sync(name)
+        except backend.errors() as e:  # the shared index is unreachable: the next poll
+            if not store.shared:
+                raise
+            log.warning("IMAP poll failed user=%s error=%s", self.user, e)
+            return
         self.dirty = False
         box = store.box(name)
         msgs = box.msgs
@@ -744,8 +750,8 @@ class Session:
         path = mailbox.maildir_path(self.cfg.mail_root, addr)
         try:
             store = await asyncio.to_thread(_prepare, path)
-            self.store = self.ctx.stores.open(store)
-        except (OSError, sqlite3.Error) as e:  # disk full on a first login: not logged in
+            self.store = self.ctx.stores.open(store, addr)
+        except (OSError, *backend.errors()) as e:  # disk full on a first login: not logged in
             log.warning("imap login cannot open the mailbox user=%s error=%r", addr, e)
             if disk_full(e):
                 return ("NO", "[UNAVAILABLE] Not enough disk space to set up the mailbox, "

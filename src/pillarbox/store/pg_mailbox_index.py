@@ -1,0 +1,233 @@
+"""The IMAP mailbox index on PostgreSQL, shared by several nodes (issue 19).
+
+With `[storage] url = "postgresql://..."` every node delivers into the same
+Maildirs (`[storage] shared_dir`), and the index MailStore keeps per user
+(UIDs, flags, MODSEQ, expunges, subscriptions, METADATA) lives here instead
+of in the per-Maildir SQLite file. MailStore keeps its logic and its
+in-memory copy; this module is only its persistence:
+
+- Tables hold every user's rows with an `owner` column (the address). A view
+  per table in the schema `pillarbox_mailbox` shows one owner's rows, the one
+  named by the transaction's `pillarbox.owner` setting, under the names the
+  SQLite index uses (`mailboxes`, `messages`, ...), so MailStore's SQL is
+  written once for both backends. Inserts through a view take the owner from
+  the same setting (the column default).
+- `transaction(lock=names)` takes the row lock of those mailboxes (`SELECT
+  ... FOR UPDATE`), or without names a per-owner advisory lock (mailboxes
+  made, renamed, deleted), and holds it to the commit: MailStore catches up
+  from the committed rows inside it before it numbers anything, so two nodes
+  never give out the same UID or MODSEQ. A write transaction sends `NOTIFY
+  pillarbox_mailbox` with the Maildir (relative to mail_root) at commit.
+- `Listener` LISTENs on that channel and hands each payload to the event
+  loop, where StoreRegistry wakes that user's sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from pillarbox.store import backend
+from pillarbox.store.pg_uids import CHANNEL
+from pillarbox.store.postgresql import CONNECT_TIMEOUT, LISTEN_RETRY, Result, _reason, _Tx
+
+if TYPE_CHECKING:
+    from pillarbox.store.mailbox_index import StoreRegistry
+    from pillarbox.store.postgresql import PgDatabase
+
+log = logging.getLogger("pillarbox.imap.index")
+
+COMPONENT = "mailbox_index"
+SCHEMA = "pillarbox_mailbox"
+_OWNER = "current_setting('pillarbox.owner')"
+
+# (view name, base table, columns, primary key, extra indexes)
+_TABLES = [
+    ("mailboxes", "mailbox_index_mailboxes",
+     "name TEXT NOT NULL, uidvalidity BIGINT NOT NULL, uidnext BIGINT NOT NULL, "
+     "highestmodseq BIGINT NOT NULL DEFAULT 1, special TEXT, "
+     "recentuid BIGINT NOT NULL DEFAULT 0, expungedfloor BIGINT NOT NULL DEFAULT 0, "
+     "mailboxid TEXT", "name", []),
+    ("messages", "mailbox_index_messages",
+     "mailbox TEXT NOT NULL, uid BIGINT NOT NULL, base TEXT NOT NULL, fname TEXT NOT NULL, "
+     "flags TEXT NOT NULL DEFAULT '', internaldate DOUBLE PRECISION NOT NULL, "
+     "size BIGINT NOT NULL, modseq BIGINT NOT NULL DEFAULT 1, envelope BYTEA, "
+     "bodystructure BYTEA, body BYTEA, emailid TEXT, savedate DOUBLE PRECISION",
+     "mailbox, uid", ["UNIQUE (owner, mailbox, base)", "(owner, mailbox, modseq)"]),
+    ("subscriptions", "mailbox_index_subscriptions", "name TEXT NOT NULL", "name", []),
+    ("meta", "mailbox_index_meta", "key TEXT NOT NULL, value BIGINT NOT NULL", "key", []),
+    ("expunged", "mailbox_index_expunged",
+     "mailbox TEXT NOT NULL, uid BIGINT NOT NULL, modseq BIGINT NOT NULL", "mailbox, uid",
+     ["(owner, mailbox, modseq)"]),
+    ("metadata", "mailbox_index_metadata",
+     "mailboxid TEXT NOT NULL, entry TEXT NOT NULL, value BYTEA NOT NULL",
+     "mailboxid, entry", []),
+]
+
+
+def _first_migration() -> list[str]:
+    out = [f"CREATE SCHEMA {SCHEMA}"]
+    for view, table, columns, key, indexes in _TABLES:
+        out.append(f"CREATE TABLE {table} (owner TEXT NOT NULL DEFAULT {_OWNER}, {columns}, "
+                   f"PRIMARY KEY (owner, {key}))")
+        for i, spec in enumerate(indexes):
+            unique, cols = ("UNIQUE ", spec[7:]) if spec.startswith("UNIQUE ") else ("", spec)
+            out.append(f"CREATE {unique}INDEX {table}_{i} ON {table} {cols}")
+        names = ", ".join(c.split()[0] for c in columns.split(", ") if c.split()[0].islower())
+        out.append(f"CREATE VIEW {SCHEMA}.{view} AS SELECT {names} FROM {table} "
+                   f"WHERE owner = {_OWNER}")
+    return out
+
+
+MIGRATIONS: list[list[str]] = [_first_migration()]
+
+
+def prepare(db: PgDatabase) -> None:
+    """Make or migrate the tables (once per process, before the first login)."""
+    db.migrate_component(COMPONENT, MIGRATIONS)
+
+
+def notify(db: PgDatabase, key: str) -> None:
+    """Tell every node that the Maildir `key` (relative to mail_root) changed."""
+    db.execute("SELECT pg_notify(?, ?)", (CHANNEL, key))
+
+
+class PgIndex:
+    """One owner's index: what MailStore calls `db` (execute, executemany) plus
+    `transaction`. Calls outside a transaction run in one of their own."""
+
+    shared = True
+    empty_blob = "''::bytea"  # SQLite's x'' is a bit string here
+
+    def __init__(self, db: PgDatabase, owner: str, key: str) -> None:
+        self.pg = db
+        self.owner = owner
+        self.key = key  # the NOTIFY payload: the Maildir relative to mail_root
+        self._tx: _Tx | None = None
+        self.wrote = False
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._tx is not None
+
+    @contextlib.contextmanager
+    def transaction(self, lock: tuple[str, ...] = (), notify: bool = True) -> Iterator[None]:
+        """A transaction scoped to the owner, holding the row locks of `lock` (or,
+        without names, the owner's advisory lock); nested calls join it."""
+        if self._tx is not None:
+            yield
+            return
+        with self.pg.transaction() as tx:
+            tx.execute(f"SELECT set_config('search_path', '{SCHEMA}', true), "
+                       "set_config('pillarbox.owner', ?, true)", (self.owner,))
+            if lock:
+                marks = ",".join("?" * len(lock))
+                tx.execute(f"SELECT name FROM mailboxes WHERE name IN ({marks}) ORDER BY name "
+                           "FOR UPDATE", tuple(sorted(lock)))
+            else:
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self.owner,))
+            if notify:
+                tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, self.key))  # at commit
+            self._tx = tx
+            try:
+                yield
+            finally:
+                self._tx = None
+
+    def execute(self, sql: str, params: tuple = ()) -> Result:
+        if self._tx is not None:
+            return self._tx.execute(sql, params)
+        with self._read() as tx:
+            return tx.execute(sql, params)
+
+    def executemany(self, sql: str, seq) -> Result:
+        if self._tx is not None:
+            return self._tx.executemany(sql, seq)
+        with self._read() as tx:
+            return tx.executemany(sql, seq)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[_Tx]:
+        """A short transaction without locks (a read, or a write no number depends on)."""
+        with self.pg.transaction() as tx:
+            tx.execute(f"SELECT set_config('search_path', '{SCHEMA}', true), "
+                       "set_config('pillarbox.owner', ?, true)", (self.owner,))
+            yield tx
+
+    def close(self) -> None:
+        """The pool is the process's: nothing of our own to close."""
+
+
+class Listener:
+    """A thread LISTENing on pillarbox_mailbox; each payload (a Maildir relative
+    to mail_root) goes to `on_change` on the event loop, and `on_lost` is called
+    after a reconnection (notifications sent meanwhile are lost)."""
+
+    def __init__(self, url: str, call: Callable[[Callable, object], None],
+                 on_change: Callable[[str], None], on_lost: Callable[[], None]) -> None:
+        self.url = url
+        self.call = call  # loop.call_soon_threadsafe
+        self.on_change = on_change
+        self.on_lost = on_lost
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-mailbox-listen",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+
+    def _run(self) -> None:
+        down = False
+        while not self._closing.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True,
+                                     connect_timeout=CONNECT_TIMEOUT) as c:
+                    c.execute(f"LISTEN {CHANNEL}")
+                    if down:
+                        log.warning("PostgreSQL reachable again; mailboxes caught up")
+                        self.call(self.on_lost)
+                    down = False
+                    while not self._closing.is_set():
+                        for n in c.notifies(timeout=1.0, stop_after=1):
+                            self.call(self.on_change, n.payload)
+            except psycopg.Error as e:
+                if not down:
+                    log.warning("PostgreSQL unreachable, mailbox notifications stopped "
+                                "error=%s", _reason(e))
+                down = True
+                self._closing.wait(LISTEN_RETRY)
+            except RuntimeError:  # the event loop closed: the process is stopping
+                return
+
+
+def relative_key(mail_root: os.PathLike, path: os.PathLike) -> str:
+    """A Maildir's name in notifications: its path under mail_root."""
+    return os.path.relpath(path, mail_root)
+
+
+def attach(stores: StoreRegistry, db: PgDatabase, loop: asyncio.AbstractEventLoop) -> None:
+    """`serve` with PostgreSQL: the stores keep their index in `db`, deliveries are
+    announced to the other nodes, and their announcements wake our sessions."""
+    prepare(db)
+    root = stores.mail_root
+    stores.shared_index = lambda owner, path: PgIndex(db, owner, relative_key(root, path))
+
+    def tell_others(path: Path) -> None:
+        try:
+            notify(db, relative_key(root, path))
+        except backend.errors() as e:  # they see it at their next command
+            log.warning("could not announce a delivery path=%s error=%s", path, e)
+
+    stores.tell_others = tell_others
+    listener = Listener(db.url, loop.call_soon_threadsafe,
+                        lambda key: stores.changed_elsewhere(root / key), stores.caught_up_all)
+    stores.closers.append(listener.close)

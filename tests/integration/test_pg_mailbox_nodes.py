@@ -1,0 +1,228 @@
+"""The IMAP index on PostgreSQL, shared by two nodes (issue 19).
+
+Two `serve` processes on their own ports share one database and one
+`[storage] shared_dir` (so one set of Maildirs): what one node's sessions do,
+or deliver, the other node's sessions see.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+
+from .imap_raw import RawIMAP, code_number
+from .support import ALICE, make_message
+
+pytestmark = pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
+
+SENDER = "sender@remote.test"
+SEEN_WITHIN = 1.0  # seconds for a delivery on one node to reach IDLE on the other
+
+
+@pytest.fixture
+def nodes(make_server, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    a = make_server({"storage.shared_dir": str(shared), "storage.node": "a"})
+    b = make_server({"storage.shared_dir": str(shared), "storage.node": "b"})
+    return a, b
+
+
+def _send(server, subject: str) -> None:
+    with server.smtp() as s:
+        assert s.sendmail(SENDER, [ALICE], make_message(SENDER, ALICE, subject)) == {}
+
+
+def _uids(imap: RawIMAP) -> list[int]:
+    untagged, _ = imap.ok("UID SEARCH ALL")
+    (line,) = [u for u in untagged if u.startswith(b"SEARCH")]
+    return [int(x) for x in line.split()[1:]]
+
+
+def _exists(untagged: list[bytes]) -> int | None:
+    found = [int(u.split()[0]) for u in untagged if u.endswith(b" EXISTS")]
+    return found[-1] if found else None
+
+
+def _await_exists(imap: RawIMAP, n: int, within: float) -> float:
+    """In IDLE: read until `* n EXISTS`; how long it took. Fails after `within` s."""
+    start = time.monotonic()
+    imap.sock.settimeout(within)
+    try:
+        while True:
+            line = imap.line()
+            if line == b"* %d EXISTS" % n:
+                return time.monotonic() - start
+    except TimeoutError:
+        raise AssertionError(f"no '* {n} EXISTS' within {within}s") from None
+    finally:
+        imap.sock.settimeout(10)
+
+
+def _deliver(server, n: int, into: RawIMAP) -> None:
+    """n messages sent to `server`; waits until `into`'s INBOX has them."""
+    want = len(_uids(into)) + n
+    for i in range(n):
+        _send(server, f"m{i}")
+    deadline = time.monotonic() + 10
+    while len(_uids(into)) < want:
+        assert time.monotonic() < deadline, "the messages did not arrive"
+        time.sleep(0.05)
+
+
+def test_idle_on_one_node_sees_a_delivery_by_the_other_within_a_second(nodes):
+    a, b = nodes
+    with RawIMAP(a.imaps_port, ALICE) as imap:
+        untagged, _ = imap.ok("SELECT INBOX")
+        assert _exists(untagged) == 0
+        imap.sock.sendall(b"i1 IDLE\r\n")
+        assert imap.line().startswith(b"+")
+        _send(b, "delivered by node B")
+        took = _await_exists(imap, 1, SEEN_WITHIN)
+        assert took < SEEN_WITHIN
+        imap.sock.sendall(b"DONE\r\n")
+        while not (line := imap.line()).startswith(b"i1 "):
+            assert line.startswith(b"* "), line
+        assert line.startswith(b"i1 OK"), line
+        untagged, _ = imap.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert b"delivered by node B" in untagged[0], untagged
+
+
+def test_a_flag_set_on_one_node_is_seen_on_the_other(nodes):
+    a, b = nodes
+    with RawIMAP(a.imaps_port, ALICE) as on_a, RawIMAP(b.imaps_port, ALICE) as on_b:
+        on_a.ok("SELECT INBOX")
+        _deliver(b, 2, on_a)
+        on_b.ok("SELECT INBOX")
+        on_b.ok("UID STORE 2 +FLAGS.SILENT (\\Flagged $Important)")
+        untagged, _ = on_a.ok("NOOP")
+        fetched = [u for u in untagged if b"FETCH" in u]
+        assert len(fetched) == 1 and fetched[0].startswith(b"2 FETCH"), untagged
+        assert b"\\Flagged" in fetched[0] and b"$Important" in fetched[0], fetched
+        untagged, _ = on_a.ok("UID FETCH 1:* (FLAGS)")
+        assert b"\\Flagged" not in untagged[0] and b"\\Flagged" in untagged[1], untagged
+        # And back: cleared on node A, seen on node B.
+        on_a.ok("UID STORE 2 -FLAGS.SILENT (\\Flagged)")
+        untagged, _ = on_b.ok("UID FETCH 2 (FLAGS)")
+        assert b"\\Flagged" not in b" ".join(untagged), untagged
+
+
+def test_expunge_on_one_node_is_seen_on_the_other(nodes):
+    a, b = nodes
+    with RawIMAP(a.imaps_port, ALICE) as on_a, RawIMAP(b.imaps_port, ALICE) as on_b:
+        on_a.ok("SELECT INBOX")
+        _deliver(a, 3, on_a)
+        on_b.ok("SELECT INBOX")
+        on_b.ok("UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+        untagged, _ = on_b.ok("EXPUNGE")
+        assert b"2 EXPUNGE" in untagged, untagged
+        untagged, _ = on_a.ok("NOOP")
+        assert b"2 EXPUNGE" in untagged, untagged
+        assert _uids(on_a) == [1, 3]
+        # A MOVE on node A: node B sees it leave INBOX and arrive in Archive.
+        untagged, tagged = on_a.ok("UID MOVE 3 Archive")
+        untagged, _ = on_b.ok("NOOP")
+        assert b"2 EXPUNGE" in untagged, untagged
+        untagged, _ = on_b.ok("STATUS Archive (MESSAGES UIDNEXT)")
+        assert b"MESSAGES 1" in untagged[0], untagged
+
+
+def test_appends_on_both_nodes_at_once_get_distinct_ascending_uids(nodes):
+    a, b = nodes
+    per_node = 15
+    got: dict[str, list[int]] = {}
+    go = threading.Barrier(2)
+    errors = []
+
+    def work(server, who: str) -> None:
+        try:
+            with RawIMAP(server.imaps_port, ALICE) as imap:
+                go.wait()
+                uids = []
+                for i in range(per_node):
+                    tagged = imap.append("INBOX", make_message(SENDER, ALICE, f"{who}{i}"))
+                    assert tagged.startswith(b"OK"), tagged
+                    uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", tagged).group(1)))
+                got[who] = uids
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s, w)) for s, w in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for uids in got.values():
+        assert uids == sorted(uids) and len(set(uids)) == per_node, uids
+    every = got["a"] + got["b"]
+    assert sorted(every) == list(range(1, 2 * per_node + 1)), got
+    for server in (a, b):
+        with RawIMAP(server.imaps_port, ALICE) as imap:
+            imap.ok("SELECT INBOX")
+            assert _uids(imap) == list(range(1, 2 * per_node + 1))
+
+
+def test_two_nodes_taking_in_one_new_dir_at_once_give_each_file_one_uid(nodes):
+    """Deliveries land in new/ while sessions on both nodes poll: every file ends up
+    with exactly one UID, the same on both nodes."""
+    a, b = nodes
+    n = 20
+    stop = threading.Event()
+    seen: dict[str, list[int]] = {}
+
+    def poll(server, who: str) -> None:
+        with RawIMAP(server.imaps_port, ALICE) as imap:
+            imap.ok("SELECT INBOX")
+            while not stop.is_set():
+                imap.ok("NOOP")
+            seen[who] = _uids(imap)
+
+    threads = [threading.Thread(target=poll, args=(s, w)) for s, w in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(n):
+            _send(a if i % 2 else b, f"burst {i}")
+        with RawIMAP(a.imaps_port, ALICE) as check:
+            check.ok("SELECT INBOX")
+            deadline = time.monotonic() + 10
+            while len(_uids(check)) < n:
+                assert time.monotonic() < deadline, _uids(check)
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert seen["a"] == seen["b"] == list(range(1, n + 1)), seen
+    with RawIMAP(b.imaps_port, ALICE) as imap:
+        untagged, _ = imap.ok("SELECT INBOX")
+        assert _exists(untagged) == n
+        untagged, _ = imap.ok("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        subjects = sorted(re.search(rb"Subject: ([^\r\n]+)", u).group(1) for u in untagged)
+        assert subjects == sorted(b"burst %d" % i for i in range(n))
+
+
+def test_a_restart_keeps_uidvalidity_and_uids(nodes):
+    a, b = nodes
+    with RawIMAP(a.imaps_port, ALICE) as imap:
+        imap.ok("SELECT INBOX")
+        _deliver(b, 3, imap)
+        imap.ok("UID STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+        imap.ok("EXPUNGE")
+        _deliver(b, 2, imap)  # 3 and two more: 3, 4, 5
+        untagged, _ = imap.ok("SELECT INBOX")
+        validity = code_number(untagged, "UIDVALIDITY")
+        before = _uids(imap)
+    assert before == [3, 4, 5]
+    a.stop()
+    b.stop()
+    a.start()
+    with RawIMAP(a.imaps_port, ALICE) as imap:
+        untagged, _ = imap.ok("SELECT INBOX")
+        assert code_number(untagged, "UIDVALIDITY") == validity
+        assert _uids(imap) == before
+        assert code_number(untagged, "UIDNEXT") == 6
