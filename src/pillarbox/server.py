@@ -223,7 +223,7 @@ class Server:
                 factory = functools.partial(self._smtp_protocol, kind)
                 await self._listen(kind, factory, implicit_tls if kind == "submissions" else None)
             stores = StoreRegistry(cfg.mail_root)
-            if db.kind == "postgresql":  # the IMAP index shared by the nodes
+            if db.kind == "postgresql" and cfg.shared_dir is not None:  # nodes share the index
                 from pillarbox.store import pg_mailbox_index
                 pg_mailbox_index.attach(stores, db, loop)
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE

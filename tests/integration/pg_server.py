@@ -17,6 +17,7 @@ its own.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -160,3 +161,21 @@ def seed_database(url: str, sqlite_path: Path) -> None:
     with psycopg.connect(url, autocommit=True) as c, c.cursor() as cur:
         cur.executemany("INSERT INTO users (address, password_hash, enabled, quota, used, "
                         "created) VALUES (%s, %s, %s, %s, %s, %s)", rows)
+
+
+def sharing_mail(make_server, storage: str, tmp_path: Path):
+    """make_server whose servers, on PostgreSQL, share one `storage.shared_dir` (each
+    its own `storage.node`): the IMAP index is on PostgreSQL only then
+    (store/pg_mailbox_index.py). A module overrides its make_server with it."""
+    if storage != "postgresql":
+        return make_server
+    shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)
+    made = itertools.count()
+
+    def factory(overrides: dict | None = None, **kw):
+        merged = {"storage.shared_dir": str(shared), "storage.node": f"node{next(made)}",
+                  **(overrides or {})}
+        return make_server(merged, **kw)
+
+    return factory

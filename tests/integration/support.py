@@ -597,7 +597,8 @@ class Server:
     # -- mailboxes
     def maildir(self, addr: str) -> Path:
         local, domain = addr.rsplit("@", 1)
-        return self.data_dir / "mail" / domain / local
+        shared = self.config.get("storage", {}).get("shared_dir")
+        return (Path(shared) if shared else self.data_dir) / "mail" / domain / local
 
     def messages(self, addr: str) -> list[bytes]:
         new = self.maildir(addr) / "new"

@@ -5,8 +5,19 @@ across RENAME and restarts, gone with DELETE; malformed commands get BAD."""
 
 from __future__ import annotations
 
+import pytest
+
 from .imap_raw import RawIMAP
+from .pg_server import BACKENDS, sharing_mail
 from .support import ALICE, BOB
+
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def make_server(make_server, storage, tmp_path):
+    """On PostgreSQL with a shared_dir: the IMAP index in PostgreSQL."""
+    return sharing_mail(make_server, storage, tmp_path)
 
 
 def raw(server, user: str = ALICE) -> RawIMAP:

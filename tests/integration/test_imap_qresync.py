@@ -11,8 +11,20 @@ import re
 import sqlite3
 import time
 
+import psycopg
+import pytest
+
 from .imap_raw import RawIMAP, code_number
+from .pg_server import BACKENDS, sharing_mail
 from .support import ALICE, BOB, make_message
+
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def make_server(make_server, storage, tmp_path):
+    """On PostgreSQL with a shared_dir: the IMAP index in PostgreSQL."""
+    return sharing_mail(make_server, storage, tmp_path)
 
 INDEX = "pillarbox-index.sqlite"
 
@@ -199,7 +211,7 @@ def test_closed_when_a_mailbox_is_switched(server):
         assert not any(b"[CLOSED]" in line for line in untagged)
 
 
-def test_pruned_record_falls_back_to_every_missing_uid(make_server):
+def test_pruned_record_falls_back_to_every_missing_uid(make_server, storage, storage_url):
     """Once the index pruned the expunges a client asks about, it is told every
     UID it may know that is not there (RFC 7162 allows that), narrowed by its
     known UIDs or its seq-match-data."""
@@ -216,11 +228,17 @@ def test_pruned_record_falls_back_to_every_missing_uid(make_server):
         exact = after_highestmodseq(c.ok(f"EXAMINE INBOX (QRESYNC ({v} {m}))")[0])
         assert exact == [b"VANISHED (EARLIER) 3,7"]
     srv.stop()
-    db = sqlite3.connect(srv.maildir(ALICE) / INDEX)  # as if pruned
-    db.execute("DELETE FROM expunged")
-    db.execute("UPDATE mailboxes SET expungedfloor = highestmodseq")
-    db.commit()
-    db.close()
+    if storage == "sqlite":
+        db = sqlite3.connect(srv.maildir(ALICE) / INDEX)  # as if pruned
+        db.execute("DELETE FROM expunged")
+        db.execute("UPDATE mailboxes SET expungedfloor = highestmodseq")
+        db.commit()
+        db.close()
+    else:  # store/pg_mailbox_index.py's tables, all users' rows
+        with psycopg.connect(storage_url, autocommit=True) as db:
+            db.execute("DELETE FROM mailbox_index_expunged WHERE owner = %s", (ALICE,))
+            db.execute("UPDATE mailbox_index_mailboxes SET expungedfloor = highestmodseq "
+                       "WHERE owner = %s", (ALICE,))
     srv.start()
     with qresync_session(srv) as c:
         extra = after_highestmodseq(c.ok(f"EXAMINE INBOX (QRESYNC ({v} {m}))")[0])

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from .imap_raw import RawIMAP, code_number
+from .pg_server import sharing_mail
 from .support import ALICE, make_message
 
 pytestmark = pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
@@ -23,12 +24,9 @@ SEEN_WITHIN = 1.0  # seconds for a delivery on one node to reach IDLE on the oth
 
 
 @pytest.fixture
-def nodes(make_server, tmp_path):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    a = make_server({"storage.shared_dir": str(shared), "storage.node": "a"})
-    b = make_server({"storage.shared_dir": str(shared), "storage.node": "b"})
-    return a, b
+def nodes(make_server, storage, tmp_path):
+    make = sharing_mail(make_server, storage, tmp_path)  # one shared_dir, two node names
+    return make(), make()
 
 
 def _send(server, subject: str) -> None:
