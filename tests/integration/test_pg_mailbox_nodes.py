@@ -15,7 +15,7 @@ import pytest
 
 from .imap_raw import RawIMAP, code_number
 from .pg_server import sharing_mail
-from .support import ALICE, make_message
+from .support import ALICE, make_message, wait_until
 
 pytestmark = pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
 
@@ -224,3 +224,30 @@ def test_a_restart_keeps_uidvalidity_and_uids(nodes):
         assert code_number(untagged, "UIDVALIDITY") == validity
         assert _uids(imap) == before
         assert code_number(untagged, "UIDNEXT") == 6
+
+
+def test_database_down_mailbox_commands_unavailable_then_the_session_goes_on(nodes, postgres):
+    a, b = nodes
+    with RawIMAP(a.imaps_port, ALICE) as imap:
+        imap.ok("SELECT INBOX")
+        _deliver(b, 1, imap)
+        postgres.stop_server()
+        try:
+            for command in ("UID STORE 1 +FLAGS (\\Flagged)", "CREATE Later", "EXPUNGE"):
+                _, tagged = imap.cmd(command)
+                assert tagged.startswith(b"NO [UNAVAILABLE] The mailbox index is unavailable"), (
+                    command, tagged)
+            imap.ok("NOOP")  # the session goes on, from what it holds
+            untagged, _ = imap.ok("UID FETCH 1 (FLAGS)")
+            assert b"\\Flagged" not in untagged[0], untagged
+        finally:
+            postgres.start_server()
+        wait_until(lambda: imap.cmd("UID STORE 1 +FLAGS (\\Flagged)")[1].startswith(b"OK"), 10,
+                   "STORE in the same session after PostgreSQL returned")
+        untagged, _ = imap.ok("UID FETCH 1 (FLAGS)")
+        assert b"\\Flagged" in untagged[0], untagged
+    # Node B learns of the change made after the outage.
+    with RawIMAP(b.imaps_port, ALICE) as imap:
+        imap.ok("SELECT INBOX")
+        untagged, _ = imap.ok("UID FETCH 1 (FLAGS)")
+        assert b"\\Flagged" in untagged[0], untagged

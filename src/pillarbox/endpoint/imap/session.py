@@ -494,7 +494,9 @@ class Session:
             result = _storage_failure(e)
         except backend.errors() as e:  # the shared directory (PostgreSQL) is down: try later
             log.warning("IMAP %s failed user=%s error=%s", name, self.user, e)
-            result = ("NO", "[UNAVAILABLE] The user directory is unavailable, try again later")
+            what = ("The mailbox index" if self.store is not None and self.store.shared
+                    else "The user directory")
+            result = ("NO", f"[UNAVAILABLE] {what} is unavailable, try again later")
         if result is None:
             result = ("OK", f"{name} completed")
         if self.selected is not None and not self.logout:
