@@ -225,7 +225,10 @@ class Server:
             stores = StoreRegistry(cfg.mail_root)
             if db.kind == "postgresql" and cfg.shared_dir is not None:  # nodes share the index
                 from pillarbox.store import pg_mailbox_index
-                pg_mailbox_index.attach(stores, db, loop)
+                try:
+                    pg_mailbox_index.attach(stores, db, loop)
+                except (backend.SchemaTooNew, backend.StoreUnavailable) as e:
+                    raise ServeError(f"storage.url: {e}") from None
             queue.maildir.on_delivered.append(stores.delivered)  # wakes IMAP IDLE
             self.imap = ictx = imap.IMAPContext(cfg, users, tls_ctx, stores, throttle)
             for kind in ("imap", "imaps"):

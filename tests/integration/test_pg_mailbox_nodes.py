@@ -251,3 +251,21 @@ def test_database_down_mailbox_commands_unavailable_then_the_session_goes_on(nod
         imap.ok("SELECT INBOX")
         untagged, _ = imap.ok("UID FETCH 1 (FLAGS)")
         assert b"\\Flagged" in untagged[0], untagged
+
+
+def test_mailboxes_made_renamed_and_deleted_on_one_node_are_seen_on_the_other(nodes):
+    a, b = nodes
+    with RawIMAP(a.imaps_port, ALICE) as on_a, RawIMAP(b.imaps_port, ALICE) as on_b:
+        on_a.ok("CREATE Projects")
+        untagged, _ = on_b.ok('LIST "" "*"')
+        assert any(u.endswith(b' "Projects"') for u in untagged), untagged
+        _, tagged = on_b.cmd("CREATE Projects")
+        assert tagged.startswith(b"NO [ALREADYEXISTS]"), tagged
+        on_b.ok("RENAME Projects Done")
+        untagged, _ = on_a.ok('LIST "" "*"')
+        names = [u.rsplit(b" ", 1)[1] for u in untagged]
+        assert b'"Done"' in names and b'"Projects"' not in names, names
+        on_a.ok("SELECT Done")
+        on_b.ok("DELETE Done")
+        untagged, tagged = on_a.cmd("NOOP")
+        assert b"BYE The selected mailbox was deleted" in untagged, (untagged, tagged)

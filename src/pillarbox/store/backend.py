@@ -55,6 +55,7 @@ def load_driver(url: str) -> None:
     if is_postgresql(url):
         import zoneinfo  # noqa: F401  psycopg's C module imports it at its first load
 
+        import pillarbox.store.pg_mailbox_index  # noqa: F401
         import pillarbox.store.postgresql  # noqa: F401
 
 

@@ -586,6 +586,8 @@ class MailStore:
                               "FROM mailboxes WHERE name = ?", (name,)).fetchone()
         if row is None or row[0] < box.uidnext:  # deleted or made anew elsewhere
             self.refresh()
+            if name not in self.boxes:
+                return []
             box = self.box(name)
         elif self._catch_up(box, row):
             self._changed(name)
@@ -1269,36 +1271,31 @@ class StoreRegistry:
     def delivered(self, path: Path) -> None:
         """MaildirWriter.on_delivered: a file arrived in path/new/ (INBOX), or in
         a folder's (plus-addressing: [delivery] detail_folder)."""
-        store, name = self.stores.get(path), "INBOX"
-        if store is None and path.name.startswith("."):
-            store, name = self.stores.get(path.parent), path.name[1:]
-            if store is not None and name not in store.boxes and valid_name(name) is None:
-                try:  # a folder the delivery made: open sessions list it at once
-                    store._add_box(name, None)
-                except (OSError, *backend.errors()) as e:
-                    log.warning("could not index folder %r error=%r", name, e)
-                    return
-        if store is not None:
-            for listener in list(store.listeners):
-                if listener.selected == name:
-                    listener.notify()
+        self._wake(path, refresh=False)
         if self.tell_others is not None:
             self.tell_others(path)
 
     def changed_elsewhere(self, path: Path) -> None:
         """Another node changed (or delivered into) the Maildir `path`: catch up
         and wake the sessions that have one of its mailboxes selected."""
-        store = self.stores.get(path)
+        self._wake(path, refresh=True)
+
+    def _wake(self, path: Path, refresh: bool) -> None:
+        store, name = self.stores.get(path), "INBOX"
         if store is None and path.name.startswith("."):
-            store = self.stores.get(path.parent)
+            store, name = self.stores.get(path.parent), path.name[1:]
         if store is None:
             return
         try:
-            store.refresh()
-        except backend.errors() as e:
-            log.warning("could not catch up mailboxes path=%s error=%s", path, e)
+            if refresh:
+                store.refresh()
+            if name not in store.boxes and valid_name(name) is None and (path / "cur").is_dir():
+                store._add_box(name, None)  # a folder the delivery made: listed at once
+        except (OSError, *backend.errors()) as e:
+            log.warning("could not index mailboxes path=%s error=%r", path, e)
         for listener in list(store.listeners):
-            listener.notify()
+            if refresh or listener.selected == name:
+                listener.notify()
 
     def caught_up_all(self) -> None:
         """After a lost link: notifications may have been missed, catch up every store."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime
 import functools
 import ipaddress
@@ -483,6 +484,9 @@ class Session:
         if esearch.uses_saved(cmd):  # `$`: the saved result, as this session sees it now
             esearch.resolve(cmd, self.saved, self.uids)
         handler = getattr(self, "cmd_" + name.replace(" ", "_"))
+        if self.store is not None and self.store.shared:  # what other nodes did, first
+            with contextlib.suppress(*backend.errors()):  # down: the command says so if it must
+                self.store.refresh()
         try:
             result = await handler(cmd)
         except _Handled:
@@ -538,6 +542,10 @@ class Session:
             log.warning("IMAP poll failed user=%s error=%s", self.user, e)
             return
         self.dirty = False
+        if not store.exists(name):  # deleted by another node, found out at this sync
+            self.untagged("BYE The selected mailbox was deleted")
+            self.logout = True
+            return
         box = store.box(name)
         msgs = box.msgs
         if not self.keywords.issuperset(box.keywords):  # a STORE, APPEND or COPY brought one
