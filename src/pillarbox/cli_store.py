@@ -6,6 +6,7 @@ SQLite and PostgreSQL (store/transfer.py)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     tmp = target.with_name(target.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as out:
-            counts = transfer.export(db, out, _progress)
+            counts = transfer.export(db, out, _progress, _index(cfg))
         with tmp.open(encoding="utf-8") as back:  # what reached the disk reads back whole
             transfer.read(back)
         tmp.replace(target)
@@ -63,7 +64,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     db = backend.open_database(cfg.storage_url, cfg.data_dir)
     try:
         with open(args.file, encoding="utf-8") as src:
-            counts = transfer.import_(db, src, _progress)
+            counts = transfer.import_(db, src, _progress, _index(cfg))
     except transfer.TransferError as e:
         from pillarbox.cli import CLIError  # cli imports this module
 
@@ -76,6 +77,14 @@ def cmd_import(args: argparse.Namespace) -> int:
         db.close()
     print(f"imported {_summary(counts)} into {_where(cfg, db)}; verified")
     return 0
+
+
+def _index(cfg) -> transfer.Index:
+    """Where this config keeps the IMAP index (store/index_transfer.py)."""
+    from pillarbox.target.mailbox import maildir_path
+
+    shared = backend.is_postgresql(cfg.storage_url) and cfg.shared_dir is not None
+    return functools.partial(maildir_path, cfg.mail_root), shared
 
 
 def _summary(counts: dict[str, int]) -> str:

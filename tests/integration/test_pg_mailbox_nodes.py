@@ -238,6 +238,8 @@ def test_database_down_mailbox_commands_unavailable_then_the_session_goes_on(nod
                 assert tagged.startswith(b"NO [UNAVAILABLE] The mailbox index is unavailable"), (
                     command, tagged)
             imap.ok("NOOP")  # the session goes on, from what it holds
+            untagged, _ = imap.ok("UID SEARCH ALL")
+            assert untagged == [b"SEARCH 1"], untagged
             untagged, _ = imap.ok("UID FETCH 1 (FLAGS)")
             assert b"\\Flagged" not in untagged[0], untagged
         finally:

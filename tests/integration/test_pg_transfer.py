@@ -3,6 +3,10 @@ PostgreSQL and back (issue 19), with what the import checks and verifies."""
 
 from __future__ import annotations
 
+import re
+import shutil
+
+from .imap_raw import RawIMAP, code_number
 from .pgp_keys import sequoia_key
 from .support import ALICE, BOB, PASSWORD, make_message, parse, token
 
@@ -109,3 +113,72 @@ def test_import_refuses_a_damaged_file_or_a_full_directory(make_server, postgres
     p = pg.cli("export", tmp_path / "nodir" / "x.jsonl")
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
 
+
+
+def _index_view(srv) -> dict[str, tuple]:
+    """What a client knows of each mailbox: UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and
+    per UID its flags and MODSEQ (\\Recent aside: it is per session)."""
+    out = {}
+    with RawIMAP(srv.imaps_port, ALICE) as c:
+        c.ok("ENABLE CONDSTORE")
+        for box in ("INBOX", "Work"):
+            untagged, _ = c.ok(f"EXAMINE {box}")
+            fetched, _ = c.ok("UID FETCH 1:* (FLAGS MODSEQ)")
+            out[box] = (code_number(untagged, "UIDVALIDITY"), code_number(untagged, "UIDNEXT"),
+                        code_number(untagged, "HIGHESTMODSEQ"),
+                        sorted(re.sub(rb"^\d+ | ?\\Recent", b"", f) for f in fetched))
+        (subscribed,), _ = c.ok('LSUB "" Work')
+        out["subscribed"] = subscribed
+    return out
+
+
+def test_imap_index_moves_with_the_directory_and_clients_keep_their_uids(
+        make_server, postgres, tmp_path):
+    """SQLite -> PostgreSQL (shared_dir) -> SQLite: UIDVALIDITY, UIDs, flags, MODSEQs
+    and subscriptions survive each move, and a client's UID FETCH of an old UID works."""
+    old = make_server()
+    with RawIMAP(old.imaps_port, ALICE) as c:
+        for i in range(4):
+            assert c.append("INBOX", make_message(SENDER, ALICE, f"m{i}")).startswith(b"OK")
+        c.ok("CREATE Work")
+        c.ok("SUBSCRIBE Work")
+        assert c.append("Work", make_message(SENDER, ALICE, "w"), "\\Flagged").startswith(b"OK")
+        c.ok("SELECT INBOX")
+        c.ok("UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+        c.ok("EXPUNGE")
+        c.ok("UID STORE 3 +FLAGS.SILENT (\\Seen $Label)")
+    before = _index_view(old)
+    assert [u.split()[2] for u in before["INBOX"][3]] == [b"1", b"3", b"4"]
+    old.stop()
+    f1, f2 = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    p = old.cli_ok("export", f1)
+    assert "mailbox_index_messages: 4 rows" in p.stderr, p.stderr
+
+    shared = tmp_path / "shared"  # the operator copies the Maildirs along
+    shutil.copytree(old.data_dir / "mail", shared / "mail",
+                    ignore=shutil.ignore_patterns("pillarbox-index.sqlite*"))
+    pg = make_server({"storage.url": postgres.new_database(), "storage.shared_dir": str(shared),
+                      "storage.node": "pg"}, start=False, seed=False)
+    p = pg.cli_ok("import", f1)
+    assert "mailbox_index_messages 4" in p.stdout and "verified" in p.stdout, p.stdout
+    pg.start()
+    assert _index_view(pg) == before
+    imap = pg.imap(ALICE)
+    try:
+        imap.select("INBOX")
+        typ, data = imap.uid("FETCH", "3", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK" and b"Subject: m2" in data[0][1] and b"$Label" in data[0][0], data
+    finally:
+        imap.logout()
+    pg.stop()
+
+    pg.cli_ok("export", f2)
+    assert _rows(f2) == _rows(f1)  # the same index, whichever backend kept it
+    back = make_server(start=False, seed=False)
+    shutil.copytree(shared / "mail", back.data_dir / "mail")
+    back.cli_ok("import", f2)
+    back.start()
+    assert _index_view(back) == before
+    back.stop()
+    refused = back.cli("import", f2)
+    assert refused.returncode == 1 and "not empty" in refused.stderr, refused.stderr

@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from pillarbox.store import index_transfer
 from pillarbox.store.sqlite import MIGRATIONS
 
 FORMAT = "pillarbox-directory"
@@ -41,6 +42,9 @@ PROGRESS_EVERY = 1000  # rows between progress lines
 BATCH = 500  # rows per INSERT batch
 
 Progress = Callable[[str], None]
+# Where the IMAP index is (index_transfer.py): each address's Maildir, and whether
+# the index is the shared one in PostgreSQL. None: the directory only.
+Index = tuple[index_transfer.Maildir, bool]
 
 
 class TransferError(Exception):
@@ -113,9 +117,11 @@ def _snapshot(db: Any) -> Iterator[Any]:
             yield tx
 
 
-def export(db: Any, out: IO[str], progress: Progress) -> dict[str, int]:
+def export(db: Any, out: IO[str], progress: Progress, index: Index | None = None
+           ) -> dict[str, int]:
     """Write the directory of `db` to `out`, every table as of one moment (one
-    read transaction, while the server may be writing); rows per table."""
+    read transaction, while the server may be writing), and with `index` every
+    user's IMAP index after it; rows per table."""
     schema = db.schema_version()
     out.write(json.dumps({"format": FORMAT, "version": VERSION, "schema": schema,
                           "source": db.kind}) + "\n")
@@ -125,7 +131,10 @@ def export(db: Any, out: IO[str], progress: Progress) -> dict[str, int]:
         for t in tables(schema):
             cols = _columns(db.kind, q, t)
             read_[t] = (cols, _lines(q, t, cols))
-    for table in tables(schema):
+        if index is not None:
+            for t, rows in index_transfer.read(q, *index).items():
+                read_[t] = (index_transfer.columns(t), sorted(_line(r) for r in rows))
+    for table in read_:
         cols, lines = read_[table]
         out.write(json.dumps({"table": table, "columns": cols, "rows": len(lines),
                               "sha256": _digest(lines)}) + "\n")
@@ -166,7 +175,7 @@ def _read(src: IO[str]) -> tuple[dict, list[Section]]:
         raise TransferError(f"the export has schema version {header.get('schema')}, this "
                             f"pillarbox knows up to {len(MIGRATIONS)}: import it with a newer "
                             "pillarbox")
-    known = set(tables(header["schema"]))
+    known = set(tables(header["schema"])) | set(index_transfer.TABLES)
     sections: list[Section] = []
     while True:
         raw = src.readline()
@@ -178,7 +187,8 @@ def _read(src: IO[str]) -> tuple[dict, list[Section]]:
                 raise TransferError("the export's end line does not match its tables")
             return header, sections
         table, cols = head["table"], head["columns"]
-        if table not in known or not all(re.fullmatch(r"\w+", c) for c in cols):
+        if (table not in known or not all(re.fullmatch(r"\w+", c) for c in cols)
+                or (table in index_transfer.TABLES and cols != index_transfer.columns(table))):
             raise TransferError(f"the export names an unknown table or column: {table}")
         lines = []
         for _ in range(head["rows"]):
@@ -201,22 +211,51 @@ def _not_empty(db: Any, names: list[str]) -> list[str]:
             if (n := db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])]
 
 
-def import_(db: Any, src: IO[str], progress: Progress) -> dict[str, int]:
+def import_(db: Any, src: IO[str], progress: Progress, index: Index | None = None
+            ) -> dict[str, int]:
     """Load an export into `db`, whose directory must be empty, in one
-    transaction, then verify; rows per table."""
+    transaction, then verify; rows per table. With `index`, the IMAP index's rows
+    of the file go where the target keeps it (which must hold none of it)."""
     header, sections = read(src)
     full = _not_empty(db, tables())
     if full:
         raise TransferError("the target directory is not empty: " + ", ".join(full)
                             + "; import into a fresh database")
+    rows = [s for s in sections if s.table in index_transfer.TABLES]
+    sections = [s for s in sections if s.table not in index_transfer.TABLES]
     for s in sections:
         unknown = set(s.columns) - set(_columns(db.kind, db, s.table))
         if unknown:
             raise TransferError(f"{s.table}: the target has no column "
                                 f"{', '.join(sorted(unknown))}")
-    _load(db, sections, progress)
-    verify(db, sections)
-    return {s.table: len(s.lines) for s in sections}
+    if index is None or not rows:
+        _load(db, sections, progress)
+        verify(db, sections)
+        return {s.table: len(s.lines) for s in sections}
+    maildir, shared = index
+    owners = sorted({json.loads(x)[0] for s in rows for x in s.lines})
+    full = index_transfer.not_empty(db, maildir, shared, owners)
+    if full:
+        raise TransferError("the target's IMAP index is not empty: " + ", ".join(full))
+    if shared:  # tables of the same database: one transaction for all of it
+        from pillarbox.store import pg_mailbox_index
+
+        pg_mailbox_index.prepare(db)
+        _load(db, sections + rows, progress)
+        verify(db, sections + rows)
+    else:
+        _load(db, sections, progress)
+        verify(db, sections)
+        index_transfer.write_sqlite(maildir, {s.table: [
+            tuple(_decode(v) for v in json.loads(x)) for x in s.lines] for s in rows})
+        got = index_transfer.read(db, maildir, shared)
+        for s in rows:
+            lines = sorted(_line(r) for r in got[s.table])
+            if _digest(lines) != s.digest:
+                raise TransferError(f"verify: {s.table} holds {len(lines)} rows that differ "
+                                    f"from the export's {len(s.lines)}")
+        progress(f"IMAP index: {len(owners)} users")
+    return {s.table: len(s.lines) for s in sections + rows}
 
 
 def _load(db: Any, sections: list[Section], progress: Progress) -> None:
