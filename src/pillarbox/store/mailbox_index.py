@@ -504,7 +504,7 @@ class MailStore:
             raise
 
     def delete(self, name: str) -> None:
-        with self._locked():
+        with self._locked(name, owner=True):  # no other node writes into it meanwhile
             self._delete(name)
 
     def _delete(self, name: str) -> None:
@@ -529,7 +529,8 @@ class MailStore:
         self._changed(name)
 
     def rename(self, old: str, new: str) -> None:
-        with self._locked():
+        moved = [n for n in self.boxes if n == old or n.startswith(old + ".")]
+        with self._locked(*moved, owner=True):
             self._rename(old, new)
 
     def _rename(self, old: str, new: str) -> None:
@@ -820,16 +821,16 @@ class MailStore:
     # -- several nodes (PostgreSQL) --------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, *names: str) -> Iterator[None]:
-        """Shared: a transaction holding the row locks of mailboxes `names` (none:
-        the owner's lock, for making, renaming and deleting mailboxes), caught up
-        with what other nodes committed before anything is numbered. SQLite: nothing
-        (one process owns the index)."""
+    def _locked(self, *names: str, owner: bool = False) -> Iterator[None]:
+        """Shared: a transaction holding the row locks of mailboxes `names` and, with
+        `owner` or no names, the owner's lock (making, renaming, deleting mailboxes),
+        caught up with what other nodes committed before anything is numbered.
+        SQLite: nothing (one process owns the index)."""
         if not self.shared or self.db.in_transaction:
             yield
             return
-        with self.db.transaction(tuple(set(names))):
-            if names:
+        with self.db.transaction(tuple(set(names)), owner=owner):
+            if names and not owner:
                 for name in set(names):
                     box = self.boxes.get(name)
                     if box is None:

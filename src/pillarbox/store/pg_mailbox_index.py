@@ -119,21 +119,23 @@ class PgIndex:
         return self._tx is not None
 
     @contextlib.contextmanager
-    def transaction(self, lock: tuple[str, ...] = (), notify: bool = True) -> Iterator[None]:
-        """A transaction scoped to the owner, holding the row locks of `lock` (or,
-        without names, the owner's advisory lock); nested calls join it."""
+    def transaction(self, lock: tuple[str, ...] = (), owner: bool = False,
+                    notify: bool = True) -> Iterator[None]:
+        """A transaction scoped to the owner, holding the row locks of `lock` and,
+        with `owner` or without names, the owner's advisory lock (taken first);
+        nested calls join it."""
         if self._tx is not None:
             yield
             return
         with self.pg.transaction() as tx:
             tx.execute(f"SELECT set_config('search_path', '{SCHEMA}', true), "
                        "set_config('pillarbox.owner', ?, true)", (self.owner,))
+            if owner or not lock:
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self.owner,))
             if lock:
                 marks = ",".join("?" * len(lock))
                 tx.execute(f"SELECT name FROM mailboxes WHERE name IN ({marks}) ORDER BY name "
                            "FOR UPDATE", tuple(sorted(lock)))
-            else:
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self.owner,))
             if notify:
                 tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, self.key))  # at commit
             self._tx = tx
