@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from .imap_raw import RawIMAP
+from .pg_server import BACKENDS, sharing_mail
 from .support import ALICE, BOB, make_message
+
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def make_server(make_server, storage, tmp_path):
+    """On PostgreSQL with a shared_dir: the IMAP index in PostgreSQL."""
+    return sharing_mail(make_server, storage, tmp_path)
 
 BOUNDARY = "------------030308070208000400050907"
 DRAFT = (

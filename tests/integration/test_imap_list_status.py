@@ -6,8 +6,19 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from .imap_raw import RawIMAP
+from .pg_server import BACKENDS, sharing_mail
 from .support import ALICE, BOB, make_message, wait_until
+
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def make_server(make_server, storage, tmp_path):
+    """On PostgreSQL with a shared_dir: the IMAP index in PostgreSQL."""
+    return sharing_mail(make_server, storage, tmp_path)
 
 
 def raw(server) -> RawIMAP:
