@@ -71,7 +71,7 @@ def _deliver(server, n: int, into: RawIMAP) -> None:
         time.sleep(0.05)
 
 
-def test_idle_on_one_node_sees_a_delivery_by_the_other_within_a_second(nodes):
+def test_idle_on_one_node_sees_a_delivery_and_a_flag_by_the_other_within_a_second(nodes):
     a, b = nodes
     with RawIMAP(a.imaps_port, ALICE) as imap:
         untagged, _ = imap.ok("SELECT INBOX")
@@ -81,6 +81,16 @@ def test_idle_on_one_node_sees_a_delivery_by_the_other_within_a_second(nodes):
         _send(b, "delivered by node B")
         took = _await_exists(imap, 1, SEEN_WITHIN)
         assert took < SEEN_WITHIN
+        with RawIMAP(b.imaps_port, ALICE) as on_b:  # a flag set on node B, still idling
+            on_b.ok("SELECT INBOX")
+            on_b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)")
+            start = time.monotonic()
+            imap.sock.settimeout(SEEN_WITHIN)
+            line = imap.line()
+            while b"FETCH" not in line:
+                line = imap.line()
+            imap.sock.settimeout(10)
+            assert b"\\Flagged" in line and time.monotonic() - start < SEEN_WITHIN, line
         imap.sock.sendall(b"DONE\r\n")
         while not (line := imap.line()).startswith(b"i1 "):
             assert line.startswith(b"* "), line
