@@ -281,3 +281,27 @@ def test_mailboxes_made_renamed_and_deleted_on_one_node_are_seen_on_the_other(no
         on_b.ok("DELETE Done")
         untagged, tagged = on_a.cmd("NOOP")
         assert b"BYE The selected mailbox was deleted" in untagged, (untagged, tagged)
+
+
+def test_a_sqlite_index_in_the_maildir_is_taken_over_with_its_uids(make_server, storage,
+                                                                   tmp_path):
+    """`pillarbox import-maildir` (a Dovecot Maildir) on a node with the shared index:
+    the first login takes over the index it wrote, Dovecot's UIDVALIDITY and UIDs."""
+    node = sharing_mail(make_server, storage, tmp_path)(start=False)
+    src = tmp_path / "Maildir"
+    for sub in ("tmp", "new", "cur"):
+        (src / sub).mkdir(parents=True)
+    names = ["1700000001.M1P1.old", "1700000002.M1P1.old"]
+    for i, name in enumerate(names):
+        (src / "cur" / f"{name}:2,S").write_bytes(make_message(SENDER, ALICE, f"old {i}"))
+    (src / "dovecot-uidlist").write_text(
+        f"3 V424242 N12\n7 :{names[0]}:2,S\n11 :{names[1]}:2,S\n")
+    node.cli_ok("import-maildir", src, ALICE)
+    node.start()
+    with RawIMAP(node.imaps_port, ALICE) as imap:
+        untagged, _ = imap.ok("SELECT INBOX")
+        assert code_number(untagged, "UIDVALIDITY") == 424242
+        assert code_number(untagged, "UIDNEXT") == 12
+        assert _uids(imap) == [7, 11]
+        untagged, _ = imap.ok("UID FETCH 11 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert b"\\Seen" in untagged[0] and b"old 1" in untagged[0], untagged

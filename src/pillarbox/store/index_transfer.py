@@ -64,7 +64,7 @@ def _sqlite_indexes(maildir: Maildir, owners: list[str], create: bool = False
                 for sub in ("tmp", "new", "cur"):
                     (root / sub).mkdir(parents=True, exist_ok=True)
                 c = sqlite3.connect(path, isolation_level=None)
-                _migrate(c)
+                migrate_sqlite(c)
             elif path.exists():
                 c = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                     isolation_level=None)
@@ -77,9 +77,13 @@ def _sqlite_indexes(maildir: Maildir, owners: list[str], create: bool = False
             c.close()
 
 
-def _migrate(c: sqlite3.Connection) -> None:
-    """A new index file brought to this pillarbox's schema (as MailStore does)."""
+def migrate_sqlite(c: sqlite3.Connection) -> None:
+    """An index file brought to this pillarbox's schema (as MailStore does); one a
+    newer pillarbox made is refused."""
     version = c.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise sqlite3.DatabaseError(f"index schema version {version} is newer than "
+                                    f"{len(MIGRATIONS)}: made by a newer pillarbox")
     for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
         c.execute("BEGIN IMMEDIATE")
         for stmt in filter(str.strip, sql.split(";")):

@@ -326,6 +326,8 @@ class MailStore:
             self.db = index
             self._empty_blob = index.empty_blob
             with self._locked():
+                if not self.boxes and index.adopt(root / INDEX_NAME):  # moved to PostgreSQL
+                    self._refresh_boxes()
                 self._load_boxes()
             return
         self._open_sqlite(root / INDEX_NAME)

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -143,6 +144,27 @@ class PgIndex:
                 yield
             finally:
                 self._tx = None
+
+    def adopt(self, index: Path) -> bool:
+        """Inside a transaction, for an owner with no index here yet: take over the
+        SQLite index in the Maildir (a single-node pillarbox's, or `pillarbox
+        import-maildir`'s), so clients keep their UIDVALIDITY, UIDs and flags."""
+        if self._tx is None or not index.exists():
+            return False
+        from pillarbox.store import index_transfer
+
+        c = sqlite3.connect(index, isolation_level=None)
+        try:
+            index_transfer.migrate_sqlite(c)
+            for table, cols in index_transfer.COLUMNS.items():
+                rows = c.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+                if rows:
+                    self._tx.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                                         f"({', '.join('?' * len(cols))})", rows)
+        finally:
+            c.close()
+        log.info("IMAP index taken over from %s owner=%s", index, self.owner)
+        return True
 
     def execute(self, sql: str, params: tuple = ()) -> Result:
         if self._tx is not None:
