@@ -17,9 +17,14 @@ another program are taken over. Flags live in the file name too
 Mailboxes: INBOX is the Maildir root; the others are Maildir++ folders,
 `.Sent`, `.Lists.pillarbox` (hierarchy delimiter ".").
 
+With `[storage] url` on PostgreSQL and `[storage] shared_dir`, several nodes
+share the Maildirs and the index lives in PostgreSQL (pg_mailbox_index.py):
+the same SQL through `self.db`, and every change first takes the mailbox's
+row lock and catches up with what other nodes committed (`_locked`).
+
 All methods run on the server's event loop thread: one process owns the
-index, and every change to it is made between two awaits, so sessions of one
-user never race. A store keeps the index of each mailbox in memory; the
+index (or, shared, its in-memory copy), and every change to it is made
+between two awaits, so sessions of one user on one node never race. A store keeps the index of each mailbox in memory; the
 SQLite file is its durable copy. Listeners (the sessions that have a mailbox
 selected) are told after every change, so they can send EXISTS, EXPUNGE and
 FETCH to their clients.
