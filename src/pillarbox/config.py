@@ -249,6 +249,8 @@ class HTTPSettings:
     mta_sts_mode: str = ""  # "": enforce with tls.cert or ACME, else testing
     mta_sts_max_age: int = 604800
     max_request_size: int = 64 * 1024
+    request_timeout: float = 30.0  # a request's header, and again its body, must arrive within
+    max_connections_per_ip: int = 20  # concurrent connections from one address
 
 
 @dataclass
@@ -373,7 +375,7 @@ _SECTION_KEYS = {
              "cleartext_login_networks", "metadata_max_size", "metadata_max_entries"},
     "delivery": {"recipient_delimiter", "detail_folder", "srs", "srs_domain", "arc_seal"},
     "http": {"metrics_token", "client_ports", "mta_sts_mode", "mta_sts_max_age",
-             "max_request_size"},
+             "max_request_size", "request_timeout", "max_connections_per_ip"},
     "acme": {"directory", "email", "names", "renew_before", "ca_file"},
     "postfix": set(POSTFIX_LISTENERS),
     "encryption": {"domains", "users", "protect_subject", "no_key", "learn_autocrypt"},
@@ -683,6 +685,15 @@ def _http(h: dict) -> HTTPSettings:
         out.max_request_size = parse_size(h["max_request_size"], "http.max_request_size")
         if not 1024 <= out.max_request_size <= 10 * 1024**2:
             raise ConfigError("http.max_request_size", "must be 1K to 10M")
+    if "request_timeout" in h:
+        out.request_timeout = parse_duration(h["request_timeout"], "http.request_timeout")
+        if not 0.1 <= out.request_timeout <= 3600:
+            raise ConfigError("http.request_timeout", "must be 0.1s to 1h")
+    if "max_connections_per_ip" in h:
+        out.max_connections_per_ip = _int(h["max_connections_per_ip"],
+                                          "http.max_connections_per_ip")
+        if out.max_connections_per_ip < 1:
+            raise ConfigError("http.max_connections_per_ip", "must be 1 or more")
     return out
 
 
@@ -1187,6 +1198,11 @@ client_ports     = "standard"
 mta_sts_mode     = ""
 mta_sts_max_age  = "7d"
 max_request_size = "64K"   # a larger request body gets 413
+# A request's header must arrive within request_timeout of the connection or
+# the previous response (at most 15s), its body within request_timeout of the
+# header: else 408 or the connection is closed (slow clients hold no slots).
+request_timeout  = "30s"
+max_connections_per_ip = 20  # one more gets 503 and is closed
 
 [acme]
 # Certificates from an ACME CA for names (default: hostname), answered with
