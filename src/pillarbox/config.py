@@ -195,6 +195,9 @@ class PostfixSettings:
     recipient_access: list[tuple[str, int]] = field(default_factory=list)
     virtual_alias: list[tuple[str, int]] = field(default_factory=list)
     policy: list[tuple[str, int]] = field(default_factory=list)
+    # A connection must complete a request within this of its start or the
+    # previous answer (Postfix closes idle ones itself after 300 s).
+    idle_timeout: float = 600.0
 
 
 POSTFIX_LISTENERS = ("recipient_access", "virtual_alias", "policy")
@@ -377,7 +380,7 @@ _SECTION_KEYS = {
     "http": {"metrics_token", "client_ports", "mta_sts_mode", "mta_sts_max_age",
              "max_request_size", "request_timeout", "max_connections_per_ip"},
     "acme": {"directory", "email", "names", "renew_before", "ca_file"},
-    "postfix": set(POSTFIX_LISTENERS),
+    "postfix": {*POSTFIX_LISTENERS, "idle_timeout"},
     "encryption": {"domains", "users", "protect_subject", "no_key", "learn_autocrypt"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
@@ -757,6 +760,10 @@ def _postfix(d: dict) -> PostfixSettings:
             if not isinstance(d[key], list):
                 raise ConfigError(f"postfix.{key}", "expected a list of \"host:port\" strings")
             setattr(out, key, [parse_hostport(a, f"postfix.{key}") for a in d[key]])
+    if "idle_timeout" in d:
+        out.idle_timeout = parse_duration(d["idle_timeout"], "postfix.idle_timeout")
+        if not 0.1 <= out.idle_timeout <= 86400:
+            raise ConfigError("postfix.idle_timeout", "must be 0.1s to 1d")
     return out
 
 
@@ -1161,6 +1168,9 @@ arc_seal   = true
 recipient_access = []   # tcp_table(5) map for check_recipient_access and virtual_mailbox_maps
 virtual_alias    = []   # tcp_table(5) map for virtual_alias_maps
 policy           = []   # SMTP access policy service for check_policy_service
+# A tcp_table or policy connection must complete a request within this of its
+# start or the previous answer, else it is closed (idle or too slow).
+idle_timeout     = "10m"
 
 [encryption]
 # OpenPGP encryption at rest (docs/ENCRYPTION.md): mail for these domains and
