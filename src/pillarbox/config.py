@@ -163,6 +163,7 @@ class QueueSettings:
     max_lifetime: float = 5 * 86400.0
     delay_warning: float = 4 * 3600.0  # 0: no delay warnings
     workers: int = 64
+    lease: float = 30.0  # seconds a node holds a shared spool without renewing (shared_dir)
 
 
 @dataclass
@@ -364,7 +365,8 @@ _SECTION_KEYS = {
                "auth_max_failures", "auth_account_max_failures",
                "auth_failure_window", "auth_lockout", "auth_failure_delay",
                "min_password_length"},
-    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "delay_warning", "workers"},
+    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "delay_warning", "workers",
+              "lease"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
@@ -573,6 +575,10 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         queue.delay_warning = parse_duration(q["delay_warning"], "queue.delay_warning")
     if "workers" in q:
         queue.workers = _int(q["workers"], "queue.workers", 1)
+    if "lease" in q:
+        queue.lease = parse_duration(q["lease"], "queue.lease")
+        if queue.lease < 1:
+            raise ConfigError("queue.lease", "must be at least 1s")
 
     rem = _section(data, "remote")
     remote = RemoteSettings()
@@ -1102,6 +1108,10 @@ max_lifetime   = "5d"      # after this a message that still fails is bounced
 # "0s": never
 delay_warning  = "4h"
 workers        = 64        # messages delivered concurrently (local deliveries are batched)
+# With storage.shared_dir: a node that has not renewed its spool's lease for
+# this long (dead, or cut off from PostgreSQL) has its spool delivered by
+# another node (docs/POSTGRESQL.md)
+lease          = "30s"
 
 [remote]
 # Delivery to other domains: MX lookup, STARTTLS when offered, retries.
