@@ -72,10 +72,12 @@ class SpoolLeases:
                         "WHERE spool = ?", (self.lease, self.node))
 
     def orphans(self, spools: list[str]) -> list[str]:
-        """Which of these spools (not ours) nobody delivers from and that may hold mail."""
+        """Which of these spools (not ours) nobody delivers from, that may hold mail
+        and whose node is not asking for them."""
         rows = self.db.execute(
             "SELECT spool FROM queue_spool_leases WHERE spool = ANY(?) AND spool <> ? "
-            f"AND NOT drained AND (holder IS NULL OR lease_until < {_NOW}) ORDER BY spool",
+            f"AND NOT drained AND (holder IS NULL OR lease_until < {_NOW}) "
+            f"AND coalesce(wanted_until, 0) < {_NOW} ORDER BY spool",
             (spools, self.node)).fetchall()
         return [r[0] for r in rows]
 
@@ -84,7 +86,8 @@ class SpoolLeases:
         someone was quicker or its owner is back)."""
         rows = self.db.execute(
             "WITH old AS (SELECT spool, holder FROM queue_spool_leases WHERE spool = ? "
-            f"AND NOT drained AND (holder IS NULL OR lease_until < {_NOW}) FOR UPDATE) "
+            f"AND NOT drained AND (holder IS NULL OR lease_until < {_NOW}) "
+            f"AND coalesce(wanted_until, 0) < {_NOW} FOR UPDATE) "
             f"UPDATE queue_spool_leases l SET holder = ?, lease_until = {_NOW} + ? "
             "FROM old WHERE l.spool = old.spool RETURNING coalesce(old.holder, '-')",
             (spool, self.me, self.lease)).fetchall()
