@@ -85,7 +85,8 @@ class SpoolKeeper:
         self.own = _Held(self.node, queue, self.lease)
         self.taken: dict[str, _Held] = {}
         self._lost = False  # another node took our spool while we ran
-        self._failing = False  # the last round could not reach PostgreSQL
+        self._failing = False  # this round could not reach PostgreSQL
+        self._outage = False  # logged as unreachable, not yet as back
         self._task: asyncio.Task | None = None
 
     # -- start and stop -------------------------------------------------------
@@ -141,15 +142,19 @@ class SpoolKeeper:
 
     async def _db(self, call: Callable[..., T], *args: object) -> tuple[bool, T | None]:
         """(True, what a lease call in a thread returned), or (False, None) when
-        PostgreSQL failed (logged once a round)."""
+        PostgreSQL failed (logged once an outage)."""
         try:
-            return True, await asyncio.to_thread(call, *args)
+            result = await asyncio.to_thread(call, *args)
         except Exception as e:
-            if not self._failing:
-                log.warning("queue spool lease: PostgreSQL unavailable error=%s",
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
-            self._failing = True
+            if not self._failing and not self._outage:
+                logs.event(log, logging.WARNING, "queue spool lease: PostgreSQL unavailable",
+                           error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self._failing = self._outage = True
             return False, None
+        if self._outage:
+            self._outage = False
+            logs.event(log, logging.WARNING, "queue spool lease: PostgreSQL reachable again")
+        return True, result
 
     async def _keep_own(self) -> None:
         assert self.leases is not None
