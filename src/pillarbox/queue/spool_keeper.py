@@ -120,7 +120,7 @@ class SpoolKeeper:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for name in list(self.taken):
-            await self._let_go(name, "stopping")
+            await self._let_go(name, "stopping", drained=self.taken[name].queue.pending == 0)
         self.own.pause()
         await self.queue.stop()
         await asyncio.to_thread(self.queue.spool.close_done)
