@@ -723,6 +723,7 @@ def restart_needed(old: Config, new: Config) -> str | None:
     values = {
         "data_dir": lambda c: c.data_dir, "maildrop_dir": lambda c: c.maildrop_dir,
         "storage.url": lambda c: c.storage_url, "queue.workers": lambda c: c.queue.workers,
+        "queue.lease": lambda c: c.queue.lease,  # the spool keeper's, set at the start
         "user": lambda c: c.user,  # root is given up at the start, for good
         "mode": lambda c: c.mode,  # chatmail's services start with the server
     }
