@@ -209,3 +209,40 @@ def test_postgresql_restarted_mid_burst_loses_nothing(make_server, tmp_path, pos
     _queue_empty(a, b)
     counts = _exactly_once(shared, accepted)
     assert {i: n for i, n in counts.items() if n != 1} == {}
+
+
+def test_node_frozen_past_its_lease_asks_for_its_spool_back(make_server, tmp_path):
+    """A frozen (SIGSTOP) with mail waiting: B takes A's spool over and delivers
+    it; A thawed finds its lease gone, asks for the spool back, gets it once B
+    let go, forgets what B delivered, and goes on: nothing is delivered twice but
+    what A was delivering when frozen (its one worker)."""
+    import os
+    import signal
+
+    shared = tmp_path / "shared"
+    a, b = _nodes(make_server, shared, "a", "b", a={"queue.workers": 1})
+    burst = Burst(a, "f", 30, threads=6)
+
+    def backlog() -> bool:
+        done = _delivered(shared)
+        return len([i for i in list(burst.accepted) if i not in done]) >= 5
+
+    wait_until(backlog, 20, "A to hold at least 5 accepted, undelivered messages")
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "queue spool taken over spool=a" in b.log_text(), LEASE * 4,
+                   "B to take the frozen A's spool over")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    accepted = burst.join()
+    wait_until(lambda: "queue spool taken back spool=a" in a.log_text(), LEASE * 4,
+               "A to get its spool back")
+    assert "queue spool lease lost to another node, delivery paused spool=a" in a.log_text()
+    m = re.search(r"queue spool taken back spool=a finished_elsewhere=(\d+)", a.log_text())
+    assert m and int(m.group(1)) >= 1, a.log_tail()  # what B delivered, A forgot
+    assert "reason=\"handed back to its node\"" in b.log_text()
+    accepted += Burst(a, "g", 10).join()
+    _queue_empty(a, b)
+    counts = _exactly_once(shared, accepted)
+    repeated = {i: n for i, n in counts.items() if n > 1}
+    assert sum(n - 1 for n in repeated.values()) <= 1, repeated
