@@ -163,6 +163,7 @@ class QueueSettings:
     max_lifetime: float = 5 * 86400.0
     delay_warning: float = 4 * 3600.0  # 0: no delay warnings
     workers: int = 64
+    lease: float = 30.0  # seconds a node holds a shared spool without renewing (shared_dir)
 
 
 @dataclass
@@ -369,7 +370,8 @@ _SECTION_KEYS = {
                "auth_max_failures", "auth_account_max_failures",
                "auth_failure_window", "auth_lockout", "auth_failure_delay",
                "min_password_length"},
-    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "delay_warning", "workers"},
+    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "delay_warning", "workers",
+              "lease"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
@@ -578,6 +580,10 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         queue.delay_warning = parse_duration(q["delay_warning"], "queue.delay_warning")
     if "workers" in q:
         queue.workers = _int(q["workers"], "queue.workers", 1)
+    if "lease" in q:
+        queue.lease = parse_duration(q["lease"], "queue.lease")
+        if queue.lease < 1:
+            raise ConfigError("queue.lease", "must be at least 1s")
 
     rem = _section(data, "remote")
     remote = RemoteSettings()
@@ -731,6 +737,7 @@ def restart_needed(old: Config, new: Config) -> str | None:
     values = {
         "data_dir": lambda c: c.data_dir, "maildrop_dir": lambda c: c.maildrop_dir,
         "storage.url": lambda c: c.storage_url, "queue.workers": lambda c: c.queue.workers,
+        "queue.lease": lambda c: c.queue.lease,  # the spool keeper's, set at the start
         "user": lambda c: c.user,  # root is given up at the start, for good
         "mode": lambda c: c.mode,  # chatmail's services start with the server
     }
@@ -1120,6 +1127,10 @@ max_lifetime   = "5d"      # after this a message that still fails is bounced
 # "0s": never
 delay_warning  = "4h"
 workers        = 64        # messages delivered concurrently (local deliveries are batched)
+# With storage.shared_dir: a node that has not renewed its spool's lease for
+# this long (dead, or cut off from PostgreSQL) has its spool delivered by
+# another node (docs/POSTGRESQL.md)
+lease          = "30s"
 
 [remote]
 # Delivery to other domains: MX lookup, STARTTLS when offered, retries.
