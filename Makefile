@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_CONFIG := dev/pillarbox.toml
 
-.PHONY: serve test lint fuzz bench bench-imap clean
+.PHONY: serve test lint fuzz bench bench-imap bench-pg clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench: $(STAMP)
 bench-imap: $(STAMP)
 	$(BIN)/pip install --quiet py-spy==0.4.3
 	$(BIN)/python bench/imap_load.py --profile --write-docs
+
+# One SQLite node, one PostgreSQL node and two PostgreSQL nodes on the same SMTP load
+# (issue 19); PostgreSQL from Debian's package (scripts/ensure-system-packages).
+bench-pg: $(STAMP)
+	$(BIN)/python bench/pg_nodes.py --write-docs
 
 clean:
 	rm -rf $(VENV) dev build src/*.egg-info $(PLUGIN_PKG)/build $(PLUGIN_PKG)/*.egg-info

@@ -165,18 +165,8 @@ class Server:
         raise SystemExit(f"error: server not answering on {HOST}:{self.port} after {timeout}s")
 
     def cpu_seconds(self) -> float:
-        """utime+stime of the server, its reaped children and its live descendants."""
         assert self.proc is not None
-        total = 0.0
-        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
-            with contextlib.suppress(OSError):
-                fields = read_stat(pid)
-                # fields after the command name: index 11..14 = utime stime cutime cstime
-                ticks = sum(int(x) for x in fields[11:13])
-                if pid == self.proc.pid:
-                    ticks += sum(int(x) for x in fields[13:15])
-                total += ticks / CLK_TCK
-        return total
+        return tree_cpu_seconds(self.proc.pid)
 
     def status_kb(self, key: str) -> int:
         assert self.proc is not None
@@ -243,6 +233,20 @@ class Server:
 def read_stat(pid: int) -> list[str]:
     raw = Path(f"/proc/{pid}/stat").read_text()
     return raw[raw.rindex(")") + 2:].split()  # fields from "state" on (field 3)
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime of a process, its reaped children and its live descendants."""
+    total = 0.0
+    for pid in [root, *descendants(root)]:
+        with contextlib.suppress(OSError):
+            fields = read_stat(pid)
+            # fields after the command name: index 11..14 = utime stime cutime cstime
+            ticks = sum(int(x) for x in fields[11:13])
+            if pid == root:
+                ticks += sum(int(x) for x in fields[13:15])
+            total += ticks / CLK_TCK
+    return total
 
 
 def descendants(root: int) -> list[int]:

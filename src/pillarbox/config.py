@@ -163,6 +163,7 @@ class QueueSettings:
     max_lifetime: float = 5 * 86400.0
     delay_warning: float = 4 * 3600.0  # 0: no delay warnings
     workers: int = 64
+    lease: float = 30.0  # seconds a node holds a shared spool without renewing (shared_dir)
 
 
 @dataclass
@@ -195,6 +196,9 @@ class PostfixSettings:
     recipient_access: list[tuple[str, int]] = field(default_factory=list)
     virtual_alias: list[tuple[str, int]] = field(default_factory=list)
     policy: list[tuple[str, int]] = field(default_factory=list)
+    # A connection must complete a request within this of its start or the
+    # previous answer (Postfix closes idle ones itself after 300 s).
+    idle_timeout: float = 600.0
 
 
 POSTFIX_LISTENERS = ("recipient_access", "virtual_alias", "policy")
@@ -249,6 +253,8 @@ class HTTPSettings:
     mta_sts_mode: str = ""  # "": enforce with tls.cert or ACME, else testing
     mta_sts_max_age: int = 604800
     max_request_size: int = 64 * 1024
+    request_timeout: float = 30.0  # a request's header, and again its body, must arrive within
+    max_connections_per_ip: int = 20  # concurrent connections from one address
 
 
 @dataclass
@@ -364,7 +370,8 @@ _SECTION_KEYS = {
                "auth_max_failures", "auth_account_max_failures",
                "auth_failure_window", "auth_lockout", "auth_failure_delay",
                "min_password_length"},
-    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "delay_warning", "workers"},
+    "queue": {"min_free_space", "retry_schedule", "max_lifetime", "delay_warning", "workers",
+              "lease"},
     "remote": {"port", "helo", "connect_timeout", "command_timeout", "max_per_destination",
                "mta_sts"},
     "imap": {"max_line_length", "max_literal_size", "max_literal_memory",
@@ -373,9 +380,9 @@ _SECTION_KEYS = {
              "cleartext_login_networks", "metadata_max_size", "metadata_max_entries"},
     "delivery": {"recipient_delimiter", "detail_folder", "srs", "srs_domain", "arc_seal"},
     "http": {"metrics_token", "client_ports", "mta_sts_mode", "mta_sts_max_age",
-             "max_request_size"},
+             "max_request_size", "request_timeout", "max_connections_per_ip"},
     "acme": {"directory", "email", "names", "renew_before", "ca_file"},
-    "postfix": set(POSTFIX_LISTENERS),
+    "postfix": {*POSTFIX_LISTENERS, "idle_timeout"},
     "encryption": {"domains", "users", "protect_subject", "no_key", "learn_autocrypt"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
@@ -573,6 +580,10 @@ def from_dict(data: dict, path: Path, check_files: bool = True) -> Config:
         queue.delay_warning = parse_duration(q["delay_warning"], "queue.delay_warning")
     if "workers" in q:
         queue.workers = _int(q["workers"], "queue.workers", 1)
+    if "lease" in q:
+        queue.lease = parse_duration(q["lease"], "queue.lease")
+        if queue.lease < 1:
+            raise ConfigError("queue.lease", "must be at least 1s")
 
     rem = _section(data, "remote")
     remote = RemoteSettings()
@@ -683,6 +694,15 @@ def _http(h: dict) -> HTTPSettings:
         out.max_request_size = parse_size(h["max_request_size"], "http.max_request_size")
         if not 1024 <= out.max_request_size <= 10 * 1024**2:
             raise ConfigError("http.max_request_size", "must be 1K to 10M")
+    if "request_timeout" in h:
+        out.request_timeout = parse_duration(h["request_timeout"], "http.request_timeout")
+        if not 0.1 <= out.request_timeout <= 3600:
+            raise ConfigError("http.request_timeout", "must be 0.1s to 1h")
+    if "max_connections_per_ip" in h:
+        out.max_connections_per_ip = _int(h["max_connections_per_ip"],
+                                          "http.max_connections_per_ip")
+        if out.max_connections_per_ip < 1:
+            raise ConfigError("http.max_connections_per_ip", "must be 1 or more")
     return out
 
 
@@ -717,6 +737,7 @@ def restart_needed(old: Config, new: Config) -> str | None:
     values = {
         "data_dir": lambda c: c.data_dir, "maildrop_dir": lambda c: c.maildrop_dir,
         "storage.url": lambda c: c.storage_url, "queue.workers": lambda c: c.queue.workers,
+        "queue.lease": lambda c: c.queue.lease,  # the spool keeper's, set at the start
         "user": lambda c: c.user,  # root is given up at the start, for good
         "mode": lambda c: c.mode,  # chatmail's services start with the server
     }
@@ -746,6 +767,10 @@ def _postfix(d: dict) -> PostfixSettings:
             if not isinstance(d[key], list):
                 raise ConfigError(f"postfix.{key}", "expected a list of \"host:port\" strings")
             setattr(out, key, [parse_hostport(a, f"postfix.{key}") for a in d[key]])
+    if "idle_timeout" in d:
+        out.idle_timeout = parse_duration(d["idle_timeout"], "postfix.idle_timeout")
+        if not 0.1 <= out.idle_timeout <= 86400:
+            raise ConfigError("postfix.idle_timeout", "must be 0.1s to 1d")
     return out
 
 
@@ -1102,6 +1127,10 @@ max_lifetime   = "5d"      # after this a message that still fails is bounced
 # "0s": never
 delay_warning  = "4h"
 workers        = 64        # messages delivered concurrently (local deliveries are batched)
+# With storage.shared_dir: a node that has not renewed its spool's lease for
+# this long (dead, or cut off from PostgreSQL) has its spool delivered by
+# another node (docs/POSTGRESQL.md)
+lease          = "30s"
 
 [remote]
 # Delivery to other domains: MX lookup, STARTTLS when offered, retries.
@@ -1150,6 +1179,9 @@ arc_seal   = true
 recipient_access = []   # tcp_table(5) map for check_recipient_access and virtual_mailbox_maps
 virtual_alias    = []   # tcp_table(5) map for virtual_alias_maps
 policy           = []   # SMTP access policy service for check_policy_service
+# A tcp_table or policy connection must complete a request within this of its
+# start or the previous answer, else it is closed (idle or too slow).
+idle_timeout     = "10m"
 
 [encryption]
 # OpenPGP encryption at rest (docs/ENCRYPTION.md): mail for these domains and
@@ -1187,6 +1219,11 @@ client_ports     = "standard"
 mta_sts_mode     = ""
 mta_sts_max_age  = "7d"
 max_request_size = "64K"   # a larger request body gets 413
+# A request's header must arrive within request_timeout of the connection or
+# the previous response (at most 15s), its body within request_timeout of the
+# header: else 408 or the connection is closed (slow clients hold no slots).
+request_timeout  = "30s"
+max_connections_per_ip = 20  # one more gets 503 and is closed
 
 [acme]
 # Certificates from an ACME CA for names (default: hostname), answered with

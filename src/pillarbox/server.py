@@ -25,7 +25,7 @@ from pillarbox.endpoint.imap import session as imap
 from pillarbox.modify import arc, encryption_policy
 from pillarbox.modify.dkim_sign import DKIMSigner
 from pillarbox.modify.signing import Signing
-from pillarbox.queue import public_drop
+from pillarbox.queue import public_drop, spool_keeper
 from pillarbox.queue.public_pickup import PublicPickup
 from pillarbox.queue.scheduler import Queue
 from pillarbox.queue.spool import Spool, SpoolFull
@@ -204,6 +204,7 @@ class Server:
         await asyncio.to_thread(recount_usage, users, cfg.mail_root)
         spool = Spool(cfg.queue_root, cfg.queue.min_free_space)
         self.queue = queue = Queue(cfg, spool, users, aliases)
+        keeper = spool_keeper.for_config(cfg, db, queue)  # nodes sharing spools
         self.signing = signing = Signing(cfg)
         queue.signing = signing
         queue.sealer = arc.Sealer(DKIMSigner(cfg.data_dir / "dkim"))
@@ -241,7 +242,7 @@ class Server:
             if cfg.mode == "chatmail":  # its services (and their HTTP client) only then
                 from pillarbox import chatmail_service
                 self.chatmail = chatmail_service.start(cfg, users, queue.maildir)
-            await queue.start()
+            await spool_keeper.start_queue(keeper, queue)
             self.web, self.acme, acme_task = await http_wiring.start(
                 self, {k: await self._sockets(k) for k in http_wiring.KINDS}, implicit_tls)
             # What start-up built (a backlog's index: 100k deferred messages
@@ -254,7 +255,7 @@ class Server:
         except BaseException:
             for s in self._servers:
                 s.close()
-            await queue.stop()
+            await spool_keeper.stop_queue(keeper, queue)
             raise
         sweeper = asyncio.create_task(smtp.sweep(ctx))
         imap_sweeper = asyncio.create_task(imap.sweep(ictx))
@@ -288,7 +289,7 @@ class Server:
             conn.close()
         for conn in ictx.sessions:  # RFC 3501 7.1.5: BYE announces a shutdown
             conn.close_saying(b"* BYE [UNAVAILABLE] Server shutting down\r\n")
-        await queue.stop()
+        await spool_keeper.stop_queue(keeper, queue)
         if self.chatmail is not None:
             await self.chatmail.close()
         await registry.close_instances(queue.modules)

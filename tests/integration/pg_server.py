@@ -48,6 +48,10 @@ def pg_bindir() -> Path:
 
 
 class PostgresServer:
+    # Throwaway-test settings (no durability); bench/pg_nodes.py runs with durable ones.
+    SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                "max_connections": "200", "shared_buffers": "16MB"}
+
     def __init__(self, base: Path) -> None:
         self.base = base
         self.bindir = pg_bindir()
@@ -92,9 +96,8 @@ class PostgresServer:
     def start_server(self) -> None:
         """Start (again) on the same port and data; return once it takes connections."""
         argv = [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-                "-h", "127.0.0.1", "-k", str(self.sockdir), "-c", "fsync=off",
-                "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                "-c", "max_connections=200", "-c", "shared_buffers=16MB"]
+                "-h", "127.0.0.1", "-k", str(self.sockdir)]
+        argv += [a for k, v in self.SETTINGS.items() for a in ("-c", f"{k}={v}")]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, start_new_session=True, **self._user())

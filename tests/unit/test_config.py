@@ -30,6 +30,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.data_dir == tmp_path / "var"
     assert cfg.limits.max_message_size == 25 * 1024 * 1024
     assert cfg.queue.retry_schedule[0] == 60
+    assert cfg.queue.lease == 30
     assert cfg.listen["smtp"] == []
     assert cfg.limits.max_connections_per_ip == 50
     assert cfg.limits.min_data_rate == 500
@@ -53,6 +54,8 @@ def test_cleartext_login_networks(tmp_path: Path) -> None:
         ("[listen]\nsmtp = [\"127.0.0.1\"]\n", "listen.smtp"),
         ("[listen]\nsmtp = [\"127.0.0.1:99999\"]\n", "listen.smtp"),
         ("[queue]\nmax_lifetime = \"forever\"\n", "queue.max_lifetime"),
+        ("[queue]\nlease = \"0s\"\n", "queue.lease"),
+        ("[queue]\nlease = \"soon\"\n", "queue.lease"),
         ("[limits]\nmax_connections_per_ip = 0\n", "limits.max_connections_per_ip"),
         ("[limits]\nmin_data_rate = 0\n", "limits.min_data_rate"),
         ("[limits]\nmin_data_rate = \"fast\"\n", "limits.min_data_rate"),
@@ -178,6 +181,7 @@ LISTEN = '[listen]\nsmtp = ["127.0.0.1:2525"]\n'
     ('[listen]\nsmtp = ["127.0.0.1:2526"]\n', "listen.smtp"),
     (LISTEN + 'imaps = ["127.0.0.1:993"]\n', "listen.imaps"),
     (LISTEN + "[queue]\nworkers = 3\n", "queue.workers"),
+    (LISTEN + '[queue]\nlease = "10s"\n', "queue.lease"),
     (LISTEN + '[limits]\nmax_message_size = "1M"\n', None),
     ('log_level = "debug"\n' + LISTEN, None),
     (LISTEN + '[queue]\nretry_schedule = ["1s"]\n', None),

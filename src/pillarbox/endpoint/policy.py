@@ -34,7 +34,6 @@ log = logging.getLogger("pillarbox.policy")
 
 MAX_LINE = 2048  # one attribute line; Postfix's values are far shorter
 MAX_ATTRIBUTES = 100  # per request
-IDLE_TIMEOUT = 600.0  # Postfix closes idle policy connections after 300 s by default
 _PHASES = {"CONNECT": 0, "EHLO": 1, "HELO": 1, "MAIL": 2, "RCPT": 3, "VRFY": 3, "DATA": 2,
            "BDAT": 2, "END-OF-MESSAGE": 2, "ETRN": 1}
 
@@ -95,12 +94,15 @@ class PolicySession:
         self.context, self.reader, self.writer = context, reader, writer
         self.message: _Message | None = None
         self.instance = ""
+        # A request must be complete within this of the previous answer (or the
+        # connection): idle and trickling clients are closed ([postfix] idle_timeout).
+        self.idle_timeout = context().config.postfix.idle_timeout
 
     async def run(self) -> None:
         try:
             while True:
                 try:
-                    attrs = await asyncio.wait_for(self._request(), IDLE_TIMEOUT)
+                    attrs = await asyncio.wait_for(self._request(), self.idle_timeout)
                 except BadRequest as e:
                     self.writer.write(f"action=DEFER_IF_PERMIT 4.3.0 policy request {e}\n\n"
                                       .encode())

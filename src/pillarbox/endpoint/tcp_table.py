@@ -40,6 +40,8 @@ log = logging.getLogger("pillarbox.tcp_table")
 
 MAX_REQUEST = 4096  # octets per request line, as tcp_table(5) bounds replies
 MAX_REPLY = 4096  # including the newline (tcp_table(5))
+BATCH = 200  # request lines answered per turn of the event loop
+MAX_PENDING = 64 * 1024  # unread input held while batches wait their turn
 _PERCENT_RE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _CODE_AND_RCPT_RE = re.compile(r"^\d\.\d{1,3}\.\d{1,3} (?:<[^>]*>: )?")
 
@@ -129,7 +131,15 @@ MAPS: dict[str, Callable[[SMTPContext, str], str]] = {
 
 
 class TableProtocol(asyncio.Protocol):
-    """One Postfix connection to one map: request lines in, reply lines out."""
+    """One Postfix connection to one map: request lines in, reply lines out.
+
+    Budgets: a request line of MAX_REQUEST octets; BATCH lines answered per
+    turn of the event loop (a megabyte of pipelined requests waits its turns,
+    other connections are served in between); no reading while replies wait
+    for the client to read them (asyncio's pause_writing); a request must be
+    complete within `idle_timeout` of the connection or the previous answer,
+    else the connection is closed (a line trickled a byte at a time, or a
+    client that does not read its answers, too)."""
 
     def __init__(self, lookup: Callable[[SMTPContext, str], str],
                  context: Callable[[], SMTPContext]) -> None:
@@ -137,14 +147,74 @@ class TableProtocol(asyncio.Protocol):
         self.buf = bytearray()
         self.skipping = False  # inside an over-long line: drop input up to its newline
         self.transport: asyncio.Transport | None = None
+        self.idle_timeout = context().config.postfix.idle_timeout
+        self.deadline = 0.0  # loop time by which the next request must be complete
+        self._timer: asyncio.TimerHandle | None = None
+        self._later: asyncio.Handle | None = None  # the next batch, when one is due
+        self._write_paused = False
+        self._read_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.idle_timeout
+        self._timer = loop.call_at(self.deadline, self._check_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for handle in (self._timer, self._later):
+            if handle is not None:
+                handle.cancel()
+        self.transport = None
+        self.buf.clear()
+
+    def _check_deadline(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline:
+            self._timer = loop.call_at(max(self.deadline, loop.time() + self.idle_timeout / 4),
+                                       self._check_deadline)
+            return
+        self._timer = None
+        if self.transport is not None:
+            log.debug("tcp_table connection idle or too slow: closed")
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._flow()
+        if self.buf and self._later is None:
+            self._work()
+
+    def _flow(self) -> None:
+        """Read while replies can go out and no batch waits its turn."""
+        if self.transport is None:
+            return
+        want_paused = self._write_paused or self._later is not None or \
+            len(self.buf) > MAX_PENDING
+        if want_paused != self._read_paused:
+            self._read_paused = want_paused
+            if want_paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        if self._later is None and not self._write_paused:
+            self._work()
+        else:
+            self._flow()
+
+    def _work(self) -> None:
+        """Answer up to BATCH complete lines; the rest on a later turn."""
+        self._later = None
+        if self.transport is None:
+            return
         out = []
-        while True:
+        while len(out) < BATCH:
             end = self.buf.find(b"\n")
             if end < 0:
                 break
@@ -155,13 +225,18 @@ class TableProtocol(asyncio.Protocol):
                 continue
             out.append(b"400 request too long\n" if len(line) > MAX_REQUEST
                        else self.answer(line))
-        if len(self.buf) > MAX_REQUEST:
+        else:
+            if self.buf.find(b"\n") >= 0:  # more complete lines: after the others' turn
+                self._later = asyncio.get_running_loop().call_soon(self._work)
+        if self._later is None and len(self.buf) > MAX_REQUEST:
             self.buf.clear()
             if not self.skipping:
                 self.skipping = True
                 out.append(b"400 request too long\n")
-        if out and self.transport is not None:
+        if out:
+            self.deadline = asyncio.get_running_loop().time() + self.idle_timeout
             self.transport.write(b"".join(out))
+        self._flow()
 
     def answer(self, line: bytes) -> bytes:
         verb, _, key = line.rstrip(b"\r").partition(b" ")

@@ -78,6 +78,12 @@ class Queue:
         self._tasks: list[asyncio.Task] = []
         self._pickup_retry: asyncio.Task | None = None
         self._stopping = False
+        # Set by queue/spool_keeper.py on PostgreSQL with a shared directory:
+        # workers start attempts only while it is set (this node holds the
+        # spool's lease). None: always (one node, the SQLite path).
+        self.gate: asyncio.Event | None = None
+        self.intake: Queue = self  # where new mail (bounces) goes
+        self.takeover = False  # another node's spool: deliver only, never append
         self._srs: srs.Srs | None = None
         # Set by the mailing_list target when one-click unsubscribe is on:
         # (entry's sender, member) -> header fields for that member's copy.
@@ -158,6 +164,10 @@ class Queue:
 
         Raises SpoolFull when the disk is too full; nothing is stored then.
         """
+        if self.intake is not self:  # a spool taken over: new mail goes to our own
+            return await self.intake.enqueue(mail_from, rcpts, chunks, size, auth=auth,
+                                             source=source, msg_id=msg_id, body=body,
+                                             quarantine=quarantine, client_ip=client_ip)
         env = Envelope(id=msg_id or new_id(), mail_from=mail_from, rcpts=rcpts,
                        received=time.time(), size=size, auth=auth, source=source,
                        client_ip=client_ip, quarantine=quarantine)
@@ -177,7 +187,7 @@ class Queue:
     # -- lifecycle --------------------------------------------------------
 
     async def start(self) -> None:
-        envs = await asyncio.to_thread(self.spool.load)
+        envs = await asyncio.to_thread(self.spool.load, not self.takeover)
         now = time.time()
         for env in envs:
             msg_id = env.id
@@ -187,13 +197,25 @@ class Queue:
                 self._schedule_now(msg_id)
             else:
                 self._schedule_at(due, msg_id)
-        await self.pickup()
+        if not self.takeover:  # its sendmail drops wait for their own node
+            await self.pickup()
         self._tasks.append(asyncio.create_task(self._timer_loop(), name="queue-timers"))
-        self._tasks.append(asyncio.create_task(self._compactor(), name="queue-compactor"))
+        if not self.takeover:
+            self._tasks.append(asyncio.create_task(self._compactor(), name="queue-compactor"))
         for i in range(self.config.queue.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"queue-worker-{i}"))
         logs.event(log, logging.INFO, "queue loaded", messages=len(envs),
                    due=self._ready.qsize())
+
+    @property
+    def pending(self) -> int:
+        """Messages in the spool not finished yet."""
+        return len(self.spool.index)
+
+    async def idle(self) -> None:
+        """Until no attempt runs (the gate closed: none starts)."""
+        while self._active:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         # Anything not finished in time is still in the spool for the next start.
@@ -301,6 +323,8 @@ class Queue:
     async def _compactor(self) -> None:
         while True:
             await asyncio.sleep(COMPACT_EVERY)
+            if self.gate is not None and not self.gate.is_set():
+                continue  # another node may be delivering from the spool
             try:
                 moved = await self.spool.compact(self._active | self._queued)
             except (OSError, SpoolFull) as e:
@@ -311,7 +335,12 @@ class Queue:
 
     async def _worker(self) -> None:
         while not self._stopping:
+            if self.gate is not None:
+                await self.gate.wait()
             msg_id = await self._ready.get()
+            if self.gate is not None and not self.gate.is_set():
+                self._ready.put_nowait(msg_id)  # after the lease is back
+                continue
             self._queued.discard(msg_id)
             if msg_id in self._active:
                 self._schedule_at(time.time() + 1, msg_id)

@@ -649,9 +649,14 @@ class Spool:
 
     # -- reading ------------------------------------------------------------
 
-    def load(self) -> list[Envelope]:
-        """Rebuild the index from disk at start-up (verifying every record)."""
-        self._drop_tmp()
+    def load(self, owner: bool = True) -> list[Envelope]:
+        """Rebuild the index from disk at start-up (verifying every record).
+
+        `owner` False: another node's spool taken over (queue/spool_keeper.py),
+        whose node may still be appending: read only, no torn tail cut, no
+        tmp or body file removed."""
+        if owner:
+            self._drop_tmp()
         self.index.clear()
         self.live.clear()
         numbers = sorted(int(p.stem) for p in self.segments.glob("*.seg"))
@@ -674,7 +679,7 @@ class Spool:
                 env.source = same.setdefault(env.source, env.source)
                 self.index[env.id] = Entry(env, n, off, length)
                 self.live.setdefault(n, set()).add(env.id)
-            if path.stat().st_size != end:
+            if owner and path.stat().st_size != end:
                 # A torn tail from a crash mid-write: never acknowledged.
                 with open(path, "r+b") as f:
                     f.truncate(end)
@@ -682,11 +687,46 @@ class Spool:
         for n in numbers:
             self._retire(n)
         self.has_state = {p.name for p in os.scandir(self.states)} & set(self.index)
+        if not owner:
+            return sorted((e.env for e in self.index.values()), key=lambda e: e.id)
         wanted = {e.env.body_file for e in self.index.values() if e.env.body_file}
         for p in os.scandir(self.bodies):
             if p.name not in wanted:  # its record never committed, or it was delivered
                 os.unlink(p.path)
         return sorted((e.env for e in self.index.values()), key=lambda e: e.id)
+
+    def read_finished(self) -> tuple[dict[int, set[str]], set[str]]:
+        """The done marks of our segments and the state files, as another node that
+        held this spool left them (for forget_finished). Blocking."""
+        marks = {n: self._read_done(n) for n in list(self.live)}
+        return marks, {p.name for p in os.scandir(self.states)}
+
+    def forget_finished(self, found: tuple[dict[int, set[str]], set[str]]) -> int:
+        """Forget the messages another node finished while it held this spool and
+        see the state files it wrote; the number forgotten. On the event loop
+        (the index is the loop's)."""
+        marks, states = found
+        gone = 0
+        for n, done in marks.items():
+            live = self.live.get(n, set())
+            for msg_id in done & live:
+                self.index.pop(msg_id, None)
+                live.discard(msg_id)
+                gone += 1
+            self._retire(n)
+        self.has_state = states & set(self.index)
+        return gone
+
+    def close_done(self) -> None:
+        """Done marks written out, synced and closed: before another node reads them."""
+        self.flush_done()
+        for fd in self._done_fds.values():
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                log.warning("queue done marks not synced error=%r", e)
+            os.close(fd)
+        self._done_fds.clear()
 
     def _read_done(self, n: int) -> set[str]:
         try:

@@ -91,9 +91,11 @@ class MailingListTarget:
 
     async def vet_rcpt(self, rcpt: str, sender: str) -> Reply | None:
         """At RCPT: None to accept `rcpt`, else the refusal. The envelope
-        sender is what is checked (the From field is not known yet)."""
+        sender is what is checked (the From field is not known yet). The
+        lookups are database round trips (PostgreSQL: over the network): in a
+        worker thread, so no other session waits for them."""
         try:
-            return self._vet(rcpt, sender)
+            return await asyncio.to_thread(self._vet, rcpt, sender)
         except backend.errors() as e:  # PostgreSQL down: the sender retries
             log.warning("mailing list lookup failed rcpt=%s error=%s", escape(rcpt), e)
             return STORE_DOWN
@@ -125,10 +127,10 @@ class MailingListTarget:
     # -- what arrives ---------------------------------------------------------------
 
     async def handle(self, rcpt: str, sender: str, source: str, message: bytes) -> None:
-        role = self.role(rcpt)
+        role = await asyncio.to_thread(self.role, rcpt)
         if role is None:
             raise module.DeliveryError(NO_LIST)
-        lst = self.store.get(role.list)
+        lst = await asyncio.to_thread(self.store.get, role.list)
         assert lst is not None
         if role.kind == "post":
             await self.post(lst, sender, message)
@@ -152,7 +154,8 @@ class MailingListTarget:
             reason = "null sender"
         elif lst.policy == "moderated" and sender.lower() not in lst.staff():
             reason = "the list is moderated"
-        elif lst.policy == "members" and not self._may_post(lst, sender):
+        elif lst.policy == "members" and not await asyncio.to_thread(self._may_post, lst,
+                                                                      sender):
             reason = "not a member"  # reached us without RCPT (sendmail)
         elif lst.max_size and len(message) > lst.max_size:
             reason = f"larger than the list's max_size ({lst.max_size} bytes)"
@@ -244,14 +247,14 @@ class MailingListTarget:
     async def bounced(self, lst: MailingList, member: str, message: bytes) -> None:
         about = [member] if member else bounces.failed_recipients(message)
         for m in about:
-            if not self.store.is_member(lst.address, m):
+            if not await asyncio.to_thread(self.store.is_member, lst.address, m):
                 continue
             n = await asyncio.to_thread(self.store.record_bounce, lst.address, m,
                                         float(self.bounce_window))
             log.info("list bounce list=%s member=<%s> count=%d", lst.address, escape(m), n)
             if n < self.bounce_limit:
                 continue
-            enabled = dict(self.store.members(lst.address)).get(m, False)
+            enabled = dict(await asyncio.to_thread(self.store.members, lst.address)).get(m, False)
             if not enabled:
                 continue
             await asyncio.to_thread(self.store.set_enabled, lst.address, m, False)

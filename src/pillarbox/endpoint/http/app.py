@@ -9,7 +9,7 @@ import ssl
 import aiohttp.web_response
 from aiohttp import web
 
-from pillarbox.endpoint.http import routes
+from pillarbox.endpoint.http import guard, routes
 from pillarbox.endpoint.http.env import HTTPEnv
 from pillarbox.endpoint.http.keys import PRIVATE
 
@@ -24,6 +24,7 @@ HSTS = "max-age=31536000"
 MAX_LINE = 8190
 MAX_HEADERS = 64
 KEEPALIVE = 15.0  # seconds an idle keep-alive connection stays open
+LINGER = 10.0  # at most this long an unread request body is read and dropped
 
 
 class _OneLine(logging.Filter):
@@ -57,7 +58,9 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
 
 
 def make_app(env: HTTPEnv, private: bool) -> web.Application:
-    app = web.Application(client_max_size=env.config().http.max_request_size)
+    settings = env.config().http
+    app = web.Application(client_max_size=settings.max_request_size,
+                          middlewares=[guard.deadline(settings.request_timeout)])
     app[PRIVATE] = private
     app.on_response_prepare.append(_headers)
     app.add_routes(routes.collect(routes.PRIVATE if private else routes.PUBLIC, env))
@@ -70,24 +73,31 @@ class HTTPEndpoint:
     def __init__(self, env: HTTPEnv) -> None:
         self.env = env
         self._runners: list[web.AppRunner] = []
+        self.slots = guard.AddressSlots(env.config().http.max_connections_per_ip)
 
     async def start(self, sockets: dict[str, list[socket.socket]],
                     tls: ssl.SSLContext) -> None:
         """`sockets`: per listen kind (http, https, metrics); `tls` for https,
         a context that follows reloads (tls.following)."""
+        # The keep-alive timer also closes a connection whose next request's
+        # header is not complete by then (guard.py): request_timeout bounds it.
+        timeout = self.env.config().http.request_timeout
         for private, kinds in ((False, ("http", "https")), (True, ("metrics",))):
             socks = [(k, s) for k in kinds for s in sockets.get(k, [])]
             if not socks:
                 continue
             runner = web.AppRunner(make_app(self.env, private), access_log=None,
-                                   handle_signals=False, keepalive_timeout=KEEPALIVE,
+                                   handle_signals=False,
+                                   keepalive_timeout=min(KEEPALIVE, timeout),
+                                   lingering_time=min(LINGER, timeout),
                                    logger=request_log,
                                    max_line_size=MAX_LINE, max_field_size=MAX_LINE,
                                    max_headers=MAX_HEADERS, shutdown_timeout=1.0)
             await runner.setup()
             self._runners.append(runner)
             for kind, sock in socks:
-                site = web.SockSite(runner, sock, ssl_context=tls if kind == "https" else None)
+                site = guard.GuardedSite(runner, sock, self.slots,
+                                         ssl_context=tls if kind == "https" else None)
                 await site.start()
 
     async def stop(self) -> None:
