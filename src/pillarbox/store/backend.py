@@ -22,6 +22,10 @@ class StoreUnavailable(Exception):
     """The database cannot be reached now (PostgreSQL down or restarting); try again later."""
 
 
+class IndexUnavailable(StoreUnavailable):
+    """The IMAP index on PostgreSQL cannot be reached now (store/pg_mailbox_index.py)."""
+
+
 class SchemaTooNew(Exception):
     """The database was migrated by a newer pillarbox; this one must not touch it."""
 

@@ -24,8 +24,9 @@ row lock and catches up with what other nodes committed (`_locked`).
 
 All methods run on the server's event loop thread: one process owns the
 index (or, shared, its in-memory copy), and every change to it is made
-between two awaits, so sessions of one user on one node never race. A store keeps the index of each mailbox in memory; the
-SQLite file is its durable copy. Listeners (the sessions that have a mailbox
+between two awaits, so sessions of one user on one node never race. A store
+keeps the index of each mailbox in memory; the SQLite file (or PostgreSQL) is
+its durable copy. Listeners (the sessions that have a mailbox
 selected) are told after every change, so they can send EXISTS, EXPUNGE and
 FETCH to their clients.
 """

@@ -128,7 +128,7 @@ class PgIndex:
         if self._tx is not None:
             yield
             return
-        with self.pg.transaction() as tx:
+        with _unavailable(), self.pg.transaction() as tx:
             tx.execute(f"SELECT set_config('search_path', '{SCHEMA}', true), "
                        "set_config('pillarbox.owner', ?, true)", (self.owner,))
             if owner or not lock:
@@ -181,13 +181,24 @@ class PgIndex:
     @contextlib.contextmanager
     def _read(self) -> Iterator[_Tx]:
         """A short transaction without locks (a read, or a write no number depends on)."""
-        with self.pg.transaction() as tx:
+        with _unavailable(), self.pg.transaction() as tx:
             tx.execute(f"SELECT set_config('search_path', '{SCHEMA}', true), "
                        "set_config('pillarbox.owner', ?, true)", (self.owner,))
             yield tx
 
     def close(self) -> None:
         """The pool is the process's: nothing of our own to close."""
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """PostgreSQL unreachable, said as the index's (IMAP answers name what is down)."""
+    try:
+        yield
+    except backend.IndexUnavailable:
+        raise
+    except backend.StoreUnavailable as e:
+        raise backend.IndexUnavailable(str(e)) from None
 
 
 class Listener:

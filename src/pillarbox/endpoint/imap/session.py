@@ -498,7 +498,7 @@ class Session:
             result = _storage_failure(e)
         except backend.errors() as e:  # the shared directory (PostgreSQL) is down: try later
             log.warning("IMAP %s failed user=%s error=%s", name, self.user, e)
-            what = ("The mailbox index" if self.store is not None and self.store.shared
+            what = ("The mailbox index" if isinstance(e, backend.IndexUnavailable)
                     else "The user directory")
             result = ("NO", f"[UNAVAILABLE] {what} is unavailable, try again later")
         if result is None:
