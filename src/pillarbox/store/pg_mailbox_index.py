@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pillarbox.imap.index")
 
 COMPONENT = "mailbox_index"
+ANNOUNCE_DELAY = 0.01  # seconds deliveries are gathered into one round of NOTIFYs
 SCHEMA = "pillarbox_mailbox"
 _OWNER = "current_setting('pillarbox.owner')"
 
@@ -96,11 +97,6 @@ def prepare(db: PgDatabase) -> None:
     db.migrate_component(COMPONENT, MIGRATIONS)
 
 
-def notify(db: PgDatabase, key: str) -> None:
-    """Tell every node that the Maildir `key` (relative to mail_root) changed."""
-    db.execute("SELECT pg_notify(?, ?)", (CHANNEL, key))
-
-
 class PgIndex:
     """One owner's index: what MailStore calls `db` (execute, executemany) plus
     `transaction`. Calls outside a transaction run in one of their own."""
@@ -129,16 +125,20 @@ class PgIndex:
             yield
             return
         with _unavailable(), self.pg.transaction() as tx:
-            tx.execute(f"SELECT set_config('search_path', '{SCHEMA}', true), "
-                       "set_config('pillarbox.owner', ?, true)", (self.owner,))
+            # One round trip: the scope, the owner's lock, the notification (sent at commit).
+            extra, params = "", [self.owner]
             if owner or not lock:
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self.owner,))
+                extra += ", pg_advisory_xact_lock(hashtext(?))"
+                params.append(self.owner)
+            if notify:
+                extra += ", pg_notify(?, ?)"
+                params += [CHANNEL, self.key]
+            tx.execute(f"SELECT set_config('search_path', '{SCHEMA}', true), "
+                       f"set_config('pillarbox.owner', ?, true){extra}", tuple(params))
             if lock:
                 marks = ",".join("?" * len(lock))
                 tx.execute(f"SELECT name FROM mailboxes WHERE name IN ({marks}) ORDER BY name "
                            "FOR UPDATE", tuple(sorted(lock)))
-            if notify:
-                tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, self.key))  # at commit
             self._tx = tx
             try:
                 yield
@@ -256,11 +256,25 @@ def attach(stores: StoreRegistry, db: PgDatabase, loop: asyncio.AbstractEventLoo
     root = stores.mail_root
     stores.shared_index = lambda owner, path: PgIndex(db, owner, relative_key(root, path))
 
-    def tell_others(path: Path) -> None:
+    pending: set[str] = set()  # Maildirs delivered into, announced together
+
+    def announce(keys: set[str]) -> None:  # in a worker thread: off the event loop
         try:
-            notify(db, relative_key(root, path))
+            with db.transaction() as tx:
+                for key in sorted(keys):
+                    tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, key))
         except backend.errors() as e:  # they see it at their next command
-            log.warning("could not announce a delivery path=%s error=%s", path, e)
+            log.warning("could not announce deliveries maildirs=%d error=%s", len(keys), e)
+
+    def flush() -> None:
+        keys = set(pending)
+        pending.clear()
+        loop.run_in_executor(None, announce, keys)
+
+    def tell_others(path: Path) -> None:
+        if not pending:
+            loop.call_later(ANNOUNCE_DELAY, flush)
+        pending.add(relative_key(root, path))
 
     stores.tell_others = tell_others
     listener = Listener(db.url, loop.call_soon_threadsafe,
