@@ -25,6 +25,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"{where}: schema version {before} -> {before + applied}")
         else:
             print(f"{where}: schema version {before}, up to date")
+        if _index(cfg)[1]:  # the shared IMAP index (store/pg_mailbox_index.py)
+            from pillarbox.store import pg_mailbox_index
+
+            n = pg_mailbox_index.prepare(db)
+            top = len(pg_mailbox_index.MIGRATIONS)
+            print(f"{where}: IMAP index schema version "
+                  + (f"{top - n} -> {top}" if n else f"{top}, up to date"))
     finally:
         db.close()
     return 0

@@ -305,3 +305,11 @@ def test_a_sqlite_index_in_the_maildir_is_taken_over_with_its_uids(make_server, 
         assert _uids(imap) == [7, 11]
         untagged, _ = imap.ok("UID FETCH 11 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         assert b"\\Seen" in untagged[0] and b"old 1" in untagged[0], untagged
+
+
+def test_migrate_makes_the_index_tables_once(make_server, storage, tmp_path):
+    node = sharing_mail(make_server, storage, tmp_path)(start=False)
+    out = node.cli_ok("migrate").stdout
+    assert "PostgreSQL: IMAP index schema version 0 -> 1" in out, out
+    out = node.cli_ok("migrate").stdout
+    assert "PostgreSQL: IMAP index schema version 1, up to date" in out, out

@@ -92,9 +92,10 @@ def _first_migration() -> list[str]:
 MIGRATIONS: list[list[str]] = [_first_migration()]
 
 
-def prepare(db: PgDatabase) -> None:
-    """Make or migrate the tables (once per process, before the first login)."""
-    db.migrate_component(COMPONENT, MIGRATIONS)
+def prepare(db: PgDatabase) -> int:
+    """Make or migrate the tables (`serve` at its start, `pillarbox migrate`); the
+    number of migrations applied."""
+    return db.migrate_component(COMPONENT, MIGRATIONS)
 
 
 class PgIndex:
