@@ -12,14 +12,18 @@ in-memory copy; this module is only its persistence:
   SQLite index uses (`mailboxes`, `messages`, ...), so MailStore's SQL is
   written once for both backends. Inserts through a view take the owner from
   the same setting (the column default).
-- `transaction(lock=names)` takes the row lock of those mailboxes (`SELECT
-  ... FOR UPDATE`), or without names a per-owner advisory lock (mailboxes
-  made, renamed, deleted), and holds it to the commit: MailStore catches up
-  from the committed rows inside it before it numbers anything, so two nodes
-  never give out the same UID or MODSEQ. A write transaction sends `NOTIFY
-  pillarbox_mailbox` with the Maildir (relative to mail_root) at commit.
-- `Listener` LISTENs on that channel and hands each payload to the event
-  loop, where StoreRegistry wakes that user's sessions.
+- `transaction(lock=names)` takes the row locks of those mailboxes (`SELECT
+  ... FOR UPDATE`) and, without names or with `owner` (mailboxes made,
+  renamed, deleted), first a per-owner advisory lock, all held to the commit:
+  MailStore catches up from the committed rows inside it before it numbers
+  anything, so two nodes never give out the same UID or MODSEQ. A write
+  transaction sends `NOTIFY pillarbox_mailbox` with the Maildir (relative to
+  mail_root) at commit.
+- `attach` wires this into `serve`: StoreRegistry opens PgIndexes, deliveries
+  are announced, and a `Listener` thread hands the other nodes' announcements
+  to the event loop, where StoreRegistry wakes that user's sessions.
+- `PgIndex.adopt`: a user's first login here takes over the SQLite index left
+  in the Maildir (a single node's, or `pillarbox import-maildir`'s).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ log = logging.getLogger("pillarbox.imap.index")
 COMPONENT = "mailbox_index"
 ANNOUNCE_DELAY = 0.01  # seconds deliveries are gathered into one round of NOTIFYs
 SCHEMA = "pillarbox_mailbox"
+OWNER_LOCK = 0x6D627869  # advisory locks (this, hashtext(owner)): "mbxi", its own key space
 _OWNER = "current_setting('pillarbox.owner')"
 
 # (view name, base table, columns, primary key, extra indexes)
@@ -102,7 +107,6 @@ class PgIndex:
     """One owner's index: what MailStore calls `db` (execute, executemany) plus
     `transaction`. Calls outside a transaction run in one of their own."""
 
-    shared = True
     empty_blob = "''::bytea"  # SQLite's x'' is a bit string here
 
     def __init__(self, db: PgDatabase, owner: str, key: str) -> None:
@@ -110,15 +114,13 @@ class PgIndex:
         self.owner = owner
         self.key = key  # the NOTIFY payload: the Maildir relative to mail_root
         self._tx: _Tx | None = None
-        self.wrote = False
 
     @property
     def in_transaction(self) -> bool:
         return self._tx is not None
 
     @contextlib.contextmanager
-    def transaction(self, lock: tuple[str, ...] = (), owner: bool = False,
-                    notify: bool = True) -> Iterator[None]:
+    def transaction(self, lock: tuple[str, ...] = (), owner: bool = False) -> Iterator[None]:
         """A transaction scoped to the owner, holding the row locks of `lock` and,
         with `owner` or without names, the owner's advisory lock (taken first);
         nested calls join it."""
@@ -127,15 +129,11 @@ class PgIndex:
             return
         with _unavailable(), self.pg.transaction() as tx:
             # One round trip: the scope, the owner's lock, the notification (sent at commit).
-            extra, params = "", [self.owner]
-            if owner or not lock:
-                extra += ", pg_advisory_xact_lock(hashtext(?))"
-                params.append(self.owner)
-            if notify:
-                extra += ", pg_notify(?, ?)"
-                params += [CHANNEL, self.key]
+            take = (", pg_advisory_xact_lock(?, hashtext(?))" if owner or not lock else "")
             tx.execute(f"SELECT set_config('search_path', '{SCHEMA}', true), "
-                       f"set_config('pillarbox.owner', ?, true){extra}", tuple(params))
+                       f"set_config('pillarbox.owner', ?, true){take}, pg_notify(?, ?)",
+                       (self.owner, *((OWNER_LOCK, self.owner) if take else ()), CHANNEL,
+                        self.key))
             if lock:
                 marks = ",".join("?" * len(lock))
                 tx.execute(f"SELECT name FROM mailboxes WHERE name IN ({marks}) ORDER BY name "
