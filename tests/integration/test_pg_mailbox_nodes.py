@@ -313,3 +313,25 @@ def test_migrate_makes_the_index_tables_once(make_server, storage, tmp_path):
     assert "PostgreSQL: IMAP index schema version 0 -> 1" in out, out
     out = node.cli_ok("migrate").stdout
     assert "PostgreSQL: IMAP index schema version 1, up to date" in out, out
+
+
+def test_a_client_resyncing_on_the_other_node_learns_what_was_expunged(nodes):
+    """QRESYNC's expunge records are shared: a client that last saw the mailbox on
+    node A and reconnects to node B is told exactly which UIDs went (VANISHED)."""
+    a, b = nodes
+    with RawIMAP(a.imaps_port, ALICE) as on_a:
+        on_a.ok("ENABLE QRESYNC")
+        on_a.ok("SELECT INBOX")
+        _deliver(b, 4, on_a)
+        untagged, _ = on_a.ok("SELECT INBOX")
+        v, m = code_number(untagged, "UIDVALIDITY"), code_number(untagged, "HIGHESTMODSEQ")
+        on_a.ok("UID STORE 2,4 +FLAGS.SILENT (\\Deleted)")
+        on_a.ok("UID EXPUNGE 2,4")
+        on_a.ok("UID STORE 3 +FLAGS.SILENT (\\Answered)")
+    with RawIMAP(b.imaps_port, ALICE) as on_b:
+        on_b.ok("ENABLE QRESYNC")
+        untagged, _ = on_b.ok(f"SELECT INBOX (QRESYNC ({v} {m}))")
+        assert b"VANISHED (EARLIER) 2,4" in untagged, untagged
+        fetched = [u for u in untagged if b"FETCH" in u]
+        assert len(fetched) == 1 and b"UID 3" in fetched[0], fetched
+        assert b"\\Answered" in fetched[0], fetched
