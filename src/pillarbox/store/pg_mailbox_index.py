@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from pillarbox.store import backend
-from pillarbox.store.pg_uids import CHANNEL
 from pillarbox.store.postgresql import CONNECT_TIMEOUT, LISTEN_RETRY, Result, _reason, _Tx
 
 if TYPE_CHECKING:
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pillarbox.imap.index")
 
 COMPONENT = "mailbox_index"
+CHANNEL = "pillarbox_mailbox"  # NOTIFY payload: the owner whose mailboxes changed
 ANNOUNCE_DELAY = 0.01  # seconds deliveries are gathered into one round of NOTIFYs
 SCHEMA = "pillarbox_mailbox"
 OWNER_LOCK = 0x6D627869  # advisory locks (this, hashtext(owner)): "mbxi", its own key space
