@@ -43,3 +43,16 @@ def test_hostile_autocrypt_headers_learn_nothing():
         "a@example.test", b"\0\0\0")
     assert autocrypt.parse_header("garbage") is None
     assert autocrypt.parse_header("addr=a; addr=b; keydata=AAAA") is None
+
+
+def test_inline_armor_counts_only_at_a_line_start_within_the_scanned_part():
+    armor = b"-----BEGIN PGP MESSAGE-----\r\n\r\nwcBMA...\r\n-----END PGP MESSAGE-----\r\n"
+    head = b"From: x@y\r\nSubject: s\r\n\r\n"
+    inline = head + b"see below\r\n" + armor
+    assert EncryptingReader(io.BytesIO(inline), CERT, len(inline)).read() == inline
+    quoted = head + b"> " + armor  # mid-line: not an encrypted message
+    stored = EncryptingReader(io.BytesIO(quoted), CERT, len(quoted)).read()
+    assert stored != quoted and inner_of(stored) == quoted[quoted.index(b"\r\n\r\n") + 2:]
+    late = head + b"x" * (64 * 1024) + b"\r\n" + armor  # past the scanned 64 KB
+    stored = EncryptingReader(io.BytesIO(late), CERT, len(late)).read()
+    assert stored != late and inner_of(stored) == late[late.index(b"\r\n\r\n") + 2:]
