@@ -17,15 +17,18 @@ event loop. Up to STREAM_AT bytes are read whole and encrypted in memory
 
 from __future__ import annotations
 
+import io
 import re
 import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import pysequoia
+
+from pillarbox.modify import pgp_child
 
 STREAM_AT = 1 << 20  # bytes; larger messages are encrypted by a streaming child
 BLOCK = 1 << 16
@@ -161,30 +164,43 @@ class EncryptingReader:
 
     def _whole(self, data: bytes) -> bytes:
         """The message `data` (read whole) in its stored form."""
+        plan = self.plan(data)
+        if plan is None:
+            return data
+        wrapper, plain = plan
+        del data
+        try:
+            armored = pysequoia.encrypt(plain, [parsed(self.cert)])
+        except Exception as e:
+            raise OSError(f"OpenPGP encryption failed: {e}") from None
+        del plain
+        return self.seal(wrapper, armored)
+
+    def seal(self, wrapper: bytes, armored: bytes) -> bytes:
+        """The stored form, from plan()'s wrapper and the armored message."""
+        return b"".join((wrapper, _crlf(armored), self._closing))
+
+    def plan(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """The message `data` (read whole) split for encryption: (the outer
+        header and PGP/MIME parts up to the armored message, the inner entity
+        to encrypt); None when it is stored as it is."""
         if data.startswith(b"\r\n"):
             head, rest = b"", data
         else:
             at = data.find(b"\r\n\r\n")
             if at < 0:
-                return data  # no body: the whole message is header, stored as is
+                return None  # no body: the whole message is header, stored as is
             if at + 2 > _HEADER_MAX:  # no header we rewrite: all of it goes inside
                 head, rest = b"", data
             else:
                 head, rest = data[: at + 2], data[at + 2:]
         fields = split_fields(head)
         if already_encrypted(fields, rest[2:2 + _SCAN]):
-            return data
+            return None
         self.encrypted = True
         inner, wrapper = self._wrap(fields)
         inner.append(rest)
-        plain = b"".join(inner)
-        del data, rest
-        try:
-            armored = pysequoia.encrypt(plain, [parsed(self.cert)])
-        except Exception as e:
-            raise OSError(f"OpenPGP encryption failed: {e}") from None
-        del plain
-        return b"".join((wrapper, _crlf(armored), self._closing))
+        return wrapper, b"".join(inner)
 
     def _wrap(self, fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], bytes]:
         """(the inner entity's header fields, the outer header and the
@@ -241,6 +257,64 @@ class EncryptingReader:
         self._feeder.join()
         if child.wait() != 0:
             raise OSError(f"OpenPGP encryption failed (child exit {child.returncode})")
+
+
+class Sealing:
+    """How the Maildir writer reads a message stored encrypted
+    (Encryption.opener): called, the encrypted message as a blocking reader.
+    seal_batch() may have made it already, in the encryption child."""
+
+    def __init__(self, plain: Callable[[], BinaryIO], cert: bytes, size: int,
+                 protect_subject: bool) -> None:
+        self.plain, self.cert, self.size = plain, cert, size
+        self.protect_subject = protect_subject
+        self.ready: bytes | None = None
+
+    def __call__(self) -> BinaryIO:
+        if self.ready is not None:
+            data, self.ready = self.ready, None
+            return io.BytesIO(data)
+        return EncryptingReader(self.plain(), self.cert, self.size,  # type: ignore[return-value]
+                                self.protect_subject)
+
+
+BATCH_MAX = 256 * 1024  # bytes: larger messages are encrypted on their own, when read
+ROUND_TRIP_MAX = 8 << 20  # bytes of plaintext sent to the child at once at most
+_child = pgp_child.Child()
+
+
+def seal_batch(openers: list[Callable[[], BinaryIO]]) -> None:
+    """Blocking (the Maildir writer's thread, before it writes a batch):
+    encrypt the batch's small messages in the encryption child, a round trip
+    for all of them. Whatever this does not make (the child failed, a message
+    too large) is encrypted in process when the writer reads it."""
+    todo = [o for o in openers if isinstance(o, Sealing) and o.ready is None
+            and o.size <= BATCH_MAX]
+    while todo:
+        take, size = 0, 0
+        while take < len(todo) and (take == 0 or size + todo[take].size <= ROUND_TRIP_MAX):
+            size += todo[take].size
+            take += 1
+        batch, todo = todo[:take], todo[take:]
+        certs: dict[bytes, int] = {}
+        items: list[tuple[int, bytes]] = []
+        plans: list[tuple[Sealing, EncryptingReader, bytes]] = []
+        for o in batch:
+            with o.plain() as source:
+                data = source.read()
+            reader = EncryptingReader(io.BytesIO(b""), o.cert, len(data), o.protect_subject)
+            plan = reader.plan(data)
+            if plan is None:
+                o.ready = data  # stored as it is (already encrypted, no body)
+                continue
+            items.append((certs.setdefault(o.cert, len(certs)), plan[1]))
+            plans.append((o, reader, plan[0]))
+        if not items:
+            continue
+        armored = _child.encrypt_many(list(certs), items)
+        for (o, reader, wrapper), a in zip(plans, armored, strict=True):
+            if a is not None:
+                o.ready = reader.seal(wrapper, a)
 
 
 _parsed: dict[bytes, pysequoia.Cert] = {}

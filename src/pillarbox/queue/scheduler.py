@@ -150,7 +150,7 @@ class Queue:
         if self.encryption is not None:
             self.encryption.settings = config.encryption
             if self._scrubs():
-                self._configure_scrub()
+                self._configure_encryption()
 
     # -- intake -----------------------------------------------------------
 
@@ -183,7 +183,7 @@ class Queue:
     async def start(self) -> None:
         envs = await asyncio.to_thread(self.spool.load)
         if self._scrubs():
-            self._configure_scrub()
+            self._configure_encryption()
             # Finished before a kill, maybe before their delayed scrub: zero them now.
             await asyncio.to_thread(self.spool.scrub_now, self.spool.unscrubbed)
         now = time.time()
@@ -437,11 +437,13 @@ class Queue:
     def _scrubs(self) -> bool:
         return self.encryption is not None and self.encryption.enabled
 
-    def _configure_scrub(self) -> None:
-        """Delayed scrubs, and segments rotating three times within the delay:
-        a segment whose messages are all delivered is deleted whole before
-        their scrubs fall due, so steady traffic rewrites nothing."""
+    def _configure_encryption(self) -> None:
+        """Maildir batches encrypted in the encryption child; delayed scrubs,
+        and segments rotating three times within the delay: a segment whose
+        messages are all delivered is deleted whole before their scrubs fall
+        due, so steady traffic rewrites nothing."""
         delay = self.config.encryption.scrub_delay
+        self.maildir.prepare = pgp_encrypt.seal_batch  # encrypted in a child, a batch at once
         self.spool.scrub_delay = delay
         self.spool.max_age = max(1.0, delay / 3) if delay > 0 else SEGMENT_MAX_AGE
 

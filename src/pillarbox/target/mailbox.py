@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import io
 import itertools
+import logging
 import os
 import socket
 import time
@@ -29,6 +30,7 @@ from typing import BinaryIO
 
 from pillarbox.store.mailbox_index import SPECIAL_USE, valid_name
 
+log = logging.getLogger("pillarbox.delivery")
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 SYNCFS_MIN_BATCH = 4
@@ -168,6 +170,11 @@ class _Job:
     error: BaseException | None = None
 
 
+# Called with a batch's body openers before its files are written (in the
+# writer's thread): encryption at rest makes all the batch's bodies at once.
+Prepare = Callable[[list[Callable[[], BinaryIO]]], None]
+
+
 def _sync(fds: list[int]) -> None:
     if _syncfs is not None and len(fds) >= SYNCFS_MIN_BATCH:
         if _syncfs(fds[0]) == 0:
@@ -176,8 +183,13 @@ def _sync(fds: list[int]) -> None:
         os.fsync(fd)
 
 
-def _write_batch(jobs: list[_Job]) -> None:
+def _write_batch(jobs: list[_Job], prepare: Prepare | None = None) -> None:
     """Blocking: runs in a worker thread. Sets each job's size or error."""
+    if prepare is not None:
+        try:
+            prepare([job.open_body for job in jobs])
+        except Exception as e:  # each body is then made as it is read
+            log.warning("maildir batch preparation failed error=%r", e)
     fds: list[int] = []
     made: set[Path] = set()
     try:
@@ -237,6 +249,7 @@ class MaildirWriter:
     def __init__(self) -> None:
         self._pending: list[_Job] = []
         self._task: asyncio.Task | None = None
+        self.prepare: Prepare | None = None
         # Called with the Maildir path after each committed delivery (IMAP IDLE).
         self.on_delivered: list[Callable[[Path], None]] = []
 
@@ -254,7 +267,7 @@ class MaildirWriter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await asyncio.to_thread(_write_batch, batch)
+                    await asyncio.to_thread(_write_batch, batch, self.prepare)
                 except BaseException as e:  # also cancellation: fail the waiters
                     for job in batch:
                         job.error = job.error or e

@@ -1,0 +1,132 @@
+"""Encryption at rest off the server's GIL: small messages are encrypted in a
+long-lived child process, a Maildir writer batch per round trip.
+
+pysequoia holds the GIL while it encrypts (about 0.1 ms a message, most of it
+the key agreement), and the server's one Python thread was the narrow stage
+of intake and delivery. The child runs on another core; the writer thread
+waits for it without the GIL, so the event loop keeps taking mail meanwhile.
+One round trip carries a whole batch, so the pipe's wake-ups are paid once
+per batch, not once per message (per message they cost as much as they saved).
+
+Protocol, both ways big-endian u32 lengths. Request: number of certificates,
+each (length, binary or armored certificate); number of items, each
+(certificate index, length, plaintext). Reply: per item (1 ok / 0 failed,
+length, ASCII-armored message or the error text). The child ends at EOF.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import threading
+from typing import BinaryIO
+
+_U32 = struct.Struct(">I")
+_ITEM = struct.Struct(">II")
+_REPLY = struct.Struct(">BI")
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise EOFError("the encryption child's pipe ended")
+    return data
+
+
+class Child:
+    """The parent's side: one child, started on first use and again after it died."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # one round trip at a time
+
+    def encrypt_many(self, certs: list[bytes], items: list[tuple[int, bytes]]
+                     ) -> list[bytes | None]:
+        """Blocking. Armored messages in the order of `items` ((index into
+        `certs`, plaintext)); None where encrypting one failed. OSError when
+        the child is unusable (it is then stopped, and started afresh next time)."""
+        parts = [_U32.pack(len(certs))]
+        for cert in certs:
+            parts += [_U32.pack(len(cert)), cert]
+        parts.append(_U32.pack(len(items)))
+        for i, plain in items:
+            parts += [_ITEM.pack(i, len(plain)), plain]
+        with self._lock:
+            try:
+                proc = self._start()
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(b"".join(parts))
+                proc.stdin.flush()
+                out: list[bytes | None] = []
+                for _ in items:
+                    ok, n = _REPLY.unpack(_read_exact(proc.stdout, _REPLY.size))
+                    data = _read_exact(proc.stdout, n)
+                    out.append(data if ok else None)
+                return out
+            except (OSError, EOFError, ValueError, struct.error) as e:
+                self._stop()
+                raise OSError(f"encryption child failed: {e!r}") from None
+
+    def _start(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "pillarbox.modify.pgp_child"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                close_fds=True, bufsize=1 << 20)
+        return self._proc
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        for f in (proc.stdin, proc.stdout):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        proc.wait()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+
+def main() -> int:
+    import pysequoia
+
+    rin = open(0, "rb", buffering=1 << 20, closefd=False)
+    out = open(1, "wb", buffering=1 << 20, closefd=False)
+    parsed: dict[bytes, pysequoia.Cert] = {}
+    while True:
+        head = rin.read(4)
+        if len(head) < 4:
+            return 0  # the server closed the pipe
+        certs = []
+        for _ in range(_U32.unpack(head)[0]):
+            raw = _read_exact(rin, _U32.unpack(_read_exact(rin, 4))[0])
+            if raw not in parsed:
+                if len(parsed) >= 1024:
+                    parsed.clear()
+                parsed[raw] = pysequoia.Cert.from_bytes(raw)
+            certs.append(parsed[raw])
+        replies = []
+        for _ in range(_U32.unpack(_read_exact(rin, 4))[0]):
+            i, n = _ITEM.unpack(_read_exact(rin, _ITEM.size))
+            plain = _read_exact(rin, n)
+            try:
+                data, ok = pysequoia.encrypt(plain, [certs[i]]), 1
+                if isinstance(data, str):
+                    data = data.encode()
+            except Exception as e:  # reported per message; the parent encrypts it itself
+                data, ok = repr(e).encode(), 0
+            replies += [_REPLY.pack(ok, len(data)), data]
+        out.write(b"".join(replies))
+        out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
