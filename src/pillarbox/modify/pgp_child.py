@@ -7,11 +7,14 @@ of intake and delivery. The child runs on another core; the writer thread
 waits for it without the GIL, so the event loop keeps taking mail meanwhile.
 One round trip carries a whole batch, so the pipe's wake-ups are paid once
 per batch, not once per message (per message they cost as much as they saved).
+The child also does the PGP/MIME wrapping (modify/pgp_encrypt.py, the same
+code as in process): the server only reads each message and pipes it.
 
 Protocol, both ways big-endian u32 lengths. Request: number of certificates,
 each (length, binary or armored certificate); number of items, each
-(certificate index, length, plaintext). Reply: per item (1 ok / 0 failed,
-length, ASCII-armored message or the error text). The child ends at EOF.
+(certificate index, protect_subject 0/1, length, the whole message). Reply:
+per item (1 ok / 0 failed, length, the message in its stored form or the
+error text). The child ends at EOF.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import threading
 from typing import BinaryIO
 
 _U32 = struct.Struct(">I")
-_ITEM = struct.Struct(">II")
+_ITEM = struct.Struct(">IBI")
 _REPLY = struct.Struct(">BI")
 
 
@@ -41,17 +44,18 @@ class Child:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()  # one round trip at a time
 
-    def encrypt_many(self, certs: list[bytes], items: list[tuple[int, bytes]]
+    def encrypt_many(self, certs: list[bytes], items: list[tuple[int, bool, bytes]]
                      ) -> list[bytes | None]:
-        """Blocking. Armored messages in the order of `items` ((index into
-        `certs`, plaintext)); None where encrypting one failed. OSError when
-        the child is unusable (it is then stopped, and started afresh next time)."""
+        """Blocking. The stored forms of `items` ((index into `certs`,
+        protect_subject, the message)), in order; None where one failed.
+        OSError when the child is unusable (it is then stopped, and started
+        afresh next time)."""
         parts = [_U32.pack(len(certs))]
         for cert in certs:
             parts += [_U32.pack(len(cert)), cert]
         parts.append(_U32.pack(len(items)))
-        for i, plain in items:
-            parts += [_ITEM.pack(i, len(plain)), plain]
+        for i, protect, message in items:
+            parts += [_ITEM.pack(i, protect, len(message)), message]
         with self._lock:
             try:
                 proc = self._start()
@@ -96,32 +100,26 @@ class Child:
 
 
 def main() -> int:
-    import pysequoia
+    import io
+
+    from pillarbox.modify.pgp_encrypt import EncryptingReader
 
     rin = open(0, "rb", buffering=1 << 20, closefd=False)
     out = open(1, "wb", buffering=1 << 20, closefd=False)
-    parsed: dict[bytes, pysequoia.Cert] = {}
     while True:
         head = rin.read(4)
         if len(head) < 4:
             return 0  # the server closed the pipe
-        certs = []
-        for _ in range(_U32.unpack(head)[0]):
-            raw = _read_exact(rin, _U32.unpack(_read_exact(rin, 4))[0])
-            if raw not in parsed:
-                if len(parsed) >= 1024:
-                    parsed.clear()
-                parsed[raw] = pysequoia.Cert.from_bytes(raw)
-            certs.append(parsed[raw])
+        certs = [_read_exact(rin, _U32.unpack(_read_exact(rin, 4))[0])
+                 for _ in range(_U32.unpack(head)[0])]
         replies = []
         for _ in range(_U32.unpack(_read_exact(rin, 4))[0]):
-            i, n = _ITEM.unpack(_read_exact(rin, _ITEM.size))
-            plain = _read_exact(rin, n)
+            i, protect, n = _ITEM.unpack(_read_exact(rin, _ITEM.size))
+            message = _read_exact(rin, n)
             try:
-                data, ok = pysequoia.encrypt(plain, [certs[i]]), 1
-                if isinstance(data, str):
-                    data = data.encode()
-            except Exception as e:  # reported per message; the parent encrypts it itself
+                data = EncryptingReader(io.BytesIO(message), certs[i], n, bool(protect)).read()
+                ok = 1
+            except Exception as e:  # reported per message; the server encrypts it itself
                 data, ok = repr(e).encode(), 0
             replies += [_REPLY.pack(ok, len(data)), data]
         out.write(b"".join(replies))

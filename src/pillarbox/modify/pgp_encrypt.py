@@ -297,24 +297,14 @@ def seal_batch(openers: list[Callable[[], BinaryIO]]) -> None:
             take += 1
         batch, todo = todo[:take], todo[take:]
         certs: dict[bytes, int] = {}
-        items: list[tuple[int, bytes]] = []
-        plans: list[tuple[Sealing, EncryptingReader, bytes]] = []
+        items: list[tuple[int, bool, bytes]] = []
         for o in batch:
             with o.plain() as source:
-                data = source.read()
-            reader = EncryptingReader(io.BytesIO(b""), o.cert, len(data), o.protect_subject)
-            plan = reader.plan(data)
-            if plan is None:
-                o.ready = data  # stored as it is (already encrypted, no body)
-                continue
-            items.append((certs.setdefault(o.cert, len(certs)), plan[1]))
-            plans.append((o, reader, plan[0]))
-        if not items:
-            continue
-        armored = _child.encrypt_many(list(certs), items)
-        for (o, reader, wrapper), a in zip(plans, armored, strict=True):
-            if a is not None:
-                o.ready = reader.seal(wrapper, a)
+                message = source.read()
+            items.append((certs.setdefault(o.cert, len(certs)), o.protect_subject, message))
+        stored = _child.encrypt_many(list(certs), items)
+        for o, data in zip(batch, stored, strict=True):
+            o.ready = data
 
 
 _parsed: dict[bytes, pysequoia.Cert] = {}

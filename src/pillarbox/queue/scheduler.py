@@ -287,6 +287,7 @@ class Queue:
                         msg_id, escape(env.mail_from), escape(",".join(env.rcpts)),
                         escape(",".join(d.to for d in left)),
                         f"yes dsn={dsn_id}" if dsn_id else "no")
+            self._sealed.discard(msg_id)
             self.spool.done(msg_id, scrub=self._scrubs())
         finally:
             self._active.discard(msg_id)
@@ -651,6 +652,8 @@ class Queue:
             opener = self._opener(env, d.to)
             if isinstance(opener, str):
                 return opener
+            if isinstance(opener, pgp_encrypt.Sealing):
+                self._sealed.add(env.id)
             size = await self.maildir.deliver(path, prefix, opener)
             self.users.add_used(d.to, size)
             return None
