@@ -307,6 +307,11 @@ def seal_batch(openers: list[Callable[[], BinaryIO]]) -> None:
             o.ready = data
 
 
+def stop_child() -> None:
+    """Blocking: end the encryption child (after the batch it may be doing)."""
+    _child.close()
+
+
 _parsed: dict[bytes, pysequoia.Cert] = {}
 _PARSED_MAX = 1024
 

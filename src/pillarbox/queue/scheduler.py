@@ -211,6 +211,7 @@ class Queue:
             log.warning("queue stop: %d tasks did not end; their messages stay queued",
                         len(pending))
         await asyncio.to_thread(self.spool.flush_scrubs)  # no delayed scrub left undone
+        await asyncio.to_thread(pgp_encrypt.stop_child)
         await self.remote.close()
 
     async def pickup(self) -> int:
