@@ -149,8 +149,7 @@ class Queue:
         self.remote.reconfigure(config)
         if self.encryption is not None:
             self.encryption.settings = config.encryption
-            if self._scrubs():
-                self._configure_encryption()
+            self._configure_encryption()
 
     # -- intake -----------------------------------------------------------
 
@@ -444,10 +443,12 @@ class Queue:
         and segments rotating three times within the delay: a segment whose
         messages are all delivered is deleted whole before their scrubs fall
         due, so steady traffic rewrites nothing."""
+        on = self._scrubs()
         delay = self.config.encryption.scrub_delay
-        self.maildir.prepare = pgp_encrypt.seal_batch  # encrypted in a child, a batch at once
-        self.spool.scrub_delay = delay
-        self.spool.max_age = max(1.0, delay / 3) if delay > 0 else SEGMENT_MAX_AGE
+        # encrypted in a child, a batch at once
+        self.maildir.prepare = pgp_encrypt.seal_batch if on else None
+        self.spool.scrub_delay = delay  # also for the scrubs still pending after a reload
+        self.spool.max_age = max(1.0, delay / 3) if on and delay > 0 else SEGMENT_MAX_AGE
 
     def _was_encrypted(self, msg_id: str, state: State) -> bool:
         """Was a copy encrypted (then its queue record is zeroed)? Mail stored
