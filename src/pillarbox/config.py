@@ -204,6 +204,9 @@ class PostfixSettings:
 POSTFIX_LISTENERS = ("recipient_access", "virtual_alias", "policy")
 
 
+SCRUB_DELAY_MAX = 30
+
+
 @dataclass
 class EncryptionSettings:
     """[encryption]: OpenPGP encryption at rest (docs/ENCRYPTION.md)."""
@@ -213,6 +216,7 @@ class EncryptionSettings:
     protect_subject: bool = False  # outer Subject "...", the real one inside
     no_key: str = "clear"  # clear | defer (450 at RCPT) | hold (stays queued)
     learn_autocrypt: list[str] = field(default_factory=list)  # domains; "*" = all
+    scrub_delay: float = 15.0  # seconds from delivery to zeroing its queue record (0..30)
 
 
 TLS_MODES = ("none", "opportunistic", "required", "verify")
@@ -383,7 +387,8 @@ _SECTION_KEYS = {
              "max_request_size", "request_timeout", "max_connections_per_ip"},
     "acme": {"directory", "email", "names", "renew_before", "ca_file"},
     "postfix": {*POSTFIX_LISTENERS, "idle_timeout"},
-    "encryption": {"domains", "users", "protect_subject", "no_key", "learn_autocrypt"},
+    "encryption": {"domains", "users", "protect_subject", "no_key", "learn_autocrypt",
+                   "scrub_delay"},
 }
 _ROUTE_KEYS = {"domains", "senders", "host", "tls", "auth_user", "auth_password"}
 
@@ -880,6 +885,14 @@ def _encryption(d: dict, domains: list[str]) -> EncryptionSettings:
         if out.no_key not in ("clear", "defer", "hold"):
             raise ConfigError("encryption.no_key",
                               f"expected \"clear\", \"defer\" or \"hold\", got {out.no_key!r}")
+    if "scrub_delay" in d:
+        v = d["scrub_delay"]
+        # At most 30: with the kernel's 30 s write-back the zeros reach the
+        # disk within the issue's 60 s of delivery.
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= SCRUB_DELAY_MAX:
+            raise ConfigError("encryption.scrub_delay",
+                              f"expected seconds from 0 to {SCRUB_DELAY_MAX}, got {v!r}")
+        out.scrub_delay = float(v)
     return out
 
 
@@ -1195,6 +1208,9 @@ protect_subject = false    # true: the outer Subject is "...", the real one insi
 no_key          = "clear"
 # Domains ("*": all) whose users' own Autocrypt header on submission sets their key.
 learn_autocrypt = []
+# Seconds (0 to 30) after delivery until an encrypted message's cleartext in the
+# queue is overwritten; queue files whose messages are all delivered go before.
+scrub_delay     = 15
 
 # Static routes (first match wins; no match: MX lookup). Example: send all
 # outgoing mail through a smarthost with a login.

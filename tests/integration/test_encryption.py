@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .pgp_keys import gpg_home, gpg_key, sequoia_decrypt, sequoia_key
-from .support import ALICE, BOB, free_ports, token
+from .support import ALICE, BOB, free_ports, token, wait_until
 
 ENCRYPTED = {"domains": ["example.test"]}
 _ARMOR = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----\r?\n", re.S)
@@ -233,39 +233,90 @@ def test_already_encrypted_mail_is_stored_unchanged(make_server, tmp_path, alice
                    for raw in stored), msg[:80]
 
 
-def test_no_cleartext_left_under_the_data_dir_with_a_deferred_message_alongside(
-        make_server, tmp_path, alice_key):
-    (closed,) = free_ports(1)
-    server = make_server(encryption=ENCRYPTED, extra_toml=(
-        f'[[route]]\ndomains = ["far.test"]\nhost = "127.0.0.1:{closed}"\ntls = "none"\n'))
-    assert import_key(server, ALICE, bytes(alice_key.extract_certificate()),
-                      tmp_path).returncode == 0
-    kept, secret = "KEPT" + token(), "SECRET" + token()
-    with server.submission(ALICE) as s:  # refused connection: stays deferred
+def files_holding(root: Path, markers: list[str]) -> dict[str, list[str]]:
+    """For each marker, the files under `root` whose bytes hold it."""
+    found: dict[str, list[str]] = {m: [] for m in markers}
+    for parent, _, files in os.walk(root):
+        for name in files:
+            path = Path(parent, name)
+            try:
+                if not path.is_file():
+                    continue  # the control socket
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # a segment or temporary file deleted meanwhile
+            for m in markers:
+                if m.encode() in data:
+                    found[m].append(str(path))
+    return found
+
+
+def send_deferred(server, kept: str) -> None:
+    """A message that stays queued (its relay refuses connections), in the same
+    queue segment as what is sent next."""
+    with server.submission(ALICE) as s:
         s.sendmail(ALICE, ["x@far.test"], plain_message(token(), to="x@far.test")
                    .replace(b"second line", kept.encode()).replace(b"Sender <sender@remote.test>",
                                                                 ALICE.encode()))
+
+
+def send_secret(server, secret: str, to: str = ALICE, nth: int = 1) -> bytes:
+    """Deliver a message holding `secret`, the `nth` in `to`'s mailbox; its stored form."""
     with server.smtp() as s:
-        s.sendmail("sender@remote.test", [ALICE],
-                   plain_message(token()).replace(b"second line", secret.encode()))
-    (raw,) = server.wait_for_messages(ALICE, 1)
-    assert secret.encode() not in raw
+        s.sendmail("sender@remote.test", [to],
+                   plain_message(token(), to=to).replace(b"second line", secret.encode()))
+    return server.wait_for_messages(to, nth)[-1]
+
+
+def far_route(port: int) -> str:
+    return f'[[route]]\ndomains = ["far.test"]\nhost = "127.0.0.1:{port}"\ntls = "none"\n'
+
+
+def test_no_cleartext_left_under_the_data_dir_with_a_deferred_message_alongside(
+        make_server, tmp_path, alice_key):
+    (closed,) = free_ports(1)
+    server = make_server(encryption={**ENCRYPTED, "scrub_delay": 1}, extra_toml=far_route(closed))
+    assert import_key(server, ALICE, bytes(alice_key.extract_certificate()),
+                      tmp_path).returncode == 0
+    kept, secret, clear = "KEPT" + token(), "SECRET" + token(), "CLEAR" + token()
+    send_deferred(server, kept)
+    # Bob has no key ([encryption] no_key = "clear"): his copy is stored in clear.
+    assert clear.encode() in send_secret(server, clear, to=BOB)
+    assert secret.encode() not in send_secret(server, secret)
     assert [m["id"] for m in server.queue_list()]  # the deferred one is still queued
-    holding = {secret: [], kept: []}
-    for root, _, files in os.walk(server.data_dir):
-        for name in files:
-            path = Path(root, name)
-            if not path.is_file():
-                continue
-            data = path.read_bytes()
-            for m in holding:
-                if m.encode() in data:
-                    holding[m].append(str(path))
+    wait_until(lambda: not files_holding(server.data_dir, [secret])[secret], 10,
+               "the encrypted message's cleartext gone from every file")
+    holding = files_holding(server.data_dir, [kept, clear])
     assert holding[kept], "the deferred message should still be in the queue"
-    assert holding[secret] == [], f"cleartext left in {holding[secret]}"
+    # Only messages that were encrypted are scrubbed: Bob's is in his Maildir
+    # anyway, and its queue record (delivered before Alice's) is left as it was.
+    assert [p for p in holding[clear] if "/queue/" in p], holding[clear]
     assert secret not in server.log_text()
     # the scrubbed record keeps its segment readable: the deferred one survives a restart
     server.restart()
+    assert len(server.queue_list()) == 1
+
+
+def test_a_stop_or_a_crash_before_the_scrub_is_due_leaves_no_cleartext(
+        make_server, tmp_path, alice_key):
+    """With the scrub delayed (scrub_delay = 30), a stop does the pending
+    scrubs before it ends, and a start after a kill -9 does the ones it missed."""
+    (closed,) = free_ports(1)
+    server = make_server(encryption={**ENCRYPTED, "scrub_delay": 30}, extra_toml=far_route(closed))
+    assert import_key(server, ALICE, bytes(alice_key.extract_certificate()),
+                      tmp_path).returncode == 0
+    kept, crashed, stopped = "KEPT" + token(), "CRASH" + token(), "STOP" + token()
+    send_deferred(server, kept)
+    send_secret(server, crashed)
+    server.kill9()
+    server.start()
+    wait_until(lambda: not files_holding(server.data_dir, [crashed])[crashed], 10,
+               "the cleartext a kill -9 left in the queue zeroed at start")
+    send_secret(server, stopped, nth=2)
+    server.stop()
+    holding = files_holding(server.data_dir, [kept, stopped])
+    assert holding[kept] and holding[stopped] == [], holding
+    server.start()
     assert len(server.queue_list()) == 1
 
 

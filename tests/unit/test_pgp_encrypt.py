@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 
 import pysequoia
+import pytest
 
-from pillarbox.modify import autocrypt
-from pillarbox.modify.pgp_encrypt import EncryptingReader
+from pillarbox.modify import autocrypt, pgp_child, pgp_encrypt
+from pillarbox.modify.pgp_encrypt import EncryptingReader, Sealing, seal_batch
 
 TSK = pysequoia.Tsk.generate("a@example.test")
 CERT = bytes(TSK.extract_certificate())
@@ -43,3 +44,57 @@ def test_hostile_autocrypt_headers_learn_nothing():
         "a@example.test", b"\0\0\0")
     assert autocrypt.parse_header("garbage") is None
     assert autocrypt.parse_header("addr=a; addr=b; keydata=AAAA") is None
+
+
+def test_inline_armor_counts_only_at_a_line_start_within_the_scanned_part():
+    armor = b"-----BEGIN PGP MESSAGE-----\r\n\r\nwcBMA...\r\n-----END PGP MESSAGE-----\r\n"
+    head = b"From: x@y\r\nSubject: s\r\n\r\n"
+    inline = head + b"see below\r\n" + armor
+    assert EncryptingReader(io.BytesIO(inline), CERT, len(inline)).read() == inline
+    quoted = head + b"> " + armor  # mid-line: not an encrypted message
+    stored = EncryptingReader(io.BytesIO(quoted), CERT, len(quoted)).read()
+    assert stored != quoted and inner_of(stored) == quoted[quoted.index(b"\r\n\r\n") + 2:]
+    late = head + b"x" * (64 * 1024) + b"\r\n" + armor  # past the scanned 64 KB
+    stored = EncryptingReader(io.BytesIO(late), CERT, len(late)).read()
+    assert stored != late and inner_of(stored) == late[late.index(b"\r\n\r\n") + 2:]
+
+
+def _sealings(msgs: list[bytes], cert: bytes = CERT) -> list[Sealing]:
+    return [Sealing(lambda m=m: io.BytesIO(m), cert, len(m), False) for m in msgs]
+
+
+def test_a_batch_is_encrypted_in_the_child_and_decrypts_to_each_entity():
+    other = pysequoia.Tsk.generate("b@example.test")
+    msgs = [b"From: x@y\r\nSubject: %d\r\nContent-Type: text/plain\r\n\r\nsecret %d\r\n" % (i, i)
+            for i in range(3)]
+    armored = b"From: x@y\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nwcBM\r\n"
+    openers = _sealings(msgs) + _sealings([armored]) + _sealings(
+        [msgs[0]], bytes(other.extract_certificate()))
+    seal_batch(openers)  # type: ignore[arg-type]
+    assert all(o.ready is not None for o in openers)
+    stored = [o().read() for o in openers]
+    for m, s in zip(msgs, stored, strict=False):
+        assert b"secret" not in s
+        assert inner_of(s) == b"Content-Type: text/plain\r\n" + m[m.index(b"\r\n\r\n") + 2:]
+    assert stored[3] == armored  # already encrypted: as it is
+    out = pysequoia.decrypt(stored[4][stored[4].index(b"-----BEGIN"):], other.decryptor()).bytes
+    assert out is not None and b"secret 0" in out
+
+
+def test_a_dead_or_missing_child_leaves_the_encryption_to_the_reader(monkeypatch):
+    msg = b"From: x@y\r\nSubject: s\r\n\r\nsecret body\r\n"
+    seal_batch(_sealings([msg]))  # type: ignore[arg-type]  # the child runs
+    proc = pgp_encrypt._child._proc
+    assert proc is not None
+    proc.kill()
+    proc.wait()
+    openers = _sealings([msg])
+    seal_batch(openers)  # type: ignore[arg-type]  # started afresh
+    assert openers[0].ready is not None and inner_of(openers[0]().read()) == b"\r\nsecret body\r\n"
+    monkeypatch.setattr(pgp_child.sys, "executable", "/nonexistent/python")
+    pgp_encrypt._child.close()
+    openers = _sealings([msg])
+    with pytest.raises(OSError):
+        seal_batch(openers)  # type: ignore[arg-type]
+    assert openers[0].ready is None
+    assert inner_of(openers[0]().read()) == b"\r\nsecret body\r\n"  # in process instead

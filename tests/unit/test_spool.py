@@ -364,3 +364,63 @@ def test_scrub_of_back_to_back_records_is_one_write_and_the_segment_still_loads(
     assert [e.id for e in spool.load()] == [envs[3].id, envs[5].id]
     assert read_message(spool, envs[3].id) == bodies[3]
     assert read_message(spool, envs[5].id) == bodies[5]
+
+
+def test_delayed_scrub_zeroes_later_and_skips_a_segment_deleted_meanwhile(tmp_path):
+    """scrub_delay: delivered records are zeroed once due, all due ones in one
+    go; a segment retired before then was deleted, so nothing is written."""
+    root = tmp_path / "queue"
+    envs = [envelope() for _ in range(3)]
+    bodies = [f"SECRET-{i}-{e.id}\r\n".encode() * 50 for i, e in enumerate(envs)]
+
+    async def main() -> tuple[bool, bool, list[str]]:
+        spool = Spool(root)
+        spool.scrub_delay = 0.3
+        for e, b in zip(envs, bodies, strict=True):
+            await spool.append(e, [b])
+        old = segment_files(root)[0]
+        spool.done(envs[0].id, scrub=True)
+        await asyncio.sleep(0.1)  # less than the delay: a scrub at once would be done
+        early = spool.scrubs_pending() == 1 and b"SECRET-0-" in old.read_bytes()
+        spool.max_age = 0.0  # the next append rotates; done() then retires the old one
+        await spool.append(envelope(), [b"next"])
+        for e in envs[1:]:
+            spool.done(e.id, scrub=True)
+        gone = not old.exists()
+        deadline = time.monotonic() + WAIT
+        while spool.scrubs_pending() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return early, gone, [p.name for p in segment_files(root)]
+
+    early, gone, left = asyncio.run(main())
+    assert early and gone and len(left) == 1
+
+
+def test_load_hands_back_finished_records_not_yet_zeroed(tmp_path):
+    """A kill before a delayed scrub: load() lists the finished records still
+    in a kept segment, and scrubbing them again writes nothing."""
+    root = tmp_path / "queue"
+    envs = [envelope() for _ in range(3)]
+    bodies = [f"SECRET-{i}-{e.id}\r\n".encode() * 50 for i, e in enumerate(envs)]
+
+    async def fill() -> None:
+        spool = Spool(root)
+        for e, b in zip(envs, bodies, strict=True):
+            await spool.append(e, [b])
+        spool.done(envs[0].id)  # no scrub: as if killed before it was due
+        spool.done(envs[2].id)
+        spool.flush_done()
+
+    asyncio.run(fill())
+    spool = Spool(root)
+    assert [e.id for e in spool.load()] == [envs[1].id]
+    assert sorted(e.env.id for e in spool.unscrubbed) == sorted([envs[0].id, envs[2].id])
+    spool.scrub_now(spool.unscrubbed)
+    data = segment_files(root)[0].read_bytes()
+    assert b"SECRET-0-" not in data and b"SECRET-2-" not in data and b"SECRET-1-" in data
+    before = segment_files(root)[0].stat().st_mtime_ns
+    again = Spool(root)
+    assert [e.id for e in again.load()] == [envs[1].id]
+    again.scrub_now(again.unscrubbed)
+    assert segment_files(root)[0].stat().st_mtime_ns == before  # already zero: no write
+    assert read_message(again, envs[1].id) == bodies[1]

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from pillarbox.address import domain_of
 from pillarbox.directory.keys import Keys
-from pillarbox.modify.pgp_encrypt import EncryptingReader
+from pillarbox.modify.pgp_encrypt import Sealing
 
 NO_KEY_POLICIES = ("clear", "defer", "hold")
 # A key found is remembered this long (seconds): a SQLite read per delivery
@@ -76,9 +76,7 @@ class Encryption:
             return plain
         if decision.cert is None:
             return plain if decision.no_key == "clear" else NO_KEY_TEXT
-        cert, protect = decision.cert, self.settings.protect_subject
-        return lambda: EncryptingReader(plain(), cert, size,  # type: ignore[return-value]
-                                        protect)
+        return Sealing(plain, decision.cert, size, self.settings.protect_subject)
 
     def refuses_at_rcpt(self, address: str) -> bool:
         """`no_key = "defer"` and a mailbox that needs a key has none."""

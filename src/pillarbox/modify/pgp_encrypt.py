@@ -17,21 +17,25 @@ event loop. Up to STREAM_AT bytes are read whole and encrypted in memory
 
 from __future__ import annotations
 
+import io
 import re
 import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import pysequoia
+
+from pillarbox.modify import pgp_child
 
 STREAM_AT = 1 << 20  # bytes; larger messages are encrypted by a streaming child
 BLOCK = 1 << 16
 _HEADER_MAX = 1 << 20  # a header longer than this is no header we rewrite
 _SCAN = 64 * 1024  # bytes of body searched for inline PGP armor
-_ARMOR = re.compile(rb"(?m)^-----BEGIN PGP MESSAGE-----")
+_ARMOR_LINE = b"-----BEGIN PGP MESSAGE-----"
+_ARMOR = re.compile(rb"(?m)^" + _ARMOR_LINE)
 _ENCRYPTED_TYPES = (b"multipart/encrypted", b"application/pkcs7-mime",
                     b"application/x-pkcs7-mime")
 
@@ -56,6 +60,10 @@ def already_encrypted(fields: list[tuple[bytes, bytes]], body_start: bytes) -> b
             value = raw.split(b":", 1)[1].strip().lower()
             if value.startswith(_ENCRYPTED_TYPES):
                 return True
+    # A plain search first: the multiline regex over a 4 KB body cost 19 µs
+    # a message, a tenth of what encrypting it costs.
+    if body_start.find(_ARMOR_LINE, 0, _SCAN) < 0:
+        return False
     return _ARMOR.search(body_start[:_SCAN]) is not None
 
 
@@ -156,30 +164,43 @@ class EncryptingReader:
 
     def _whole(self, data: bytes) -> bytes:
         """The message `data` (read whole) in its stored form."""
+        plan = self.plan(data)
+        if plan is None:
+            return data
+        wrapper, plain = plan
+        del data
+        try:
+            armored = pysequoia.encrypt(plain, [parsed(self.cert)])
+        except Exception as e:
+            raise OSError(f"OpenPGP encryption failed: {e}") from None
+        del plain
+        return self.seal(wrapper, armored)
+
+    def seal(self, wrapper: bytes, armored: bytes) -> bytes:
+        """The stored form, from plan()'s wrapper and the armored message."""
+        return b"".join((wrapper, _crlf(armored), self._closing))
+
+    def plan(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """The message `data` (read whole) split for encryption: (the outer
+        header and PGP/MIME parts up to the armored message, the inner entity
+        to encrypt); None when it is stored as it is."""
         if data.startswith(b"\r\n"):
             head, rest = b"", data
         else:
             at = data.find(b"\r\n\r\n")
             if at < 0:
-                return data  # no body: the whole message is header, stored as is
+                return None  # no body: the whole message is header, stored as is
             if at + 2 > _HEADER_MAX:  # no header we rewrite: all of it goes inside
                 head, rest = b"", data
             else:
                 head, rest = data[: at + 2], data[at + 2:]
         fields = split_fields(head)
         if already_encrypted(fields, rest[2:2 + _SCAN]):
-            return data
+            return None
         self.encrypted = True
         inner, wrapper = self._wrap(fields)
         inner.append(rest)
-        plain = b"".join(inner)
-        del data, rest
-        try:
-            armored = pysequoia.encrypt(plain, [parsed(self.cert)])
-        except Exception as e:
-            raise OSError(f"OpenPGP encryption failed: {e}") from None
-        del plain
-        return b"".join((wrapper, _crlf(armored), self._closing))
+        return wrapper, b"".join(inner)
 
     def _wrap(self, fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], bytes]:
         """(the inner entity's header fields, the outer header and the
@@ -236,6 +257,59 @@ class EncryptingReader:
         self._feeder.join()
         if child.wait() != 0:
             raise OSError(f"OpenPGP encryption failed (child exit {child.returncode})")
+
+
+class Sealing:
+    """How the Maildir writer reads a message stored encrypted
+    (Encryption.opener): called, the encrypted message as a blocking reader.
+    seal_batch() may have made it already, in the encryption child."""
+
+    def __init__(self, plain: Callable[[], BinaryIO], cert: bytes, size: int,
+                 protect_subject: bool) -> None:
+        self.plain, self.cert, self.size = plain, cert, size
+        self.protect_subject = protect_subject
+        self.ready: bytes | None = None
+
+    def __call__(self) -> BinaryIO:
+        if self.ready is not None:
+            data, self.ready = self.ready, None
+            return io.BytesIO(data)
+        return EncryptingReader(self.plain(), self.cert, self.size,  # type: ignore[return-value]
+                                self.protect_subject)
+
+
+BATCH_MAX = 256 * 1024  # bytes: larger messages are encrypted on their own, when read
+ROUND_TRIP_MAX = 8 << 20  # bytes of plaintext sent to the child at once at most
+_child = pgp_child.Child()
+
+
+def seal_batch(openers: list[Callable[[], BinaryIO]]) -> None:
+    """Blocking (the Maildir writer's thread, before it writes a batch):
+    encrypt the batch's small messages in the encryption child, a round trip
+    for all of them. Whatever this does not make (the child failed, a message
+    too large) is encrypted in process when the writer reads it."""
+    todo = [o for o in openers if isinstance(o, Sealing) and o.ready is None
+            and o.size <= BATCH_MAX]
+    while todo:
+        take, size = 0, 0
+        while take < len(todo) and (take == 0 or size + todo[take].size <= ROUND_TRIP_MAX):
+            size += todo[take].size
+            take += 1
+        batch, todo = todo[:take], todo[take:]
+        certs: dict[bytes, int] = {}
+        items: list[tuple[int, bool, bytes]] = []
+        for o in batch:
+            with o.plain() as source:
+                message = source.read()
+            items.append((certs.setdefault(o.cert, len(certs)), o.protect_subject, message))
+        stored = _child.encrypt_many(list(certs), items)
+        for o, data in zip(batch, stored, strict=True):
+            o.ready = data
+
+
+def stop_child() -> None:
+    """Blocking: end the encryption child (after the batch it may be doing)."""
+    _child.close()
 
 
 _parsed: dict[bytes, pysequoia.Cert] = {}

@@ -28,6 +28,7 @@ from pillarbox.modify import pgp_encrypt
 from pillarbox.printable import escape
 from pillarbox.queue import bounce, sendmail_pipeline
 from pillarbox.queue.spool import (
+    SEGMENT_MAX_AGE,
     BodyBuffer,
     Delivery,
     Envelope,
@@ -70,6 +71,7 @@ class Queue:
         self.modules: dict[str, object] = {}  # instances by name, set by the server
         # modify.encryption_policy.Encryption, set by the server: encryption at rest
         self.encryption = None
+        self._sealed: set[str] = set()  # ids a copy of which was encrypted (scrub when done)
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: list[tuple[float, str]] = []
         self._timer_wakeup = asyncio.Event()
@@ -153,6 +155,7 @@ class Queue:
         self.remote.reconfigure(config)
         if self.encryption is not None:
             self.encryption.settings = config.encryption
+            self._configure_encryption()
 
     # -- intake -----------------------------------------------------------
 
@@ -188,6 +191,11 @@ class Queue:
 
     async def start(self) -> None:
         envs = await asyncio.to_thread(self.spool.load, not self.takeover)
+        if self._scrubs():
+            self._configure_encryption()
+            if not self.takeover:  # a spool taken over is read-only: its node scrubs at start
+                # Finished before a kill, maybe before their delayed scrub: zero them now.
+                await asyncio.to_thread(self.spool.scrub_now, self.spool.unscrubbed)
         now = time.time()
         for env in envs:
             msg_id = env.id
@@ -224,6 +232,8 @@ class Queue:
         if pending:
             log.warning("queue stop: %d tasks did not end; their messages stay queued",
                         len(pending))
+        await asyncio.to_thread(self.spool.flush_scrubs)  # no delayed scrub left undone
+        await asyncio.to_thread(pgp_encrypt.stop_child)
         await self.remote.close()
 
     async def pickup(self) -> int:
@@ -300,6 +310,7 @@ class Queue:
                         msg_id, escape(env.mail_from), escape(",".join(env.rcpts)),
                         escape(",".join(d.to for d in left)),
                         f"yes dsn={dsn_id}" if dsn_id else "no")
+            self._sealed.discard(msg_id)
             self.spool.done(msg_id, scrub=self._scrubs())
         finally:
             self._active.discard(msg_id)
@@ -384,6 +395,8 @@ class Queue:
                 jobs.append(self._attempt_one(env, d, traces))
         if remote:
             message = await asyncio.to_thread(self._read_all, env.id)
+            if any(owner for (_, _, _, owner) in remote):
+                self._sealed.add(env.id)
             jobs += [self._attempt_remote(env, dom, ds,
                                           await self._encrypted_for(owner, message) if owner
                                           else message, sender, traces, seal)
@@ -416,7 +429,7 @@ class Queue:
                 await self._report(env, unreported, "failed")
             # With encryption at rest on, the cleartext must not outlive the
             # delivery in a segment that deferred messages keep alive.
-            self.spool.done(msg_id, scrub=self._scrubs())
+            self.spool.done(msg_id, scrub=self._was_encrypted(msg_id, state))
             return
         # Progress first, so that a failing DSN cannot make a delivery repeat;
         # "reported" only after the DSN is queued: rather twice than never.
@@ -454,6 +467,39 @@ class Queue:
 
     def _scrubs(self) -> bool:
         return self.encryption is not None and self.encryption.enabled
+
+    def _configure_encryption(self) -> None:
+        """Maildir batches encrypted in the encryption child; delayed scrubs,
+        and segments rotating three times within the delay: a segment whose
+        messages are all delivered is deleted whole before their scrubs fall
+        due, so steady traffic rewrites nothing."""
+        on = self._scrubs()
+        delay = self.config.encryption.scrub_delay
+        # encrypted in a child, a batch at once
+        self.maildir.prepare = pgp_encrypt.seal_batch if on else None
+        self.spool.scrub_delay = delay  # also for the scrubs still pending after a reload
+        self.spool.max_age = max(1.0, delay / 3) if on and delay > 0 else SEGMENT_MAX_AGE
+
+    def _was_encrypted(self, msg_id: str, state: State) -> bool:
+        """Was a copy encrypted (then its queue record is zeroed)? Mail stored
+        in clear everywhere has no cleartext to hide. Asked again of the policy
+        for deliveries done before a restart; module targets count as yes."""
+        if msg_id in self._sealed:
+            self._sealed.discard(msg_id)
+            return True
+        if not self._scrubs():
+            return False
+        assert self.encryption is not None
+        for d in state.deliveries:
+            if d.state != "done":
+                continue
+            if d.kind == "module":
+                return True
+            owner = d.to if d.kind == "local" else d.rcpt if d.kind == "remote" else ""
+            decision = self.encryption.decide(owner) if owner else None
+            if decision is not None and decision.cert is not None:
+                return True
+        return False
 
     def _warns(self, env: Envelope) -> bool:
         """Delay warnings go to senders we know: our users and local programs.
@@ -638,6 +684,8 @@ class Queue:
             opener = self._opener(env, d.to)
             if isinstance(opener, str):
                 return opener
+            if isinstance(opener, pgp_encrypt.Sealing):
+                self._sealed.add(env.id)
             size = await self.maildir.deliver(path, prefix, opener)
             self.users.add_used(d.to, size)
             return None

@@ -36,6 +36,7 @@ import secrets
 import struct
 import time
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -415,6 +416,7 @@ def scan_segment(path: Path, verify: bool) -> Iterator[tuple[Envelope, int, int,
 
 
 SCRUB_RUN_MAX = 4 * 1024 * 1024  # bytes scrubbed in one read and write at most
+SCRUB_SLACK = 1.0  # seconds: a delayed scrub also takes what falls due this much later
 
 
 @dataclass
@@ -469,6 +471,13 @@ class Spool:
         self._done_handle: asyncio.Handle | None = None
         self._done_torn: set[int] = set()
         self._scrub_buf: list[Entry] = []
+        # Encryption at rest (set by the queue): seconds from a delivery to the
+        # zeroing of its record (0: at once), and the segment age that rotates.
+        self.scrub_delay = 0.0
+        self.max_age = SEGMENT_MAX_AGE
+        self._scrub_later: deque[tuple[float, Entry]] = deque()
+        self._scrub_timer: asyncio.TimerHandle | None = None
+        self.unscrubbed: list[Entry] = []  # finished records load() found in kept segments
 
     # -- space --------------------------------------------------------------
 
@@ -505,7 +514,7 @@ class Spool:
 
     async def _rotate_if_due(self) -> None:
         if not (self._seg_fd is None or self._seg_size > SEGMENT_MAX_BYTES
-                or time.monotonic() - self._seg_opened > SEGMENT_MAX_AGE):
+                or time.monotonic() - self._seg_opened > self.max_age):
             return
         old = self._seg_no
         fd = await asyncio.to_thread(self._create_segment, old + 1)
@@ -661,6 +670,7 @@ class Spool:
         self.live.clear()
         numbers = sorted(int(p.stem) for p in self.segments.glob("*.seg"))
         same: dict[str, str] = {}
+        finished: list[Entry] = []
         for n in numbers:
             done = self._read_done(n)
             path = self._seg_path(n)
@@ -671,6 +681,7 @@ class Spool:
                 if old is not None:  # a later copy (compaction) replaces an earlier one
                     self.live[old.segment].discard(env.id)
                 if env.id in done:
+                    finished.append(Entry(env, n, off, length))
                     continue
                 # A backlog repeats a few senders many times: keep one copy of each.
                 env.mail_from = same.setdefault(env.mail_from, env.mail_from)
@@ -686,6 +697,8 @@ class Spool:
         self._seg_no = numbers[-1] if numbers else 0
         for n in numbers:
             self._retire(n)
+        # Zeroed before a kill, or not: the queue scrubs them again when it must.
+        self.unscrubbed = [e for e in finished if e.segment in self.live]
         self.has_state = {p.name for p in os.scandir(self.states)} & set(self.index)
         if not owner:
             return sorted((e.env for e in self.index.values()), key=lambda e: e.id)
@@ -810,7 +823,18 @@ class Spool:
         self._retire(entry.segment)
 
     def _scrub_soon(self, entry: Entry) -> None:
-        """Scrub in a worker thread, the messages finished in one loop turn together."""
+        """Scrub in a worker thread, the messages finished in one loop turn
+        together; with scrub_delay, once due, all that are due together."""
+        if self.scrub_delay > 0:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._scrub_batch([entry])
+                return
+            self._scrub_later.append((time.monotonic() + self.scrub_delay, entry))
+            if self._scrub_timer is None:
+                self._scrub_timer = loop.call_later(self.scrub_delay, self._scrub_due)
+            return
         self._scrub_buf.append(entry)
         if len(self._scrub_buf) > 1:
             return
@@ -821,6 +845,42 @@ class Spool:
             return
         loop.call_soon(lambda: loop.run_in_executor(None, self._scrub_batch,
                                                     self._take_scrubs()))
+
+    def _scrub_due(self) -> None:
+        """The delayed scrubs now due. A segment retired meanwhile was deleted
+        whole, its bytes with it: with segments rotating more often than the
+        delay, steady traffic leaves almost nothing to zero."""
+        self._scrub_timer = None
+        loop = asyncio.get_running_loop()
+        batch = self._due_scrubs(time.monotonic() + SCRUB_SLACK)
+        if batch:
+            loop.run_in_executor(None, self._scrub_batch, batch)
+        if self._scrub_later:
+            self._scrub_timer = loop.call_at(
+                loop.time() + max(0.0, self._scrub_later[0][0] - time.monotonic()),
+                self._scrub_due)
+
+    def _due_scrubs(self, until: float) -> list[Entry]:
+        batch = []
+        while self._scrub_later and self._scrub_later[0][0] <= until:
+            entry = self._scrub_later.popleft()[1]
+            if entry.segment in self.live:
+                batch.append(entry)
+        return batch
+
+    def scrubs_pending(self) -> int:
+        return len(self._scrub_later)
+
+    def scrub_now(self, entries: list[Entry]) -> None:
+        """Blocking: zero these finished records now."""
+        self._scrub_batch(entries)
+
+    def flush_scrubs(self) -> None:
+        """Blocking: every delayed scrub now (at stop: none may be left undone)."""
+        if self._scrub_timer is not None:
+            self._scrub_timer.cancel()
+            self._scrub_timer = None
+        self._scrub_batch(self._due_scrubs(float("inf")))
 
     def _take_scrubs(self) -> list[Entry]:
         batch, self._scrub_buf = self._scrub_buf, []  # on the loop's thread
@@ -856,17 +916,24 @@ class Spool:
             return False
         if len(buf) != end - start:
             return False
+        changed = False
         for item in run:
             entry, header, at = item.entry, item.header, item.start - start
-            magic, hlen, blen, _ = _REC.unpack_from(buf, at)
+            magic, hlen, blen, old_crc = _REC.unpack_from(buf, at)
             body_at = at + _REC.size + hlen
             if magic != MAGIC or hlen != len(header) or blen != entry.length \
                     or buf[at + _REC.size:body_at] != header \
                     or body_at != entry.offset - start:
                 return False
-            buf[body_at:body_at + blen] = bytes(blen)
-            crc = zlib.crc32(buf[body_at:body_at + blen], zlib.crc32(header))
+            zeros = bytes(blen)
+            crc = zlib.crc32(zeros, zlib.crc32(header))
+            if crc == old_crc and buf[body_at:body_at + blen] == zeros:
+                continue  # zeroed before (a restart scrubs what it cannot know was)
+            changed = True
+            buf[body_at:body_at + blen] = zeros
             _REC.pack_into(buf, at, MAGIC, hlen, blen, crc)
+        if not changed:
+            return True
         try:
             os.pwrite(fd, buf, start)
         except OSError as e:
@@ -885,7 +952,7 @@ class Spool:
             return
         try:
             head = os.pread(fd, _REC.size + len(header), start)
-            magic, hlen, blen, _ = _REC.unpack(head[:_REC.size])
+            magic, hlen, blen, old_crc = _REC.unpack(head[:_REC.size])
             if magic != MAGIC or hlen != len(header) or blen != entry.length \
                     or head[_REC.size:] != header:
                 log.warning("queue scrub skipped id=%s: record not where expected",
@@ -893,13 +960,16 @@ class Spool:
                 return
             crc = zlib.crc32(header)
             zeros = bytes(min(blen, 1 << 20))
-            at, left = entry.offset, blen
+            at, left, changed = entry.offset, blen, False
             while left:
                 n = min(left, len(zeros))
                 crc = zlib.crc32(zeros[:n], crc)
-                os.pwrite(fd, zeros[:n], at)
+                if os.pread(fd, n, at) != zeros[:n]:  # else zeroed before (a restart)
+                    os.pwrite(fd, zeros[:n], at)
+                    changed = True
                 at, left = at + n, left - n
-            os.pwrite(fd, _REC.pack(MAGIC, hlen, blen, crc), start)
+            if changed or crc != old_crc:
+                os.pwrite(fd, _REC.pack(MAGIC, hlen, blen, crc), start)
         except OSError as e:
             log.warning("queue scrub failed id=%s error=%r", entry.env.id, e)
 
