@@ -594,6 +594,14 @@ class Server:
         assert isinstance(data, list), f"queue list --json is not a list: {data!r}"
         return data
 
+    @property
+    def queue_dir(self) -> Path:
+        """This server's spool: shared_dir/queue/NODE on a shared directory."""
+        storage = self.config.get("storage", {})
+        if storage.get("shared_dir"):
+            return Path(storage["shared_dir"]) / "queue" / storage["node"]
+        return self.data_dir / "queue"
+
     # -- mailboxes
     def maildir(self, addr: str) -> Path:
         local, domain = addr.rsplit("@", 1)

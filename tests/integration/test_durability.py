@@ -8,7 +8,19 @@ import smtplib
 import threading
 import time
 
+import pytest
+
+from .pg_server import BACKENDS, sharing_mail
 from .support import ALICE, BOB, CLIENT_NAME, make_message, wait_until
+
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def make_server(make_server, storage, tmp_path):
+    """On PostgreSQL with a shared_dir: the spool under it, delivered under its lease."""
+    return sharing_mail(make_server, storage, tmp_path)
+
 
 THREADS = 8
 USERS = [ALICE, BOB]
@@ -190,7 +202,7 @@ def test_mail_taken_at_start_with_a_big_backlog_is_kept_apart_from_it(make_serve
     segment tail cut off). Now nothing is served until the queue is loaded."""
     n = 8000
     srv = make_server(start=False)
-    _fill_deferred_backlog(srv.data_dir / "queue", n)
+    _fill_deferred_backlog(srv.queue_dir, n)
     srv.start(timeout=60)
     toks = [f"startup-{i}-{time.monotonic_ns()}" for i in range(20)]
     with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname=CLIENT_NAME, timeout=20) as s:

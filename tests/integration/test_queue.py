@@ -5,7 +5,19 @@ from __future__ import annotations
 import smtplib
 import socket
 
+import pytest
+
+from .pg_server import BACKENDS, sharing_mail
 from .support import ALICE, BOB, assert_reply, free_ports, make_message, token, wait_until
+
+pytestmark = pytest.mark.parametrize("storage", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def make_server(make_server, storage, tmp_path):
+    """On PostgreSQL with a shared_dir: the spool under it, delivered under its lease."""
+    return sharing_mail(make_server, storage, tmp_path)
+
 
 CAROL = "carol@remote.test"
 
@@ -133,7 +145,7 @@ def test_low_disk_refuses_new_mail_and_keeps_queued_mail(make_server):
         f"sendmail below min_free_space must exit EX_TEMPFAIL (75), not drop the message: {p}"
     )
     assert "queue.min_free_space" in p.stderr, p.stderr
-    assert list((server.data_dir / "queue" / "maildrop").iterdir()) == []
+    assert list((server.queue_dir / "maildrop").iterdir()) == []
     again = _entry_for(server, CAROL)
     assert again is not None and again["id"] == entry["id"], "queued mail lost on low disk"
     assert server.messages(BOB) == []
