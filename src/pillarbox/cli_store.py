@@ -1,7 +1,8 @@
 """`pillarbox migrate`: bring the database named by `[storage] url` to this
 version's schema (SQLite in data_dir, or PostgreSQL). `pillarbox export` and
-`pillarbox import`: the directory to a file and back, to move it between
-SQLite and PostgreSQL (store/transfer.py)."""
+`pillarbox import`: the directory, the Maildir files and the queue to a file
+and back, to move an installation between SQLite and PostgreSQL
+(store/transfer.py, store/maildir_transfer.py, queue/queue_transfer.py)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     tmp = target.with_name(target.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as out:
-            counts = transfer.export(db, out, _progress, _index(cfg))
+            counts = transfer.export(db, out, _progress, _index(cfg), _sources(cfg))
         with tmp.open(encoding="utf-8") as back:  # what reached the disk reads back whole
             transfer.read(back)
         tmp.replace(target)
@@ -71,7 +72,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     db = backend.open_database(cfg.storage_url, cfg.data_dir)
     try:
         with open(args.file, encoding="utf-8") as src:
-            counts = transfer.import_(db, src, _progress, _index(cfg))
+            counts = transfer.import_(db, src, _progress, _index(cfg), _targets(cfg))
     except transfer.TransferError as e:
         from pillarbox.cli import CLIError  # cli imports this module
 
@@ -92,6 +93,27 @@ def _index(cfg) -> transfer.Index:
 
     shared = backend.is_postgresql(cfg.storage_url) and cfg.shared_dir is not None
     return functools.partial(maildir_path, cfg.mail_root), shared
+
+
+def _sources(cfg) -> tuple[transfer.Source, ...]:
+    """What travels after the tables: the Maildir files, then the queue."""
+    from pillarbox.queue import queue_transfer
+    from pillarbox.store import maildir_transfer
+
+    return (maildir_transfer.Source(_index(cfg)[0], cfg.mail_root),
+            queue_transfer.Source(cfg.queue_root))
+
+
+def _targets(cfg) -> tuple[transfer.Target, ...]:
+    from pillarbox import control
+    from pillarbox.queue import queue_transfer
+    from pillarbox.store import maildir_transfer
+
+    def running() -> bool:
+        return control.request(cfg.data_dir, "status", timeout=10) is not None
+
+    return (maildir_transfer.Target(_index(cfg)[0], cfg.mail_root),
+            queue_transfer.Target(cfg.queue_root, cfg.queue.min_free_space, running, _progress))
 
 
 def _summary(counts: dict[str, int]) -> str:

@@ -4,7 +4,6 @@ PostgreSQL and back (issue 19), with what the import checks and verifies."""
 from __future__ import annotations
 
 import re
-import shutil
 
 from .imap_raw import RawIMAP, code_number
 from .pgp_keys import sequoia_key
@@ -154,9 +153,7 @@ def test_imap_index_moves_with_the_directory_and_clients_keep_their_uids(
     p = old.cli_ok("export", f1)
     assert "mailbox_index_messages: 4 rows" in p.stderr, p.stderr
 
-    shared = tmp_path / "shared"  # the operator copies the Maildirs along
-    shutil.copytree(old.data_dir / "mail", shared / "mail",
-                    ignore=shutil.ignore_patterns("pillarbox-index.sqlite*"))
+    shared = tmp_path / "shared"  # the Maildir files travel in the file too
     pg = make_server({"storage.url": postgres.new_database(), "storage.shared_dir": str(shared),
                       "storage.node": "pg"}, start=False, seed=False)
     p = pg.cli_ok("import", f1)
@@ -175,7 +172,6 @@ def test_imap_index_moves_with_the_directory_and_clients_keep_their_uids(
     pg.cli_ok("export", f2)
     assert _rows(f2) == _rows(f1)  # the same index, whichever backend kept it
     back = make_server(start=False, seed=False)
-    shutil.copytree(shared / "mail", back.data_dir / "mail")
     back.cli_ok("import", f2)
     back.start()
     assert _index_view(back) == before
