@@ -299,3 +299,51 @@ def test_maildir_files_and_queue_move_with_the_export(make_server, postgres, tmp
         assert again.returncode == 1 and "not empty" in again.stderr, again.stderr
     finally:
         double.stop()
+
+
+def test_maildirs_already_in_place_are_verified_not_copied(make_server, postgres, tmp_path):
+    """shared_dir set to the old data_dir: the Maildirs are where the export found
+    them, so import copies nothing and checks each file against its digest."""
+    old = make_server()
+    with RawIMAP(old.imaps_port, ALICE) as c:
+        assert c.append("INBOX", make_message(SENDER, ALICE, "here"), "\\Seen").startswith(b"OK")
+    before, bodies = _index_view_inbox(old), _bodies_inbox(old)
+    old.stop()
+    f = tmp_path / "all.jsonl"
+    old.cli_ok("export", f)
+    mail = sorted(p for p in (old.data_dir / "mail").rglob("*") if p.is_file())
+    pg = make_server({"storage.url": postgres.new_database(),
+                      "storage.shared_dir": str(old.data_dir), "storage.node": "pg"},
+                     start=False, seed=False)
+    p = pg.cli_ok("import", f)
+    assert "files not copied, only verified" in p.stderr, p.stderr
+    assert "(already in place)" in p.stderr and "verified" in p.stdout, (p.stderr, p.stdout)
+    assert sorted(p for p in (old.data_dir / "mail").rglob("*") if p.is_file()) == mail
+    pg.start()
+    assert _index_view_inbox(pg) == before and _bodies_inbox(pg) == bodies
+    pg.stop()
+
+    # A file changed after the export is caught by the verify step.
+    msg = next(p for p in mail if p.parent.name == "cur")
+    msg.write_bytes(msg.read_bytes() + b"tampered\r\n")
+    pg2 = make_server({"storage.url": postgres.new_database(),
+                       "storage.shared_dir": str(old.data_dir), "storage.node": "pg2"},
+                      start=False, seed=False)
+    p = pg2.cli("import", f)
+    assert p.returncode == 1 and "is not the file in the export" in p.stderr, p.stderr
+
+
+def _index_view_inbox(srv) -> tuple:
+    with RawIMAP(srv.imaps_port, ALICE) as c:
+        untagged, _ = c.ok("EXAMINE INBOX")
+        fetched, _ = c.ok("UID FETCH 1:* (FLAGS)")
+        return code_number(untagged, "UIDVALIDITY"), sorted(fetched)
+
+
+def _bodies_inbox(srv) -> list:
+    imap = srv.imap(ALICE)
+    try:
+        imap.select("INBOX", readonly=True)
+        return imap.uid("FETCH", "1:*", "(BODY.PEEK[])")[1]
+    finally:
+        imap.logout()
