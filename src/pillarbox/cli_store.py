@@ -112,7 +112,7 @@ def _targets(cfg) -> tuple[transfer.Target, ...]:
     def running() -> bool:
         return control.request(cfg.data_dir, "status", timeout=10) is not None
 
-    return (maildir_transfer.Target(_index(cfg)[0], cfg.mail_root),
+    return (maildir_transfer.Target(_index(cfg)[0], cfg.mail_root, _progress),
             queue_transfer.Target(cfg.queue_root, cfg.queue.min_free_space, running, _progress))
 
 

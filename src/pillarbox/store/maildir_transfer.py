@@ -18,6 +18,7 @@ target's (the same directory), nothing is copied: the files are only verified.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -46,8 +47,9 @@ class MaildirError(TransferError):
 
 
 def _safe(path: str) -> bool:
-    return bool(_PATH.fullmatch(path)) and not any(
-        p in (".", "..") for p in path.rstrip("/").split("/") if p)
+    parts = path.rstrip("/").split("/")
+    return bool(_PATH.fullmatch(path)) and not any(p in (".", "..") for p in parts) \
+        and not parts[-1].startswith(INDEX_NAME)
 
 
 def _folders(root: Path) -> list[tuple[str, Path]]:
@@ -179,8 +181,7 @@ class _FileWriter:
         os.rename(self.tmp, self.dest)
         if self.mtime is not None:
             os.utime(self.dest, (self.mtime, self.mtime))
-        self.target.written.append((self.dest, trailer["sha256"], trailer["size"]))
-        self.target.dirs.add(self.dest.parent)
+        self.target.done(self.dest, trailer)
 
 
 class Target:
@@ -188,9 +189,12 @@ class Target:
 
     kind = KIND
 
-    def __init__(self, maildir: Maildir, mail_root: Path) -> None:
+    def __init__(self, maildir: Maildir, mail_root: Path, progress: Progress | None = None
+                 ) -> None:
         self.maildir = maildir
         self.mail_root = mail_root
+        self.progress = progress
+        self.total = self.bytes = 0
         self.same = False
         self.written: list[tuple[Path, str, int]] = []
         self.dirs: set[Path] = set()
@@ -202,6 +206,7 @@ class Target:
                     or not _safe(b.head["path"]) or "@" not in b.head["owner"]:
                 raise MaildirError(f"a Maildir file in the export has a path that is not "
                                    f"one: {b.head.get('path')!r}")
+        self.total = sum(1 for b in blobs if not b.head["path"].endswith("/"))
         self.same = header.get("mail_root") == str(self.mail_root.resolve())
         if self.same:
             # The files are where they were: check them in verify(), write nothing.
@@ -217,6 +222,22 @@ class Target:
             raise MaildirError("the target's Maildir is not empty: " + ", ".join(full)
                                + "; import into fresh Maildirs")
 
+    def done(self, dest: Path, trailer: dict) -> None:
+        """A file is in place (not yet verified)."""
+        self.written.append((dest, trailer["sha256"], trailer["size"]))
+        self._dir(dest.parent)
+        self.bytes += trailer["size"]
+        n = len(self.written)
+        if self.progress is not None and (n % PROGRESS_EVERY == 0 or n == self.total):
+            self.progress(f"maildir: {n}/{self.total} files, {self.bytes} bytes written")
+
+    def _dir(self, d: Path) -> None:
+        """`d` and the directories above it up to the mail root, to sync."""
+        while d not in self.dirs and d != self.mail_root and self.mail_root in d.parents:
+            self.dirs.add(d)
+            d = d.parent
+        self.dirs.add(self.mail_root)
+
     def _dest(self, head: dict) -> Path:
         return self.maildir(head["owner"]) / head["path"].rstrip("/")
 
@@ -227,14 +248,15 @@ class Target:
         if head["path"].endswith("/"):  # a folder, maybe empty
             for sub in ("tmp", "new", "cur"):
                 (dest / sub).mkdir(parents=True, exist_ok=True)
-            self.dirs.add(dest)
+                self._dir(dest / sub)
             self.folders += 1
             return None
         if dest.parent.name in ("cur", "new"):
             for sub in ("tmp", "new", "cur"):
                 (dest.parent.parent / sub).mkdir(parents=True, exist_ok=True)
         mtime = head.get("mtime")
-        return _FileWriter(self, dest, mtime if isinstance(mtime, (int, float)) else None)
+        ok = isinstance(mtime, (int, float)) and math.isfinite(mtime) and 0 <= mtime < 1e11
+        return _FileWriter(self, dest, mtime if ok else None)
 
     def verify(self, progress: Progress) -> dict[str, int]:
         for d in sorted(self.dirs):
