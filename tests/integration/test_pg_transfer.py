@@ -237,8 +237,9 @@ def test_maildir_files_and_queue_move_with_the_export(make_server, postgres, tmp
         c.ok("SELECT INBOX")
         c.ok("UID STORE 1 +FLAGS.SILENT (\\Seen $Label)")
     tok = token()
+    long_body = ("y" * 78 + "\r\n") * 16_000  # past the spool's 512 KiB: a body file of its own
     with old.submission(user=ALICE) as s:  # BOB is delivered now, FAR waits
-        assert s.sendmail(ALICE, [BOB, FAR], make_message(ALICE, [BOB, FAR], tok)) == {}
+        assert s.sendmail(ALICE, [BOB, FAR], make_message(ALICE, [BOB, FAR], tok, long_body)) == {}
     old.wait_for_messages(BOB, 1)
     (entry,) = wait_until(lambda: [e for e in _queued(old)
                                    if e["rcpts"][0]["state"] == "deferred"] or None,
@@ -254,7 +255,8 @@ def test_maildir_files_and_queue_move_with_the_export(make_server, postgres, tmp
     f = tmp_path / "all.jsonl"
     p = old.cli_ok("export", f)
     assert f"maildir: {len(files)}/{len(files)} files, " in p.stderr, p.stderr
-    assert re.search(r"queue: 1/1 messages, \d+ bytes", p.stderr), p.stderr
+    assert re.search(r"queue: 1/1 messages, 1\d{6} bytes", p.stderr), p.stderr
+    assert list((old.data_dir / "queue" / "bodies").iterdir()), "the queued body is not spilled"
 
     double = SMTPDouble(starttls=False).start()
     try:
@@ -284,6 +286,7 @@ def test_maildir_files_and_queue_move_with_the_export(make_server, postgres, tmp
         assert moved["id"] == entry["id"] and [r["addr"] for r in moved["rcpts"]] == [FAR]
         assert moved["rcpts"][0]["state"] == "deferred", moved
         assert entry["id"] in pg.cli_ok("queue", "list").stdout
+        assert list((shared / "queue" / "pg" / "bodies").iterdir())  # kept as serve keeps it
 
         pg.start()
         assert _index_view(pg) == before
@@ -293,6 +296,8 @@ def test_maildir_files_and_queue_move_with_the_export(make_server, postgres, tmp
         pg.cli_ok("queue", "retry")
         (sent,) = double.wait_for_messages(1, timeout=15)
         assert sent.rcpts == [FAR] and tok.encode() in sent.content
+        assert sent.content.replace(b"\r\n", b"\n").endswith(
+            long_body.replace("\r\n", "\n").encode())
         wait_until(lambda: not pg.queue_list(), 10, "the queue empty after the delivery")
         pg.stop()
         again = pg.cli("import", f)  # the same again: refused before anything is written
