@@ -276,6 +276,12 @@ def test_maildir_files_and_queue_move_with_the_export(make_server, postgres, tmp
         assert not [x for x in shared.rglob("*") if x.is_file()], list(shared.rglob("*"))
         assert pg.queue_list() == []
 
+        pg.start()  # a running target: its spool has a writer already
+        p = pg.cli("import", f)
+        assert p.returncode == 1 and "server is running; stop it" in p.stderr, p.stderr
+        pg.stop()
+        assert pg.cli_ok("user", "list").stdout == "" and pg.queue_list() == []
+
         p = pg.cli_ok("import", f)
         assert f"maildir files {len(files)}" in p.stdout, p.stdout
         assert "queue messages 1" in p.stdout, p.stdout
