@@ -70,17 +70,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     cfg = load(find_config_path(args.config))
     db = backend.open_database(cfg.storage_url, cfg.data_dir)
+    from pillarbox.cli import CLIError  # cli imports this module
+
     try:
-        with open(args.file, encoding="utf-8") as src:
+        src = open(args.file, encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        db.close()
+        raise CLIError(f"cannot read {args.file}: {e.strerror}") from None
+    try:
+        with src:
             counts = transfer.import_(db, src, _progress, _index(cfg), _targets(cfg))
     except transfer.TransferError as e:
-        from pillarbox.cli import CLIError  # cli imports this module
-
         raise CLIError(str(e)) from None
-    except OSError as e:
-        from pillarbox.cli import CLIError
-
-        raise CLIError(f"cannot read {args.file}: {e.strerror}") from None
+    except OSError as e:  # reading the file, or writing a Maildir file or the queue
+        where = f" ({e.filename})" if e.filename else ""
+        raise CLIError(f"import stopped: {e.strerror or e}{where}; what was written "
+                       "before stays: start again into a fresh target") from None
     finally:
         db.close()
     print(f"imported {_summary(counts)} into {_where(cfg, db)}; verified")
