@@ -847,11 +847,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "schema").set_defaults(func=cmd_migrate)
     from pillarbox.cli_store import cmd_export, cmd_import
     s = sub.add_parser("export", help="write the directory (users, aliases, rights, lists, "
-                       "keys) to a file, to import elsewhere (SQLite <-> PostgreSQL)")
+                       "keys), IMAP index, Maildir files and queue to a file, to import "
+                       "elsewhere (SQLite <-> PostgreSQL)")
     s.add_argument("file", help="the file to write (replaced when done and verified)")
     s.set_defaults(func=cmd_export)
-    s = sub.add_parser("import", help="load a directory written by `export` into this "
-                       "config's empty database, then verify it")
+    s = sub.add_parser("import", help="load what `export` wrote into this config's empty "
+                       "database, Maildirs and (server stopped) queue, then verify it")
     s.add_argument("file", help="the file `pillarbox export` wrote")
     s.set_defaults(func=cmd_import)
     sub.add_parser("check", help="validate the config: every error, and warnings"

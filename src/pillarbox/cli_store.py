@@ -1,7 +1,8 @@
 """`pillarbox migrate`: bring the database named by `[storage] url` to this
 version's schema (SQLite in data_dir, or PostgreSQL). `pillarbox export` and
-`pillarbox import`: the directory to a file and back, to move it between
-SQLite and PostgreSQL (store/transfer.py)."""
+`pillarbox import`: the directory, the Maildir files and the queue to a file
+and back, to move an installation between SQLite and PostgreSQL
+(store/transfer.py, store/maildir_transfer.py, queue/queue_transfer.py)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     tmp = target.with_name(target.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as out:
-            counts = transfer.export(db, out, _progress, _index(cfg))
+            counts = transfer.export(db, out, _progress, _index(cfg), _sources(cfg))
         with tmp.open(encoding="utf-8") as back:  # what reached the disk reads back whole
             transfer.read(back)
         tmp.replace(target)
@@ -69,17 +70,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     cfg = load(find_config_path(args.config))
     db = backend.open_database(cfg.storage_url, cfg.data_dir)
+    from pillarbox.cli import CLIError  # cli imports this module
+
     try:
-        with open(args.file, encoding="utf-8") as src:
-            counts = transfer.import_(db, src, _progress, _index(cfg))
-    except transfer.TransferError as e:
-        from pillarbox.cli import CLIError  # cli imports this module
-
-        raise CLIError(str(e)) from None
+        src = open(args.file, encoding="utf-8")  # noqa: SIM115 (closed below)
     except OSError as e:
-        from pillarbox.cli import CLIError
-
+        db.close()
         raise CLIError(f"cannot read {args.file}: {e.strerror}") from None
+    try:
+        with src:
+            counts = transfer.import_(db, src, _progress, _index(cfg), _targets(cfg))
+    except transfer.TransferError as e:
+        raise CLIError(str(e)) from None
+    except OSError as e:  # reading the file, or writing a Maildir file or the queue
+        where = f" ({e.filename})" if e.filename else ""
+        raise CLIError(f"import stopped: {e.strerror or e}{where}; what was written "
+                       "before stays: start again into a fresh target") from None
     finally:
         db.close()
     print(f"imported {_summary(counts)} into {_where(cfg, db)}; verified")
@@ -92,6 +98,27 @@ def _index(cfg) -> transfer.Index:
 
     shared = backend.is_postgresql(cfg.storage_url) and cfg.shared_dir is not None
     return functools.partial(maildir_path, cfg.mail_root), shared
+
+
+def _sources(cfg) -> tuple[transfer.Source, ...]:
+    """What travels after the tables: the Maildir files, then the queue."""
+    from pillarbox.queue import queue_transfer
+    from pillarbox.store import maildir_transfer
+
+    return (maildir_transfer.Source(_index(cfg)[0], cfg.mail_root),
+            queue_transfer.Source(cfg.queue_root))
+
+
+def _targets(cfg) -> tuple[transfer.Target, ...]:
+    from pillarbox import control
+    from pillarbox.queue import queue_transfer
+    from pillarbox.store import maildir_transfer
+
+    def running() -> bool:
+        return control.request(cfg.data_dir, "status", timeout=10) is not None
+
+    return (maildir_transfer.Target(_index(cfg)[0], cfg.mail_root, _progress),
+            queue_transfer.Target(cfg.queue_root, cfg.queue.min_free_space, running, _progress))
 
 
 def _summary(counts: dict[str, int]) -> str:

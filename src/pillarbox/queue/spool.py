@@ -1068,6 +1068,7 @@ class OfflineEntry:
     path: Path
     offset: int
     segment: int = 0
+    length: int = -1  # of the body in the segment; -1: to the end of the file (maildrop)
 
 
 def offline_entries(root: Path,
@@ -1086,11 +1087,15 @@ def offline_entries(root: Path,
             done = set((segments / f"{p.stem}.done").read_text().split())
         except FileNotFoundError:
             done = set()
-        for env, off, _, _ in scan_segment(p, verify=False):
+        try:
+            records = list(scan_segment(p, verify=False))
+        except FileNotFoundError:  # retired meanwhile (a running server): nothing live in it
+            continue
+        for env, off, length, _ in records:
             if env.id in done:
                 seen.pop(env.id, None)
             else:
-                seen[env.id] = OfflineEntry(env, None, "queue", p, off, n)
+                seen[env.id] = OfflineEntry(env, None, "queue", p, off, n, length)
     with_state = set(os.listdir(states)) if states.exists() else set()
     state_dir = str(states)  # plain strings: pathlib cost a fifth of a 100k listing
     total = len(seen)

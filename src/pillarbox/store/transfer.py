@@ -9,7 +9,11 @@ here. The file is JSON lines, readable and diffable:
     {"table": "users", "columns": [...], "rows": 2, "sha256": "..."}
     ["alice@example.org", "$argon2id$...", 1, 0, 0, 1700000000.0]
     ...
-    {"end": true, "tables": 9}
+    {"blob": "maildir", "owner": "alice@example.org", "path": "cur/1700000000.M1P2.host:2,S"}
+    "UmV0dXJuLVBhdGg6IDw..."
+    {"size": 1234, "chunks": 1, "sha256": "..."}
+    ...
+    {"end": true, "tables": 9, "blobs": 12}
 
 Values are JSON's own, bytes as {"b64": "..."}. Rows come sorted by their
 encoded line, except where their order means something (an alias's targets
@@ -17,6 +21,11 @@ in the order they were added), so the same directory gives the same file
 from SQLite and from PostgreSQL. Each table's digest covers its row lines:
 `import` checks the file against it before writing, writes everything in one
 transaction, then reads the tables back and checks them again (the verify step).
+
+After the tables come blobs (store/blob_lines.py): the Maildir files
+(store/maildir_transfer.py) and the queued messages (queue/queue_transfer.py),
+each streamed in chunks with its SHA-256. An import reads the whole file once
+to check every digest before it writes anything, then a second time to write.
 """
 
 from __future__ import annotations
@@ -27,13 +36,14 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from pillarbox.store import index_transfer
+from pillarbox.store import blob_lines, index_transfer
 from pillarbox.store.sqlite import MIGRATIONS
 
 FORMAT = "pillarbox-directory"
-VERSION = 1
+VERSION = 2  # 2: blobs (Maildir files, the queue) after the tables
+READS = (1, 2)
 # Tables whose rows keep their insertion order (SQLite's rowid; PostgreSQL's
 # `rowid` column, PG_AFTER in store/postgresql.py).
 ORDERED = {"aliases"}
@@ -45,6 +55,42 @@ Progress = Callable[[str], None]
 # Where the IMAP index is (index_transfer.py): each address's Maildir, and whether
 # the index is the shared one in PostgreSQL. None: the directory only.
 Index = tuple[index_transfer.Maildir, bool]
+
+
+class Blob:
+    """A blob as the first reading of a file found it: its head and trailer."""
+
+    def __init__(self, head: dict, trailer: dict) -> None:
+        self.head = head
+        self.trailer = trailer
+
+
+class Source(Protocol):
+    """What writes blobs of one kind into an export."""
+
+    def header(self) -> dict[str, Any]: ...
+
+    def write(self, out: IO[str], progress: Progress, db: Any) -> dict[str, int]: ...
+
+
+class Writer(Protocol):
+    def write(self, chunk: bytes) -> None: ...
+
+    def close(self, trailer: dict) -> None: ...
+
+
+class Target(Protocol):
+    """Where the blobs of one kind go in an import: `check` before anything is
+    written (raising TransferError), `open` per blob in the second reading (None:
+    skip it), `verify` once all are written; returns counts for the summary."""
+
+    kind: str
+
+    def check(self, header: dict, blobs: list[Blob]) -> None: ...
+
+    def open(self, head: dict) -> Writer | None: ...
+
+    def verify(self, progress: Progress) -> dict[str, int]: ...
 
 
 class TransferError(Exception):
@@ -117,14 +163,16 @@ def _snapshot(db: Any) -> Iterator[Any]:
             yield tx
 
 
-def export(db: Any, out: IO[str], progress: Progress, index: Index | None = None
-           ) -> dict[str, int]:
+def export(db: Any, out: IO[str], progress: Progress, index: Index | None = None,
+           sources: tuple[Source, ...] = ()) -> dict[str, int]:
     """Write the directory of `db` to `out`, every table as of one moment (one
     read transaction, while the server may be writing), and with `index` every
-    user's IMAP index after it; rows per table."""
+    user's IMAP index after it, then the blobs of `sources`; rows per table."""
     schema = db.schema_version()
-    out.write(json.dumps({"format": FORMAT, "version": VERSION, "schema": schema,
-                          "source": db.kind}) + "\n")
+    head = {"format": FORMAT, "version": VERSION, "schema": schema, "source": db.kind}
+    for source in sources:
+        head.update(source.header())
+    out.write(json.dumps(head) + "\n")
     counts: dict[str, int] = {}
     read_: dict[str, tuple[list[str], list[str]]] = {}
     with _snapshot(db) as q:
@@ -144,7 +192,13 @@ def export(db: Any, out: IO[str], progress: Progress, index: Index | None = None
                 progress(f"{table}: {i}/{len(lines)} rows")
         progress(f"{table}: {len(lines)} rows")
         counts[table] = len(lines)
-    out.write(json.dumps({"end": True, "tables": len(counts)}) + "\n")
+    tables_ = len(counts)
+    blobs = 0
+    for source in sources:
+        done = source.write(out, progress, db)
+        blobs += sum(v for k, v in done.items() if not k.endswith(" bytes"))
+        counts.update(done)
+    out.write(json.dumps({"end": True, "tables": tables_, "blobs": blobs}) + "\n")
     return counts
 
 
@@ -156,19 +210,24 @@ class Section:
         self.digest = digest
 
 
-def read(src: IO[str]) -> tuple[dict, list[Section]]:
-    """The file's header and tables, each checked against its row count and digest."""
+def read(src: IO[str], open_blob: Callable[[dict], Writer | None] | None = None
+         ) -> tuple[dict, list[Section], list[Blob]]:
+    """The file's header, tables and blobs, each checked against its row count
+    and digest; with `open_blob`, each blob's bytes go to the writer it gives."""
     try:
-        return _read(src)
+        return _read(src, open_blob)
+    except blob_lines.BlobError as e:
+        raise TransferError(str(e)) from None
     except (ValueError, KeyError, TypeError) as e:  # JSON, base64, missing fields
         raise TransferError(f"not a pillarbox directory export: {e}") from None
 
 
-def _read(src: IO[str]) -> tuple[dict, list[Section]]:
+def _read(src: IO[str], open_blob: Callable[[dict], Writer | None] | None
+          ) -> tuple[dict, list[Section], list[Blob]]:
     header = json.loads(src.readline() or "null")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise TransferError("not a pillarbox directory export (no header line)")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READS:
         raise TransferError(f"export format version {header.get('version')}, "
                             f"this pillarbox reads {VERSION}")
     if not isinstance(header.get("schema"), int) or header["schema"] > len(MIGRATIONS):
@@ -177,15 +236,25 @@ def _read(src: IO[str]) -> tuple[dict, list[Section]]:
                             "pillarbox")
     known = set(tables(header["schema"])) | set(index_transfer.TABLES)
     sections: list[Section] = []
+    blobs: list[Blob] = []
     while True:
         raw = src.readline()
         if not raw:
             raise TransferError("the export is cut short (no end line)")
         head = json.loads(raw)
         if head.get("end"):
-            if head.get("tables") != len(sections):
+            if head.get("tables") != len(sections) or head.get("blobs", 0) != len(blobs):
                 raise TransferError("the export's end line does not match its tables")
-            return header, sections
+            return header, sections, blobs
+        if "blob" in head:
+            if not isinstance(head["blob"], str):
+                raise TransferError("a file in the export has no kind")
+            writer = open_blob(head) if open_blob is not None else None
+            trailer = blob_lines.read(src, writer.write if writer is not None else None)
+            if writer is not None:
+                writer.close(trailer)
+            blobs.append(Blob(head, trailer))
+            continue
         table, cols = head["table"], head["columns"]
         if (table not in known or not all(re.fullmatch(r"\w+", c) for c in cols)
                 or (table in index_transfer.TABLES and cols != index_transfer.columns(table))):
@@ -211,16 +280,36 @@ def _not_empty(db: Any, names: list[str]) -> list[str]:
             if (n := db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])]
 
 
-def import_(db: Any, src: IO[str], progress: Progress, index: Index | None = None
-            ) -> dict[str, int]:
+def import_(db: Any, src: IO[str], progress: Progress, index: Index | None = None,
+            targets: tuple[Target, ...] = ()) -> dict[str, int]:
     """Load an export into `db`, whose directory must be empty, in one
     transaction, then verify; rows per table. With `index`, the IMAP index's rows
-    of the file go where the target keeps it (which must hold none of it)."""
-    header, sections = read(src)
+    of the file go where the target keeps it (which must hold none of it). The
+    blobs go to the `targets` of their kind (a kind without one is refused), in
+    a second reading of `src`, once everything is checked and the tables are in."""
+    header, sections, blobs = read(src)
     full = _not_empty(db, tables())
     if full:
         raise TransferError("the target directory is not empty: " + ", ".join(full)
                             + "; import into a fresh database")
+    by_kind = {t.kind: t for t in targets}
+    for b in blobs:
+        if b.head["blob"] not in by_kind:
+            raise TransferError(f"the export holds files of a kind this import does not "
+                                f"take: {b.head['blob']}")
+    for t in targets:
+        t.check(header, [b for b in blobs if b.head["blob"] == t.kind])
+    counts = _import_tables(db, sections, progress, index)
+    if blobs:
+        src.seek(0)
+        read(src, lambda head: by_kind[head["blob"]].open(head))
+    for t in targets:
+        counts.update(t.verify(progress))
+    return counts
+
+
+def _import_tables(db: Any, sections: list[Section], progress: Progress,
+                   index: Index | None) -> dict[str, int]:
     rows = [s for s in sections if s.table in index_transfer.TABLES]
     sections = [s for s in sections if s.table not in index_transfer.TABLES]
     for s in sections:
