@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -39,13 +40,29 @@ log = logging.getLogger("pillarbox.queue")
 T = TypeVar("T")
 
 
+class _LeaseGate(asyncio.Event):
+    """Set while the lease is held. Past its deadline it reads as clear at once,
+    before the timer that clears it has run: a process thawed after a SIGSTOP
+    runs its ready workers before its overdue timers."""
+
+    def __init__(self, on_expire: Callable[[], None]) -> None:
+        super().__init__()
+        self.deadline = math.inf
+        self._on_expire = on_expire
+
+    def is_set(self) -> bool:
+        if super().is_set() and asyncio.get_running_loop().time() >= self.deadline:
+            self._on_expire()
+        return super().is_set()
+
+
 class _Held:
     """A spool this node holds the lease of, and the queue delivering from it."""
 
     def __init__(self, name: str, queue: Queue, lease: float) -> None:
         self.name = name
         self.queue = queue
-        self.gate = asyncio.Event()
+        self.gate = _LeaseGate(self._expire)
         queue.gate = self.gate
         self._margin = lease * 2 / 3  # deliveries end before the lease: lease/3 to spare
         self._close: asyncio.TimerHandle | None = None
@@ -55,12 +72,17 @@ class _Held:
         loop = asyncio.get_running_loop()
         if self._close is not None:
             self._close.cancel()
-        self._close = loop.call_at(at + self._margin, self._expire)
-        if not self.gate.is_set():
+        self.gate.deadline = at + self._margin
+        self._close = loop.call_at(self.gate.deadline, self._expire)
+        if not asyncio.Event.is_set(self.gate):
             self.gate.set()
 
     def _expire(self) -> None:
+        if self._close is not None:
+            self._close.cancel()
         self._close = None
+        if not asyncio.Event.is_set(self.gate):
+            return  # cleared already (by the timer or a worker's look)
         self.gate.clear()
         logs.event(log, logging.WARNING, "queue delivery paused: spool lease not renewed",
                    spool=self.name)
