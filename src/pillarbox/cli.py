@@ -144,14 +144,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     tls.make_self_signed(cfg.cert_path, cfg.key_path, hostname)
     from pillarbox.modify import dkim_sign
 
-    selectors = dkim_sign.generate_keys(cfg.data_dir / "dkim", domain)
+    selectors = dkim_sign.generate_keys(cfg.dkim_dir, domain)
     from pillarbox.directory.connect import open_directory
 
     open_directory(cfg)
     print(f"wrote {cfg_path} (hostname {hostname}, domain {domain})")
     print(f"data directory {cfg.data_dir}, self-signed TLS pair in {cfg.cert_path.parent}")
     print(f"DKIM keys for {domain}: selectors {', '.join(selectors) or '(already there)'} "
-          f"in {cfg.data_dir / 'dkim' / domain}")
+          f"in {cfg.dkim_dir / domain}")
     if args.production:
         return _init_service(cfg, d)
     print(f"next: pillarbox -c {cfg_path} user add postmaster@{domain}")

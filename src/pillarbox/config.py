@@ -350,6 +350,12 @@ class Config:
             return self.data_dir / "queue"
         return self.shared_dir / "queue" / self.node_name
 
+    @property
+    def dkim_dir(self) -> Path:
+        """The DKIM keys: one set for all nodes when storage.shared_dir is set, so
+        every node signs with the keys DNS publishes."""
+        return (self.shared_dir or self.data_dir) / "dkim"
+
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
 

@@ -35,7 +35,7 @@ def client_services(cfg: Config) -> list[tuple[str, str, int | None]]:
 
 
 def dkim_dir(cfg: Config) -> Path:
-    return cfg.data_dir / "dkim"
+    return cfg.dkim_dir
 
 
 def ensure_dkim_keys(cfg: Config) -> dict[str, list[str]]:

@@ -207,7 +207,7 @@ class Server:
         keeper = spool_keeper.for_config(cfg, db, queue)  # nodes sharing spools
         self.signing = signing = Signing(cfg)
         queue.signing = signing
-        queue.sealer = arc.Sealer(DKIMSigner(cfg.data_dir / "dkim"))
+        queue.sealer = arc.Sealer(DKIMSigner(cfg.dkim_dir))
         queue.encryption = encryption_policy.Encryption(cfg.encryption, Keys(db))
         # one for SMTP and IMAP: failures add up
         self.throttle = throttle = LoginThrottle(cfg.limits)

@@ -263,7 +263,7 @@ def include_headers(header_names: list[bytes]) -> list[bytes]:
 
 
 class DKIMSigner:
-    """Signs with the keys in `dkim_dir` (data_dir/dkim). Thread-safe.
+    """Signs with the keys in `dkim_dir` (config.dkim_dir). Thread-safe.
 
     Keys are read once per domain and cached; the cache notices keys added to or
     removed from a domain's directory (its mtime changes), so no restart is needed.

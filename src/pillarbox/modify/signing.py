@@ -32,7 +32,7 @@ from pillarbox.modify.dkim_sign import sign_with
 class Signing:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.dkim_dir: Path = config.data_dir / "dkim"
+        self.dkim_dir: Path = config.dkim_dir
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def domain_for(self, header_block: bytes, mail_from: str) -> str | None:
