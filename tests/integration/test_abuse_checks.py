@@ -4,7 +4,11 @@ the connections per address. Each asserts the exact reply."""
 
 from __future__ import annotations
 
+import psycopg
+import pytest
+
 from .outbound import fixture_dns  # noqa: F401 (a fixture: pytest finds it by name)
+from .pg_server import BACKENDS
 from .support import ALICE, BOB, HOSTNAME, RawSMTP, make_message, parse, token, wait_until
 
 
@@ -118,8 +122,9 @@ def _greylisted(c: RawSMTP, sender: str, rcpt: str) -> tuple[int, str]:
 GREY = (451, "4.7.1 Greylisted, please try again later")
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)
 def test_greylisting_refuses_the_first_attempt_then_passes_and_remembers_the_sender(
-        make_server):
+        make_server, storage, storage_url):
     srv = make_server(extra_toml='[module.grey]\nkind = "greylist"\ndelay = "0s"\n'
                                  + _pipeline("grey"))
     with srv.raw() as c:
@@ -130,15 +135,22 @@ def test_greylisting_refuses_the_first_attempt_then_passes_and_remembers_the_sen
         # (net, remote.test) passed once: another sender and recipient pass at once.
         assert _greylisted(c, "b@remote.test", BOB) == (250, "2.1.5 OK")
         assert _greylisted(c, "a@other.test", ALICE) == GREY
-    srv.restart()  # the tables are in data_dir
+    srv.restart()  # the tables are in data_dir, or in PostgreSQL
     with srv.raw() as c:
         c.reply()
         c.expect("EHLO client.test", 250)
         assert _greylisted(c, "c@remote.test", ALICE) == (250, "2.1.5 OK")
         assert _greylisted(c, "a@other.test", ALICE) == (250, "2.1.5 OK")
-    assert (srv.data_dir / "greylist.sqlite").stat().st_mode & 0o077 == 0
+    if storage == "sqlite":
+        assert (srv.data_dir / "greylist.sqlite").stat().st_mode & 0o077 == 0
+    else:
+        assert not (srv.data_dir / "greylist.sqlite").exists()
+        with psycopg.connect(storage_url) as db:
+            known = db.execute("SELECT domain FROM greylist_known ORDER BY domain").fetchall()
+        assert known == [("other.test",), ("remote.test",)]
 
 
+@pytest.mark.parametrize("storage", BACKENDS, indirect=True)
 def test_greylisting_refuses_a_retry_before_the_delay(make_server):
     srv = make_server(extra_toml='[module.grey]\nkind = "greylist"\ndelay = "1h"\n'
                                  'expire = "2h"\n' + _pipeline("grey"))

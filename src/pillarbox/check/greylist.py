@@ -6,25 +6,38 @@ correspondent is delayed once, not once per recipient. The client network is
 the address's /24 (IPv4) or /64 (IPv6): a sender's retry may come from
 another host of its farm.
 
-Authenticated mail is never greylisted. The tables live in SQLite under
-data_dir (greylist.sqlite; a restart keeps them), written in a worker
-thread; rows past their time are deleted as the tables are used, and at most
-`max_entries` triplets are kept (the oldest go first).
+Authenticated mail is never greylisted. Where the tables live follows
+`[storage] url`: on SQLite, greylist.sqlite under data_dir (a restart keeps
+them); on PostgreSQL, the tables greylist_triplet and greylist_known there
+(component `greylist` in pillarbox_schema, made on first use), shared by
+every node, so a sender's retry to another node behind the same MX counts.
+Either way the work runs in a worker thread, never on the event loop; rows
+past their time are deleted as the tables are used, and at most
+`max_entries` triplets are kept (the oldest go first). Times are the node's
+clock (time.time()): nodes sharing the tables need clocks that agree (NTP).
+A table that fails (PostgreSQL down) lets the mail through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pillarbox import address, client_ip, logs, module
 from pillarbox.check import Reply
 from pillarbox.config import ConfigError, parse_duration
+from pillarbox.store import backend
+
+if TYPE_CHECKING:
+    from pillarbox.store.postgresql import PgDatabase
 
 log = logging.getLogger("pillarbox.greylist")
 
@@ -40,6 +53,20 @@ CREATE TABLE IF NOT EXISTS known (net TEXT, domain TEXT, last REAL,
 CREATE INDEX IF NOT EXISTS known_last ON known (last);
 """
 
+COMPONENT = "greylist"
+# PostgreSQL: the component's own steps (the SQLite file keeps its own schema above).
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE greylist_triplet (net TEXT NOT NULL, sender TEXT NOT NULL,
+            rcpt TEXT NOT NULL, first DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (net, sender, rcpt))""",
+        "CREATE INDEX greylist_triplet_first ON greylist_triplet (first)",
+        """CREATE TABLE greylist_known (net TEXT NOT NULL, domain TEXT NOT NULL,
+            last DOUBLE PRECISION NOT NULL, PRIMARY KEY (net, domain))""",
+        "CREATE INDEX greylist_known_last ON greylist_known (last)",
+    ],
+]
+
 
 def network_of(ip: str) -> str:
     a = client_ip.parse(ip)
@@ -49,16 +76,15 @@ def network_of(ip: str) -> str:
     return str(ipaddress.ip_network((a, prefix), strict=False))
 
 
-class Greylist:
-    """The tables and the decision; every method runs in a worker thread."""
+class SqliteTables:
+    """greylist.sqlite in data_dir: one connection, one writer at a time."""
 
-    def __init__(self, path: Path, delay: float, expire: float, known_for: float,
-                 max_entries: int) -> None:
-        self.path, self.delay, self.expire = path, delay, expire
-        self.known_for, self.max_entries = known_for, max_entries
+    triplet, known = "triplet", "known"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._pruned = 0.0
 
     def _conn(self) -> sqlite3.Connection:
         # Opened on first use: in the serving process, as the service user.
@@ -71,47 +97,110 @@ class Greylist:
             self._db = db
         return self._db
 
-    def passes(self, net: str, sender: str, rcpt: str, now: float) -> bool:
-        domain = address.domain_of(sender).lower() if "@" in sender else ""
-        sender, rcpt = sender.lower(), rcpt.lower()
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
         with self._lock:
             db = self._conn()
-            if now - self._pruned > PRUNE_EVERY:
-                self._prune(db, now)
             with db:
-                row = db.execute("SELECT last FROM known WHERE net=? AND domain=?",
-                                 (net, domain)).fetchone()
-                if row is not None and now - row[0] < self.known_for:
-                    db.execute("UPDATE known SET last=? WHERE net=? AND domain=?",
-                               (now, net, domain))
-                    return True
-                row = db.execute("SELECT first FROM triplet WHERE net=? AND sender=? AND rcpt=?",
-                                 (net, sender, rcpt)).fetchone()
-                if row is None or now - row[0] >= self.expire:
-                    db.execute("INSERT OR REPLACE INTO triplet VALUES (?, ?, ?, ?)",
-                               (net, sender, rcpt, now))
-                    return False
-                if now - row[0] < self.delay:
-                    return False
-                db.execute("INSERT OR REPLACE INTO known VALUES (?, ?, ?)", (net, domain, now))
-                db.execute("DELETE FROM triplet WHERE net=? AND sender=? AND rcpt=?",
-                           (net, sender, rcpt))
-                return True
-
-    def _prune(self, db: sqlite3.Connection, now: float) -> None:
-        self._pruned = now
-        with db:
-            db.execute("DELETE FROM triplet WHERE first <= ?", (now - self.expire,))
-            db.execute("DELETE FROM known WHERE last <= ?", (now - self.known_for,))
-            for table, col in (("triplet", "first"), ("known", "last")):
-                db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "
-                           f"ORDER BY {col} DESC LIMIT -1 OFFSET ?)", (self.max_entries,))
+                yield db
 
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+class PgTables:
+    """The tables in PostgreSQL, shared by the nodes; the pool's connections, so
+    several checks run at once. The server's database when it has one."""
+
+    triplet, known = "greylist_triplet", "greylist_known"
+
+    def __init__(self, db: PgDatabase | None, url: str) -> None:
+        self.db, self.url = db, url
+        self._own = db is None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def _database(self) -> PgDatabase:
+        with self._lock:
+            if self.db is None:
+                from pillarbox.store.postgresql import PgDatabase
+
+                self.db = PgDatabase(self.url, migrate=False)
+            if not self._ready:  # made on first use: no database work when the check is made
+                self.db.migrate_component(COMPONENT, MIGRATIONS)
+                self._ready = True
+            return self.db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self._database().transaction() as tx:
+            yield tx
+
+    def close(self) -> None:
+        with self._lock:
+            if self._own and self.db is not None:
+                self.db.close()
+                self.db = None
+
+
+class Greylist:
+    """The decision over either store's tables; every method runs in a worker thread."""
+
+    def __init__(self, tables: SqliteTables | PgTables | Path, delay: float, expire: float,
+                 known_for: float, max_entries: int) -> None:
+        self.tables = SqliteTables(tables) if isinstance(tables, Path) else tables
+        self.delay, self.expire = delay, expire
+        self.known_for, self.max_entries = known_for, max_entries
+        self._pruned = 0.0
+
+    def _conn(self) -> sqlite3.Connection:  # the SQLite file's connection (tests look in)
+        assert isinstance(self.tables, SqliteTables)
+        return self.tables._conn()
+
+    def passes(self, net: str, sender: str, rcpt: str, now: float) -> bool:
+        domain = address.domain_of(sender).lower() if "@" in sender else ""
+        sender, rcpt = sender.lower(), rcpt.lower()
+        t, k = self.tables.triplet, self.tables.known
+        if now - self._pruned > PRUNE_EVERY:
+            self._prune(now)
+        with self.tables.transaction() as db:
+            row = db.execute(f"SELECT last FROM {k} WHERE net=? AND domain=?",
+                             (net, domain)).fetchone()
+            if row is not None and now - row[0] < self.known_for:
+                db.execute(f"UPDATE {k} SET last=? WHERE net=? AND domain=?", (now, net, domain))
+                return True
+            row = db.execute(f"SELECT first FROM {t} WHERE net=? AND sender=? AND rcpt=?",
+                             (net, sender, rcpt)).fetchone()
+            if row is None or now - row[0] >= self.expire:
+                db.execute(f"INSERT INTO {t} (net, sender, rcpt, first) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (net, sender, rcpt) DO UPDATE SET first = excluded.first",
+                           (net, sender, rcpt, now))
+                return False
+            if now - row[0] < self.delay:
+                return False
+            db.execute(f"INSERT INTO {k} (net, domain, last) VALUES (?, ?, ?) "
+                       "ON CONFLICT (net, domain) DO UPDATE SET last = excluded.last",
+                       (net, domain, now))
+            db.execute(f"DELETE FROM {t} WHERE net=? AND sender=? AND rcpt=?",
+                       (net, sender, rcpt))
+            return True
+
+    def _prune(self, now: float) -> None:
+        self._pruned = now
+        # One table per transaction: a decision takes `known` before `triplet`.
+        for table, col, keep in ((self.tables.triplet, "first", self.expire),
+                                 (self.tables.known, "last", self.known_for)):
+            with self.tables.transaction() as db:
+                db.execute(f"DELETE FROM {table} WHERE {col} <= ?", (now - keep,))
+                # Past max_entries, the oldest go (ties at the cut go too).
+                db.execute(f"DELETE FROM {table} WHERE {col} <= (SELECT {col} FROM {table} "
+                           f"ORDER BY {col} DESC LIMIT 1 OFFSET ?)", (self.max_entries,))
+
+    def close(self) -> None:
+        self.tables.close()
 
 
 class _State(module.BaseCheckState):
@@ -129,12 +218,22 @@ class _State(module.BaseCheckState):
         return await self.check.judge(self.source, self.sender, rcpt)
 
 
+def tables_for(config: Any, db: Any) -> SqliteTables | PgTables:
+    """Where the tables live: PostgreSQL (the server's database `db` if it is
+    that one) with `[storage] url` on it, else greylist.sqlite in data_dir."""
+    url = getattr(config, "storage_url", "")
+    if backend.is_postgresql(url):
+        return PgTables(db if getattr(db, "kind", "") == "postgresql" else None, url)
+    return SqliteTables(Path(config.data_dir) / FILENAME)
+
+
 class GreylistCheck:
-    def __init__(self, name: str, options: dict, data_dir: Path) -> None:
+    def __init__(self, name: str, options: dict, tables: SqliteTables | PgTables) -> None:
         self.name = name
         d = _durations(options)
-        self.table = Greylist(Path(data_dir) / FILENAME, d["delay"], d["expire"],
-                              d["known_for"], options["max_entries"])
+        self.table = Greylist(tables, d["delay"], d["expire"], d["known_for"],
+                              options["max_entries"])
+        self._failing = False  # the table failed last time: say so once, and once it works
 
     def state(self, source: module.Source) -> _State:
         return _State(self, source)
@@ -143,9 +242,14 @@ class GreylistCheck:
         net = network_of(source.client_ip)
         try:
             ok = await asyncio.to_thread(self.table.passes, net, sender, rcpt, time.time())
-        except sqlite3.Error as e:  # a broken table must not stop mail
-            log.warning("greylist table failed, letting mail through: %r", e)
+        except (*backend.errors(), backend.SchemaTooNew) as e:  # must not stop mail
+            if not self._failing:
+                self._failing = True
+                log.warning("greylist table failed, letting mail through: %s", e)
             return module.ACCEPT
+        if self._failing:
+            self._failing = False
+            log.warning("greylist table works again")
         if ok:
             return module.ACCEPT
         logs.event(log, logging.INFO, "greylisted", client=logs.client(source.client_ip),
@@ -187,7 +291,8 @@ KIND = module.Kind(
         module.Option("max_entries", int, 100000,
                       help="triplets and known senders kept, each (the oldest go first)"),
     ),
-    make=lambda name, options, env: GreylistCheck(name, options, env.config.data_dir),
+    make=lambda name, options, env: GreylistCheck(
+        name, options, tables_for(env.config, getattr(env.users, "db", None))),
     validate=_validate,
     help="Greylisting: the first attempt of a (client /24 or /64, sender, recipient) "
          "gets 451 4.7.1 at RCPT; a retry after the delay passes.")
