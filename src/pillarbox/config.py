@@ -1094,7 +1094,8 @@ key  = ""
 # says what is there so far); run `pillarbox migrate` after upgrading.
 url = ""
 # With url on PostgreSQL: a directory every node mounts (NFS, CephFS, ...)
-# holding the Maildirs and each node's queue spool. Empty: both in data_dir.
+# holding the Maildirs, each node's queue spool and the DKIM keys. Empty: all
+# in data_dir.
 shared_dir = ""
 # This node's name among the nodes sharing shared_dir (its spool is
 # shared_dir/queue/NODE). Empty: the host name.

@@ -202,3 +202,13 @@ def test_chatmail_expire_every_out_of_range(tmp_path: Path, value: str) -> None:
     with pytest.raises(config.ConfigError) as e:
         load_text(tmp_path, BASE + f"[chatmail]\nexpire_every = {value}\n")
     assert e.value.key == "chatmail.expire_every"
+
+
+def test_shared_dir_holds_mail_queue_and_dkim_keys(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, BASE)
+    assert (cfg.mail_root, cfg.dkim_dir) == (tmp_path / "var" / "mail", tmp_path / "var" / "dkim")
+    cfg = load_text(tmp_path, BASE + '[storage]\nurl = "postgresql://pb@db/pb"\n'
+                                      'shared_dir = "/srv/shared"\nnode = "n1"\n')
+    assert cfg.mail_root == Path("/srv/shared/mail")
+    assert cfg.queue_root == Path("/srv/shared/queue/n1")
+    assert cfg.dkim_dir == Path("/srv/shared/dkim")
