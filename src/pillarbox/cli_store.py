@@ -11,7 +11,7 @@ import functools
 import sys
 from pathlib import Path
 
-from pillarbox.config import find_config_path, load
+from pillarbox.config import Config, find_config_path, load
 from pillarbox.store import backend, transfer
 
 
@@ -33,9 +33,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             top = len(pg_mailbox_index.MIGRATIONS)
             print(f"{where}: IMAP index schema version "
                   + (f"{top - n} -> {top}" if n else f"{top}, up to date"))
+        if backend.is_postgresql(cfg.storage_url) and _uses_greylist(cfg):
+            from pillarbox.check import greylist  # its tables on PostgreSQL
+
+            n = db.migrate_component(greylist.COMPONENT, greylist.MIGRATIONS)
+            top = len(greylist.MIGRATIONS)
+            print(f"{where}: greylist schema version "
+                  + (f"{top - n} -> {top}" if n else f"{top}, up to date"))
     finally:
         db.close()
     return 0
+
+
+def _uses_greylist(cfg: Config) -> bool:
+    """The config makes a `greylist` check (an instance, or the kind named in a pipeline)."""
+    mods = cfg.modules
+    named = {c for p in mods.pipelines.values() for c in p.checks}
+    return (any(spec.kind == "greylist" for spec in mods.instances.values())
+            or ("greylist" in named and "greylist" not in mods.instances))
 
 
 def _progress(line: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest
 
 from .outbound import (  # noqa: F401 (fixture_*: the fixtures dns, double, ...)
@@ -125,3 +126,18 @@ def test_a_dkim_key_made_through_one_node_signs_mail_sent_by_the_other(
         assert s.get("d") == DOMAIN, s
         assert f"{s.get('s')}._domainkey.{DOMAIN}" in names, (s, names)
     assert _verify_all(msg.content, dns) == [True, True]
+
+
+def test_migrate_makes_the_greylist_tables_when_a_pipeline_uses_the_check(make_server,
+                                                                         storage_url):
+    plain = make_server(start=False, seed=False)
+    assert "greylist" not in plain.cli_ok("migrate").stdout
+    srv = make_server(start=False, seed=False, extra_toml=GREY_TOML)
+    out = srv.cli_ok("migrate").stdout
+    assert "PostgreSQL: greylist schema version 0 -> 1" in out, out
+    with psycopg.connect(storage_url) as c:
+        tables = {r[0] for r in c.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+    assert {"greylist_triplet", "greylist_known"} <= tables
+    out = srv.cli_ok("migrate").stdout
+    assert "PostgreSQL: greylist schema version 1, up to date" in out, out
