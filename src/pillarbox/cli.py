@@ -749,15 +749,21 @@ def cmd_backup(args: argparse.Namespace) -> int:
     cfg = _load(args)
     try:
         done = backup.backup(cfg.data_dir, Path(args.dest), backup.Progress(sys.stderr.isatty()),
-                             cfg.hostname)
+                             cfg.hostname, _backup_places(cfg))
     except backup.BackupError as e:
         raise CLIError(str(e)) from None
     print(f"backup of {cfg.data_dir} in {args.dest}: {done.files} files, "
           f"{_human(done.bytes)}")
     if cfg.storage_url:
-        print("note: users, aliases and sender rights are in PostgreSQL ([storage] url), not "
-              "in this backup: back that database up with pg_dump", file=sys.stderr)
+        print("note: users, aliases, keys, lists and greylisting (and with shared_dir the IMAP "
+              "index) are in PostgreSQL ([storage] url), not in this backup: back that "
+              "database up with pg_dump", file=sys.stderr)
     return 0
+
+
+def _backup_places(cfg: Config) -> dict[str, Path]:
+    """This node's spool, the Maildirs and the DKIM keys, wherever the config keeps them."""
+    return {"queue": cfg.queue_root, "mail": cfg.mail_root, "dkim": cfg.dkim_dir}
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -767,7 +773,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if _server_running(cfg):
         raise CLIError(f"the server for {cfg.path} is running; stop it before a restore")
     try:
-        done = backup.restore(Path(args.src), cfg.data_dir, backup.Progress(sys.stderr.isatty()))
+        done = backup.restore(Path(args.src), cfg.data_dir, backup.Progress(sys.stderr.isatty()),
+                              _backup_places(cfg))
     except backup.BackupError as e:
         raise CLIError(str(e)) from None
     print(f"restored {args.src} into {cfg.data_dir}: {done.files} files, {_human(done.bytes)}")

@@ -11,6 +11,8 @@ import re
 import stat
 import threading
 
+import pytest
+
 from .support import ALICE, free_ports, make_message, wait_until
 
 
@@ -154,3 +156,52 @@ def test_backup_while_delivering_then_restore(make_server, tmp_path):
         assert mid in after["INBOX"][1], f"{mid} (acknowledged before the backup) lost"
     assert set(seen) - set(after["INBOX"][1]) - set(after["Keep"][1]) <= {gone}, \
         "only the expunged message is gone"
+
+
+@pytest.mark.parametrize("storage", ["postgresql"], indirect=True)
+def test_backup_and_restore_follow_the_shared_directory(make_server, tmp_path):
+    """With [storage] shared_dir the Maildirs, this node's spool and the DKIM keys
+    live there, not in data_dir: the backup holds them all the same, and a
+    restore puts them back where the restoring config keeps them."""
+    closed = free_ports(1)[0]
+    route = f'[[route]]\ndomains = ["nowhere.test"]\nhost = "127.0.0.1:{closed}"\ntls = "none"\n'
+    srv = make_server({"storage.shared_dir": str(tmp_path / "shared1"), "storage.node": "a"},
+                      extra_toml=route)
+    srv.cli_ok("dns")  # makes the DKIM keys, in shared1/dkim
+    keys = sorted(p.name for p in (tmp_path / "shared1" / "dkim").rglob("*") if p.is_file())
+    assert keys, "no DKIM key in the shared directory"
+    ids = _send(srv, 3, "shared")
+    c = srv.imap(ALICE)
+    wait_until(lambda: (c.noop(), int(c.select("INBOX")[1][0]))[1] >= 3, 10, "3 messages")
+    c.uid("STORE", "2", "+FLAGS", r"(\Flagged)")
+    before = _view(c, "INBOX")
+    c.logout()
+    with contextlib.closing(srv.submission(ALICE)) as s:
+        s.sendmail(ALICE, ["someone@nowhere.test"],
+                   make_message(ALICE, "someone@nowhere.test", "deferred"))
+    wait_until(lambda: any("someone@nowhere.test" in str(e) for e in srv.queue_list()), 10,
+               "the deferred message")
+    queued = {e["id"] for e in srv.queue_list()}
+    dest = tmp_path / "backup"
+    srv.cli_ok("backup", dest)
+    srv.stop()
+    assert sorted(p.name for p in (dest / "dkim").rglob("*") if p.is_file()) == keys
+    assert len(list((dest / "mail" / "example.test" / "alice").glob("*/*,S=*"))) == 3
+
+    shared2 = tmp_path / "shared2"
+    new = make_server({"storage.shared_dir": str(shared2), "storage.node": "a"},
+                      start=False, seed=False, extra_toml=route)
+    (shared2 / "mail").mkdir(parents=True)
+    (shared2 / "mail" / "junk").write_text("x")
+    p = new.cli("restore", dest)
+    assert p.returncode == 1 and "mail" in p.stderr and "not empty" in p.stderr, p.stderr
+    (shared2 / "mail" / "junk").unlink()
+    new.cli_ok("restore", dest)
+    assert not (new.data_dir / "mail").exists() and not (new.data_dir / "queue").exists()
+    assert sorted(p.name for p in (shared2 / "dkim").rglob("*") if p.is_file()) == keys
+    new.start()
+    assert queued <= {e["id"] for e in new.queue_list()}
+    c = new.imap(ALICE)
+    assert _view(c, "INBOX") == before, "UIDVALIDITY, UIDs or flags changed"
+    assert {mid for mid in before[1]} == set(ids)
+    c.logout()

@@ -336,13 +336,26 @@ def _check_dest(dest: Path, data_dir: Path) -> None:
         raise BackupError(f"{dest} exists and is not an empty directory")
 
 
+def _places(data_dir: Path, places: dict[str, Path] | None) -> dict[str, Path]:
+    """Where queue, mail and dkim live: in data_dir, or (storage.shared_dir) elsewhere."""
+    out = {name: data_dir / name for name in ("queue", "mail", "dkim")}
+    out.update(places or {})
+    return out
+
+
 def backup(data_dir: Path, dest: Path, progress: Progress | None = None,
-           hostname: str = "") -> Progress:
-    """Copy data_dir into dest (missing or empty) while the server may run."""
+           hostname: str = "", places: dict[str, Path] | None = None) -> Progress:
+    """Copy data_dir into dest (missing or empty) while the server may run.
+
+    `places` names the queue, mail and dkim directories when they are not in
+    data_dir (a shared directory: this node's spool, the Maildirs, the keys);
+    the backup holds them under those names all the same."""
     progress = progress or Progress(False)
     if not data_dir.is_dir():
         raise BackupError(f"no data directory at {data_dir}")
-    _check_dest(dest, data_dir)
+    where = _places(data_dir, places)
+    for d in (data_dir, *where.values()):
+        _check_dest(dest, d)
     _mkdir(dest)
     started = time.time()
     entries = list(_entries(data_dir))
@@ -350,14 +363,18 @@ def backup(data_dir: Path, dest: Path, progress: Progress | None = None,
     for entry, st in entries:
         if stat.S_ISREG(st.st_mode) and _is_sqlite(entry.name):
             _copy_sqlite(Path(entry.path), dest / entry.name, progress)
-    if (data_dir / "queue").is_dir():
-        copy_queue(data_dir / "queue", dest / "queue", progress)
-    if (data_dir / "mail").is_dir():
-        copy_mail(data_dir / "mail", dest / "mail", progress)
+    if where["queue"].is_dir():
+        copy_queue(where["queue"], dest / "queue", progress)
+    if where["mail"].is_dir():
+        copy_mail(where["mail"], dest / "mail", progress)
+    if where["dkim"] != data_dir / "dkim" and where["dkim"].is_dir():
+        _copy_plain_tree(where["dkim"], dest / "dkim", progress)
     for entry, st in entries:
         if entry.name in ("queue", "mail") or _skipped(entry.name, st) or (
                 stat.S_ISREG(st.st_mode) and _is_sqlite(entry.name)):
             continue
+        if entry.name == "dkim" and where["dkim"] != data_dir / "dkim":
+            continue  # stale: the keys in use are in the shared directory
         if stat.S_ISDIR(st.st_mode):
             _copy_plain_tree(Path(entry.path), dest / entry.name, progress)
         else:
@@ -374,20 +391,27 @@ def backup(data_dir: Path, dest: Path, progress: Progress | None = None,
     return progress
 
 
-def restore(src: Path, data_dir: Path, progress: Progress | None = None) -> Progress:
-    """Copy a backup made by `backup` into data_dir (missing or empty); server stopped."""
+def restore(src: Path, data_dir: Path, progress: Progress | None = None,
+            places: dict[str, Path] | None = None) -> Progress:
+    """Copy a backup made by `backup` into data_dir (missing or empty); server stopped.
+    Its queue, mail and dkim go to `places` where those are outside data_dir."""
     progress = progress or Progress(False)
     if not (src / MARKER).is_file():
         raise BackupError(f"{src} is not a pillarbox backup (no {MARKER} in it)")
-    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
-        raise BackupError(f"the data directory {data_dir} exists and is not empty; "
-                          "move it away (or point data_dir at a new place) first")
+    where = _places(data_dir, places)
+    for what, d in (("data directory", data_dir),
+                    *((name, p) for name, p in where.items() if p != data_dir / name)):
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise BackupError(f"the {what} {d} exists and is not empty; "
+                              "move it away (or point the config at a new place) first")
     _mkdir(data_dir)
     for entry, st in _entries(src):
         if entry.name == MARKER:
             continue
+        target = where.get(entry.name, data_dir / entry.name)
         if stat.S_ISDIR(st.st_mode):
-            _copy_tree_exact(Path(entry.path), data_dir / entry.name, progress)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy_tree_exact(Path(entry.path), target, progress)
         elif stat.S_ISREG(st.st_mode):
             _copy_file(Path(entry.path), data_dir / entry.name, progress)
     os.sync()
