@@ -10,6 +10,7 @@ import argparse
 import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 from pillarbox.config import Config, find_config_path, load
 from pillarbox.store import backend, transfer
@@ -33,16 +34,31 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             top = len(pg_mailbox_index.MIGRATIONS)
             print(f"{where}: IMAP index schema version "
                   + (f"{top - n} -> {top}" if n else f"{top}, up to date"))
-        if backend.is_postgresql(cfg.storage_url) and _uses_greylist(cfg):
-            from pillarbox.check import greylist  # its tables on PostgreSQL
-
-            n = db.migrate_component(greylist.COMPONENT, greylist.MIGRATIONS)
-            top = len(greylist.MIGRATIONS)
-            print(f"{where}: greylist schema version "
+        for name, part in _components(cfg):  # tables of their own on PostgreSQL
+            n = db.migrate_component(part.COMPONENT, part.MIGRATIONS)
+            top = len(part.MIGRATIONS)
+            print(f"{where}: {name} schema version "
                   + (f"{top - n} -> {top}" if n else f"{top}, up to date"))
     finally:
         db.close()
     return 0
+
+
+def _components(cfg: Config) -> list[tuple[str, Any]]:
+    """The modules with tables of their own that this config uses on PostgreSQL, so
+    that `serve`'s database user needs no right to create tables."""
+    if not backend.is_postgresql(cfg.storage_url):
+        return []
+    out: list[tuple[str, Any]] = []
+    if cfg.shared_dir is not None:
+        from pillarbox.queue import spool_lease  # which node delivers which spool
+
+        out.append(("queue lease", spool_lease))
+    if _uses_greylist(cfg):
+        from pillarbox.check import greylist
+
+        out.append(("greylist", greylist))
+    return out
 
 
 def _uses_greylist(cfg: Config) -> bool:

@@ -1186,7 +1186,8 @@ recipient_delimiter = "+"
 detail_folder = "off"
 # Mail an alias forwards to another domain leaves with an SRS0 sender on
 # srs_domain (empty: the first of domains), so SPF passes at the next hop and
-# its bounces come back here to be passed on. The key is data_dir/srs.key.
+# its bounces come back here to be passed on. The key is data_dir/srs.key
+# (shared_dir/srs.key with [storage] shared_dir, one for all nodes).
 srs        = true
 srs_domain = ""
 # ARC-seal such forwards (RFC 8617) with the alias domain's RSA DKIM key, so

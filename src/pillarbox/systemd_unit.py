@@ -4,8 +4,8 @@ One design: systemd starts `serve` as the service user (`User=`), never as
 root; the ambient CAP_NET_BIND_SERVICE lets that user bind 25, 587, 465, 143
 and 993. (A server started as root by hand binds and drops to `user` itself;
 see server.py.) The rest is the sandboxing systemd offers that the server
-does not need to be without: a read-only system with data_dir and
-maildrop_dir writable, no way back to more privileges, no devices, no
+does not need to be without: a read-only system with data_dir,
+maildrop_dir and shared_dir writable, no way back to more privileges, no devices, no
 kernel knobs.
 """
 
@@ -43,7 +43,7 @@ AmbientCapabilities=CAP_NET_BIND_SERVICE
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE
 NoNewPrivileges=yes
 
-# Sandbox. Only data_dir and maildrop_dir are writable: add any directory a
+# Sandbox. Only data_dir, maildrop_dir and shared_dir are writable: add any directory a
 # |command alias writes to.
 ProtectSystem=strict
 ReadWritePaths={writable}
@@ -83,7 +83,7 @@ def _quote(path: Path) -> str:
 
 
 def render(cfg: Config, exe: str) -> str:
-    paths = [cfg.data_dir] + ([cfg.maildrop_dir] if cfg.maildrop_dir is not None else [])
+    paths = [cfg.data_dir] + [d for d in (cfg.maildrop_dir, cfg.shared_dir) if d is not None]
     # ProtectHome=yes would hide a data_dir or config under /home or /root.
     under_home = any(str(p).startswith(("/home/", "/root/", "/run/user/"))
                      for p in [*paths, cfg.path])

@@ -311,8 +311,10 @@ def test_migrate_makes_the_index_tables_once(make_server, storage, tmp_path):
     node = sharing_mail(make_server, storage, tmp_path)(start=False)
     out = node.cli_ok("migrate").stdout
     assert "PostgreSQL: IMAP index schema version 0 -> 1" in out, out
+    assert "PostgreSQL: queue lease schema version 0 -> 1" in out, out  # not left to serve
     out = node.cli_ok("migrate").stdout
     assert "PostgreSQL: IMAP index schema version 1, up to date" in out, out
+    assert "PostgreSQL: queue lease schema version 1, up to date" in out, out
 
 
 def test_a_client_resyncing_on_the_other_node_learns_what_was_expunged(nodes):

@@ -1,5 +1,5 @@
 """State that nodes sharing PostgreSQL and a `[storage] shared_dir` must agree on
-(issue 19): the greylist tables and the DKIM keys.
+(issue 19): the greylist tables, the DKIM keys and the SRS secret.
 
 Two `serve` processes on their own ports share one database and one shared_dir:
 a sender greylisted by one node and retrying to the other is let through once
@@ -126,6 +126,37 @@ def test_a_dkim_key_made_through_one_node_signs_mail_sent_by_the_other(
         assert s.get("d") == DOMAIN, s
         assert f"{s.get('s')}._domainkey.{DOMAIN}" in names, (s, names)
     assert _verify_all(msg.content, dns) == [True, True]
+
+
+def test_a_bounce_to_a_forward_of_one_node_is_taken_by_the_other(
+        make_server, storage, tmp_path, dns, double):
+    """The SRS secret is shared_dir/srs.key: the remote MX may send the bounce to
+    any node behind the MX records, and that node must know the hash."""
+    make = sharing_mail(make_server, storage, tmp_path)
+    outbound = {"dns.nameservers": [dns.address], "remote.port": double.port,
+                "remote.connect_timeout": "3s", "remote.command_timeout": "15s",
+                "remote.helo": "out.example.test"}
+    a, b = make(outbound), make(outbound)
+    point_mx(dns)
+    point_mx(dns, "sender.test")
+    a.add_alias("fwd@example.test", f"carol@{REMOTE}")
+    with a.smtp() as s:
+        assert s.sendmail("someone@sender.test", ["fwd@example.test"],
+                          make_message("someone@sender.test", "fwd@example.test",
+                                       f"forwarded {token()}")) == {}
+    (msg,) = double.wait_for_messages(1)
+    assert msg.mail_from.startswith("SRS0="), msg.mail_from
+    assert (tmp_path / "shared" / "srs.key").is_file()
+    assert not (a.data_dir / "srs.key").exists()
+    with b.smtp() as s:  # the bounce reaches the other node
+        s.mail("")
+        code, text = s.rcpt(msg.mail_from)
+        assert code == 250, (code, text)
+        dsn = (f"From: MAILER-DAEMON@mx.remote.test\r\nTo: <{msg.mail_from}>\r\n"
+               "Subject: Undelivered Mail Returned to Sender\r\n\r\nNo such user.\r\n")
+        assert s.data(dsn.encode())[0] == 250
+    (_, back) = double.wait_for_messages(2)
+    assert back.rcpts == ["someone@sender.test"] and back.mail_from == ""
 
 
 def test_migrate_makes_the_greylist_tables_when_a_pipeline_uses_the_check(make_server,

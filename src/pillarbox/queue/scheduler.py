@@ -97,7 +97,8 @@ class Queue:
         if not self.config.delivery.srs:
             return None
         if self._srs is None:
-            self._srs = srs.Srs(srs.load_key(self.config.data_dir))
+            # one secret for all nodes sharing a directory: any node takes the bounces
+            self._srs = srs.Srs(srs.load_key(self.config.shared_dir or self.config.data_dir))
         return self._srs
 
     def _forward_sender(self, env: Envelope, d: Delivery) -> str:

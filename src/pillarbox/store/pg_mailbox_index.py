@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from pillarbox.store import backend
-from pillarbox.store.postgresql import CONNECT_TIMEOUT, LISTEN_RETRY, Result, _reason, _Tx
+from pillarbox.store.postgresql import LINK, LISTEN_RETRY, Result, _reason, _Tx
 
 if TYPE_CHECKING:
     from pillarbox.store.mailbox_index import StoreRegistry
@@ -223,8 +223,7 @@ class Listener:
         down = False
         while not self._closing.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True,
-                                     connect_timeout=CONNECT_TIMEOUT) as c:
+                with psycopg.connect(self.url, autocommit=True, **LINK) as c:
                     c.execute(f"LISTEN {CHANNEL}")
                     if down:
                         log.warning("PostgreSQL reachable again; mailboxes caught up")

@@ -39,6 +39,10 @@ log = logging.getLogger("pillarbox.store")
 CHANNEL = "pillarbox_directory"
 COMPONENT = "directory"
 CONNECT_TIMEOUT = 5  # seconds to reach the server before calling it unavailable
+# A peer gone without closing (a network split, a dead host) fails a connection
+# within about 15 s instead of the kernel's many minutes of retransmissions.
+LINK = {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": 5,
+        "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000}
 POOL_TIMEOUT = 5.0  # seconds to wait for a pooled connection
 POOL_MAX = 8
 LISTEN_RETRY = 1.0  # seconds between reconnections of the listener
@@ -174,7 +178,7 @@ class PgDatabase:
         # PostgreSQL is down; connections are made when asked for, kept while used.
         pool = psycopg_pool.ConnectionPool(
             self.url, min_size=0, max_size=POOL_MAX, timeout=POOL_TIMEOUT, open=False,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+            kwargs={"autocommit": True, **LINK},
             # A connection idle across a PostgreSQL restart is dead: test it when
             # taken, so the first query after a restart does not fail.
             check=psycopg_pool.ConnectionPool.check_connection, name="pillarbox")
@@ -273,8 +277,7 @@ class PgDatabase:
         down = False
         while not self._closing.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True,
-                                     connect_timeout=CONNECT_TIMEOUT) as c:
+                with psycopg.connect(self.url, autocommit=True, **LINK) as c:
                     c.execute(f"LISTEN {CHANNEL}")
                     if down:
                         log.warning("PostgreSQL reachable again; directory reloaded")
