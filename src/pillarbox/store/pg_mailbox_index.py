@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from pillarbox.store import backend
-from pillarbox.store.postgresql import LINK, LISTEN_RETRY, Result, _reason, _Tx
+from pillarbox.store.postgresql import Result, _reason, _Tx, listen
 
 if TYPE_CHECKING:
     from pillarbox.store.mailbox_index import StoreRegistry
@@ -220,26 +220,21 @@ class Listener:
         self._closing.set()
 
     def _run(self) -> None:
-        down = False
-        while not self._closing.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True, **LINK) as c:
-                    c.execute(f"LISTEN {CHANNEL}")
-                    if down:
-                        log.warning("PostgreSQL reachable again; mailboxes caught up")
-                        self.call(self.on_lost)
-                    down = False
-                    while not self._closing.is_set():
-                        for n in c.notifies(timeout=1.0, stop_after=1):
-                            self.call(self.on_change, n.payload)
-            except psycopg.Error as e:
-                if not down:
-                    log.warning("PostgreSQL unreachable, mailbox notifications stopped "
-                                "error=%s", _reason(e))
-                down = True
-                self._closing.wait(LISTEN_RETRY)
-            except RuntimeError:  # the event loop closed: the process is stopping
-                return
+        def connected(was_down: bool) -> None:
+            if was_down:
+                log.warning("PostgreSQL reachable again; mailboxes caught up")
+                self.call(self.on_lost)
+
+        def lost(e: psycopg.Error, was_down: bool) -> None:
+            if not was_down:
+                log.warning("PostgreSQL unreachable, mailbox notifications stopped "
+                            "error=%s", _reason(e))
+
+        try:
+            listen(self.url, CHANNEL, self._closing, connected=connected, lost=lost,
+                   notified=lambda payload: self.call(self.on_change, payload))
+        except RuntimeError:  # the event loop closed: the process is stopping
+            return
 
 
 def relative_key(mail_root: os.PathLike, path: os.PathLike) -> str:

@@ -25,7 +25,7 @@ import functools
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -274,28 +274,51 @@ class PgDatabase:
         self._down.clear()
 
     def _listen(self) -> None:
-        down = False
-        while not self._closing.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True, **LINK) as c:
-                    c.execute(f"LISTEN {CHANNEL}")
-                    if down:
-                        log.warning("PostgreSQL reachable again; directory reloaded")
-                    down = False
-                    self._bump()  # whatever changed while we were not listening
-                    while not self._closing.is_set():
-                        if self._down.is_set():  # a call failed; our link works: back
-                            c.execute("SELECT 1")
-                            self._recovered()
-                        for _ in c.notifies(timeout=1.0, stop_after=1):
-                            self._bump()
-            except psycopg.Error as e:
-                self._down.set()
-                if not down:
-                    log.warning("PostgreSQL unreachable, serving the directory as last "
-                                "seen error=%s", _reason(e))
-                down = True
-                self._closing.wait(LISTEN_RETRY)
+        def connected(was_down: bool) -> None:
+            if was_down:
+                log.warning("PostgreSQL reachable again; directory reloaded")
+            self._bump()  # whatever changed while we were not listening
+
+        def each_turn(c: psycopg.Connection) -> None:
+            if self._down.is_set():  # a call failed; our link works: back
+                c.execute("SELECT 1")
+                self._recovered()
+
+        def lost(e: psycopg.Error, was_down: bool) -> None:
+            self._down.set()
+            if not was_down:
+                log.warning("PostgreSQL unreachable, serving the directory as last "
+                            "seen error=%s", _reason(e))
+
+        listen(self.url, CHANNEL, self._closing, notified=lambda _: self._bump(),
+               connected=connected, lost=lost, each_turn=each_turn)
+
+
+def listen(url: str, channel: str, closing: threading.Event, *,
+           notified: Callable[[str], None], connected: Callable[[bool], None],
+           lost: Callable[[psycopg.Error, bool], None],
+           each_turn: Callable[[psycopg.Connection], None] | None = None) -> None:
+    """LISTEN on `channel` until `closing` is set (runs in a thread of its own).
+
+    Each payload goes to `notified`; `connected(was_down)` after each (re)connect
+    (notifications sent meanwhile are lost), `lost(error, was_down)` when the
+    link fails, and a new connection is tried every LISTEN_RETRY seconds."""
+    down = False
+    while not closing.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True, **LINK) as c:
+                c.execute(f"LISTEN {channel}")
+                connected(down)
+                down = False
+                while not closing.is_set():
+                    if each_turn is not None:
+                        each_turn(c)
+                    for n in c.notifies(timeout=1.0, stop_after=1):
+                        notified(n.payload)
+        except psycopg.Error as e:
+            lost(e, down)
+            down = True
+            closing.wait(LISTEN_RETRY)
 
 
 def _refuse_newer(version: int, known: int, component: str = COMPONENT) -> None:
