@@ -47,6 +47,17 @@ def _view(c: imaplib.IMAP4, box: str) -> tuple[int, dict[str, tuple[int, frozens
     return uidvalidity, out
 
 
+def _defer_one(srv) -> set[str]:
+    """A message waiting in the queue for a route that refuses connections; the
+    ids the queue then holds."""
+    with contextlib.closing(srv.submission(ALICE)) as s:
+        s.sendmail(ALICE, ["someone@nowhere.test"],
+                   make_message(ALICE, "someone@nowhere.test", "deferred"))
+    wait_until(lambda: any("someone@nowhere.test" in str(e) for e in srv.queue_list()), 10,
+               "the deferred message")
+    return {e["id"] for e in srv.queue_list()}
+
+
 def _modes(root) -> list[str]:
     bad = []
     for dirpath, dirs, files in os.walk(root):
@@ -79,12 +90,7 @@ def test_backup_while_delivering_then_restore(make_server, tmp_path):
     # Acknowledged, in new/, not yet seen by any reader; and one deferred in the queue.
     unseen = _send(srv, 3, "unseen")
     srv.wait_for_messages(ALICE, 3)
-    with contextlib.closing(srv.submission(ALICE)) as s:
-        s.sendmail(ALICE, ["someone@nowhere.test"],
-                   make_message(ALICE, "someone@nowhere.test", "deferred"))
-    wait_until(lambda: any("someone@nowhere.test" in str(e) for e in srv.queue_list()), 10,
-               "the deferred message")
-    queued = {e["id"] for e in srv.queue_list()}
+    queued = _defer_one(srv)
 
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -176,12 +182,7 @@ def test_backup_and_restore_follow_the_shared_directory(make_server, tmp_path):
     c.uid("STORE", "2", "+FLAGS", r"(\Flagged)")
     before = _view(c, "INBOX")
     c.logout()
-    with contextlib.closing(srv.submission(ALICE)) as s:
-        s.sendmail(ALICE, ["someone@nowhere.test"],
-                   make_message(ALICE, "someone@nowhere.test", "deferred"))
-    wait_until(lambda: any("someone@nowhere.test" in str(e) for e in srv.queue_list()), 10,
-               "the deferred message")
-    queued = {e["id"] for e in srv.queue_list()}
+    queued = _defer_one(srv)
     dest = tmp_path / "backup"
     srv.cli_ok("backup", dest)
     srv.stop()
