@@ -121,6 +121,7 @@ def test_list_status_rfc5819(server):
         c.append("INBOX", make_message(BOB, ALICE, "one"))
         c.append("INBOX", make_message(BOB, ALICE, "two"), "\\Seen")
         c.ok("CREATE Lists.pillarbox")
+        c.ok("DELETE Lists")  # it has a child: the name stays, as a level (\Noselect)
         untagged = c.ok('LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN SIZE))')[0]
         got, st = listed(untagged), statuses(untagged)
         assert st["INBOX"]["MESSAGES"] == b"2" and st["INBOX"]["UNSEEN"] == b"1"

@@ -163,3 +163,27 @@ def test_cleartext_login_refused_from_other_networks(make_server):
     c.starttls(ssl_context=client_ssl_context())
     assert c.login(ALICE, PASSWORD)[0] == "OK"
     c.logout()
+
+
+def test_create_makes_the_superior_names_it_needs(server):
+    """RFC 3501 6.3.3 / RFC 9051 6.3.4: CREATE of `a.b.c` when `a` and `a.b` do not
+    exist also creates them, so the client can select, list and delete them as
+    any other mailbox."""
+    with RawIMAP(server.imaps_port, ALICE) as c:
+        c.ok("CREATE Clients.Acme.2026")
+        untagged, _ = c.ok('LIST "" "Clients*"')
+        got = _names(untagged)
+        assert set(got) == {b"Clients", b"Clients.Acme", b"Clients.Acme.2026"}, got
+        assert not any(b"\\Noselect" in a or b"\\NonExistent" in a for a in got.values()), got
+        c.ok("SELECT Clients.Acme")
+        c.ok("CREATE Clients.Beta")  # a parent that exists is left as it is
+        c.ok("UNSELECT")
+        untagged, _ = c.ok('LIST "" "Clients*"')
+        assert len(_names(untagged)) == 4
+        _, tagged = c.cmd("CREATE Clients.Acme")  # made above: it exists now
+        assert tagged.startswith(b"NO [ALREADYEXISTS]"), tagged
+        c.ok("RENAME Clients.Beta Archive2.Old.Beta")  # RENAME makes them too (6.3.5)
+        untagged, _ = c.ok('LIST "" "Archive2*"')
+        got = _names(untagged)
+        assert set(got) == {b"Archive2", b"Archive2.Old", b"Archive2.Old.Beta"}, got
+        assert not any(b"\\Noselect" in a for a in got.values()), got

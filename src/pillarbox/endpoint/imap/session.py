@@ -874,7 +874,19 @@ class Session:
             return ("NO", f"[USEATTR] Unknown special-use attribute {special[:30]}")
         assert self.store is not None
         self.store.create(name, special)
+        self._create_superiors(name)
         return ("OK", f"[MAILBOXID ({self.store.box(name).mailboxid})] CREATE completed")
+
+    def _create_superiors(self, name: str) -> None:
+        """RFC 3501 6.3.3 (and 6.3.5 for RENAME): the server SHOULD create the
+        superior names a new name needs (`a` and `a.b` for `a.b.c`)."""
+        assert self.store is not None
+        parts = name.split(listing.DELIMITER)
+        for n in range(1, len(parts)):
+            parent = listing.DELIMITER.join(parts[:n])
+            if parent.upper() != "INBOX" and not self.store.exists(parent):
+                with contextlib.suppress(MailboxError):  # made meanwhile elsewhere
+                    self.store.create(parent)
 
     async def cmd_DELETE(self, cmd: Command):
         assert self.store is not None
@@ -896,6 +908,7 @@ class Session:
         if self.selected == cmd.args["old"]:
             self._unselect()
         self.store.rename(cmd.args["old"], cmd.args["new"])
+        self._create_superiors(cmd.args["new"])
 
     async def _rename_inbox(self, new: str):
         """RFC 3501 6.3.5, RFC 9051 6.3.6: a new mailbox gets all of INBOX's messages,
