@@ -3,6 +3,7 @@ PostgreSQL and back (issue 19), with what the import checks and verifies."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 
@@ -275,6 +276,18 @@ def test_maildir_files_and_queue_move_with_the_export(make_server, postgres, tmp
         assert pg.cli_ok("user", "list").stdout == ""
         assert not [x for x in shared.rglob("*") if x.is_file()], list(shared.rglob("*"))
         assert pg.queue_list() == []
+        # A file that would write outside the Maildirs (digests all intact): refused.
+        j = next(n for n, x in enumerate(lines) if x.startswith('{"blob":"maildir"'))
+        for field, evil in (("path", "../../../../escaped/cur/x"), ("path", "/etc/escaped"),
+                            ("owner", "../../escaped@example.test")):
+            head = json.loads(lines[j])
+            head[field] = evil
+            hostile = tmp_path / "hostile.jsonl"
+            hostile.write_text("".join(lines[:j] + [json.dumps(head) + "\n"] + lines[j + 1:]))
+            p = pg.cli("import", hostile)
+            assert p.returncode == 1 and p.stderr.startswith("error:"), (evil, p.stderr)
+            assert not list(tmp_path.rglob("escaped*")), evil
+            assert pg.cli_ok("user", "list").stdout == ""
 
         pg.start()  # a running target: its spool has a writer already
         p = pg.cli("import", f)

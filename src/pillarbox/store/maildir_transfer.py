@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from pillarbox import address
+from pillarbox.address import AddressError
 from pillarbox.fileio import fsync_dir
 from pillarbox.store import blob_lines
 from pillarbox.store.mailbox_index import INDEX_NAME, split_name
@@ -44,6 +46,14 @@ Progress = Callable[[str], None]
 
 class MaildirError(TransferError):
     """The export's files cannot go into the target (said in plain words)."""
+
+
+def _address(owner: str) -> bool:
+    try:
+        address.split(owner)
+    except AddressError:
+        return False
+    return True
 
 
 def _safe(path: str) -> bool:
@@ -203,9 +213,10 @@ class Target:
     def check(self, header: dict, blobs: list[Any]) -> None:
         for b in blobs:
             if not isinstance(b.head.get("owner"), str) or not isinstance(b.head.get("path"), str) \
-                    or not _safe(b.head["path"]) or "@" not in b.head["owner"]:
+                    or not _safe(b.head["path"]) or not _address(b.head["owner"]):
                 raise MaildirError(f"a Maildir file in the export has a path that is not "
-                                   f"one: {b.head.get('path')!r}")
+                                   f"one: {str(b.head.get('owner'))[:100]!r} "
+                                   f"{str(b.head.get('path'))[:200]!r}")
         self.total = sum(1 for b in blobs if not b.head["path"].endswith("/"))
         self.same = header.get("mail_root") == str(self.mail_root.resolve())
         if self.same:
