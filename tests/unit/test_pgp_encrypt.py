@@ -4,6 +4,7 @@ inner entity, pass-through of encrypted mail, hostile headers and Autocrypt."""
 from __future__ import annotations
 
 import io
+import time
 
 import pysequoia
 import pytest
@@ -98,3 +99,23 @@ def test_a_dead_or_missing_child_leaves_the_encryption_to_the_reader(monkeypatch
         seal_batch(openers)  # type: ignore[arg-type]
     assert openers[0].ready is None
     assert inner_of(openers[0]().read()) == b"\r\nsecret body\r\n"  # in process instead
+
+
+def test_a_hung_child_is_killed_and_the_batch_encrypted_in_process(monkeypatch):
+    """Every phase a timeout: a child that never answers is killed after the round
+    trip's deadline; the writer goes on with in-process encryption."""
+    msg = b"From: x@y\r\nSubject: s\r\n\r\nsecret body\r\n"
+    pgp_encrypt._child.close()
+    monkeypatch.setattr(pgp_child, "ROUND_TRIP_TIMEOUT", 0.5)
+    hung = [pgp_child.sys.executable, "-c", "import time; time.sleep(60)"]
+    real_popen = pgp_child.subprocess.Popen
+    monkeypatch.setattr(pgp_child.subprocess, "Popen",
+                        lambda _args, **kw: real_popen(hung, **kw))
+    openers = _sealings([msg])
+    started = time.monotonic()
+    with pytest.raises(OSError, match="encryption child failed"):
+        seal_batch(openers)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 10, "the hung child was waited on"
+    assert openers[0].ready is None
+    assert inner_of(openers[0]().read()) == b"\r\nsecret body\r\n"  # in process instead
+    pgp_encrypt._child.close()

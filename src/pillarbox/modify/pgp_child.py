@@ -31,6 +31,9 @@ _U32 = struct.Struct(">I")
 _ITEM = struct.Struct(">IBI")
 _REPLY = struct.Struct(">BI")
 PIPE_SIZE = 1 << 20  # bytes; Linux's default fs.pipe-max-size
+# A round trip takes milliseconds; a child that hangs is killed after this long,
+# and its batch is encrypted in process instead (the Maildir writer waits meanwhile).
+ROUND_TRIP_TIMEOUT = 30.0  # seconds
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:
@@ -60,9 +63,13 @@ class Child:
         for i, protect, message in items:
             parts += [_ITEM.pack(i, protect, len(message)), message]
         with self._lock:
+            watchdog: threading.Timer | None = None
             try:
                 proc = self._start()
                 assert proc.stdin is not None and proc.stdout is not None
+                watchdog = threading.Timer(ROUND_TRIP_TIMEOUT, proc.kill)  # ends the reads
+                watchdog.daemon = True
+                watchdog.start()
                 proc.stdin.write(b"".join(parts))
                 proc.stdin.flush()
                 out: list[bytes | None] = []
@@ -74,6 +81,9 @@ class Child:
             except (OSError, EOFError, ValueError, struct.error) as e:
                 self._stop()
                 raise OSError(f"encryption child failed: {e!r}") from None
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
 
     def _start(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
