@@ -97,3 +97,17 @@ def test_settings_are_validated(tmp_path: Path) -> None:
         raise AssertionError(f"{key}={value!r} was taken")
     store.set("team@example.org", "moderators", "A@example.org, b@example.org")
     assert store.get("team@example.org").moderators == ["a@example.org", "b@example.org"]
+
+
+def test_only_one_of_two_bounces_handled_at_once_disables_a_member(tmp_path: Path) -> None:
+    """Bounces are handled in worker threads: two for one member may both reach the
+    limit; only the one that changes the row disables the member and tells the
+    owners (the other would send a second notice)."""
+    store = _store(tmp_path)
+    store.add_members("team@example.org", ["carol@example.net"])
+    assert store.disable("team@example.org", "carol@example.net") is True
+    assert store.disable("team@example.org", "carol@example.net") is False
+    assert dict(store.members("team@example.org"))["carol@example.net"] is False
+    assert store.disable("team@example.org", "nobody@example.net") is False
+    store.set_enabled("team@example.org", "carol@example.net", True)
+    assert store.disable("team@example.org", "carol@example.net") is True

@@ -191,6 +191,13 @@ class ListStore:
         return self.db.execute("SELECT 1 FROM list_members WHERE list = ? AND address = ?",
                                (address.lower(), member.lower())).fetchone() is not None
 
+    def disable(self, address: str, member: str) -> bool:
+        """Disable an enabled member; False if it was not (or no longer) enabled, so
+        that of two bounces handled at once only one disables and tells the owners."""
+        return self.db.execute("UPDATE list_members SET enabled = 0 WHERE list = ? AND "
+                               "address = ? AND enabled = 1",
+                               (address.lower(), member.lower())).rowcount == 1
+
     def set_enabled(self, address: str, member: str, enabled: bool) -> None:
         self.db.execute("UPDATE list_members SET enabled = ? WHERE list = ? AND address = ?",
                         (int(enabled), address.lower(), member.lower()))

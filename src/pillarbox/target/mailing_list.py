@@ -254,10 +254,8 @@ class MailingListTarget:
             log.info("list bounce list=%s member=<%s> count=%d", lst.address, escape(m), n)
             if n < self.bounce_limit:
                 continue
-            enabled = dict(await asyncio.to_thread(self.store.members, lst.address)).get(m, False)
-            if not enabled:
-                continue
-            await asyncio.to_thread(self.store.set_enabled, lst.address, m, False)
+            if not await asyncio.to_thread(self.store.disable, lst.address, m):
+                continue  # disabled already (by a bounce handled at the same time)
             log.warning("list member disabled after bounces list=%s member=<%s> bounces=%d",
                         lst.address, escape(m), n)
             for owner in lst.owners:
